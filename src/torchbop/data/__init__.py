@@ -1,0 +1,38 @@
+"""Datasets and batch loading: MNIST, Fashion-MNIST and CIFAR-10 from local files (or a checksummed download),
+a seeded class-balanced split, and a device-resident loader with batched augmentation.
+
+Example:
+    >>> from torchbop.data import DeviceLoader, class_balanced_split
+    >>> labels = torch.arange(20) % 2
+    >>> train_idx, val_idx = class_balanced_split(labels, 0.1, seed=0)
+    >>> images = torch.zeros(20, 28, 28, dtype=torch.uint8)
+    >>> x, y = next(iter(DeviceLoader(images[train_idx], labels[train_idx], batch_size=8)))
+    >>> x.shape, x.min().item()
+    (torch.Size([8, 1, 28, 28]), -1.0)
+"""
+
+import torch
+
+from torchbop.data.cifar10 import CIFAR10_CLASSES, load_cifar10, read_cifar10_batch
+from torchbop.data.idx import parse_idx, read_idx
+from torchbop.data.loader import DeviceLoader, pad_crop_flip, scale_images
+from torchbop.data.mnist import load_mnist
+from torchbop.data.paths import ChecksumError, DatasetNotFoundError, download_file, resolve_data_dir
+from torchbop.data.split import class_balanced_split
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "ChecksumError",
+    "DatasetNotFoundError",
+    "DeviceLoader",
+    "class_balanced_split",
+    "download_file",
+    "load_cifar10",
+    "load_mnist",
+    "pad_crop_flip",
+    "parse_idx",
+    "read_cifar10_batch",
+    "read_idx",
+    "resolve_data_dir",
+    "scale_images",
+]
