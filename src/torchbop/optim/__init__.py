@@ -1,0 +1,15 @@
+"""Optimizers for binarized networks.
+
+* :class:`Bop` trains binary weights without latent weights (Helwegen et al. 2019), flip for flip Larq's rule;
+* :class:`Bop2ndOrder` adds a second-moment normalization (Suarez-Ramirez et al. 2021);
+* :class:`CompositeOptimizer` runs Bop beside any torch optimizer (Adam for batch norm) as one ``Optimizer``;
+* :class:`ThresholdScheduler` schedules Bop's threshold; its gamma is the groups' ``lr``, scheduled by
+  ``torch.optim.lr_scheduler``.
+"""
+
+from torchbop.optim.bop import Bop, bop
+from torchbop.optim.bop2nd import Bop2ndOrder, bop2nd
+from torchbop.optim.composite import CompositeOptimizer
+from torchbop.optim.schedulers import ThresholdScheduler
+
+__all__ = ["Bop", "Bop2ndOrder", "CompositeOptimizer", "ThresholdScheduler", "bop", "bop2nd"]

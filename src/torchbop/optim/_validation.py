@@ -1,0 +1,86 @@
+"""Argument checks shared by torchbop's optimizers (torch.optim conventions: ``ValueError`` naming the bad value)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+TIE_BREAKS = ("larq", "keep", "flip")
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+def validate_scalar(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Return ``float(value)`` or raise ``ValueError(f"Invalid {name} value: {value}")`` with the allowed range.
+
+    NaN is always invalid; infinity only where ``high`` is ``None``.
+
+    Example:
+        >>> validate_scalar("gamma", 0.5, low=0.0, high=1.0, low_inclusive=False)
+        0.5
+        >>> validate_scalar("gamma", 0.0, low=0.0, high=1.0, low_inclusive=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid gamma value: 0.0 (expected a number in (0.0, 1.0])
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Invalid {name} value: expected a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name} value: {value!r} (expected a real number)") from None
+    lo_ok = low is None or (number >= low if low_inclusive else number > low)
+    hi_ok = high is None or (number <= high if high_inclusive else number < high)
+    if math.isnan(number) or not (lo_ok and hi_ok):
+        left = "(-inf" if low is None else ("[" if low_inclusive else "(") + repr(float(low))
+        right = "inf)" if high is None else repr(float(high)) + ("]" if high_inclusive else ")")
+        raise ValueError(f"Invalid {name} value: {value} (expected a number in {left}, {right})")
+    return number
+
+
+def validate_choice(name: str, value: str, choices: Iterable[str]) -> str:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"Invalid {name} value: {value!r} (expected one of {', '.join(map(repr, choices))})")
+    return value
+
+
+def check_binary(param: torch.Tensor, name: str) -> None:
+    """Raise ``RuntimeError`` unless every entry of ``param`` is exactly -1 or +1.
+
+    Bop flips signs; it cannot train a real-valued weight. The message names the parameter and how to fix it.
+    """
+    if param.numel() == 0:
+        return
+    if not bool(((param == 1) | (param == -1)).all()):
+        bad = param[(param != 1) & (param != -1)].flatten()[:3].tolist()
+        raise RuntimeError(
+            f"Bop can only train binary weights, but {name} holds values other than -1/+1 (e.g. {bad}). "
+            "Create the layer with mode='bop' (its weight is initialised to +-1), or binarize it first with "
+            "torchbop.nn.binarize_(model); give real-valued parameters (batch norm, biases) to another optimizer "
+            "through torchbop.optim.CompositeOptimizer."
+        )
+
+
+def param_label(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> str:
+    """A human name for ``param``: the name given through ``optimizer.param_names`` if any, else its position."""
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            if p is param:
+                names = group.get("param_names")
+                if names:
+                    return f"parameter {names[pi]!r}"
+                return f"parameter {pi} of param group {gi} (shape {tuple(p.shape)})"
+    return f"a parameter of shape {tuple(param.shape)}"

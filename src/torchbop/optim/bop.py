@@ -1,0 +1,338 @@
+r"""Bop, the latent-weight-free optimizer for binarized neural networks.
+
+Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural Network Optimization", NeurIPS 2019
+(arXiv:1906.02107). Bop keeps one real number per binary weight, an exponential moving average ``m`` of the gradient,
+and flips a weight when that average is strong enough and points the same way as the weight (the gradient descends
+towards ``-w``).
+
+The layout follows ``torch.optim``: the :class:`Bop` class validates arguments and gathers tensors; the functional
+:func:`bop` dispatches to ``_single_tensor_bop`` (the readable reference, the specification), ``_multi_tensor_bop``
+(``torch._foreach_*``, the default) or ``_fused_bop`` (one ``torch.compile``-generated kernel per tensor). All three are
+tested bit-identical.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from torchbop.optim._validation import (
+    NONFINITE_POLICIES,
+    TIE_BREAKS,
+    check_binary,
+    param_label,
+    validate_choice,
+    validate_scalar,
+)
+
+__all__ = ["Bop", "bop"]
+
+
+class Bop(Optimizer):
+    r"""Binary optimizer (Bop) of Helwegen et al. (2019), flip for flip the rule of Larq's ``Bop``.
+
+    .. math::
+        \begin{aligned}
+            &\textbf{input}: \gamma \text{ (adaptivity rate, the group's ``lr``)}, \tau \text{ (threshold)},
+                w_0 \in \{-1, +1\}^n, \; m_0 = 0 \\
+            &\textbf{for } t = 1, 2, \ldots \textbf{ do} \\
+            &\quad g_t \leftarrow \nabla_w f_t(w_{t-1}) \\
+            &\quad m_t \leftarrow m_{t-1} + \gamma \, (g_t - m_{t-1}) \\
+            &\quad w_t \leftarrow -w_{t-1} \textbf{ if } w_{t-1} \, m_t > \tau \textbf{ else } w_{t-1} \\
+            &\textbf{return } w_t
+        \end{aligned}
+
+    This is eq. (5)-(6) of the paper written as Larq writes it: ``m`` is updated as ``m + gamma * (g - m)`` (the
+    original code computes ``(1 - gamma) * m + gamma * g``, equal up to rounding) and a weight flips iff
+    ``w * m > tau`` (strict).
+
+    .. note::
+        Conventions the paper leaves open, and what torchbop does:
+
+        * **The tie** ``w * m == tau``. Larq computes ``w <- sign(-tf.sign(w * m - tau) * w)`` with ``sign(0) = +1``,
+          so at exact equality the weight becomes ``+1`` (a ``-1`` flips, a ``+1`` stays). This is the default,
+          ``tie_break="larq"``, so that trajectories match Larq's flip for flip; with ``tau = 0`` it also turns every
+          ``-1`` weight whose ``m`` is exactly zero into ``+1``. ``tie_break="keep"`` never flips at the tie (a
+          strict reading of ``w * m > tau``); ``tie_break="flip"`` always flips there (eq. 6, ``|m| >= tau``).
+        * **m_0.** ``m`` starts at zero (Larq and the original code). The PyTorch reproduction started it at the
+          first gradient: ``m_init="grad"``.
+        * **gamma is the group's ``lr``.** ``Bop(params, gamma=...)`` stores gamma under ``param_group["lr"]`` and
+          reads it from there, so every ``torch.optim.lr_scheduler`` schedules it: ``StepLR(opt, 100, 0.1)`` stepped
+          per epoch decays gamma x0.1 every 100 epochs, as in the paper's CIFAR-10 recipe. The threshold is
+          scheduled with :class:`torchbop.optim.ThresholdScheduler`.
+        * **Non-finite gradients never reach m.** Before any state changes, each step checks the gradients.
+          ``nonfinite="raise"`` (default) raises ``RuntimeError`` naming the parameter, with ``m`` and the weights
+          untouched; ``nonfinite="skip"`` leaves that parameter's ``m`` and weights as they are for this step and
+          counts it in ``state["nonfinite_steps"]`` (useful with fp16 loss scaling, which skips such steps anyway).
+        * **Flips are reported.** After each step ``state[p]["flips"]`` holds the number of weights of ``p`` that
+          changed sign (a 0-dim int64 tensor), so flip metrics need no second pass over the weights.
+
+    Args:
+        params: iterable of binary parameters (values exactly -1/+1), or dicts defining parameter groups; named
+            parameters (``model.named_parameters()``) make error messages name the offending tensor.
+        gamma: adaptivity rate, in (0, 1]. Default 1e-4 (Larq).
+        threshold: flip threshold tau >= 0. Default 1e-8 (Larq).
+        tie_break: what happens when ``w * m == tau`` exactly: ``"larq"`` | ``"keep"`` | ``"flip"``.
+        m_init: ``"zero"`` (Larq, original code) or ``"grad"`` (the PyTorch reproduction).
+        nonfinite: ``"raise"`` or ``"skip"`` for a parameter whose gradient holds inf or NaN.
+        foreach: use the ``torch._foreach_*`` implementation (default when ``fused`` is not set).
+        fused: use one compiled kernel per tensor (``torch.compile``; the first step compiles, which takes seconds).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 1.0]))
+        >>> opt = Bop([w], gamma=0.5, threshold=0.1)
+        >>> w.grad = torch.tensor([1.0, 1.0, -1.0])  # m becomes [0.5, 0.5, -0.5]
+        >>> opt.step()
+        >>> w.data  # w*m = [0.5, -0.5, -0.5]: only the first weight flips
+        tensor([-1., -1.,  1.])
+        >>> int(opt.state[w]["flips"])
+        1
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        gamma: float = 1e-4,
+        threshold: float = 1e-8,
+        *,
+        tie_break: str = "larq",
+        m_init: str = "zero",
+        nonfinite: str = "raise",
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        validate_scalar("gamma", gamma, low=0.0, high=1.0, low_inclusive=False)
+        validate_scalar("threshold", threshold, low=0.0)
+        validate_choice("tie_break", tie_break, TIE_BREAKS)
+        validate_choice("m_init", m_init, ("zero", "grad"))
+        validate_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        if foreach and fused:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        defaults = dict(
+            lr=gamma, threshold=threshold, tie_break=tie_break, m_init=m_init, nonfinite=nonfinite,
+            foreach=foreach, fused=fused,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # Accept `gamma` in a group dict as the documented name of `lr`, and validate per-group overrides.
+        if "gamma" in param_group:
+            if "lr" in param_group:
+                raise ValueError("Give a Bop param group `gamma` or `lr` (its alias), not both.")
+            param_group = {**param_group, "lr": param_group.pop("gamma")}
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        validate_scalar("gamma", group["lr"], low=0.0, high=1.0, low_inclusive=False)
+        validate_scalar("threshold", group["threshold"], low=0.0)
+        validate_choice("tie_break", group["tie_break"], TIE_BREAKS)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("tie_break", "larq")
+            group.setdefault("m_init", "zero")
+            group.setdefault("nonfinite", "raise")
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """Lazy state initialization, at the first step that sees a gradient for ``p``."""
+        check_binary(p, param_label(self, p))
+        state["step"] = torch.tensor(0, dtype=torch.int64)
+        state["flips"] = torch.zeros((), dtype=torch.int64, device=p.device)
+        state["nonfinite_steps"] = torch.tensor(0, dtype=torch.int64)
+        # m lives in fp32 (or wider) whatever the parameter's dtype, so bf16 training keeps Bop's state in fp32
+        m_dtype = torch.promote_types(p.dtype, torch.float32)
+        if group["m_init"] == "grad":
+            state["exp_avg"] = p.grad.detach().to(m_dtype, copy=True)
+        else:
+            state["exp_avg"] = torch.zeros_like(p, dtype=m_dtype, memory_format=torch.preserve_format)
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict]]:
+        params, grads, states = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients.")
+            state = self.state[p]
+            if len(state) == 0:
+                self._init_state(p, group, state)
+            params.append(p)
+            grads.append(p.grad)
+            states.append(state)
+        return params, grads, states
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                      states: list[dict]) -> list[Tensor]:
+        return bop(
+            params, grads, [s["exp_avg"] for s in states],
+            gamma=group["lr"], threshold=group["threshold"], tie_break=group["tie_break"],
+            foreach=group["foreach"], fused=group["fused"],
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = self._init_group(group)
+            if not params:
+                continue
+            params, grads, states = _screen_nonfinite(self, group["nonfinite"], params, grads, states)
+            if not params:
+                continue
+            flips = self._update_group(group, params, grads, states)
+            for state, n in zip(states, flips):
+                state["step"] += 1
+                state["flips"] = n
+        return loss
+
+
+def _screen_nonfinite(optimizer: Optimizer, policy: str, params, grads, states):
+    """Drop (``"skip"``) or reject (``"raise"``) parameters whose gradient holds inf/NaN, before any state changes.
+
+    A finite sum proves a finite gradient, so the common case costs one summing pass and a single host sync for the
+    whole group; only a non-finite sum (an inf/NaN entry, or an overflowing sum of huge entries) is looked at
+    entry by entry.
+    """
+    sums = torch.stack([g.sum(dtype=torch.float32).to(params[0].device) for g in grads])
+    if bool(torch.isfinite(sums).all()):
+        return params, grads, states
+    keep = [bool(torch.isfinite(g).all()) for g in grads]
+    if all(keep):
+        return params, grads, states
+    if policy == "raise":
+        bad = [param_label(optimizer, p) for p, ok in zip(params, keep) if not ok]
+        raise RuntimeError(
+            f"Bop got a non-finite gradient (inf or NaN) for {', '.join(bad)}; no weight or state was changed. "
+            "Lower the learning signal, use a GradScaler with fp16, or create Bop with nonfinite='skip'."
+        )
+    for ok, p, state in zip(keep, params, states):
+        if not ok:
+            state["nonfinite_steps"] += 1
+            state["flips"] = torch.zeros((), dtype=torch.int64, device=p.device)
+    return tuple([x for ok, x in zip(keep, items) if ok] for items in (params, grads, states))
+
+
+def bop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    gamma: float,
+    threshold: float,
+    tie_break: str = "larq",
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> list[Tensor]:
+    """Functional Bop: update ``exp_avgs`` and flip ``params`` in place; return the flip count of each tensor.
+
+    See :class:`Bop` for the rule. ``fused=True`` selects the compiled kernel, otherwise ``foreach`` (default) or
+    the single-tensor reference (``foreach=False``).
+    """
+    if fused:
+        impl = _fused_bop
+    elif foreach is False:
+        impl = _single_tensor_bop
+    else:
+        impl = _multi_tensor_bop
+    return impl(params, grads, exp_avgs, gamma=gamma, threshold=threshold, tie_break=tie_break)
+
+
+def _single_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break) -> list[Tensor]:
+    """The reference: one tensor at a time, one line per equation. Never optimize this function."""
+    flips = []
+    for w, g, m in zip(params, grads, exp_avgs):
+        # m_t = m_{t-1} + gamma (g_t - m_{t-1}); three separately rounded operations, as Larq computes it
+        m.add_((g.to(m.dtype) - m) * gamma)
+        w_times_m = w.to(m.dtype) * m  # exact: w is +-1
+        new_w = torch.where(w_times_m > threshold, -w, w)
+        at_tie = w_times_m == threshold
+        if tie_break == "larq":
+            new_w = torch.where(at_tie, torch.ones_like(w), new_w)
+        elif tie_break == "flip":
+            new_w = torch.where(at_tie, -w, new_w)
+        flips.append((new_w != w).sum())
+        w.copy_(new_w)
+    return flips
+
+
+# At the tie w * m == tau a weight flips iff (w < 0 and TIE[0]) or (w > 0 and TIE[1]).
+_TIE_FLIPS = {"larq": (True, False), "keep": (False, False), "flip": (True, True)}
+
+
+def flip_mask(w: Tensor, w_times_m: Tensor, threshold: float, tie_break: str) -> Tensor:
+    """Which weights flip, given ``w * m`` (or the normalized ``w * m / (sqrt(v) + eps)`` of Bop2ndOrder)."""
+    flip = w_times_m > threshold
+    tie_neg, tie_pos = _TIE_FLIPS[tie_break]
+    if tie_neg or tie_pos:
+        at_tie = w_times_m == threshold
+        if not tie_pos:
+            at_tie &= w < 0
+        flip |= at_tie
+    return flip
+
+
+def _multi_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break) -> list[Tensor]:
+    """``torch._foreach_*`` path, grouped by device and dtype; bit-identical to the reference."""
+    flips: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs], with_indices=True)
+    for (w_list, g_list, m_list), indices in buckets.values():
+        if g_list[0].dtype != m_list[0].dtype:
+            g_list = [g.to(m_list[0].dtype) for g in g_list]
+        delta = torch._foreach_sub(g_list, m_list)
+        torch._foreach_mul_(delta, gamma)
+        torch._foreach_add_(m_list, delta)
+        # reuse delta's memory for w * m: fresh large allocations cost page faults on every step
+        torch._foreach_copy_(delta, w_list)
+        torch._foreach_mul_(delta, m_list)
+        for i, w, w_times_m in zip(indices, w_list, delta):
+            flip = flip_mask(w, w_times_m, threshold, tie_break)
+            flips[i] = torch.count_nonzero(flip)
+            torch.where(flip, -w, w, out=w)
+    return flips
+
+
+def _fused_kernel(w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, threshold: Tensor, tie_neg: Tensor,
+                  tie_pos: Tensor) -> Tensor:
+    """The whole step for one flattened tensor; compiled, it reads w, g, m once and writes m, w (5 streams)."""
+    new_m = m + (g.to(m.dtype) - m) * gamma
+    w_times_m = w.to(m.dtype) * new_m
+    at_tie = w_times_m == threshold
+    flip = (w_times_m > threshold) | (at_tie & (((w < 0) & tie_neg) | ((w > 0) & tie_pos)))
+    m.copy_(new_m)
+    w.copy_(torch.where(flip, -w, w))
+    return flip.sum()
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_kernel() -> Callable:
+    # Compiled lazily (first fused step), once: every hyperparameter is a tensor argument, shapes are dynamic.
+    return torch.compile(_fused_kernel, dynamic=True)
+
+
+def _fused_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break) -> list[Tensor]:
+    """One compiled kernel per tensor: reads w, g, m once, writes m and w, and counts the flips on the way."""
+    kernel = _compiled_kernel()
+    # hyperparameters travel as 0-dim tensors so that a schedule never triggers a recompilation
+    scalars: dict[tuple, tuple[Tensor, ...]] = {}
+    flips = []
+    for w, g, m in zip(params, grads, exp_avgs):
+        if w.numel() == 0:
+            flips.append(torch.zeros((), dtype=torch.int64, device=w.device))
+            continue
+        key = (m.device, m.dtype)
+        if key not in scalars:
+            scalars[key] = (torch.tensor(gamma, dtype=m.dtype, device=m.device),
+                            torch.tensor(threshold, dtype=m.dtype, device=m.device),
+                            *(torch.tensor(b, device=m.device) for b in _TIE_FLIPS[tie_break]))
+        flips.append(kernel(w.view(-1), g.reshape(-1), m.view(-1), *scalars[key]))
+    return flips

@@ -1,0 +1,203 @@
+r"""One optimizer made of several: Bop for the binary weights, any torch optimizer for the rest.
+
+A binarized network has two kinds of parameters. Its binary weights are trained by Bop; its batch-norm shifts (and any
+other real-valued parameter) by an ordinary optimizer, Adam in the paper. The two must step together, from the same
+backward pass, and a training loop, an ``lr_scheduler`` or Lightning's automatic optimization each expect *one*
+``torch.optim.Optimizer``. :class:`CompositeOptimizer` is that one optimizer (Larq calls its counterpart
+``CaseOptimizer``):
+
+* its ``param_groups`` are its children's groups, in order, as the very same dicts, so a scheduler attached to the
+  composite schedules the children (give ``LambdaLR`` one lambda per group to decay Bop's gamma alone);
+* ``step(closure)`` evaluates the closure once, then steps every child; ``zero_grad`` clears them all;
+* ``state_dict()`` is one dict holding every child's state dict, and ``load_state_dict`` restores them all, so a
+  checkpoint resumes exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+__all__ = ["CompositeOptimizer"]
+
+
+class _RoutedState(MutableMapping):
+    """``optimizer.state`` of the composite: a view that reads from and writes to the child owning each parameter."""
+
+    def __init__(self, composite: "CompositeOptimizer") -> None:
+        self._composite = composite
+
+    def _child(self, param: Tensor) -> Optimizer:
+        owner = self._composite._owner_of(param)
+        if owner is None:
+            raise KeyError(f"parameter of shape {tuple(param.shape)} is not trained by this CompositeOptimizer")
+        return owner
+
+    def __getitem__(self, param: Tensor) -> Any:
+        return self._child(param).state[param]
+
+    def __setitem__(self, param: Tensor, value: Any) -> None:
+        self._child(param).state[param] = value
+
+    def __delitem__(self, param: Tensor) -> None:
+        del self._child(param).state[param]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for optimizer in self._composite.optimizers:
+            yield from list(optimizer.state.keys())
+
+    def __len__(self) -> int:
+        return sum(len(optimizer.state) for optimizer in self._composite.optimizers)
+
+
+class CompositeOptimizer(Optimizer):
+    r"""Several optimizers over disjoint parameters, behaving as one ``torch.optim.Optimizer``.
+
+    Args:
+        *optimizers: the children, e.g. ``Bop(binary_params)`` and ``torch.optim.Adam(other_params, lr=0.01)``.
+            Each must own at least one parameter, and no parameter may belong to two of them.
+        model: when given, every trainable parameter of ``model`` must be claimed by exactly one child, and error
+            messages name parameters by their name in the model.
+
+    Raises:
+        TypeError: a child is not a ``torch.optim.Optimizer``, or ``model`` is not an ``nn.Module``.
+        ValueError: no child, a child without parameters, a parameter claimed twice, or (with ``model``) a
+            trainable parameter that no child claims.
+
+    Example:
+        >>> from torchbop.optim import Bop
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False), torch.nn.BatchNorm1d(2))
+        >>> with torch.no_grad():
+        ...     _ = model[0].weight.copy_(torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, 1.0]]))
+        >>> opt = CompositeOptimizer(
+        ...     Bop([model[0].weight], gamma=1e-3),
+        ...     torch.optim.Adam(model[1].parameters(), lr=0.01),
+        ...     model=model,
+        ... )
+        >>> [group["lr"] for group in opt.param_groups]  # Bop's gamma, then Adam's learning rate
+        [0.001, 0.01]
+        >>> model(torch.randn(4, 3)).sum().backward()
+        >>> opt.step()
+        >>> sorted(opt.state_dict())
+        ['optimizers']
+    """
+
+    def __init__(self, *optimizers: Optimizer, model: nn.Module | None = None) -> None:
+        if len(optimizers) == 1 and isinstance(optimizers[0], (list, tuple)):
+            optimizers = tuple(optimizers[0])
+        if not optimizers:
+            raise ValueError("CompositeOptimizer needs at least one optimizer.")
+        for i, optimizer in enumerate(optimizers):
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"Expected a torch.optim.Optimizer at optimizers[{i}], got {type(optimizer).__name__}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"Expected model to be an nn.Module, got {type(model).__name__}")
+        self.optimizers = list(optimizers)
+        self._check_claims(model)
+        # Optimizer.__init__ sets up hooks and step profiling; the groups it would build are discarded by the
+        # param_groups/state properties below, which always read the children.
+        super().__init__([p for g in self.param_groups for p in g["params"]], defaults={})
+        self._initialized = True
+
+    # -- parameters and state live in the children -------------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, value: list) -> None:
+        if value:  # Optimizer.__init__ assigns [] then appends to a temporary list: nothing else may set it
+            raise RuntimeError("CompositeOptimizer's param_groups are its children's; add groups to a child.")
+
+    @property
+    def state(self) -> _RoutedState:  # type: ignore[override]
+        return _RoutedState(self)
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        if value:
+            raise RuntimeError("CompositeOptimizer's state is its children's; load it with load_state_dict.")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not hasattr(self, "_initialized"):
+            return  # called by Optimizer.__init__ for the discarded group
+        raise RuntimeError("Add the group to one of the children: composite.optimizers[i].add_param_group(...)")
+
+    def _owner_of(self, param: Tensor) -> Optimizer | None:
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                if any(p is param for p in group["params"]):
+                    return optimizer
+        return None
+
+    def _check_claims(self, model: nn.Module | None) -> None:
+        names = {id(p): name for name, p in model.named_parameters()} if model is not None else {}
+
+        def label(p: Tensor) -> str:
+            return f"parameter {names[id(p)]!r}" if id(p) in names else f"a parameter of shape {tuple(p.shape)}"
+
+        claimed: dict[int, int] = {}
+        for i, optimizer in enumerate(self.optimizers):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if not params:
+                raise ValueError(f"optimizers[{i}] ({type(optimizer).__name__}) has no parameters to train.")
+            for p in params:
+                if id(p) in claimed:
+                    j = claimed[id(p)]
+                    raise ValueError(
+                        f"{label(p)} is claimed by optimizers[{j}] ({type(self.optimizers[j]).__name__}) and "
+                        f"optimizers[{i}] ({type(optimizer).__name__}); give each parameter to one optimizer "
+                        "(torchbop.nn.split_binary_params(model) splits a model's parameters)."
+                    )
+                claimed[id(p)] = i
+        if model is not None:
+            for name, p in model.named_parameters():
+                if p.requires_grad and id(p) not in claimed:
+                    raise ValueError(
+                        f"parameter {name!r} of the model is trainable but no optimizer claims it; add it to one "
+                        "of the optimizers or set requires_grad=False."
+                    )
+
+    # -- the optimizer contract ------------------------------------------------------------------------------------
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Evaluate ``closure`` (forward and backward) once, then step every child."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+        if not isinstance(states, list) or len(states) != len(self.optimizers):
+            found = "no 'optimizers' list" if not isinstance(states, list) else f"{len(states)} optimizer states"
+            raise ValueError(
+                f"This CompositeOptimizer has {len(self.optimizers)} optimizers but the state dict holds {found}."
+            )
+        for optimizer, state in zip(self.optimizers, states):
+            optimizer.load_state_dict(state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"optimizers": self.optimizers}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.optimizers = state["optimizers"]
+        Optimizer.__init__(self, [p for g in self.param_groups for p in g["params"]], defaults={})
+        self._initialized = True
+
+    def __repr__(self) -> str:
+        inner = "\n".join("    " + repr(o).replace("\n", "\n    ") for o in self.optimizers)
+        return f"{type(self).__name__}(\n{inner}\n)"
