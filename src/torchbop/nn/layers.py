@@ -1,0 +1,276 @@
+r"""Binary layers: drop-in subclasses of ``nn.Conv2d`` and ``nn.Linear`` whose weights and inputs are binary.
+
+A binary layer computes
+
+.. math::
+    y = q_w(W) \star q_x(x) + b
+
+with :math:`q_x` the ``input_quantizer`` (default :class:`~torchbop.quantizers.SteSign`; ``None`` for a first layer
+whose input is real, such as image pixels) and :math:`q_w` the ``weight_quantizer``. How :math:`W` is stored is set by
+``mode``:
+
+- ``mode="bop"`` (default): ``weight`` *is* the binary weight. It holds exactly -1 and +1 and is used as is
+  (``weight_quantizer=None``); its gradient is the gradient with respect to the binary weight, which Bop accumulates
+  and uses to flip signs. There are no latent weights ("Latent Weights Do Not Exist", arXiv:1906.02107).
+- ``mode="latent"``: ``weight`` is a real latent weight :math:`\theta_r`, binarized in every forward by
+  ``weight_quantizer`` (default :class:`~torchbop.quantizers.SteSign`), trained by SGD or Adam, and clipped to [-1, 1]
+  after each step with :func:`torchbop.nn.clip_latent_weights_` (Courbariaux et al., arXiv:1602.02830).
+
+Binary layers carry ``is_binary = True`` and ``mode``; :func:`torchbop.nn.split_binary_params` finds them by that.
+
+This module also has :class:`ShiftBatchNorm1d` and :class:`ShiftBatchNorm2d`, batch norm with a learned shift and no
+scale (Keras' ``BatchNormalization(scale=False)``), which the BNNs of the paper use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchbop.quantizers import SteSign, sign
+
+__all__ = ["BinaryConv2d", "BinaryLinear", "ShiftBatchNorm1d", "ShiftBatchNorm2d", "MODES"]
+
+#: The two ways a binary layer stores its weight.
+MODES = ("bop", "latent")
+
+
+class _Default:
+    """Sentinel for "the default quantizer for this mode": a fresh module per layer, never one shared instance."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT: Any = _Default()
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
+    return mode
+
+
+def _check_quantizer(name: str, quantizer: Any) -> nn.Module | None:
+    if quantizer is None or isinstance(quantizer, nn.Module):
+        return quantizer
+    raise TypeError(
+        f"{name} must be an nn.Module or None, got {type(quantizer).__name__}; "
+        "wrap functions in a module, e.g. torchbop.quantizers.SteSign()"
+    )
+
+
+class _BinaryLayerMixin:
+    """What ``BinaryConv2d`` and ``BinaryLinear`` share: quantizer setup, initialisation and the quantized operands.
+
+    Goes before the torch layer in the bases, so that its ``reset_parameters`` and ``extra_repr`` take precedence.
+    """
+
+    is_binary = True
+    mode: str
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    input_quantizer: nn.Module | None
+    weight_quantizer: nn.Module | None
+
+    def _init_quantizers(self, input_quantizer: Any, weight_quantizer: Any) -> None:
+        if input_quantizer is _DEFAULT:
+            input_quantizer = SteSign()
+        if weight_quantizer is _DEFAULT:
+            weight_quantizer = SteSign() if self.mode == "latent" else None
+        self.input_quantizer = _check_quantizer("input_quantizer", input_quantizer)
+        self.weight_quantizer = _check_quantizer("weight_quantizer", weight_quantizer)
+
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weights (Keras' default), binarized with sign in ``"bop"`` mode; zero bias."""
+        nn.init.xavier_uniform_(self.weight)
+        if self.mode == "bop":
+            with torch.no_grad():
+                self.weight.copy_(sign(self.weight))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _quantized_input(self, x: Tensor) -> Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def _quantized_weight(self) -> Tensor:
+        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + f", mode={self.mode}"  # type: ignore[misc]
+        if getattr(self, "pad_value", 0.0) != 0.0:
+            s += f", pad_value={self.pad_value}"  # type: ignore[attr-defined]
+        return s
+
+
+class BinaryConv2d(_BinaryLayerMixin, nn.Conv2d):
+    r"""2-D convolution with binary weights and binary inputs.
+
+    Same arguments as ``nn.Conv2d`` (but ``bias=False`` by default), plus:
+
+    Args:
+        mode: ``"bop"`` (``weight`` holds exactly +-1 and is used as is) or ``"latent"`` (``weight`` is real and
+            binarized by ``weight_quantizer`` in forward).
+        input_quantizer: applied to the input before padding; default a fresh ``SteSign()``; ``None`` for real input.
+        weight_quantizer: applied to ``weight``; default ``None`` in ``"bop"`` mode and ``SteSign()`` in ``"latent"``
+            mode. Pass ``None`` in latent mode to run with the real latent weights.
+        pad_value: the value the (quantized) input is padded with. ``0.0`` (default) is ``nn.Conv2d``'s zero padding,
+            which makes border activations ternary; ``-1.0`` or ``1.0`` keep them binary (Larq's ``pad_values``).
+            A nonzero value needs ``padding_mode="zeros"`` and a layer that pads; it works with ``padding="same"``.
+
+    Weights start as Glorot-uniform draws (``nn.init.xavier_uniform_``), binarized with
+    :func:`~torchbop.quantizers.sign` in ``"bop"`` mode; a bias starts at zero.
+
+    Example:
+        >>> conv = BinaryConv2d(3, 8, 3, padding=1)
+        >>> conv
+        BinaryConv2d(
+          3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False, mode=bop
+          (input_quantizer): SteSign(clip_value=1.0)
+        )
+        >>> conv.weight.detach().abs().unique()
+        tensor([1.])
+        >>> conv(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 8, 16, 16])
+        >>> BinaryConv2d(8, 8, 3, padding="same", pad_value=-1.0, input_quantizer=None, mode="latent")
+        BinaryConv2d(
+          8, 8, kernel_size=(3, 3), stride=(1, 1), padding=same, bias=False, mode=latent, pad_value=-1.0
+          (weight_quantizer): SteSign(clip_value=1.0)
+        )
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        mode: str = "bop",
+        input_quantizer: nn.Module | None = _DEFAULT,
+        weight_quantizer: nn.Module | None = _DEFAULT,
+        pad_value: float = 0.0,
+    ) -> None:
+        # Set before nn.Conv2d.__init__, which calls reset_parameters, which reads the mode.
+        self.mode = _check_mode(mode)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self.pad_value = float(pad_value)
+        if self.pad_value != 0.0:
+            if padding_mode != "zeros":
+                raise ValueError(f"pad_value={pad_value} needs padding_mode='zeros', got padding_mode={padding_mode!r}")
+            if not any(self._reversed_padding_repeated_twice):
+                raise ValueError(f"pad_value={pad_value} has no effect: the layer does not pad (padding={padding!r})")
+        self._init_quantizers(input_quantizer, weight_quantizer)
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = self._quantized_input(input)
+        weight = self._quantized_weight()
+        if self.pad_value == 0.0:
+            return self._conv_forward(x, weight, self.bias)
+        # Pad the binary input with pad_value ourselves, then convolve without padding.
+        x = F.pad(x, self._reversed_padding_repeated_twice, mode="constant", value=self.pad_value)
+        return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class BinaryLinear(_BinaryLayerMixin, nn.Linear):
+    r"""Fully connected layer with binary weights and binary inputs.
+
+    Same arguments as ``nn.Linear`` (but ``bias=False`` by default), plus ``mode``, ``input_quantizer`` and
+    ``weight_quantizer`` as in :class:`BinaryConv2d`.
+
+    Example:
+        >>> fc = BinaryLinear(16, 4)
+        >>> fc
+        BinaryLinear(
+          in_features=16, out_features=4, bias=False, mode=bop
+          (input_quantizer): SteSign(clip_value=1.0)
+        )
+        >>> y = fc(torch.randn(2, 16))
+        >>> bool((y.remainder(2) == 0).all())  # a sum of 16 products of +-1 is even
+        True
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        mode: str = "bop",
+        input_quantizer: nn.Module | None = _DEFAULT,
+        weight_quantizer: nn.Module | None = _DEFAULT,
+    ) -> None:
+        self.mode = _check_mode(mode)  # read by reset_parameters, which nn.Linear.__init__ calls
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._init_quantizers(input_quantizer, weight_quantizer)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(self._quantized_input(input), self._quantized_weight(), self.bias)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Batch norm without scale
+
+
+class _ShiftBatchNormMixin:
+    """Batch norm with a learned shift (beta) and no scale (gamma): ``affine=False`` plus a ``bias`` parameter.
+
+    ``_BatchNorm.forward`` passes ``self.weight`` (None) and ``self.bias`` to ``F.batch_norm``, which accepts them
+    independently, so the computation is ``(x - mean) / sqrt(var + eps) + beta`` with no other change.
+    """
+
+    bias: nn.Parameter
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-3, momentum: float = 0.01, device: Any = None, dtype: Any = None
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine=False, device=device, dtype=dtype)  # type: ignore[call-arg]
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # type: ignore[misc]
+        if getattr(self, "bias", None) is not None:  # absent while _BatchNorm.__init__ runs
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return "{num_features}, eps={eps}, momentum={momentum}, scale=False".format(**self.__dict__)
+
+
+class ShiftBatchNorm1d(_ShiftBatchNormMixin, nn.BatchNorm1d):
+    r"""``nn.BatchNorm1d`` with a learned shift :math:`\beta` and no scale: :math:`y = \hat{x} + \beta`.
+
+    Keras' ``BatchNormalization(scale=False)``, with Keras' defaults ``eps=1e-3`` and ``momentum=0.01`` (Keras'
+    ``momentum=0.99``; torch's momentum weighs the new batch, Keras' the running value). Before a sign activation a
+    positive scale would change nothing.
+
+    Example:
+        >>> bn = ShiftBatchNorm1d(4)
+        >>> bn
+        ShiftBatchNorm1d(4, eps=0.001, momentum=0.01, scale=False)
+        >>> [name for name, _ in bn.named_parameters()]
+        ['bias']
+    """
+
+
+class ShiftBatchNorm2d(_ShiftBatchNormMixin, nn.BatchNorm2d):
+    r"""``nn.BatchNorm2d`` with a learned shift :math:`\beta` and no scale; see :class:`ShiftBatchNorm1d`.
+
+    Example:
+        >>> bn = ShiftBatchNorm2d(8)
+        >>> bn.weight is None, bn.bias.shape
+        (True, torch.Size([8]))
+    """
