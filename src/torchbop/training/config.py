@@ -1,0 +1,265 @@
+"""Training configuration: one frozen dataclass, filled from a YAML recipe and typed command-line overrides.
+
+A recipe (``src/torchbop/recipes/<name>.yaml``) is a flat mapping of :class:`TrainConfig` fields. Unknown keys raise
+``ValueError`` naming them, and every value is checked against its field's type (the spirit of nanoGPT's
+``configurator.py``, without ``exec``). Overrides given as ``key=value`` strings are parsed as YAML scalars and then
+typed the same way, so ``epochs=3`` is an int, ``gamma=1e-3`` a float and ``model_kwargs.width=0.25`` sets one entry of
+the ``model_kwargs`` mapping.
+
+Example:
+    >>> cfg = TrainConfig(epochs=2)
+    >>> cfg = apply_overrides(cfg, ["gamma=1e-3", "model_kwargs.width=0.5", "early_stop_flip_epochs=null"])
+    >>> cfg.gamma, cfg.model_kwargs, cfg.early_stop_flip_epochs
+    (0.001, {'width': 0.5}, None)
+    >>> apply_overrides(cfg, ["epoch=3"])
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown config key(s): epoch (did you mean 'epochs'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = ["TrainConfig", "load_recipe", "apply_overrides", "available_recipes", "recipe_path"]
+
+MODES = ("bop", "latent")
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+PROTOCOLS = ("original", "reproduction")
+OPTIMIZERS = {"bop": ("bop", "bop2nd"), "latent": ("adam", "sgd")}
+PRECISIONS = ("32", "bf16-mixed")
+TEST_WEIGHTS = ("last", "best")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on. Defaults give a small MNIST BNN trained with Bop.
+
+    ``None`` means "not used" or "the library's default", never a hidden switch.
+    """
+
+    # --- identity -----------------------------------------------------------------------------------------------
+    name: str = "run"  # names the default output directory runs/<name>
+    recipe_version: int = 1  # bumped whenever a recipe's numbers change
+
+    # --- model --------------------------------------------------------------------------------------------------
+    model: str = "mnist_bnn"  # a key of torchbop.models.MODELS
+    model_kwargs: dict = field(default_factory=dict)  # e.g. {width: 0.25, variant: original}
+    mode: str = "bop"  # "bop": weights are +-1 and Bop flips them; "latent": real latent weights, SGD/Adam, clipped
+
+    # --- data ---------------------------------------------------------------------------------------------------
+    dataset: str = "mnist"  # "mnist" | "fashion-mnist" | "cifar10"
+    data_dir: str | None = None  # None: $TORCHBOP_DATA, then ~/.cache/torchbop (torchbop.data.resolve_data_dir)
+    download: bool = False  # fetch missing files in prepare_data (rank 0 only)
+    protocol: str = "original"  # "original": validate on test | "reproduction": seeded class-balanced hold-out
+    val_fraction: float = 0.1  # hold-out fraction of the training set under the reproduction protocol
+    subset: int | None = None  # train on this many (seeded, random) training images only
+    augment: bool = False  # pad-4 random-crop + horizontal flip (CIFAR-10)
+    batch_size: int = 100
+    eval_batch_size: int = 1000  # validation/test batch size (no gradients, so larger is just faster)
+
+    # --- optimization -------------------------------------------------------------------------------------------
+    epochs: int = 5
+    optimizer: str = "bop"  # mode bop: "bop" | "bop2nd"; mode latent: "adam" | "sgd" (for every parameter)
+    gamma: float = 1e-4  # Bop's adaptivity rate (kept in the param group as "lr")
+    threshold: float = 1e-8  # Bop's flip threshold tau
+    sigma: float = 1e-2  # Bop2ndOrder's second-moment rate
+    gamma_decay: float = 1.0  # multiply gamma (latent mode: lr) by this every gamma_decay_every epochs
+    gamma_decay_every: int | None = None  # epochs; None: constant
+    lr: float = 0.01  # Adam/SGD learning rate: the non-binary parameters (mode bop) or all of them (mode latent)
+    momentum: float = 0.0  # SGD only
+    early_stop_flip_epochs: int | None = None  # stop after this many consecutive epochs without a single flip
+    test_weights: str = "last"  # "last": weights at the end | "best": lowest validation loss (reproduction)
+
+    # --- runtime ------------------------------------------------------------------------------------------------
+    seed: int = 0
+    precision: str = "32"  # "32" | "bf16-mixed" (autocast; parameters and optimizer state stay fp32)
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for several devices
+    limit_train_batches: Union[int, float, None] = None  # Lightning's option: batches (int) or fraction (float)
+    limit_eval_batches: Union[int, float, None] = None  # same, for validation and test
+    out: str | None = None  # None: runs/<name>
+    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int | None = None  # also write last.ckpt mid-epoch every N optimizer steps
+    resume: str | None = None  # a checkpoint file, or a run directory (its checkpoints/last.ckpt)
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for key, value in dataclasses.asdict(self).items():
+            _check_type(key, value, _field_types()[key])
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("protocol", self.protocol, PROTOCOLS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS[self.mode], f" for mode {self.mode!r}")
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("test_weights", self.test_weights, TEST_WEIGHTS)
+        positive = ["batch_size", "eval_batch_size", "epochs", "log_every_n_steps", "num_nodes"]
+        positive += [k for k in ("subset", "gamma_decay_every", "early_stop_flip_epochs", "checkpoint_every_n_steps")
+                     if getattr(self, k) is not None]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"Invalid {key} value: {getattr(self, key)} (expected a positive integer)")
+        for key in ("gamma", "threshold", "sigma", "lr", "momentum"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"Invalid {key} value: {getattr(self, key)} (expected >= 0)")
+        if not 0.0 < self.gamma_decay <= 1.0:
+            raise ValueError(f"Invalid gamma_decay value: {self.gamma_decay} (expected a number in (0, 1])")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"Invalid val_fraction value: {self.val_fraction} (expected a number in (0, 1))")
+        if self.test_weights == "best" and self.protocol == "original":
+            raise ValueError("test_weights='best' with protocol 'original' would pick the weights on the test set; "
+                             "use protocol 'reproduction' (a held-out validation split) or test_weights='last'")
+
+    @property
+    def out_dir(self) -> Path:
+        """Where checkpoints, logs and the summary go."""
+        return Path(self.out if self.out is not None else f"runs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe dict of every field (``TrainConfig(**cfg.to_dict()) == cfg``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping, raising ``ValueError`` on unknown keys and coercing YAML's strings such as ``1e-4``."""
+        _check_unknown(values)
+        types_ = _field_types()
+        return cls(**{k: _coerce(k, v, types_[k]) for k, v in values.items()})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (typed like :meth:`from_dict`)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# recipes and overrides
+# ----------------------------------------------------------------------------------------------------------------
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped with torchbop."""
+    folder = resources.files("torchbop") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A shipped recipe's file (``"mnist"``), or ``name_or_path`` itself when it is an existing file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"Recipe file not found: {path}")
+        return path
+    shipped = resources.files("torchbop") / "recipes" / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ValueError(f"Unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(available_recipes())} "
+                         "(or give the path of a .yaml file)")
+    return Path(str(shipped))
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a recipe by name (``"mnist"``, ``"cifar10"``) or path, then apply ``key=value`` overrides.
+
+    A recipe without a ``name`` is named after its file.
+    """
+    path = recipe_path(name_or_path)
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"Recipe {path} must be a mapping of TrainConfig fields, got {type(values).__name__}")
+    values.setdefault("name", path.stem)
+    return apply_overrides(TrainConfig.from_dict(values), overrides or [])
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``key=value`` strings; ``model_kwargs.<k>=v`` sets one model argument. Values are YAML scalars."""
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"Invalid override {item!r}: expected key=value")
+        value = yaml.safe_load(text) if text.strip() else None
+        if "." in key:
+            head, _, sub = key.partition(".")
+            if head != "model_kwargs":
+                _check_unknown({key: None})
+                raise ValueError(f"Invalid override {item!r}: only model_kwargs.<name>=value takes a dotted key")
+            kwargs = dict(changes.get("model_kwargs", config.model_kwargs))
+            kwargs[sub] = value
+            changes["model_kwargs"] = kwargs
+        else:
+            _check_unknown({key: None})
+            changes[key] = value
+    return config.replace(**changes) if changes else config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# typing helpers
+# ----------------------------------------------------------------------------------------------------------------
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_unknown(values: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f"{key} (did you mean {close[0]!r}?)" if close else key)
+        raise ValueError(f"Unknown config key(s): {', '.join(hints)}")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...], where: str = "") -> None:
+    if value not in choices:
+        raise ValueError(f"Invalid {key} value: {value!r}{where} (expected one of {', '.join(map(repr, choices))})")
+
+
+def _union_args(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Turn a YAML value into the field's type where that is lossless (``"1e-4"`` -> 1e-4, ``3`` -> 3.0)."""
+    options = _union_args(tp)
+    if value is None or any(isinstance(value, o) and not (o is int and isinstance(value, bool))
+                            for o in options if isinstance(o, type)):
+        if float in options and int not in options and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    if isinstance(value, str):
+        for option in (int, float):
+            if option in options:
+                try:
+                    return option(value)
+                except ValueError:
+                    pass
+    if float in options and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if str in options and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # precision: 32 -> "32"
+    return value  # left for _check_type to reject
+
+
+def _check_type(key: str, value: Any, tp: Any) -> None:
+    options = _union_args(tp)
+    for option in options:
+        if option is type(None) and value is None:
+            return
+        if isinstance(option, type) and isinstance(value, option):
+            if option in (int, float) and isinstance(value, bool):
+                continue
+            return
+    names = " | ".join("None" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise ValueError(f"Invalid {key} value: {value!r} (expected {names}, got {type(value).__name__})")

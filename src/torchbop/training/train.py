@@ -1,0 +1,176 @@
+"""``train(config) -> dict``: one training run from a :class:`TrainConfig`, as the CLI and the experiments use it.
+
+A run directory (``config.out``, default ``runs/<name>``) holds::
+
+    config.yaml               the full configuration of the run
+    checkpoints/last.ckpt     end of the latest epoch (or step, with checkpoint_every_n_steps): --resume continues it
+    checkpoints/best.ckpt     lowest validation loss so far
+    tb/version_N/             TensorBoard: losses, accuracies, pi_t and flips per layer per step, gamma per epoch
+    csv/version_N/metrics.csv the same numbers as CSV
+    summary.json              what train() returns
+
+Resuming (``config.resume``: a checkpoint or a run directory) restores the model, Bop's ``m`` and Adam's moments, the
+LR schedule, the loop counters, the global RNG states, the early-stopping counter and the training loader's position
+(epoch and batch), so a killed run continues exactly where it stopped and ends with the weights an uninterrupted run
+would have had. Checkpoints are written atomically (:class:`~torchbop.training.callbacks.AtomicCheckpointIO`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+
+from torchbop.training.callbacks import AtomicCheckpointIO, FlipEarlyStopping, RNGState, Throughput
+from torchbop.training.config import TrainConfig
+from torchbop.training.data import BinaryDataModule, Split
+from torchbop.training.module import BinaryClassifier
+
+__all__ = ["train", "resolve_checkpoint", "format_summary"]
+
+PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint to resume from at {path}")
+    return path
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data: dict[str, Split] | None = None,
+    model: nn.Module | None = None,
+    callbacks: list[L.Callback] | tuple[L.Callback, ...] = (),
+    loggers: bool = True,
+) -> dict[str, Any]:
+    """Train, validate and test as ``config`` says; return the final metrics.
+
+    Args:
+        config: the run.
+        data: in-memory ``{"train": (images, labels), "test": (images, labels)}`` instead of the dataset files.
+        model: a network to train instead of ``create_model(config.model, ...)`` (e.g. a custom initialisation).
+        callbacks: extra Lightning callbacks (experiments add their own recorders).
+        loggers: write TensorBoard and CSV logs (off in tests, for speed).
+
+    Returns:
+        ``test_acc``, ``test_loss`` with the ``protocol`` and ``test_weights`` they were measured under, the last
+        validation metrics, ``best_val_loss``, checkpoint paths, ``epochs`` completed, ``global_step``,
+        ``stopped_early``, ``wall_time_s``, ``train_images_per_s`` and ``out_dir``.
+    """
+    started = time.perf_counter()
+    out = config.out_dir
+    ckpt_path = str(resolve_checkpoint(config.resume)) if config.resume else None
+
+    L.seed_everything(config.seed, verbose=False)
+    module = BinaryClassifier(config, model=model)
+    datamodule = BinaryDataModule(config, data=data)
+
+    evaluate = config.limit_eval_batches != 0
+    best = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="best", monitor="val_loss" if evaluate else None, mode="min",
+        save_top_k=1, save_last=True, save_on_train_epoch_end=True, enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    extra: list[L.Callback] = [RNGState(), throughput := Throughput()]
+    early = None
+    if config.early_stop_flip_epochs is not None:
+        extra.append(early := FlipEarlyStopping(config.early_stop_flip_epochs))
+    if config.checkpoint_every_n_steps is not None:
+        extra.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                     every_n_train_steps=config.checkpoint_every_n_steps,
+                                     enable_version_counter=False))
+    logger_list: list[Any] | bool = False
+    if loggers:
+        logger_list = [TensorBoardLogger(save_dir=out, name="tb"), CSVLogger(save_dir=out, name="csv")]
+
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=PRECISION[config.precision],
+        logger=logger_list,
+        callbacks=[*extra, *callbacks, best],
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=config.log_every_n_steps,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=config.progress_bar,
+        num_sanity_val_steps=0,
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_eval_batches,
+        limit_test_batches=config.limit_eval_batches,
+        default_root_dir=out,
+    )
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+    epochs_done = trainer.current_epoch
+
+    if config.test_weights == "best":
+        if not best.best_model_path:
+            raise RuntimeError("test_weights='best' but no best checkpoint was written (was validation disabled?)")
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
+    else:
+        test = trainer.test(module, datamodule=datamodule, verbose=False)
+    test_metrics = test[0] if test else {}
+
+    last = out / "checkpoints" / "last.ckpt"
+    result = {
+        "name": config.name,
+        "dataset": config.dataset,
+        "protocol": config.protocol,
+        "test_weights": config.test_weights,
+        "test_acc": test_metrics.get("test_acc", float("nan")),
+        "test_loss": test_metrics.get("test_loss", float("nan")),
+        **fit_metrics,
+        "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
+        "best_checkpoint": best.best_model_path or None,
+        "last_checkpoint": str(last) if last.is_file() else None,
+        "epochs": epochs_done,
+        "global_step": trainer.global_step,
+        "stopped_early": early is not None and early.stopped_epoch is not None,
+        "wall_time_s": time.perf_counter() - started,
+        "train_images_per_s": throughput.images_per_second,
+        "train_images": throughput.images,
+        "device": str(trainer.strategy.root_device),
+        "world_size": trainer.world_size,
+        "out_dir": str(out),
+    }
+    if trainer.is_global_zero:
+        (out / "summary.json").write_text(json.dumps(result, indent=2))
+    result["is_global_zero"] = trainer.is_global_zero
+    return result
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A few human-readable lines about a finished run."""
+    where = "the test set" if result["protocol"] == "original" else "a held-out validation split"
+    weights = "last weights" if result["test_weights"] == "last" else "lowest-validation-loss weights"
+    lines = [
+        f"{result['name']}: test accuracy {result['test_acc']:.4f} (loss {result['test_loss']:.4f}) on "
+        f"{result['dataset']}, protocol {result['protocol']} (validated on {where}; tested with the {weights})",
+        f"  {result['epochs']} epochs, {result['global_step']} steps"
+        + (" (stopped early: no flips)" if result["stopped_early"] else "")
+        + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
+        f" on {result['device']} x{result['world_size']}",
+        f"  checkpoints: {result['last_checkpoint']} (last), {result['best_checkpoint']} (best)",
+    ]
+    return "\n".join(lines)
