@@ -1,0 +1,331 @@
+"""Bop: the equations on hand-computed cases, Larq's rule at its edges, fast paths == reference, resume, errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from torchbop.optim import Bop, ThresholdScheduler
+from torchbop.optim.bop import _fused_bop, _multi_tensor_bop, _single_tensor_bop
+
+
+def binary(*shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(dtype)
+
+
+def larq_bop_numpy(w, m, g, gamma, threshold):
+    """Larq's Bop._resource_apply_dense, transcribed to NumPy float arithmetic (tf.sign: sign(0)=0; lq.math.sign:
+    sign(0)=+1)."""
+    m_t = m + gamma * (g - m)
+    inner = -np.sign(w * m_t - threshold) * w
+    return np.where(inner >= 0, 1.0, -1.0).astype(w.dtype), m_t
+
+
+class TestEquations:
+    def test_hand_computed_two_steps(self):
+        w = torch.nn.Parameter(torch.tensor([1.0, 1.0, -1.0, -1.0]))
+        opt = Bop([w], gamma=0.5, threshold=0.3)
+        w.grad = torch.tensor([0.4, 1.0, 1.0, -1.0])
+        opt.step()  # m = [0.2, 0.5, 0.5, -0.5]; w*m = [0.2, 0.5, -0.5, 0.5] -> flips at 1 and 3
+        assert torch.equal(opt.state[w]["exp_avg"], torch.tensor([0.2, 0.5, 0.5, -0.5]))
+        assert torch.equal(w.data, torch.tensor([1.0, -1.0, -1.0, 1.0]))
+        assert int(opt.state[w]["flips"]) == 2
+        w.grad = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        opt.step()  # m = [0.6, 0.25, 0.25, -0.25]; w*m = [0.6, -0.25, -0.25, -0.25] -> flip at 0 only
+        assert torch.equal(opt.state[w]["exp_avg"], torch.tensor([0.6, 0.25, 0.25, -0.25]))
+        assert torch.equal(w.data, torch.tensor([-1.0, -1.0, -1.0, 1.0]))
+        assert int(opt.state[w]["flips"]) == 1
+        assert int(opt.state[w]["step"]) == 2
+
+    def test_m_starts_at_zero_or_first_gradient(self):
+        for m_init, expected in [("zero", 0.25), ("grad", 1.0)]:
+            w = torch.nn.Parameter(torch.ones(1))
+            opt = Bop([w], gamma=0.25, threshold=10.0, m_init=m_init)
+            w.grad = torch.ones(1)
+            opt.step()
+            assert opt.state[w]["exp_avg"].item() == expected
+
+    def test_weights_move_towards_a_target(self):
+        target = binary(64, seed=1)
+        w = torch.nn.Parameter(binary(64, seed=2))
+        opt = Bop([w], gamma=0.1, threshold=1e-3)
+        for _ in range(30):
+            opt.zero_grad()
+            (-(w * target).sum()).backward()
+            opt.step()
+        assert torch.equal(w.data, target)
+
+    def test_no_flip_with_infinite_threshold(self):
+        w = torch.nn.Parameter(binary(100))
+        start = w.detach().clone()
+        opt = Bop([w], gamma=1.0, threshold=float("inf"))
+        w.grad = torch.randn(100)
+        opt.step()
+        assert torch.equal(w.data, start)
+
+
+class TestLarqRule:
+    @pytest.mark.parametrize("threshold", [0.0, 1e-8, 1e-3])
+    def test_matches_larq_flip_for_flip(self, threshold):
+        rng = np.random.default_rng(0)
+        w_np = np.where(rng.random(500) < 0.5, -1.0, 1.0).astype(np.float32)
+        m_np = np.zeros(500, np.float32)
+        w = torch.nn.Parameter(torch.from_numpy(w_np.copy()))
+        opt = Bop([w], gamma=np.float32(0.05).item(), threshold=threshold)
+        total_flips = 0
+        for _ in range(40):
+            g_np = (rng.standard_normal(500) * 1e-2).astype(np.float32)
+            w_np, m_np = larq_bop_numpy(w_np, m_np, g_np, np.float32(0.05), np.float32(threshold))
+            w.grad = torch.from_numpy(g_np)
+            opt.step()
+            total_flips += int(opt.state[w]["flips"])
+            np.testing.assert_array_equal(w.detach().numpy(), w_np)
+            np.testing.assert_array_equal(opt.state[w]["exp_avg"].numpy(), m_np)
+        assert total_flips > 100  # the comparison saw real flipping
+
+    def test_tie_at_exactly_the_threshold(self):
+        # gamma = 1 makes m = g exactly, so w * m == tau can be set up exactly
+        tau = 2.0**-10
+        w0 = torch.tensor([1.0, -1.0, 1.0, -1.0])
+        g = torch.tensor([tau, -tau, -tau, tau])  # w*m = [tau, tau, -tau, -tau]: ties in the first two
+        expected = {
+            "larq": [1.0, 1.0, 1.0, -1.0],   # Larq sets +1 at the tie: -1 flips, +1 stays
+            "keep": [1.0, -1.0, 1.0, -1.0],  # strict '>' never flips at the tie
+            "flip": [-1.0, 1.0, 1.0, -1.0],  # eq. (6) with |m| >= tau flips at the tie
+        }
+        for tie_break, want in expected.items():
+            w = torch.nn.Parameter(w0.clone())
+            opt = Bop([w], gamma=1.0, threshold=tau, tie_break=tie_break)
+            w.grad = g.clone()
+            opt.step()
+            assert w.data.tolist() == want, tie_break
+        w_np, _ = larq_bop_numpy(w0.numpy(), np.zeros(4, np.float32), g.numpy(), 1.0, tau)
+        assert w_np.tolist() == expected["larq"]
+
+    def test_zero_threshold_and_zero_gradient(self):
+        # tau = 0, m = 0: w*m == tau for every weight; Larq turns every -1 into +1
+        w = torch.nn.Parameter(torch.tensor([1.0, -1.0, -1.0]))
+        opt = Bop([w], gamma=0.5, threshold=0.0)
+        w.grad = torch.zeros(3)
+        opt.step()
+        assert w.data.tolist() == [1.0, 1.0, 1.0]
+        assert int(opt.state[w]["flips"]) == 2
+        w_np, _ = larq_bop_numpy(np.array([1.0, -1.0, -1.0], np.float32), np.zeros(3, np.float32),
+                                 np.zeros(3, np.float32), 0.5, 0.0)
+        assert w_np.tolist() == [1.0, 1.0, 1.0]
+
+
+def _run_impl(impl, dtype, tie_break, steps=7):
+    shapes = [(16, 3, 3, 3), (0,), (64, 33), (7,), (1,), (300,)]
+    gen = torch.Generator().manual_seed(3)
+    ws = [binary(*s, seed=i, dtype=dtype) for i, s in enumerate(shapes)]
+    ms = [torch.zeros(s, dtype=dtype) for s in shapes]
+    flips = []
+    for step in range(steps):
+        gs = [torch.randn(s, generator=gen, dtype=dtype) * 1e-2 for s in shapes]
+        if step == 3:  # the 4th step has no gradient for the 3rd tensor: the functional form just skips it
+            idx = [0, 1, 3, 4, 5]
+        else:
+            idx = list(range(len(shapes)))
+        out = impl([ws[i] for i in idx], [gs[i] for i in idx], [ms[i] for i in idx], gamma=0.1, threshold=5e-3,
+                   tie_break=tie_break)
+        flips.append([int(x) for x in out])
+    return ws, ms, flips
+
+
+class TestFastPaths:
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    @pytest.mark.parametrize("tie_break", ["larq", "keep", "flip"])
+    @pytest.mark.parametrize("impl", [_multi_tensor_bop, _fused_bop], ids=["foreach", "fused"])
+    def test_bit_identical_to_reference(self, impl, dtype, tie_break):
+        ref_w, ref_m, ref_flips = _run_impl(_single_tensor_bop, dtype, tie_break)
+        w, m, flips = _run_impl(impl, dtype, tie_break)
+        assert flips == ref_flips
+        assert sum(map(sum, ref_flips)) > 0
+        for a, b in zip(ref_w, w):
+            assert torch.equal(a, b)
+        for a, b in zip(ref_m, m):
+            assert torch.equal(a, b)
+
+    def test_fast_paths_agree_at_exact_ties(self):
+        tau = 2.0**-10
+        for impl in (_single_tensor_bop, _multi_tensor_bop, _fused_bop):
+            w = torch.tensor([1.0, -1.0, 1.0, -1.0])
+            g = torch.tensor([tau, -tau, -tau, tau])
+            impl([w], [g], [torch.zeros(4)], gamma=1.0, threshold=tau, tie_break="larq")
+            assert w.tolist() == [1.0, 1.0, 1.0, -1.0], impl.__name__
+
+    def test_optimizer_flags_select_the_paths(self):
+        results = []
+        for flags in [dict(foreach=False), dict(foreach=True), dict(fused=True)]:
+            w = torch.nn.Parameter(binary(50, seed=5))
+            opt = Bop([w], gamma=0.2, threshold=1e-3, **flags)
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(5):
+                w.grad = torch.randn(50, generator=gen) * 1e-2
+                opt.step()
+            results.append((w.detach().clone(), opt.state[w]["exp_avg"].clone()))
+        for w, m in results[1:]:
+            assert torch.equal(w, results[0][0]) and torch.equal(m, results[0][1])
+
+
+def _train(model, opt, steps, seed):
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(8, 6, generator=gen)
+        y = torch.randint(0, 3, (8,), generator=gen)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+class TestStateDict:
+    def test_resume_mid_training_gives_the_same_trajectory(self):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(binary(3, 6))
+        opt = Bop(model.parameters(), gamma=0.05, threshold=1e-4)
+        _train(model, opt, 5, seed=1)
+        saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        uninterrupted = _train(model, opt, 5, seed=2)
+
+        resumed_model = torch.nn.Linear(6, 3, bias=False)
+        resumed_model.load_state_dict(saved_model)
+        resumed_opt = Bop(resumed_model.parameters(), gamma=0.5, threshold=0.5)  # overwritten by the state dict
+        resumed_opt.load_state_dict(saved_opt)
+        resumed = _train(resumed_model, resumed_opt, 5, seed=2)
+        assert resumed == uninterrupted
+        assert torch.equal(resumed_model.weight, model.weight)
+        p, q = resumed_model.weight, model.weight
+        assert torch.equal(resumed_opt.state[p]["exp_avg"], opt.state[q]["exp_avg"])
+        assert resumed_opt.param_groups[0]["lr"] == 0.05
+
+
+class TestSchedules:
+    def test_step_lr_decays_gamma_every_100_epochs(self):
+        w = torch.nn.Parameter(torch.ones(3))
+        opt = Bop([w], gamma=1e-4)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.1)
+        seen = {}
+        for epoch in range(250):
+            seen[epoch] = opt.param_groups[0]["lr"]
+            w.grad = torch.zeros(3)
+            opt.step()
+            sched.step()
+        assert math.isclose(seen[99], 1e-4) and math.isclose(seen[100], 1e-5) and math.isclose(seen[200], 1e-6)
+
+    def test_threshold_scheduler_and_its_state(self):
+        w = torch.nn.Parameter(torch.ones(3))
+        opt = Bop([w], threshold=1e-6)
+        sched = ThresholdScheduler(opt, lambda epoch: 10.0 ** (epoch // 2))
+        for _ in range(4):
+            sched.step()
+        assert math.isclose(opt.param_groups[0]["threshold"], 1e-4)
+        state = sched.state_dict()
+        opt2 = Bop([torch.nn.Parameter(torch.ones(3))], threshold=1e-6)
+        sched2 = ThresholdScheduler(opt2, lambda epoch: 10.0 ** (epoch // 2))
+        sched2.load_state_dict(state)
+        sched2.step()
+        sched.step()
+        assert sched2.get_last_threshold() == sched.get_last_threshold()
+
+    def test_gamma_group_key_alias(self):
+        w = torch.nn.Parameter(torch.ones(2))
+        opt = Bop([{"params": [w], "gamma": 0.25}])
+        assert opt.param_groups[0]["lr"] == 0.25
+        with pytest.raises(ValueError, match="not both"):
+            Bop([{"params": [w], "gamma": 0.25, "lr": 0.1}])
+
+
+BAD_ARGS = [
+    (dict(gamma=0.0), ValueError, r"Invalid gamma value: 0.0"),
+    (dict(gamma=1.5), ValueError, r"Invalid gamma value: 1.5"),
+    (dict(gamma=-1e-4), ValueError, r"Invalid gamma value"),
+    (dict(gamma=float("nan")), ValueError, r"Invalid gamma value: nan"),
+    (dict(threshold=-1e-8), ValueError, r"Invalid threshold value"),
+    (dict(threshold=float("nan")), ValueError, r"Invalid threshold value: nan"),
+    (dict(tie_break="random"), ValueError, r"Invalid tie_break value"),
+    (dict(m_init="ones"), ValueError, r"Invalid m_init value"),
+    (dict(nonfinite="ignore"), ValueError, r"Invalid nonfinite value"),
+    (dict(foreach=True, fused=True), RuntimeError, r"cannot be `True` together"),
+]
+
+
+class TestErrors:
+    @pytest.mark.parametrize("kwargs,error,regex", BAD_ARGS)
+    def test_invalid_arguments(self, kwargs, error, regex):
+        with pytest.raises(error, match=regex):
+            Bop([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+    def test_non_binary_weight_is_named_and_nothing_changes(self):
+        layer = torch.nn.Linear(3, 2, bias=False)
+        before = layer.weight.detach().clone()
+        opt = Bop(layer.named_parameters())
+        layer.weight.grad = torch.ones(2, 3)
+        with pytest.raises(RuntimeError, match=r"'weight'.*binarize_"):
+            opt.step()
+        assert torch.equal(layer.weight, before)
+
+    def test_sparse_gradient(self):
+        w = torch.nn.Parameter(torch.ones(4))
+        opt = Bop([w])
+        w.grad = torch.ones(4).to_sparse()
+        with pytest.raises(RuntimeError, match="sparse"):
+            opt.step()
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+    def test_nonfinite_gradient_raises_before_any_change(self, bad):
+        a, b = torch.nn.Parameter(binary(5)), torch.nn.Parameter(binary(5, seed=1))
+        opt = Bop([("a", a), ("b", b)], gamma=0.5, threshold=0.0)
+        a.grad, b.grad = torch.ones(5), torch.ones(5)
+        opt.step()
+        snapshot = copy.deepcopy((a.data, b.data, opt.state_dict()))
+        a.grad, b.grad = torch.ones(5), torch.tensor([1.0, bad, 1.0, 1.0, 1.0])
+        with pytest.raises(RuntimeError, match=r"non-finite gradient.*'b'"):
+            opt.step()
+        assert torch.equal(a.data, snapshot[0]) and torch.equal(b.data, snapshot[1])
+        after = opt.state_dict()["state"]
+        for i in (0, 1):
+            assert torch.equal(after[i]["exp_avg"], snapshot[2]["state"][i]["exp_avg"])
+
+    def test_nonfinite_gradient_skip_policy(self):
+        a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+        opt = Bop([a, b], gamma=0.5, threshold=0.1, nonfinite="skip")
+        a.grad, b.grad = torch.ones(3), torch.tensor([1.0, float("nan"), 1.0])
+        opt.step()
+        assert a.data.tolist() == [-1.0, -1.0, -1.0]  # m = 0.5 > 0.1: flipped
+        assert b.data.tolist() == [1.0, 1.0, 1.0]
+        assert torch.equal(opt.state[b]["exp_avg"], torch.zeros(3))
+        assert int(opt.state[b]["nonfinite_steps"]) == 1 and int(opt.state[b]["flips"]) == 0
+
+    def test_huge_but_finite_gradient_is_not_mistaken_for_inf(self):
+        w = torch.nn.Parameter(torch.ones(4))
+        opt = Bop([w], gamma=1e-30, threshold=0.0)
+        w.grad = torch.full((4,), 3e38)  # the sum overflows; the entries are finite
+        opt.step()
+        assert torch.isfinite(opt.state[w]["exp_avg"]).all()
+
+    def test_closure_is_evaluated_once(self):
+        w = torch.nn.Parameter(torch.ones(2))
+        opt = Bop([w])
+        calls = []
+
+        def closure():
+            calls.append(1)
+            opt.zero_grad()
+            loss = (w * 2).sum()
+            loss.backward()
+            return loss
+
+        assert opt.step(closure).item() == 4.0
+        assert calls == [1]
