@@ -1,0 +1,44 @@
+"""torchbop: binarized neural networks in PyTorch, trained with Bop.
+
+Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural Network Optimization", NeurIPS 2019
+(arXiv:1906.02107). The core needs torch alone:
+
+* :mod:`torchbop.quantizers`: ``sign`` (sign(0) = +1), ``ste_sign`` and the other straight-through binarizers;
+* :mod:`torchbop.nn`: ``BinaryConv2d`` / ``BinaryLinear`` in Bop mode (weights are +-1) or latent mode;
+* :mod:`torchbop.optim`: ``Bop``, ``Bop2ndOrder``, ``CompositeOptimizer`` (Bop + Adam as one optimizer);
+* :mod:`torchbop.metrics`: ``FlipCounter`` (flips per step and layer, the report's pi_t).
+
+Models (:mod:`torchbop.models`), data (:mod:`torchbop.data`), the Lightning training engine
+(:mod:`torchbop.training`) and the paper's experiments (:mod:`torchbop.experiments`) build on it. Importing
+``torchbop`` imports the core only.
+
+Example:
+    >>> import torch
+    >>> from torchbop import Bop, CompositeOptimizer
+    >>> from torchbop.models import MnistBNN
+    >>> from torchbop.nn import split_binary_params
+    >>> model = MnistBNN()
+    >>> binary, other = split_binary_params(model)
+    >>> optimizer = CompositeOptimizer(Bop(binary, gamma=1e-4, threshold=1e-8), torch.optim.Adam(other, lr=0.01),
+    ...                                model=model)
+"""
+
+from torchbop.metrics import FlipCounter
+from torchbop.nn import BinaryConv2d, BinaryLinear, split_binary_params
+from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer, ThresholdScheduler
+from torchbop.quantizers import sign, ste_sign
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLinear",
+    "Bop",
+    "Bop2ndOrder",
+    "CompositeOptimizer",
+    "FlipCounter",
+    "ThresholdScheduler",
+    "sign",
+    "split_binary_params",
+    "ste_sign",
+]
