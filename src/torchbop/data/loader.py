@@ -37,7 +37,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["DeviceLoader", "pad_crop_flip", "scale_images"]
 
@@ -80,13 +79,20 @@ def pad_crop_flip(
     """
     B, C, H, W = x.shape
     device = x.device
-    padded = F.pad(x, (padding, padding, padding, padding), value=pad_value)
-    rows = offsets[:, 0:1] + torch.arange(H, device=device)  # [B, H]: rows of the padded image to keep
-    cols = offsets[:, 1:2] + torch.arange(W, device=device)  # [B, W]
-    cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip is reading the columns backwards
-    batch = torch.arange(B, device=device)[:, None, None, None]
-    channel = torch.arange(C, device=device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    # Output pixel (i, j) of image b reads source pixel (r_b + i - padding, c_b + j - padding), with the columns
+    # reversed when b is flipped. The source gets one extra pixel per channel, at flat position H * W, holding
+    # pad_value: every read that falls outside the image reads that pixel instead. One gather then does padding,
+    # crop and flip for the whole batch, without a padded copy.
+    src_rows = offsets[:, 0:1] - padding + torch.arange(H, device=device)  # [B, H]
+    src_cols = offsets[:, 1:2] - padding + torch.arange(W, device=device)  # [B, W]
+    src_cols = torch.where(flips[:, None], src_cols.flip(1), src_cols)
+    pad_slot = H * W
+    row_start = torch.where((src_rows >= 0) & (src_rows < H), src_rows * W, pad_slot)
+    col = torch.where((src_cols >= 0) & (src_cols < W), src_cols, pad_slot)
+    flat_index = (row_start[:, :, None] + col[:, None, :]).clamp_(max=pad_slot)  # [B, H, W]; >= pad_slot: padding
+    source = torch.cat([x.reshape(B, C, H * W), x.new_full((B, C, 1), pad_value)], dim=2)
+    out = source.gather(2, flat_index.reshape(B, 1, H * W).expand(B, C, H * W))
+    return out.reshape(B, C, H, W)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -236,13 +242,13 @@ class DeviceLoader:
         order, offsets, flips = self.epoch_plan(epoch)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            x = scale_images(self.images[index])
+            x = scale_images(self.images.index_select(0, index))  # index_select: ~5x faster than [] on CPU
             if self.augment:
                 assert offsets is not None and flips is not None
                 end = start + len(index)
                 x = pad_crop_flip(x, offsets[start:end], flips[start:end], padding=self.padding,
                                   pad_value=self.pad_value)
-            yield x, self.labels[index]
+            yield x, self.labels.index_select(0, index)
 
     def __repr__(self) -> str:
         return (
