@@ -234,7 +234,8 @@ def load_cifar10(
     else:
         (archive,) = ensure_files(folder, [_ARCHIVE], dataset=f"CIFAR-10 {'train' if train else 'test'}",
                                   download=download, data_dir_source=describe_data_dir(root),
-                                  alternatives=(batches_dir,))
+                                  alternatives=(batches_dir,),
+                                  expected=f"{_BATCHES_DIR}/{{{','.join(names)}}} (or the archive {_ARCHIVE.filename})")
         parts = _read_from_archive(archive, names)
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])

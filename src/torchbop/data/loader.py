@@ -12,9 +12,9 @@ Each batch is converted to float32 and scaled to [-1, 1] (``x / 127.5 - 1``, the
 
 .. note:: **Pad value.** The original code (plumerai/rethinking-bnn-optimization, ``bnn_optimization/data/cifar10.py``)
    pads the uint8 image with zeros (``tf.image.resize_with_crop_or_pad``) and scales afterwards, so the border is
-   black: pixel 0, that is ``-1`` after scaling. That is the default, ``pad_value=-1.0``. An earlier version of the
-   same pipeline scaled first and padded the scaled image with zeros (a mid-grey border); ``pad_value=0.0`` gives
-   that.
+   black: pixel 0, that is ``-1`` after scaling. That is the default, ``pad_value=-1.0``. Variants of this pipeline
+   in related Larq-based code scale first and then zero-pad the scaled image (a mid-grey border);
+   ``pad_value=0.0`` gives that.
 
 **Randomness.** Everything random (the permutation, crop offsets, flips) is drawn on the CPU from a
 ``torch.Generator`` seeded with ``(seed, epoch)`` only, once per epoch, then moved to the device. So an epoch's

@@ -159,6 +159,7 @@ def ensure_files(
     download: bool,
     data_dir_source: str,
     alternatives: tuple[Path, ...] = (),
+    expected: str | None = None,
 ) -> list[Path]:
     """Return the paths of ``files`` in ``folder``, downloading the missing ones if ``download`` is true.
 
@@ -169,6 +170,7 @@ def ensure_files(
         download: fetch missing files; otherwise a missing file raises :class:`DatasetNotFoundError`.
         data_dir_source: which rule chose the root (:func:`describe_data_dir`), for the message.
         alternatives: other paths that were also looked at (named in the message only).
+        expected: what was looked for, in words, when it is more than ``files`` (default: the missing names).
 
     Raises:
         DatasetNotFoundError: files are missing and ``download`` is false. The message names the missing files,
@@ -178,11 +180,11 @@ def ensure_files(
     if missing and not download:
         searched = ", ".join(str(p) for p in [folder, *alternatives])
         raise DatasetNotFoundError(
-            f"{dataset}: missing {', '.join(f.filename for f in missing)} in {folder}. "
+            f"{dataset}: missing {expected or ', '.join(f.filename for f in missing)} in {folder}. "
             f"Searched: {searched} (the data root {folder.parent} comes from {data_dir_source}; the order is "
             f"data_dir / --data-dir, then ${ENV_VAR}, then {DEFAULT_DATA_DIR}). "
             f"Put the files there, point ${ENV_VAR} or data_dir at a root that holds them, or pass download=True "
-            f"to fetch them from {missing[0].base_url}"
+            f"to fetch them from {missing[0].base_url}."
         )
     for f in missing:
         download_file(f.url, folder / f.filename, f.md5)
