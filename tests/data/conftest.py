@@ -67,7 +67,9 @@ def real_mnist(data_dir: Path, data_required: bool):
 @pytest.fixture(scope="session")
 def real_cifar10(data_dir: Path, data_required: bool):
     """``{"train"|"test": (images, labels)}`` from the real CIFAR-10 batches."""
-    return {split: _load_or_skip(load_cifar10, data_required, data_dir, split == "train") for split in ("train", "test")}
+    return {
+        split: _load_or_skip(load_cifar10, data_required, data_dir, split == "train") for split in ("train", "test")
+    }
 
 
 @pytest.fixture

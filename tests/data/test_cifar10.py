@@ -1,7 +1,6 @@
 """CIFAR-10 batches: canonical-format pickles written here (Python 2 style by hand, Python 3 ones by numpy when it
 is installed), read from a folder or a tar.gz; damaged and malicious pickles are ValueErrors naming the file."""
 
-import gzip
 import hashlib
 import io
 import os
@@ -171,6 +170,11 @@ class TestDamagedBatches:
         with pytest.raises(ValueError, match=r"data_batch_1: 'data' declares shape \[3, 3072\] \(9216 bytes\) but "
                                              r"holds 6144 bytes"):
             read_cifar10_batch(path)
+
+    def test_malformed_shape(self, tmp_path):
+        blob = py2_batch(bytes(6), (2, 3), [0, 0]).replace(b"K\x02K\x03t", b"U\x01xK\x03t")  # shape ('x', 3)
+        with pytest.raises(ValueError, match="data_batch_1: 'data' is not a well-formed array"):
+            read_cifar10_batch(self._write(tmp_path, blob))
 
     @pytest.mark.parametrize(
         "kwargs, message",

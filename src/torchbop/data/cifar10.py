@@ -116,6 +116,9 @@ def _array_to_tensor(array: _Array, name: str) -> torch.Tensor:
     spec = getattr(array.dtype, "spec", None)
     if spec not in ("u1", "|u1", "uint8", "B"):
         raise ValueError(f"{name}: 'data' has dtype {spec!r}, expected uint8")
+    well_formed = all(type(size) is int and size >= 0 for size in array.shape)
+    if not well_formed or not isinstance(array.raw, (bytes, bytearray)):
+        raise ValueError(f"{name}: 'data' is not a well-formed array (shape {array.shape!r})")
     count = 1
     for size in array.shape:
         count *= size

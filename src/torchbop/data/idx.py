@@ -119,7 +119,7 @@ def read_idx(
     path = Path(path)
     data = _read_bytes(path)
     if expected_md5 is not None:
-        actual = hashlib.md5(data).hexdigest()
+        actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if actual != expected_md5:
             raise ValueError(
                 f"{path}: content md5 {actual} differs from the known {expected_md5}: the file is corrupt or "

@@ -37,7 +37,6 @@ __all__ = [
     "ChecksumError",
     "resolve_data_dir",
     "describe_data_dir",
-    "md5sum",
     "download_file",
     "ensure_files",
 ]
@@ -106,15 +105,6 @@ def describe_data_dir(data_dir: str | os.PathLike[str] | None = None) -> str:
     return f"the default {DEFAULT_DATA_DIR} (neither data_dir nor ${ENV_VAR} was given)"
 
 
-def md5sum(path: str | os.PathLike[str]) -> str:
-    """Hex md5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_file(url: str, dest: str | os.PathLike[str], md5: str, *, timeout: float = 60.0) -> Path:
     """Fetch ``url`` to ``dest`` atomically, checking the md5 of the bytes received.
 
@@ -130,7 +120,7 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str, *, timeout: 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.md5()
+        digest = hashlib.md5(usedforsecurity=False)  # a checksum, not security: allowed under FIPS
         request = urllib.request.Request(url, headers={"User-Agent": "torchbop"})
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
