@@ -33,6 +33,13 @@ def randn(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def _ste_reference_grad(x, w, pads, pad_value):
+    """Gradient of sum(conv(pad(ste_sign(x), pad_value), w)) w.r.t. x, by hand: through the pad, masked by |x| <= 1."""
+    q = sign(x.detach()).requires_grad_(True)
+    F.conv2d(F.pad(q, pads, value=pad_value), w.detach()).sum().backward()
+    return q.grad * (x.detach().abs() <= 1)
+
+
 def small_net(mode="bop"):
     return nn.Sequential(
         BinaryConv2d(2, 4, 3, padding=1, input_quantizer=None, mode=mode),
@@ -138,8 +145,9 @@ class TestBinaryConv2d:
             assert y.shape == (5, 5)
             assert y[2, 2] == 9.0 and y[0, 0] == corner and y[4, 4] == corner and y[0, 2] == edge, pad_value
 
+    @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's own note for kernel 4
     @pytest.mark.parametrize("pad_value", [-1.0, 1.0, 0.5])
-    @pytest.mark.parametrize("kernel_size, padding", [(3, "same"), (5, "same"), (3, 1), (3, (2, 1))])
+    @pytest.mark.parametrize("kernel_size, padding", [(3, "same"), (5, "same"), (4, "same"), (3, 1), (3, (2, 1))])
     def test_pad_value_matches_explicit_pad(self, pad_value, kernel_size, padding):
         conv = BinaryConv2d(3, 4, kernel_size, padding=padding, pad_value=pad_value, dtype=torch.float64)
         x = randn(2, 3, 7, 7).requires_grad_(True)
@@ -149,8 +157,17 @@ class TestBinaryConv2d:
         torch.testing.assert_close(y, expected)
         if padding == "same":
             assert y.shape[-2:] == x.shape[-2:]
-        y.sum().backward()  # gradient flows through the pad
-        assert x.grad is not None and x.grad.abs().sum() > 0
+        y.backward(torch.ones_like(y))
+        x_ref = x.detach().clone().requires_grad_(True)
+        w_ref = conv.weight.detach().clone().requires_grad_(True)
+        F.conv2d(F.pad(sign(x_ref) * 1.0, p, value=pad_value), w_ref).backward(torch.ones_like(y))
+        torch.testing.assert_close(w_ref.grad, conv.weight.grad)  # the padded border counts in the weight gradient
+        torch.testing.assert_close(x.grad, _ste_reference_grad(x_ref, w_ref, p, pad_value))
+
+    def test_pad_value_unbatched_input(self):
+        conv = BinaryConv2d(2, 3, 3, padding=1, pad_value=-1.0, dtype=torch.float64)
+        x = randn(2, 5, 5)
+        torch.testing.assert_close(conv(x), conv(x.unsqueeze(0)).squeeze(0))
 
     def test_pad_value_binary_input_keeps_borders_binary(self):
         # With pad_value=-1 every value the kernel sees is +-1, so each output of a 3x3x1 conv is odd.

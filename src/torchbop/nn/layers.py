@@ -177,11 +177,13 @@ class BinaryConv2d(_BinaryLayerMixin, nn.Conv2d):
     def forward(self, input: Tensor) -> Tensor:
         x = self._quantized_input(input)
         weight = self._quantized_weight()
-        if self.pad_value == 0.0:
-            return self._conv_forward(x, weight, self.bias)
-        # Pad the binary input with pad_value ourselves, then convolve without padding.
-        x = F.pad(x, self._reversed_padding_repeated_twice, mode="constant", value=self.pad_value)
-        return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        out = self._conv_forward(x, weight, self.bias)
+        if self.pad_value != 0.0:
+            # By linearity, conv(pad(x, v)) = conv(pad(x, 0)) + conv(pad(0, v)). The border term is one image
+            # (unbatched, broadcast over the batch): cheaper than copying the whole batch into a padded tensor.
+            border = F.pad(x.new_zeros(x.shape[-3:]), self._reversed_padding_repeated_twice, value=self.pad_value)
+            out = out + F.conv2d(border, weight, None, self.stride, 0, self.dilation, self.groups)
+        return out
 
 
 class BinaryLinear(_BinaryLayerMixin, nn.Linear):
