@@ -16,6 +16,7 @@ from torchbop.nn import (
     ShiftBatchNorm1d,
     ShiftBatchNorm2d,
     binarize_,
+    binary_parameters,
     clip_latent_weights_,
     init_binary_weights_,
     named_binary_layers,
@@ -205,6 +206,17 @@ class TestBinaryConv2d:
         expected = conv.to(torch.float32)(x.detach().float())
         torch.testing.assert_close(y.float(), expected)  # small integers are exact in fp16 and bf16
 
+    @pytest.mark.parametrize("pad_value", [0.0, -1.0])
+    def test_compiles(self, pad_value):
+        torch._dynamo.reset()
+        conv = BinaryConv2d(3, 4, 3, padding=1, pad_value=pad_value, mode="latent")
+        compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)
+        x = torch.randn(2, 3, 6, 6, requires_grad=True)
+        y = compiled(x)
+        torch.testing.assert_close(y, conv(x))
+        y.sum().backward()
+        assert x.grad is not None and conv.weight.grad is not None
+
     def test_state_dict_round_trip_and_deepcopy(self):
         a = BinaryConv2d(3, 4, 3, mode="latent")
         b = BinaryConv2d(3, 4, 3, mode="latent")
@@ -371,7 +383,7 @@ class TestInit:
             clip_latent_weights_(model, bound=0)
 
     @pytest.mark.parametrize(
-        "fn", [init_binary_weights_, binarize_, clip_latent_weights_, split_binary_params]
+        "fn", [init_binary_weights_, binarize_, clip_latent_weights_, split_binary_params, binary_parameters]
     )
     def test_type_errors(self, fn):
         with pytest.raises(TypeError, match=f"{fn.__name__}: expected nn.Module, got list"):
@@ -400,6 +412,7 @@ class TestParams:
         assert [n for n, _ in found] == ["0.weight", "2.0.weight", "5.weight"]
         assert all(params[n] is w for n, w in found)
         assert [n for n, _ in named_binary_parameters(BinaryLinear(2, 2))] == ["weight"]
+        assert [id(w) for w in binary_parameters(model)] == [id(w) for _, w in found]
 
     def test_duck_typed_binary_layer(self):
         class MyBinary(nn.Linear):

@@ -209,6 +209,18 @@ class TestBinaryNet:
         binary, other = split_binary_params(model, modes=("bop", "latent"))
         assert len(binary) == 9 and len(binary) + len(other) == len(list(model.parameters()))
 
+    def test_compiled_training_step_matches_eager(self):
+        torch._dynamo.reset()
+        model = BinaryNet(width=0.125)
+        x, y = images(4), torch.tensor([0, 1, 2, 3])
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        nn.functional.cross_entropy(compiled(x), y).backward()
+        compiled_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        for g, p in zip(compiled_grads, model.parameters()):
+            torch.testing.assert_close(g, p.grad)
+
     @pytest.mark.parametrize(
         "kwargs, match",
         [

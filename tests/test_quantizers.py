@@ -129,6 +129,11 @@ class TestQuantization:
         assert sign(x).tolist() == [1.0, 1.0, -1.0, 1.0]
         assert torch.sign(x)[0] == 0  # the reason sign exists
 
+    def test_nan_follows_the_documented_convention(self):
+        x = torch.tensor([math.nan])
+        assert sign(x).item() == 1.0 and ste_sign(x).item() == 1.0
+        assert stochastic_sign(x).item() == -1.0
+
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_extremes(self, dtype):
         info = torch.finfo(dtype)

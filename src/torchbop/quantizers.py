@@ -7,24 +7,26 @@ step function is zero almost everywhere, which would stop all learning). Every q
 - an ``nn.Module``, ``SteSign(clip_value=1.0)``, to pass to a layer (``BinaryConv2d(..., input_quantizer=SteSign())``)
   or to put in an ``nn.Sequential``. Modules are the preferred form in models: they show up in ``print(model)``.
 
-=================  ===============================  ===============================================================
-quantizer          forward                          backward :math:`\partial q / \partial x`
-=================  ===============================  ===============================================================
-``sign``           :math:`\operatorname{sign}(x)`   0
-``ste_sign``       :math:`\operatorname{sign}(x)`   :math:`1_{|x| \le c}` (straight-through estimator, eq. 4)
-``stochastic_sign``  +1 w.p. :math:`\sigma_h(x)`    :math:`1_{|x| \le 1}`
-``approx_sign``    :math:`\operatorname{sign}(x)`   :math:`\max(0, 2 - 2|x|)` (Bi-Real Net)
-``swish_sign``     :math:`\operatorname{sign}(x)`   derivative of :math:`2\,\sigma(\beta x)(1 + \beta x(1 - \sigma(\beta x))) - 1`
-=================  ===============================  ===============================================================
+===================  ==============================  ============================================================
+quantizer            forward                         backward :math:`\partial q / \partial x`
+===================  ==============================  ============================================================
+``sign``             :math:`\operatorname{sign}(x)`  0
+``ste_sign``         :math:`\operatorname{sign}(x)`  :math:`1_{|x| \le c}` (straight-through estimator, eq. 4)
+``stochastic_sign``  +1 w.p. :math:`\sigma_h(x)`     :math:`1_{|x| \le 1}`
+``approx_sign``      :math:`\operatorname{sign}(x)`  :math:`\max(0, 2 - 2|x|)` (Bi-Real Net)
+``swish_sign``       :math:`\operatorname{sign}(x)`  derivative of :math:`2\sigma(\beta x)(1 + \beta x(1 - \sigma(\beta x))) - 1`
+===================  ==============================  ============================================================
 
 with :math:`\sigma_h(x) = \operatorname{clip}((x + 1) / 2, 0, 1)` the hard sigmoid.
 
 .. note::
     Throughout, :math:`\operatorname{sign}(0) = +1` (eq. 1 of the reproducibility report), unlike ``torch.sign``
-    which returns 0. Also :math:`\operatorname{sign}(-0.0) = +1`, since :math:`-0.0 \ge 0`. NaN stays NaN.
+    which returns 0. Also :math:`\operatorname{sign}(-0.0) = +1`, since :math:`-0.0 \ge 0`. A NaN input gives +1
+    like a zero (``torch.sign(nan)`` is 0), except in ``stochastic_sign``, where it gives -1.
 
 Outputs have the input's dtype (fp32, fp16, bf16, fp64); surrogate gradients of fp16/bf16 inputs are computed in fp32
-and then cast, so that they do not overflow. All quantizers work under ``torch.compile``.
+and then cast, so that they do not overflow. All quantizers work under ``torch.compile`` without graph breaks, except
+``stochastic_sign`` with an explicit ``generator``, which dynamo runs eagerly (same results).
 
 References:
     - Courbariaux et al., "Binarized Neural Networks", arXiv:1602.02830 (sign, stochastic sign, STE).

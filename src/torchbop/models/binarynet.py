@@ -11,8 +11,7 @@ norm's output: the logits (softmax lives in the loss).
 ======================================  ==============================  ==============================================
 layer                                   output (width 1)                notes
 ======================================  ==============================  ==============================================
-BinaryConv2d 3->128, padding valid      128 x 30 x 30                   real input (no input quantizer)
-BN                                      .
+BinaryConv2d 3->128 (valid), BN        128 x 30 x 30                   real input (no input quantizer)
 BinaryConv2d 128->128, maxpool, BN      128 x 15 x 15                   'same' zero padding from here on
 BinaryConv2d 128->256, BN               256 x 15 x 15
 BinaryConv2d 256->256, maxpool, BN      256 x 7 x 7
@@ -30,10 +29,10 @@ momentum 0.01 = Keras momentum 0.99), and there are 10,352,000 binary weights.
 ``variant="reproduction"`` is the network of the NeurIPS 2019 reproducibility report's PyTorch code, which reached
 88.67%. It differs in: a bias on every convolution and dense layer; affine batch norm with scale and shift and torch's
 defaults (eps 1e-5, momentum 0.1), except the last, which has neither (``affine=False``); and padding 1 on the first
-convolution, so the feature map stays 32 x 32 and the flatten has 512 * 4 * 4 = 8192 features. Two further
-differences of that code are *not* copied, because they are bugs rather than design: its layers did not binarize
-their inputs (hardtanh activations, never a sign), and it binarized the biases and handed them to Bop. Here inputs
-are binarized as in the original, and biases are real and trained by the non-binary optimizer.
+convolution, so the feature map stays 32 x 32 and the flatten has 512 * 4 * 4 = 8192 features. Two further details
+of that code (``research_seed/cifar/cifar.py`` in the version read) are *not* copied, as they look like slips rather
+than design: its layers never binarized their inputs (hardtanh activations, no sign), and it binarized the biases
+and handed them to Bop. Here inputs are binarized as in the original, and biases are real, for the other optimizer.
 
 ``binarize=False`` builds the float twin: same shapes, ``nn.Conv2d`` / ``nn.Linear`` (torch's default init), no
 quantizers, and ``nn.Hardtanh`` where the binary network has its sign activations (hardtanh is the real function

@@ -17,7 +17,7 @@ Example:
 
 from torchbop.nn.init import INIT_SCHEMES, binarize_, clip_latent_weights_, init_binary_weights_
 from torchbop.nn.layers import MODES, BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
-from torchbop.nn.params import named_binary_layers, named_binary_parameters, split_binary_params
+from torchbop.nn.params import binary_parameters, named_binary_layers, named_binary_parameters, split_binary_params
 
 __all__ = [
     "MODES",
@@ -31,5 +31,6 @@ __all__ = [
     "clip_latent_weights_",
     "named_binary_layers",
     "named_binary_parameters",
+    "binary_parameters",
     "split_binary_params",
 ]

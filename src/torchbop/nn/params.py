@@ -13,7 +13,7 @@ from torch import nn
 
 from torchbop.nn.layers import MODES
 
-__all__ = ["named_binary_layers", "named_binary_parameters", "split_binary_params"]
+__all__ = ["named_binary_layers", "named_binary_parameters", "binary_parameters", "split_binary_params"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,18 @@ def named_binary_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Paramete
     """
     _check_module(model, "named_binary_parameters")
     return ((f"{name}.weight" if name else "weight", m.weight) for name, m in named_binary_layers(model))
+
+
+def binary_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """Yield the ``weight`` of every binary layer of ``model``: :func:`named_binary_parameters` without the names.
+
+    Example:
+        >>> from torchbop.nn import BinaryLinear
+        >>> sum(w.numel() for w in binary_parameters(nn.Sequential(BinaryLinear(4, 3), nn.Linear(3, 2))))
+        12
+    """
+    _check_module(model, "binary_parameters")
+    return (w for _, w in named_binary_parameters(model))
 
 
 def split_binary_params(
