@@ -14,7 +14,7 @@ quantizer            forward                         backward :math:`\partial q 
 ``ste_sign``         :math:`\operatorname{sign}(x)`  :math:`1_{|x| \le c}` (straight-through estimator, eq. 4)
 ``stochastic_sign``  +1 w.p. :math:`\sigma_h(x)`     :math:`1_{|x| \le 1}`
 ``approx_sign``      :math:`\operatorname{sign}(x)`  :math:`\max(0, 2 - 2|x|)` (Bi-Real Net)
-``swish_sign``       :math:`\operatorname{sign}(x)`  derivative of :math:`2\sigma(\beta x)(1 + \beta x(1 - \sigma(\beta x))) - 1`
+``swish_sign``       :math:`\operatorname{sign}(x)`  derivative of SignSwish (BNN+), peak :math:`\beta` at 0
 ===================  ==============================  ============================================================
 
 with :math:`\sigma_h(x) = \operatorname{clip}((x + 1) / 2, 0, 1)` the hard sigmoid.
@@ -127,6 +127,8 @@ def _opmath(x: Tensor) -> Tensor:
 
 
 class SteSignFunction(torch.autograd.Function):
+    """The autograd Function behind :func:`ste_sign` (saves x; backward is one fused masking kernel)."""
+
     @staticmethod
     def forward(ctx, x: Tensor, clip_value: float) -> Tensor:
         ctx.clip_value = clip_value
@@ -141,6 +143,8 @@ class SteSignFunction(torch.autograd.Function):
 
 
 class StochasticSignFunction(torch.autograd.Function):
+    """The autograd Function behind :func:`stochastic_sign`."""
+
     @staticmethod
     def forward(ctx, x: Tensor, generator: torch.Generator | None) -> Tensor:
         if ctx.needs_input_grad[0]:
@@ -157,6 +161,8 @@ class StochasticSignFunction(torch.autograd.Function):
 
 
 class ApproxSignFunction(torch.autograd.Function):
+    """The autograd Function behind :func:`approx_sign`."""
+
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         if ctx.needs_input_grad[0]:
@@ -171,6 +177,8 @@ class ApproxSignFunction(torch.autograd.Function):
 
 
 class SwishSignFunction(torch.autograd.Function):
+    """The autograd Function behind :func:`swish_sign`."""
+
     @staticmethod
     def forward(ctx, x: Tensor, beta: float) -> Tensor:
         ctx.beta = beta

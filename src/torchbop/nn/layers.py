@@ -240,7 +240,9 @@ class _ShiftBatchNormMixin:
     def __init__(
         self, num_features: int, eps: float = 1e-3, momentum: float = 0.01, device: Any = None, dtype: Any = None
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine=False, device=device, dtype=dtype)  # type: ignore[call-arg]
+        super().__init__(  # type: ignore[call-arg]
+            num_features, eps, momentum, affine=False, device=device, dtype=dtype
+        )
         self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
 
     def reset_parameters(self) -> None:
