@@ -231,13 +231,10 @@ def _union_args(tp: Any) -> tuple[Any, ...]:
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Turn a YAML value into the field's type where that is lossless (``"1e-4"`` -> 1e-4, ``3`` -> 3.0)."""
+    """Turn a YAML value into the field's type where that is lossless (``"1e-4"`` -> 1e-4, ``3`` -> 3.0, ``"2"`` -> 2
+    for ``int | str``); anything else is left for ``_check_type`` to accept or reject."""
     options = _union_args(tp)
-    if value is None or any(isinstance(value, o) and not (o is int and isinstance(value, bool))
-                            for o in options if isinstance(o, type)):
-        if float in options and int not in options and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(value, str):
         for option in (int, float):
             if option in options:
@@ -245,11 +242,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                     return option(value)
                 except ValueError:
                     pass
-    if float in options and isinstance(value, int) and not isinstance(value, bool):
+    if number and float in options and int not in options:
         return float(value)
-    if str in options and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if number and str in options and int not in options and float not in options:
         return str(value)  # precision: 32 -> "32"
-    return value  # left for _check_type to reject
+    return value
 
 
 def _check_type(key: str, value: Any, tp: Any) -> None:

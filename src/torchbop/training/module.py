@@ -102,13 +102,16 @@ class BinaryClassifier(L.LightningModule):
     # ------------------------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         from torchbop.metrics import FlipCounter
-        from torchbop.nn import split_binary_params
+        from torchbop.nn import named_binary_layers, split_binary_params
         from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer
 
         cfg = self.config
         decay = StepDecay(cfg.gamma_decay, cfg.gamma_decay_every)
+        binary, other = split_binary_params(self.model)
         if cfg.mode == "bop":
-            binary, other = split_binary_params(self.model)
+            if not binary:
+                raise ValueError(f"{type(self.model).__name__} has no binary layer for Bop to train; train a "
+                                 "real-valued model with mode 'latent' and optimizer 'adam' or 'sgd'")
             if cfg.optimizer == "bop":
                 flipper = Bop(binary, gamma=cfg.gamma, threshold=cfg.threshold)
             else:
@@ -126,36 +129,45 @@ class BinaryClassifier(L.LightningModule):
             else:
                 optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
             lambdas = [decay] * len(optimizer.param_groups)
-        self.flip_counter = FlipCounter(self.model, optimizer)
+        has_binary = any(True for _ in named_binary_layers(self.model))
+        self.flip_counter = FlipCounter(self.model, optimizer) if has_binary else None  # None: a float model
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         # The closure (forward + backward) runs inside step(); it changes no weight, so the snapshot taken here is the
         # state right before the update.
-        self.flip_counter.before_step()
+        counter = self.flip_counter
+        if counter is not None:
+            counter.before_step()
         optimizer.step(closure=optimizer_closure)
         if self.config.mode == "latent":
             from torchbop.nn import clip_latent_weights_
 
             clip_latent_weights_(self.model)
-        flips = self.flip_counter.after_step()
-        self.log("pi_t", self.flip_counter.last_pi_t.float(), on_step=True, on_epoch=False)
-        self.log("flips", self.flip_counter.last_total.float(), on_step=True, on_epoch=False)
+        if counter is None:
+            return
+        flips = counter.after_step()
+        self.log("pi_t", counter.last_pi_t.float(), on_step=True, on_epoch=False)
+        self.log("flips", counter.last_total.float(), on_step=True, on_epoch=False)
         self.log_dict({f"flips/{name}": n.float() for name, n in flips.items()}, on_step=True, on_epoch=False)
 
     def on_train_start(self) -> None:
+        _fix_integer_optimizer_state(self.optimizers(use_pl_optimizer=False))
         # A run resumed mid-epoch goes on counting that epoch's flips (Lightning skips on_train_epoch_start then).
         pending, self._flip_state_to_load = self._flip_state_to_load, None
-        if pending is not None and pending["epoch"] == self.current_epoch:
+        if pending is not None and self.flip_counter is not None and pending["epoch"] == self.current_epoch:
             _restore_flip_counter(self.flip_counter, pending)
 
     def on_train_epoch_start(self) -> None:
-        self.flip_counter.reset_epoch()
+        if self.flip_counter is not None:
+            self.flip_counter.reset_epoch()
         self.log_dict(self._rates(), on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         counter = self.flip_counter
+        if counter is None:
+            return
         self.log("epoch_flips", _as_float(counter.epoch_total), on_step=False, on_epoch=True)
         self.log_dict({f"epoch_flips/{k}": _as_float(v) for k, v in counter.epoch_flips.items()},
                       on_step=False, on_epoch=True)
@@ -164,7 +176,7 @@ class BinaryClassifier(L.LightningModule):
         """gamma and tau of the first Bop group (or lr of the first latent-mode group), for the logs."""
         optimizers = self.optimizers(use_pl_optimizer=False)
         group = optimizers.param_groups[0]
-        key = "gamma" if self.config.mode == "bop" else "lr_binary"
+        key = "gamma" if self.config.mode == "bop" else "lr"
         rates = {key: float(group["lr"])}
         if "threshold" in group:
             rates["threshold"] = float(group["threshold"])
@@ -179,6 +191,17 @@ class BinaryClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._flip_state_to_load = checkpoint.get("flip_counter")
+
+
+def _fix_integer_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Workaround: ``Optimizer.load_state_dict`` casts every state tensor but ``step`` to the parameter's dtype, so
+    Bop's int64 counters (``flips``, ``nonfinite_steps``) come back from a checkpoint as float32. Cast them back.
+    """
+    for state in optimizer.state.values():
+        for key in ("flips", "nonfinite_steps"):
+            value = state.get(key)
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                state[key] = value.to(torch.int64)
 
 
 def _as_float(value: Any) -> torch.Tensor | float:

@@ -80,19 +80,21 @@ def train(
     datamodule = BinaryDataModule(config, data=data)
 
     evaluate = config.limit_eval_batches != 0
-    best = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="best", monitor="val_loss" if evaluate else None, mode="min",
-        save_top_k=1, save_last=True, save_on_train_epoch_end=True, enable_version_counter=False,
-        auto_insert_metric_name=False,
+    ckpt_dir = out / "checkpoints"
+    best = ModelCheckpoint(  # lowest validation loss (the last epoch's weights when validation is off)
+        dirpath=ckpt_dir, filename="best", monitor="val_loss" if evaluate else None, mode="min", save_top_k=1,
+        save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False,
     )
+    last = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                            save_on_train_epoch_end=True, enable_version_counter=False)]
+    if config.checkpoint_every_n_steps is not None:
+        last.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                    every_n_train_steps=config.checkpoint_every_n_steps,
+                                    enable_version_counter=False))
     extra: list[L.Callback] = [RNGState(), throughput := Throughput()]
     early = None
     if config.early_stop_flip_epochs is not None:
         extra.append(early := FlipEarlyStopping(config.early_stop_flip_epochs))
-    if config.checkpoint_every_n_steps is not None:
-        extra.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                                     every_n_train_steps=config.checkpoint_every_n_steps,
-                                     enable_version_counter=False))
     logger_list: list[Any] | bool = False
     if loggers:
         logger_list = [TensorBoardLogger(save_dir=out, name="tb"), CSVLogger(save_dir=out, name="csv")]
@@ -105,7 +107,7 @@ def train(
         strategy=config.strategy,
         precision=PRECISION[config.precision],
         logger=logger_list,
-        callbacks=[*extra, *callbacks, best],
+        callbacks=[*extra, *callbacks, best, *last],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=config.log_every_n_steps,
         enable_progress_bar=config.progress_bar,
@@ -132,7 +134,7 @@ def train(
         test = trainer.test(module, datamodule=datamodule, verbose=False)
     test_metrics = test[0] if test else {}
 
-    last = out / "checkpoints" / "last.ckpt"
+    last_path = ckpt_dir / "last.ckpt"
     result = {
         "name": config.name,
         "dataset": config.dataset,
@@ -143,7 +145,7 @@ def train(
         **fit_metrics,
         "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
         "best_checkpoint": best.best_model_path or None,
-        "last_checkpoint": str(last) if last.is_file() else None,
+        "last_checkpoint": str(last_path) if last_path.is_file() else None,
         "epochs": epochs_done,
         "global_step": trainer.global_step,
         "stopped_early": early is not None and early.stopped_epoch is not None,

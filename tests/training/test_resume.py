@@ -1,0 +1,138 @@
+"""Checkpoints: a killed run resumed from its last checkpoint ends bit-for-bit where an uninterrupted run ends;
+checkpoint writes are atomic."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import pytest
+import torch
+
+from torchbop.training import train
+from torchbop.training.callbacks import AtomicCheckpointIO, atomic_torch_save
+
+
+class Kill(L.Callback):
+    """Simulates a crash: raises at the start of training batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise RuntimeError("simulated crash")
+
+
+class EpochFlips(L.Callback):
+    def __init__(self) -> None:
+        self.flips: dict[int, int] = {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.flips[trainer.current_epoch] = int(pl_module.flip_counter.epoch_total)
+
+
+def renamed(obj, old: str, new: str):
+    """``obj`` with ``old`` replaced by ``new`` in every string (keys included): checkpoints record their paths."""
+    if isinstance(obj, dict):
+        return {renamed(k, old, new): renamed(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(renamed(v, old, new) for v in obj)
+    return obj.replace(old, new) if isinstance(obj, str) else obj
+
+
+def assert_same(a, b, path="") -> None:
+    """Recursive equality: tensors with torch.equal (bit-for-bit), everything else with ==."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            assert_same(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}/{i}")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("every_n_steps", [None, 3], ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
+def test_resume_after_kill_equals_uninterrupted(tiny_config, synthetic, tmp_path, every_n_steps):
+    # 8 steps per epoch; the crash is at step 3 of epoch 2. With checkpoints every 3 steps the last one is from
+    # step 18 (mid-epoch 2): the resumed run must skip exactly the batches already consumed.
+    common = dict(epochs=4, gamma_decay=0.5, gamma_decay_every=1, early_stop_flip_epochs=3,
+                  checkpoint_every_n_steps=every_n_steps)
+    full_flips, resumed_flips = EpochFlips(), EpochFlips()
+    full = train(tiny_config(out=str(tmp_path / "full"), **common), data=synthetic, loggers=False,
+                 callbacks=[full_flips])
+
+    killed = tiny_config(out=str(tmp_path / "killed"), **common)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(killed, data=synthetic, loggers=False, callbacks=[Kill(epoch=2, batch=3)])
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == (18 if every_n_steps else 16)
+
+    resumed = train(killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False,
+                    callbacks=[resumed_flips])
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(last, weights_only=False)
+    assert a["global_step"] == b["global_step"] == 32 and a["epoch"] == b["epoch"]
+    assert_same(a["state_dict"], b["state_dict"], "model")
+    assert_same(a["optimizer_states"], b["optimizer_states"], "optimizer")  # Bop's m, Adam's moments, steps
+    bop_state = a["optimizer_states"][0]["optimizers"][0]["state"]
+    assert bop_state and all("exp_avg" in s for s in bop_state.values())
+    assert_same(a["lr_schedulers"], b["lr_schedulers"], "schedulers")
+    # early-stopping counter, RNG states, best validation loss. The run directories differ, and ModelCheckpoint's
+    # `current_score` (the score of the checkpoint it last wrote, not restored by Lightning) is informational.
+    callbacks_b = renamed(b["callbacks"], str(tmp_path / "killed"), str(tmp_path / "full"))
+    for name in a["callbacks"]:
+        a["callbacks"][name].pop("current_score", None)
+        callbacks_b[name].pop("current_score", None)
+    assert_same(a["callbacks"], callbacks_b, "callbacks")
+    assert resumed["test_acc"] == full["test_acc"]
+    for epoch, flips in resumed_flips.flips.items():  # the interrupted epoch's flips are counted in full
+        assert flips == full_flips.flips[epoch]
+
+
+def test_resume_from_a_finished_run_extends_it(tiny_config, synthetic, tmp_path):
+    """Training 1 epoch and resuming to 2 equals training 2 epochs (--resume with a larger --epochs)."""
+    two = train(tiny_config(out=str(tmp_path / "two"), epochs=2), data=synthetic, loggers=False)
+    one = tiny_config(out=str(tmp_path / "one"), epochs=1)
+    train(one, data=synthetic, loggers=False)
+    extended = train(one.replace(epochs=2, resume=str(tmp_path / "one" / "checkpoints" / "last.ckpt")),
+                     data=synthetic, loggers=False)
+    a = torch.load(two["last_checkpoint"], weights_only=False)
+    b = torch.load(extended["last_checkpoint"], weights_only=False)
+    assert_same(a["state_dict"], b["state_dict"])
+    assert_same(a["optimizer_states"], b["optimizer_states"])
+
+
+def test_resume_missing_checkpoint(tiny_config, synthetic, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint to resume from"):
+        train(tiny_config(resume=str(tmp_path / "nothing")), data=synthetic, loggers=False)
+
+
+class TestAtomicCheckpoint:
+    def test_failed_write_leaves_previous_checkpoint(self, tmp_path, monkeypatch):
+        path = tmp_path / "ckpts" / "last.ckpt"
+        atomic_torch_save({"step": 1, "w": torch.ones(3)}, path)
+        before = path.read_bytes()
+
+        def crash_midway(obj, f, *args, **kwargs):
+            f.write(b"partial checkpoint bytes")
+            raise OSError("disk full")
+
+        monkeypatch.setattr(torch, "save", crash_midway)
+        with pytest.raises(OSError, match="disk full"):
+            AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+        assert path.read_bytes() == before
+        assert torch.load(path)["step"] == 1
+        assert os.listdir(path.parent) == ["last.ckpt"]  # no temporary file left behind
+
+    def test_successful_write_replaces(self, tmp_path):
+        path = tmp_path / "last.ckpt"
+        io = AtomicCheckpointIO()
+        io.save_checkpoint({"step": 1}, path)
+        io.save_checkpoint({"step": 2}, path)
+        assert io.load_checkpoint(path)["step"] == 2 and os.listdir(tmp_path) == ["last.ckpt"]

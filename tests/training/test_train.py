@@ -1,0 +1,172 @@
+"""train(config) end to end on a tiny synthetic dataset: Bop, Bop2ndOrder and latent modes, the gamma schedule,
+early stopping on flips, bf16 autocast, the reproduction protocol and the data module."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from torchbop.nn import named_binary_parameters
+from torchbop.optim import Bop, CompositeOptimizer
+from torchbop.training import BinaryDataModule, train
+
+
+class Recorder(L.Callback):
+    """Keeps what the tests look at: the group rates at each epoch start and the flips of each epoch."""
+
+    def __init__(self) -> None:
+        self.rates: list[list[float]] = []
+        self.epoch_flips: list[int] = []
+        self.module = None
+        self.optimizer = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.rates.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epoch_flips.append(int(pl_module.flip_counter.epoch_total))
+
+    def on_train_end(self, trainer, pl_module):
+        self.module, self.optimizer = pl_module, trainer.optimizers[0]
+
+
+class TestSmoke:
+    def test_bop(self, tiny_config, synthetic, tmp_path):
+        rec = Recorder()
+        result = train(tiny_config(epochs=3), data=synthetic, callbacks=[rec])
+        model, optimizer = rec.module.model, rec.optimizer
+        assert isinstance(optimizer, CompositeOptimizer) and isinstance(optimizer.optimizers[0], Bop)
+        for _, w in named_binary_parameters(model):  # Bop keeps the weights binary
+            assert w.dtype == torch.float32 and bool(((w == 1) | (w == -1)).all())
+        assert result["global_step"] == 3 * (256 // 32) and result["epochs"] == 3
+        assert all(n > 0 for n in rec.epoch_flips)
+        assert result["test_acc"] > 0.3  # chance is 0.1; the bars are easy to learn
+        assert result["protocol"] == "original" and result["test_weights"] == "last"
+        assert result["train_images"] == 3 * 256 and result["train_images_per_s"] > 0
+        run = tmp_path / "run"
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+        assert json.loads((run / "summary.json").read_text())["test_acc"] == result["test_acc"]
+        assert (run / "config.yaml").is_file()
+        csv_text = next((run / "csv").glob("version_*/metrics.csv")).read_text()
+        header = csv_text.splitlines()[0].split(",")
+        for column in ("pi_t", "flips", "epoch_flips", "gamma", "threshold", "train_loss_step", "val_acc", "test_acc"):
+            assert column in header, column
+        assert any(c.startswith("flips/") for c in header) and any(c.startswith("epoch_flips/") for c in header)
+
+    def test_bop2nd(self, tiny_config, synthetic):
+        rec = Recorder()
+        result = train(tiny_config(optimizer="bop2nd", gamma=1e-2, threshold=1e-6, epochs=1), data=synthetic,
+                       callbacks=[rec], loggers=False)
+        assert type(rec.optimizer.optimizers[0]).__name__ == "Bop2ndOrder"
+        assert rec.epoch_flips[0] > 0 and result["global_step"] == 8
+
+    @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+    def test_latent(self, tiny_config, synthetic, optimizer):
+        rec = Recorder()
+        lr = 0.01 if optimizer == "adam" else 1.0
+        result = train(tiny_config(mode="latent", optimizer=optimizer, lr=lr, epochs=2), data=synthetic,
+                       callbacks=[rec], loggers=False)
+        latent = [w for _, w in named_binary_parameters(rec.module.model)]
+        assert all(float(w.abs().max()) <= 1.0 for w in latent)  # clipped after every step
+        assert any(bool(((w != 1) & (w != -1)).any()) for w in latent)  # real-valued, not binary
+        assert type(rec.optimizer).__name__ == {"adam": "Adam", "sgd": "SGD"}[optimizer]
+        assert all(n > 0 for n in rec.epoch_flips)  # sign changes of the latent weights are counted
+        assert result["global_step"] == 16
+
+    def test_custom_model_and_limits(self, tiny_config, synthetic):
+        from torchbop.models import MnistBNN
+
+        model = MnistBNN(mode="bop")
+        rec = Recorder()
+        result = train(tiny_config(epochs=1, limit_train_batches=3, limit_eval_batches=1), data=synthetic,
+                       model=model, callbacks=[rec], loggers=False)
+        assert rec.module.model is model and result["global_step"] == 3
+
+
+def test_gamma_schedule(tiny_config, synthetic):
+    """gamma decays x0.1 every 2 epochs (the per-epoch staircase of the original recipe); Adam's lr stays."""
+    rec = Recorder()
+    train(tiny_config(epochs=5, gamma=1e-2, gamma_decay=0.1, gamma_decay_every=2, limit_train_batches=2,
+                      limit_eval_batches=1), data=synthetic, callbacks=[rec], loggers=False)
+    bop_lr = [r[0] for r in rec.rates]
+    adam_lr = [r[-1] for r in rec.rates]
+    assert bop_lr == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4], rel=1e-12)
+    assert adam_lr == [0.01] * 5
+    assert rec.optimizer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_early_stopping_on_flips(tiny_config, synthetic):
+    """A gamma so small that m never crosses tau: nothing flips, and training stops after the patience."""
+    rec = Recorder()
+    result = train(tiny_config(epochs=20, gamma=1e-12, threshold=1e-6, early_stop_flip_epochs=3,
+                               limit_train_batches=2, limit_eval_batches=1), data=synthetic, callbacks=[rec],
+                   loggers=False)
+    assert rec.epoch_flips == [0, 0, 0]
+    assert result["epochs"] == 3 and result["stopped_early"] is True
+
+
+def test_flipping_run_does_not_stop_early(tiny_config, synthetic):
+    result = train(tiny_config(epochs=3, early_stop_flip_epochs=1, limit_train_batches=2, limit_eval_batches=1),
+                   data=synthetic, loggers=False)
+    assert result["epochs"] == 3 and result["stopped_early"] is False
+
+
+def test_bf16_autocast_keeps_fp32_params_and_state(tiny_config, synthetic):
+    seen: list[torch.dtype] = []
+    rec = Recorder()
+    from torchbop.models import MnistBNN
+
+    model = MnistBNN()
+    model.features[3].register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
+    train(tiny_config(epochs=1, precision="bf16-mixed", limit_train_batches=2, limit_eval_batches=1),
+          data=synthetic, model=model, callbacks=[rec], loggers=False)
+    assert seen and set(seen) == {torch.bfloat16}  # the convolutions ran under autocast
+    assert all(p.dtype == torch.float32 for p in rec.module.parameters())
+    for state in rec.optimizer.optimizers[0].state.values():
+        assert state["exp_avg"].dtype == torch.float32
+    for state in rec.optimizer.optimizers[1].state.values():
+        assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
+
+
+def test_reproduction_protocol_tests_best_checkpoint(tiny_config, synthetic):
+    cfg = tiny_config(protocol="reproduction", test_weights="best", epochs=2, limit_train_batches=2)
+    result = train(cfg, data=synthetic, loggers=False)
+    assert result["protocol"] == "reproduction" and result["test_weights"] == "best"
+    assert result["best_checkpoint"].endswith("best.ckpt")
+    best = torch.load(result["best_checkpoint"], weights_only=False)
+    monitor = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert float(monitor["best_model_score"]) == pytest.approx(result["best_val_loss"])
+
+
+class TestDataModule:
+    def test_reproduction_split_is_class_balanced_and_held_out(self, tiny_config, synthetic):
+        dm = BinaryDataModule(tiny_config(protocol="reproduction", val_fraction=0.25), data=synthetic)
+        dm.setup("fit")
+        (xt, yt), (xv, yv), (xs, ys) = dm.train_set, dm.val_set, dm.test_set
+        assert len(yt) + len(yv) == 256 and abs(len(yv) - 64) <= 10
+        assert xt.shape[1:] == (1, 28, 28)
+        assert ys is synthetic["test"][1] or torch.equal(ys, synthetic["test"][1])
+        total = torch.bincount(synthetic["train"][1], minlength=10).float()
+        assert torch.allclose(torch.bincount(yv, minlength=10).float(), total * 0.25, atol=1.0)
+        # no validation image is a training image
+        seen = {bytes(x.numpy().tobytes()) for x in xt}
+        assert not any(bytes(x.numpy().tobytes()) in seen for x in xv)
+
+    def test_original_protocol_validates_on_test_and_subset(self, tiny_config, synthetic):
+        dm = BinaryDataModule(tiny_config(subset=100), data=synthetic)
+        dm.setup("fit")
+        assert len(dm.train_set[1]) == 100
+        assert torch.equal(dm.val_set[1], synthetic["test"][1])
+        again = BinaryDataModule(tiny_config(subset=100), data=synthetic)
+        again.setup("fit")
+        assert torch.equal(again.train_set[1], dm.train_set[1])  # the subset is seeded
+
+    def test_init_touches_no_file(self, tiny_config, tmp_path):
+        dm = BinaryDataModule(tiny_config(data_dir=str(tmp_path / "missing")))
+        from torchbop.data import DatasetNotFoundError
+
+        with pytest.raises(DatasetNotFoundError):
+            dm.setup("fit")
