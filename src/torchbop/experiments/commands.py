@@ -1,0 +1,108 @@
+"""The ``experiment`` and ``report`` subcommands of ``torchbop`` (read by ``torchbop.cli`` from :data:`COMMANDS`).
+
+Example:
+    >>> from torchbop.cli import build_parser
+    >>> args = build_parser().parse_args(["experiment", "cifar10", "--profile", "quick", "--epochs", "2"])
+    >>> overrides_from_args(args)
+    {'epochs': 2}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+
+from torchbop.cli import Command
+from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.runner import EXPERIMENTS
+
+__all__ = ["COMMANDS", "overrides_from_args"]
+
+# (flag, setting, type, help): shortcuts for the settings every profile has; --set reaches any other.
+_SCALE_FLAGS = (
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--seeds", "seeds", int, "number of seeds (random initializations)"),
+    ("--width", "width", float, "BinaryNet width multiplier"),
+    ("--subset", "subset", int, "train on this many images (a fixed random subset)"),
+    ("--test-subset", "test_subset", int, "evaluate on this many test images"),
+    ("--dataset", "datasets", str, "approximation only: comma-separated datasets (mnist, fashion-mnist, cifar10)"),
+    ("--protocol", "protocol", str, "cifar10 only: original | reproduction"),
+)
+
+
+def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
+                        help="named scale: paper (published), quick (<15 min for all four on 2 CPU cores), smoke")
+    for flag, _, type_, help_ in _SCALE_FLAGS:
+        parser.add_argument(flag, type=type_, help=help_)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change any setting of the experiment (repeatable), e.g. --set retrain_epochs=3")
+    parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads per job (default: cores // jobs)")
+    parser.add_argument("--results-dir", default="results", help="results root (default: results)")
+    parser.add_argument("--data-dir", help="data root (default: $TORCHBOP_DATA, else ~/.cache/torchbop)")
+    parser.add_argument("--quiet", action="store_true", help="only one line per finished run")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """Settings changed by the command line: ``--set`` first, then the dedicated flags."""
+    changes: dict[str, object] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Invalid --set {item!r}: expected key=value")
+        changes[key.strip()] = value.strip()
+    for flag, setting, _, _ in _SCALE_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            changes[setting] = value
+    return changes
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from torchbop.experiments.runner import configure, quiet_lightning, run_experiment
+
+    try:
+        config = configure(args.profile, args.name, overrides_from_args(args))
+    except ValueError as error:
+        print(f"torchbop experiment: {error}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=1))
+        return 0
+    quiet_lightning(logging, warnings)
+    manifest = run_experiment(args.name, config, profile=args.profile, results_root=args.results_dir,
+                              data_dir=args.data_dir, jobs=args.jobs, threads=args.threads, verbose=not args.quiet,
+                              command="torchbop " + " ".join(sys.argv[1:]))
+    return 1 if manifest["failed"] else 0
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="quick", help="which results/<profile> to report on (default quick)")
+    parser.add_argument("--results-dir", default="results", help="results root (default: results)")
+    parser.add_argument("--out", default="reports", help="reports root: writes <out>/<profile>/REPORT.md")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from torchbop.experiments.report import build_report
+
+    started = time.perf_counter()
+    path = build_report(args.profile, results_root=args.results_dir, reports_root=args.out)
+    print(f"wrote {path} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "experiment": Command("run one of the paper's experiments at a named scale", _add_experiment_arguments,
+                          _run_experiment),
+    "report": Command("gather experiment results into reports/<profile>/REPORT.md", _add_report_arguments,
+                      _run_report),
+}

@@ -1,0 +1,408 @@
+"""The one runner behind every experiment: plan -> skip what exists -> run (in parallel) -> store -> summarize -> plot.
+
+An experiment module (``approximation``, ``arbitrary_lr``, ``hyperparameters``, ``cifar10``) provides
+
+* ``VERSION``: an int, bumped whenever the procedure changes (it enters every run's key);
+* ``plan(config) -> list[RunSpec]``: the independent runs, each with *every* value it depends on in ``params``;
+* ``execute(params, ctx) -> dict``: one run (in this process or a worker), returning JSON-able results;
+* ``describe(result) -> str``: one line for the progress log;
+* ``summarize(records, config) -> dict``: numbers for tables and the report, from stored records only
+  (``summary["tables"]`` maps a name to rows, written as ``<name>.csv``).
+
+Layout of ``results/<profile>/<experiment>/``::
+
+    runs/<key>.json    one record per run: params, result, wall time, environment, code version
+    manifest.json      the last invocation: its config, the (label, key) of its runs, wall time, machine
+    summary.json       summarize() of the manifest's runs; <table>.csv for each table
+    figure.png         plots.py, from the records
+
+A run's key is a hash of its experiment, the experiment's ``VERSION`` and its ``params``, so a run whose record exists
+is skipped, whatever invocation or profile override planned it. Runs go to ``jobs`` spawned processes with
+``cores // jobs`` torch threads each; every worker writes its record itself (atomically), so a crash or Ctrl-C loses
+only the runs in flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torchbop.experiments.profiles import PROFILES
+
+__all__ = ["EXPERIMENTS", "RunSpec", "RunContext", "configure", "experiment_module", "run_experiment",
+           "load_manifest", "load_records", "experiment_dir", "environment", "write_json", "jsonable"]
+
+#: experiment name -> (module, field of :class:`~torchbop.experiments.profiles.Profile`).
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "approximation": ("torchbop.experiments.approximation", "approximation"),
+    "arbitrary-lr": ("torchbop.experiments.arbitrary_lr", "arbitrary_lr"),
+    "hyperparameters": ("torchbop.experiments.hyperparameters", "hyperparameters"),
+    "cifar10": ("torchbop.experiments.cifar10", "cifar10"),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One independent run: ``label`` is for people, ``params`` (JSON-able) is everything the run depends on."""
+
+    experiment: str
+    label: str
+    params: dict[str, Any]
+
+    def key(self, version: int) -> str:
+        """16 hex digits of SHA-256 over the experiment, its version and the canonical JSON of ``params``."""
+        text = json.dumps({"experiment": self.experiment, "version": version, "params": jsonable(self.params)},
+                          sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run may write scratch files (checkpoints), where the data is, and whether to print progress."""
+
+    run_dir: Path
+    data_dir: str | None = None
+    verbose: bool = False
+    label: str = ""
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            print(f"  [{self.label}] {message}", flush=True)
+
+
+def experiment_module(name: str) -> ModuleType:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"Unknown experiment {name!r} (expected one of {', '.join(EXPERIMENTS)})")
+    return importlib.import_module(EXPERIMENTS[name][0])
+
+
+def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The experiment's config of ``profile`` with ``overrides`` (field -> value) applied.
+
+    Values are converted to the field's type (``"3"`` -> 3, ``[1e-3]`` -> ``(0.001,)``); unknown fields raise.
+
+    Example:
+        >>> configure("quick", "cifar10", {"epochs": "2", "subset": None}).epochs
+        2
+        >>> configure("quick", "cifar10", {"retrain_epochs": 1})
+        Traceback (most recent call last):
+        ...
+        ValueError: cifar10 has no setting 'retrain_epochs' (its settings: protocol, seeds, epochs, width, subset, test_subset, gamma_decay_every)
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"Unknown experiment {experiment!r} (expected one of {', '.join(EXPERIMENTS)})")
+    config = getattr(PROFILES[profile], EXPERIMENTS[experiment][1])
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for name, value in (overrides or {}).items():
+        if name not in fields:
+            raise ValueError(f"{experiment} has no setting {name!r} (its settings: {', '.join(fields)})")
+        changes[name] = _convert(name, value, getattr(config, name))
+    return dataclasses.replace(config, **changes)
+
+
+def _convert(name: str, value: Any, default: Any) -> Any:
+    if value is None or isinstance(value, str) and value.lower() in ("none", "null"):
+        return None
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        kind = type(default[0]) if default else str
+        return tuple(_convert(name, v.strip() if isinstance(v, str) else v, kind()) for v in items)
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, int) or default is None and _looks_int(value):
+        return int(value)
+    if default is None:
+        return float(value) if _looks_float(value) else value
+    return type(default)(value)
+
+
+def _looks_int(value: Any) -> bool:
+    try:
+        return float(value) == int(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def _looks_float(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def experiment_dir(results_root: str | os.PathLike[str], profile: str, experiment: str) -> Path:
+    return Path(results_root) / profile / experiment
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------------------------------------------
+def run_experiment(
+    experiment: str,
+    config: Any,
+    *,
+    profile: str,
+    results_root: str | os.PathLike[str] = "results",
+    data_dir: str | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+    verbose: bool = True,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run ``config``'s plan (skipping runs already stored), then write the manifest, summary, tables and figure.
+
+    Returns the manifest. Failed runs are listed under ``"failed"`` (with their tracebacks in the log); the summary
+    then covers the runs that succeeded.
+    """
+    if jobs < 1:
+        raise ValueError(f"Invalid jobs value: {jobs} (expected >= 1)")
+    module = experiment_module(experiment)
+    out = experiment_dir(results_root, profile, experiment)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    specs = module.plan(config)
+    keyed = [(spec, spec.key(module.VERSION)) for spec in specs]
+    if len({k for _, k in keyed}) != len(keyed):  # identical runs planned twice (e.g. a shared grid point)
+        seen: set[str] = set()
+        keyed = [(s, k) for s, k in keyed if not (k in seen or seen.add(k))]
+    todo = [(s, k) for s, k in keyed if not (out / "runs" / f"{k}.json").is_file()]
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    log(f"{experiment} ({profile}): {len(keyed)} runs, {len(keyed) - len(todo)} already done, {len(todo)} to run "
+        f"with {jobs} job(s) x {threads} thread(s) -> {out}")
+
+    started = time.time()
+    failed: list[str] = []
+    tasks = [dict(experiment=experiment, label=s.label, params=s.params, key=k, version=module.VERSION,
+                  run_dir=str(out / "runs" / k), record_path=str(out / "runs" / f"{k}.json"),
+                  data_dir=data_dir, verbose=verbose) for s, k in todo]
+    done = 0
+
+    def report(task: dict[str, Any], record: dict[str, Any] | None, error: str | None) -> None:
+        nonlocal done
+        done += 1
+        if error is not None:
+            failed.append(task["label"])
+            log(f"[{done}/{len(tasks)}] {task['label']}: FAILED\n{error}")
+        else:
+            log(f"[{done}/{len(tasks)}] {task['label']}: {module.describe(record['result'])} "
+                f"({record['wall_time_s']:.0f} s; {time.time() - started:.0f} s elapsed)")
+
+    if jobs == 1 or len(tasks) <= 1:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for task in tasks:
+                record, error = _execute_safely(task)
+                report(task, record, error)
+        finally:
+            torch.set_num_threads(previous)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                                    initargs=(threads,)) as pool:
+            futures = {pool.submit(_execute_safely, task): task for task in tasks}
+            for future in cf.as_completed(futures):
+                record, error = future.result()
+                report(futures[future], record, error)
+
+    records = [_read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
+    manifest = {
+        "experiment": experiment,
+        "profile": profile,
+        "config": jsonable(dataclasses.asdict(config)),
+        "paper_config": jsonable(dataclasses.asdict(configure("paper", experiment))),
+        "runs": [{"label": s.label, "key": k} for s, k in keyed],
+        "executed": len(tasks) - len(failed),
+        "skipped": len(keyed) - len(tasks),
+        "failed": failed,
+        "wall_time_s": time.time() - started,
+        "compute_time_s": sum(r["wall_time_s"] for r in records),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "command": command,
+        "environment": environment(threads=threads, jobs=jobs),
+    }
+    write_json(out / "manifest.json", manifest)
+    write_outputs(experiment, out, records, manifest["config"])
+    log(f"{experiment}: {manifest['executed']} run, {manifest['skipped']} skipped, {len(failed)} failed in "
+        f"{manifest['wall_time_s']:.0f} s; results in {out}")
+    return manifest
+
+
+def write_outputs(experiment: str, out: Path, records: list[dict[str, Any]], config: dict[str, Any]) -> dict:
+    """summary.json, one CSV per table and figure.png, from the records alone."""
+    from torchbop.experiments import plots
+
+    summary = experiment_module(experiment).summarize(records, config)
+    write_json(out / "summary.json", summary)
+    for name, rows in summary.get("tables", {}).items():
+        _write_csv(out / f"{name}.csv", rows)
+    if records:
+        plots.plot(experiment, records, summary, config, out / "figure.png")
+    return summary
+
+
+def _init_worker(threads: int) -> None:
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_lightning(logging, warnings)
+
+
+def quiet_lightning(logging: Any, warnings: Any) -> None:
+    """Silence Lightning's per-run banners (GPU/TPU availability, tips) and known harmless warnings."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _execute_safely(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        return _execute(**task), None
+    except Exception:  # one failed run must not take the others down
+        return None, traceback.format_exc()
+
+
+def _execute(*, experiment: str, label: str, params: dict, key: str, version: int, run_dir: str, record_path: str,
+             data_dir: str | None, verbose: bool) -> dict[str, Any]:
+    import shutil
+
+    module = experiment_module(experiment)
+    ctx = RunContext(run_dir=Path(run_dir), data_dir=data_dir, verbose=verbose, label=label)
+    if verbose:
+        print(f"  [{label}] started", flush=True)
+    started = time.perf_counter()
+    result = module.execute(params, ctx)
+    record = {
+        "experiment": experiment, "label": label, "key": key, "version": version, "params": jsonable(params),
+        "result": jsonable(result), "wall_time_s": time.perf_counter() - started,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "environment": environment(),
+    }
+    write_json(Path(record_path), record)
+    if not getattr(module, "KEEP_RUN_DIR", False):
+        shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of finished runs are not needed
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# storage
+# ----------------------------------------------------------------------------------------------------------------
+def load_manifest(out: Path) -> dict[str, Any] | None:
+    path = Path(out) / "manifest.json"
+    return _read_json(path) if path.is_file() else None
+
+
+def load_records(out: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored records of the manifest's runs, in plan order (missing ones left out)."""
+    paths = [Path(out) / "runs" / f"{run['key']}.json" for run in manifest["runs"]]
+    return [_read_json(p) for p in paths if p.is_file()]
+
+
+def jsonable(value: Any) -> Any:
+    """Strict-JSON form: tuples -> lists, non-finite floats -> the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return jsonable(value.item())
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(jsonable(obj), f, indent=1, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(jsonable(rows))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# environment
+# ----------------------------------------------------------------------------------------------------------------
+def environment(threads: int | None = None, jobs: int | None = None) -> dict[str, Any]:
+    """Machine, library versions and code version, stored with every record and manifest."""
+    import torch
+
+    env: dict[str, Any] = {
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads() if threads is None else threads,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git": _git_version(),
+    }
+    if jobs is not None:
+        env["jobs"] = jobs
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_version() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
