@@ -24,8 +24,11 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+# Extra flags for the demo run, e.g. `make demo DEMO_ARGS="--epochs 1 --no-progress"`.
+DEMO_ARGS ?=
+
 demo: install
-	$(VENV)/bin/torchbop train --recipe mnist
+	$(VENV)/bin/torchbop train --recipe mnist $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs results

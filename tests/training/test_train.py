@@ -170,3 +170,21 @@ class TestDataModule:
 
         with pytest.raises(DatasetNotFoundError):
             dm.setup("fit")
+
+
+def test_latent_with_frozen_binary_weights(tiny_config, synthetic):
+    """Only batch norm trains (the approximation experiment's retraining): weights stay, nothing flips, and the
+    optimizer state stays checkpointable (no state is created for the frozen weights)."""
+    from torchbop.models import MnistBNN
+
+    model = MnistBNN(mode="latent")
+    frozen = {name: w.detach().clone() for name, w in named_binary_parameters(model)}
+    for _, w in named_binary_parameters(model):
+        w.requires_grad_(False)
+    rec = Recorder()
+    result = train(tiny_config(mode="latent", optimizer="adam", epochs=1, limit_train_batches=3), data=synthetic,
+                   model=model, callbacks=[rec], loggers=False)
+    for name, w in named_binary_parameters(rec.module.model):
+        assert torch.equal(w, frozen[name])
+    assert rec.epoch_flips == [0] and result["last_checkpoint"] is not None
+    assert len(rec.optimizer.state) == len([p for p in model.parameters() if p.requires_grad])

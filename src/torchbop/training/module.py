@@ -130,7 +130,10 @@ class BinaryClassifier(L.LightningModule):
                 optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
             lambdas = [decay] * len(optimizer.param_groups)
         has_binary = any(True for _ in named_binary_layers(self.model))
-        self.flip_counter = FlipCounter(self.model, optimizer) if has_binary else None  # None: a float model
+        # Bop reports its flips; any other optimizer is left out of the counter, which then compares weight signs
+        # (and does not probe - and so create - optimizer state for binary weights the optimizer does not train).
+        reader = optimizer if cfg.mode == "bop" else None
+        self.flip_counter = FlipCounter(self.model, reader) if has_binary else None  # None: a float model
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
