@@ -56,17 +56,20 @@ def _approximation(fig, records, summary, config) -> None:
                    label="ours (mean, std)" if i == 0 else None)
             ax.scatter([i + 0.18] * len(values), values, s=9, color="black", zorder=3,
                        label="ours, per seed" if i == 0 else None)
-            ax.text(i, min(mean + sd, 1.0) + 0.02, f"{mean:.4f}", ha="center", fontsize=8)
+            inside = mean > 0.25
+            ax.text(i, mean / 2 if inside else mean + sd + 0.03, f"{mean:.4f}", ha="center", va="center",
+                    fontsize=8, color="white" if inside else "black", weight="bold" if inside else "normal")
             published = entry[name]["published_mean"]
             if published is not None:
                 ax.scatter([i - 0.18], [published], marker="D", s=30, color="white", edgecolor="black", zorder=4,
                            label="report (Table 1)" if i == 0 else None)
         ax.axhline(0.1, color="gray", lw=0.8, ls=":", label="chance")
         ax.set_xticks(range(len(EVALUATIONS)), [labels[n] for n in EVALUATIONS])
-        ax.set_ylim(0, 1.1)
+        ax.set_ylim(0, 1.32)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{dataset} ({entry['seeds']} seeds)")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     fig.suptitle(f"Table 1, approximation viewpoint ({_scale_note(config)})", fontsize=10)
 
 
@@ -116,7 +119,8 @@ def _hyperparameters(fig, records, summary, config) -> None:
     for record in records:
         by_point.setdefault((record["params"]["gamma"], record["params"]["threshold"]), []).append(record["result"])
     for col, sweep in enumerate(("gamma", "tau")):
-        points = [(g, t) for s, g, t in grid(cfg) if s == sweep]
+        points = sorted(((g, t) for s, g, t in grid(cfg) if s == sweep),  # gamma high -> low, tau low -> high
+                        key=lambda p: -p[0] if sweep == "gamma" else p[1])
         for i, (gamma, tau) in enumerate(points):
             results = by_point.get((gamma, tau))
             if not results:
@@ -176,7 +180,8 @@ def _cifar10(fig, records, summary, config) -> None:
                   label=f"validation, {tag}")
         right.plot(epochs, [row.get("flip_ratio", math.nan) for row in history], color=COLORS[i],
                    label=f"flip ratio, {tag}")
-        gamma_ax.plot(epochs, [row["rate"] for row in history], color="gray", ls=":", label="gamma" if i == 0 else None)
+        gamma_ax.step(epochs, [row["rate"] for row in history], where="mid", color="black", ls=":", lw=1,
+                      label="gamma (right axis)" if i == 0 else None)
     protocol = records[0]["result"]["protocol"]
     left.axhline(PUBLISHED[protocol], color="black", lw=0.8, ls=":",
                  label=f"published test accuracy ({protocol} protocol): {PUBLISHED[protocol]:.2%}")

@@ -29,13 +29,8 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import math
 import multiprocessing
 import os
-import platform
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -45,9 +40,11 @@ from types import ModuleType
 from typing import Any
 
 from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.store import (environment, jsonable, load_manifest, load_records, read_json, write_csv,
+                                        write_json)
 
 __all__ = ["EXPERIMENTS", "RunSpec", "RunContext", "configure", "experiment_module", "run_experiment",
-           "load_manifest", "load_records", "experiment_dir", "environment", "write_json", "jsonable"]
+           "experiment_dir", "write_outputs", "load_manifest", "load_records"]
 
 #: experiment name -> (module, field of :class:`~torchbop.experiments.profiles.Profile`).
 EXPERIMENTS: dict[str, tuple[str, str]] = {
@@ -230,7 +227,7 @@ def run_experiment(
                 record, error = future.result()
                 report(futures[future], record, error)
 
-    records = [_read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
+    records = [read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
     manifest = {
         "experiment": experiment,
         "profile": profile,
@@ -260,7 +257,7 @@ def write_outputs(experiment: str, out: Path, records: list[dict[str, Any]], con
     summary = experiment_module(experiment).summarize(records, config)
     write_json(out / "summary.json", summary)
     for name, rows in summary.get("tables", {}).items():
-        _write_csv(out / f"{name}.csv", rows)
+        write_csv(out / f"{name}.csv", rows)
     if records:
         plots.plot(experiment, records, summary, config, out / "figure.png")
     return summary
@@ -311,98 +308,3 @@ def _execute(*, experiment: str, label: str, params: dict, key: str, version: in
     if not getattr(module, "KEEP_RUN_DIR", False):
         shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of finished runs are not needed
     return record
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# storage
-# ----------------------------------------------------------------------------------------------------------------
-def load_manifest(out: Path) -> dict[str, Any] | None:
-    path = Path(out) / "manifest.json"
-    return _read_json(path) if path.is_file() else None
-
-
-def load_records(out: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stored records of the manifest's runs, in plan order (missing ones left out)."""
-    paths = [Path(out) / "runs" / f"{run['key']}.json" for run in manifest["runs"]]
-    return [_read_json(p) for p in paths if p.is_file()]
-
-
-def jsonable(value: Any) -> Any:
-    """Strict-JSON form: tuples -> lists, non-finite floats -> the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return jsonable(value.item())
-    return value
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(jsonable(obj), f, indent=1, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(jsonable(rows))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# environment
-# ----------------------------------------------------------------------------------------------------------------
-def environment(threads: int | None = None, jobs: int | None = None) -> dict[str, Any]:
-    """Machine, library versions and code version, stored with every record and manifest."""
-    import torch
-
-    env: dict[str, Any] = {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads() if threads is None else threads,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git": _git_version(),
-    }
-    if jobs is not None:
-        env["jobs"] = jobs
-    return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_version() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("-dirty" if dirty else "")
-

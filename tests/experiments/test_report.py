@@ -1,0 +1,73 @@
+"""The report: built from stored results only, with verdicts computed by stated criteria."""
+
+from __future__ import annotations
+
+import shutil
+
+from torchbop.experiments.report import at_published_scale, build_report
+from torchbop.experiments.verdicts import verdicts
+
+
+def test_report_from_smoke_results(smoke_results, tmp_path):
+    path = build_report("smoke", results_root=smoke_results, reports_root=tmp_path)
+    text = path.read_text()
+    assert path == tmp_path / "smoke" / "REPORT.md"
+    for title in ("Table 1", "Figure 1", "Figure 2", "Figure 3"):
+        assert f"## {title}" in text
+    for name in ("approximation", "arbitrary-lr", "hyperparameters", "cifar10"):
+        assert (tmp_path / "smoke" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"]({name}.png)" in text
+    assert "0.9663" in text and "91.30%" in text  # published numbers beside ours
+    assert "**reproduced**" in text  # the exact Theorem-1 check does not need the published scale
+    assert "**not run at scale**" in text  # everything else ran below it
+    assert "Intel" in text or "cores" in text  # the machine is stated
+
+
+def test_missing_experiments_are_marked_not_run(smoke_results, tmp_path):
+    partial = tmp_path / "results"
+    shutil.copytree(smoke_results / "smoke" / "cifar10", partial / "smoke" / "cifar10")
+    text = build_report("smoke", results_root=partial, reports_root=tmp_path / "reports").read_text()
+    assert text.count("not run at scale** (no results)") == 3
+    assert "## Figure 3" in text
+
+
+def test_published_scale_detection():
+    paper = {"seeds": 10, "epochs": 6, "datasets": ["mnist"], "subset": None}
+    assert at_published_scale("approximation", dict(paper, datasets=["mnist", "cifar10"]), paper)
+    assert not at_published_scale("approximation", dict(paper, subset=6000), paper)
+    assert not at_published_scale("approximation", dict(paper, seeds=3), paper)
+
+
+def _table1(binary, real, retrained):
+    def entry(mean, published):
+        return {"mean": mean, "published_mean": published}
+    return {"datasets": {"mnist": {"seeds": 10, "binary": entry(binary, 0.9663), "real": entry(real, 0.1039),
+                                   "real_retrained": entry(retrained, 0.9807)}}}
+
+
+def test_table1_verdicts_follow_the_numbers():
+    close = verdicts("approximation", _table1(0.960, 0.100, 0.975))
+    assert [v.outcome(at_scale=True) for v in close] == ["reproduced"] * 3
+    assert [v.outcome(at_scale=False) for v in close] == ["not run at scale"] * 3
+    far = verdicts("approximation", _table1(0.90, 0.50, 0.98))
+    assert [v.outcome(at_scale=True) for v in far] == ["not reproduced", "not reproduced", "reproduced"]
+
+
+def test_theorem_verdict_needs_a_control_that_fails():
+    def summary(differing, control, flips=5):
+        check = {"differing_total": differing, "steps": 10, "factor": 2**-7, "flips_total": flips}
+        return {"theorem1": {"check": check, "control": dict(check, differing_total=control, factor=2**10)},
+                "max_gaps": {}}
+    assert verdicts("arbitrary-lr", summary(0, 3))[0].outcome(at_scale=False) == "reproduced"
+    assert verdicts("arbitrary-lr", summary(4, 3))[0].outcome(at_scale=False) == "not reproduced"
+    assert verdicts("arbitrary-lr", summary(0, 0))[0].outcome(at_scale=False) == "inconclusive"
+    assert verdicts("arbitrary-lr", summary(0, 3, flips=0))[0].outcome(at_scale=False) == "inconclusive"
+
+
+def test_cifar10_verdict_uses_the_protocols_published_number():
+    row = {"protocol": "reproduction", "published": 0.8867, "test_acc": 0.88, "test_weights": "best", "epochs": 327,
+           "flip_ratio_first_phase": 1e-3, "flip_ratio_last_phase": 1e-6}
+    accuracy, flips = verdicts("cifar10", {"tables": {"figure3": [row]}})
+    assert accuracy.met and flips.met
+    (accuracy, _) = verdicts("cifar10", {"tables": {"figure3": [dict(row, test_acc=0.85)]}})
+    assert accuracy.outcome(at_scale=True) == "not reproduced"
