@@ -12,6 +12,7 @@ import torch
 
 SCRIPT = textwrap.dedent(
     """
+    import os
     import sys
     from pathlib import Path
 
@@ -43,7 +44,8 @@ SCRIPT = textwrap.dedent(
         config = TrainConfig(epochs=2, batch_size=32, gamma=1e-2, threshold=1e-6, accelerator="cpu", devices=2,
                              strategy="ddp", progress_bar=False, limit_train_batches=3, out={out!r})
         result = train(config, data=data, loggers=False, callbacks=[SaveWeights()])
-        print("RESULT", result["world_size"], result["global_step"], result["is_global_zero"])
+        name = "result_zero.txt" if result["is_global_zero"] else f"result_{{os.getpid()}}.txt"
+        (Path({out!r}) / name).write_text(f"{{result['world_size']}} {{result['global_step']}} {{result['test_acc']}}")
     """
 )
 
@@ -55,7 +57,9 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path: Path):
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "RESULT 2 6 True" in proc.stdout
+    results = [p.read_text().split() for p in sorted(tmp_path.glob("result_*.txt"))]
+    assert len(results) == 2 and (tmp_path / "result_zero.txt").is_file()  # one global zero, one other rank
+    assert results[0] == results[1] and results[0][:2] == ["2", "6"]  # same steps and test accuracy on both
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     assert r0["world_size"] == r1["world_size"] == 2 and r0["step"] == r1["step"] == 6

@@ -27,3 +27,17 @@ def test_cli_prints_test_accuracy(data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "test accuracy:" in out and "protocol original" in out
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.realdata
+def test_cli_resume_takes_the_config_from_the_checkpoint(data_dir, tmp_path, capsys):
+    common = ["--no-progress", "--accelerator", "cpu"]
+    assert main(["train", "--recipe", "mnist", "--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1",
+                 "--batch-size", "50", "--set", "limit_train_batches=4", "--set", "limit_eval_batches=1", *common]) == 0
+    assert main(["train", "--resume", str(tmp_path), "--epochs", "2", *common]) == 0  # no --recipe
+    out = capsys.readouterr().out
+    assert "2 epochs, 8 steps" in out
+    import torch
+
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 8 and checkpoint["hyper_parameters"]["config"]["batch_size"] == 50
