@@ -15,7 +15,7 @@ def test_mnist_recipe_a_few_steps(data_dir, tmp_path):
     result = train(config, loggers=False)
     assert result["global_step"] == 30 and result["train_images"] == 30 * config.batch_size
     assert result["dataset"] == "mnist" and result["protocol"] == "original"
-    assert result["test_acc"] > 0.2  # chance is 0.1; 30 steps reach about 0.25, a full epoch about 0.95
+    assert result["test_acc"] > 0.15  # chance is 0.1; 30 steps reach about 0.25, a full epoch about 0.95
 
 
 @pytest.mark.realdata
