@@ -329,3 +329,21 @@ class TestErrors:
 
         assert opt.step(closure).item() == 4.0
         assert calls == [1]
+
+
+class TestDtypes:
+    def test_bf16_weights_keep_fp32_state_through_a_state_dict(self):
+        w = torch.nn.Parameter(binary(20, dtype=torch.bfloat16))
+        opt = Bop([w], gamma=0.1, threshold=1e-3)
+        w.grad = torch.randn(20).to(torch.bfloat16)
+        opt.step()
+        assert opt.state[w]["exp_avg"].dtype == torch.float32
+        assert w.dtype == torch.bfloat16 and set(w.detach().float().unique().tolist()) <= {-1.0, 1.0}
+        saved = copy.deepcopy(opt.state_dict())
+        w2 = torch.nn.Parameter(w.detach().clone())
+        opt2 = Bop([w2])
+        opt2.load_state_dict(saved)
+        assert opt2.state[w2]["exp_avg"].dtype == torch.float32
+        assert torch.equal(opt2.state[w2]["exp_avg"], opt.state[w]["exp_avg"])
+        assert opt2.state[w2]["flips"].dtype == torch.int64
+        assert opt2.state[w2]["nonfinite_steps"].dtype == torch.int64

@@ -139,6 +139,22 @@ class Bop(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict, keeping every state tensor's saved dtype.
+
+        ``torch.optim.Optimizer.load_state_dict`` casts all state but ``step`` to the parameter's dtype; Bop's ``m``
+        must stay fp32 beside a bf16 parameter, and its counters stay int64.
+        """
+        saved = {index: {key: value.dtype for key, value in state.items() if isinstance(value, Tensor)}
+                 for index, state in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, dtypes in saved.items():
+            state = self.state[params[index]] if isinstance(index, int) else None
+            for key, dtype in (dtypes.items() if state is not None else ()):
+                if state[key].dtype != dtype:
+                    state[key] = state[key].to(dtype)
+
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Lazy state initialization, at the first step that sees a gradient for ``p``."""
         check_binary(p, param_label(self, p))
