@@ -145,15 +145,16 @@ class Bop(Optimizer):
         ``torch.optim.Optimizer.load_state_dict`` casts all state but ``step`` to the parameter's dtype; Bop's ``m``
         must stay fp32 beside a bf16 parameter, and its counters stay int64.
         """
-        saved = {index: {key: value.dtype for key, value in state.items() if isinstance(value, Tensor)}
-                 for index, state in state_dict["state"].items()}
+        saved = state_dict["state"]
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
-        for index, dtypes in saved.items():
-            state = self.state[params[index]] if isinstance(index, int) else None
-            for key, dtype in (dtypes.items() if state is not None else ()):
-                if state[key].dtype != dtype:
-                    state[key] = state[key].to(dtype)
+        for index, values in saved.items():
+            if not isinstance(index, int):
+                continue
+            state = self.state[params[index]]
+            for key, value in values.items():
+                if isinstance(value, Tensor) and state[key].dtype != value.dtype:
+                    state[key] = value.detach().to(device=state[key].device, copy=True)
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Lazy state initialization, at the first step that sees a gradient for ``p``."""
