@@ -136,3 +136,43 @@ class TestAtomicCheckpoint:
         io.save_checkpoint({"step": 1}, path)
         io.save_checkpoint({"step": 2}, path)
         assert io.load_checkpoint(path)["step"] == 2 and os.listdir(tmp_path) == ["last.ckpt"]
+
+
+class TestResumableLoader:
+    @staticmethod
+    def make(consumed, epoch=None):
+        from torchbop.data import DeviceLoader
+        from torchbop.training.data import ResumableLoader
+
+        images = torch.arange(20, dtype=torch.uint8).reshape(20, 1, 1, 1)
+        inner = DeviceLoader(images, torch.arange(20), batch_size=4, shuffle=True, seed=0, drop_last=True)
+        return ResumableLoader(inner, epoch=epoch, consumed=consumed)
+
+    def test_epochs_are_counted_on_the_first_batch_not_on_iter(self):
+        loader = self.make(lambda: 0)
+        iter(loader)  # Lightning probes iterability: must not start an epoch
+        first = [y.tolist() for _, y in loader]
+        second = [y.tolist() for _, y in loader]
+        assert loader.epoch == 1 and first != second and sorted(sum(first, [])) == list(range(20))
+
+    def test_mid_epoch_state_skips_consumed_batches(self):
+        reference = self.make(lambda: 0)
+        epochs = [[y.tolist() for _, y in reference] for _ in range(2)]
+        consumed = {"n": 0}
+        loader = self.make(lambda: consumed["n"])
+        batches = iter(loader)
+        next(batches), next(batches)
+        consumed["n"] = 2
+        state = loader.state_dict()
+        assert state == {"epoch": 0, "consumed": 2, "finished": False}
+        resumed = self.make(lambda: 0)
+        resumed.load_state_dict(state)
+        assert [y.tolist() for _, y in resumed] == epochs[0][2:]  # the rest of epoch 0
+        assert [y.tolist() for _, y in resumed] == epochs[1]  # then epoch 1 in full
+
+    def test_finished_epoch_state_starts_the_next(self):
+        loader = self.make(lambda: 5)
+        list(loader)
+        resumed = self.make(lambda: 0, epoch=lambda: 1)  # Lightning's restored loop counter says epoch 1
+        resumed.load_state_dict(loader.state_dict())
+        assert len(list(resumed)) == 5 and resumed.epoch == 1
