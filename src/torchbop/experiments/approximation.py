@@ -108,8 +108,8 @@ def retrain_batch_norm(model: torch.nn.Module, train: tuple[torch.Tensor, torch.
     """Train the parameters that still require gradients (batch norm, once the latent weights are frozen) with a
     fresh Adam, in train mode so that the running statistics are re-estimated too; returns per-epoch loss/accuracy.
 
-    A plain loop rather than :func:`torchbop.training.train`: that engine's flip counter touches the optimizer
-    state of every binary weight, which breaks ``Optimizer.state_dict()`` when the binary weights are frozen.
+    A plain loop rather than :func:`torchbop.training.train`: nothing of the engine (validation, checkpoints, flip
+    counting, schedules) is needed to fit a few batch-norm shifts, and the loop shows exactly what is trained.
     """
     import torch.nn.functional as F
 

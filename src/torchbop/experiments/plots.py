@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["plot"]
 
@@ -84,6 +85,7 @@ def _arbitrary_lr(fig, records, summary, config) -> None:
         left.plot(epochs, curve, marker="o", ms=3, ls=styles.get(name, "-"), color=COLORS[i],
                   label=f"{name}: {CONFIGURATIONS[name][0]}")
     left.set_xlabel("epoch")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_ylabel("test accuracy (mean over seeds)")
     left.set_title("Figure 1: five initializations / learning rates")
     left.legend(fontsize=7)
@@ -99,10 +101,12 @@ def _arbitrary_lr(fig, records, summary, config) -> None:
             right.plot(steps, result["flips"], color="gray", lw=0.7, alpha=0.7,
                        label=f"flips per step of the reference run (total {result['flips_total']})")
     right.set_yscale("symlog", linthresh=1)
+    top = max([1] + [max(r["differing"] + r["flips"]) for r in theorem.values()])
+    right.set_ylim(-0.3, top * 300)  # headroom for the legend
     right.set_xlabel("optimizer step")
     right.set_ylabel("binary weights that differ between the runs")
     right.set_title("Theorem 1: scaled init + lr, exact comparison")
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Arbitrary learning rate ({_scale_note(config)})", fontsize=10)
 
 
@@ -185,12 +189,13 @@ def _cifar10(fig, records, summary, config) -> None:
     protocol = records[0]["result"]["protocol"]
     left.axhline(PUBLISHED[protocol], color="black", lw=0.8, ls=":",
                  label=f"published test accuracy ({protocol} protocol): {PUBLISHED[protocol]:.2%}")
-    left.set_xlabel("epoch")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_ylabel("accuracy")
     left.set_title(f"accuracy (validation = {'test set' if protocol == 'original' else 'held-out 10%'})")
     left.legend(fontsize=7)
     right.set_yscale("log")
-    right.set_xlabel("epoch")
     right.set_ylabel("flip ratio (flips / weights / step)")
     gamma_ax.set_yscale("log")
     gamma_ax.set_ylabel("gamma")

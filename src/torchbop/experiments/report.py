@@ -55,9 +55,11 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
              "recomputed from the stored run records.", "",
              "Verdicts: **reproduced** / **not reproduced** (criterion evaluated at the published scale), "
              "**not run at scale** (the run was smaller; the criterion's outcome at our scale is shown as an "
-             "indication only), **inconclusive** (the check could not have failed), **not run** (no results).", ""]
+             "indication only; experiments without results are also marked so), **inconclusive** (the check could not "
+             "have failed).", ""]
     summary_rows: list[str] = []
     sections: list[str] = []
+    wall = compute = 0.0
     for experiment in EXPERIMENTS:
         exp_dir = experiment_dir(results_root, profile, experiment)
         manifest = load_manifest(exp_dir)
@@ -76,9 +78,14 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
                      *_results(experiment, summary), "", f"![{experiment}]({figure.name})", "",
                      *_verdict_table(claims, scale_ok), ""]
         for v in claims:
-            summary_rows.append(f"| {v.claim} | **{v.outcome(scale_ok)}** | {v.measured} |")
+            outcome = v.outcome(scale_ok)
+            note = f" ({v.indication()})" if outcome == "not run at scale" else ""
+            summary_rows.append(f"| {v.claim} | **{outcome}**{note} | {v.measured} |")
+        wall += manifest["wall_time_s"]
+        compute += sum(r["wall_time_s"] for r in records)
     lines += ["## Verdicts at a glance", "", "| claim | verdict | ours |", "|---|---|---|", *summary_rows, "",
-              *sections]
+              f"Time: {compute / 60:.1f} min of compute over all stored runs; the last invocation of each experiment "
+              f"took {wall / 60:.1f} min of wall time in total (cached runs cost nothing).", "", *sections]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

@@ -6,9 +6,9 @@ Outcomes:
 
 * ``reproduced`` / ``not reproduced``: the criterion was evaluated on a run at the published scale;
 * ``not run at scale``: the run was smaller than the published one (fewer epochs, a subset, a narrower network,
-  fewer seeds); the criterion is still evaluated and shown as an indication only;
-* ``inconclusive``: the check could not have failed (e.g. no weight ever flipped);
-* ``not run``: no results.
+  fewer seeds); the criterion is still evaluated and shown as an indication only (the report also marks
+  experiments without results so);
+* ``inconclusive``: the check could not have failed (e.g. no weight ever flipped).
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def _hyperparameters(summary: dict[str, Any]) -> list[Verdict]:
             "Figure 2: high gamma or low tau makes training noisy, low gamma or high tau stable",
             "std of the per-step training accuracy around its smoothed curve: highest gamma > lowest gamma and "
             "lowest tau > highest tau",
-            f"gamma {by_gamma[0][0]:g}: {pairs[0][0]:.4f} vs {by_gamma[-1][0]:g}: {pairs[0][1]:.4f}; "
-            f"tau {by_tau[0][1]:g}: {pairs[1][0]:.4f} vs {by_tau[-1][1]:g}: {pairs[1][1]:.4f}",
+            f"gamma {by_gamma[0][0]:g}: {pairs[0][0]:.4f} vs gamma {by_gamma[-1][0]:g}: {pairs[0][1]:.4f}; "
+            f"tau {by_tau[0][1]:g}: {pairs[1][0]:.4f} vs tau {by_tau[-1][1]:g}: {pairs[1][1]:.4f}",
             all(a > b for a, b in pairs)))
     return out
 
