@@ -45,6 +45,7 @@ class TestSmoke:
         assert all(n > 0 for n in rec.epoch_flips)
         assert result["test_acc"] > 0.3  # chance is 0.1; the bars are easy to learn
         assert result["protocol"] == "original" and result["test_weights"] == "last"
+        assert result["data"] == "mnist: train 256, validation 128 (test set), test 128; protocol original"
         assert result["train_images"] == 3 * 256 and result["train_images_per_s"] > 0
         run = tmp_path / "run"
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
@@ -135,6 +136,7 @@ def test_reproduction_protocol_tests_best_checkpoint(tiny_config, synthetic):
     cfg = tiny_config(protocol="reproduction", test_weights="best", epochs=2, limit_train_batches=2)
     result = train(cfg, data=synthetic, loggers=False)
     assert result["protocol"] == "reproduction" and result["test_weights"] == "best"
+    assert "train 229, validation 27 (held-out 10%), test 128" in result["data"]  # per-class rounding
     assert result["best_checkpoint"].endswith("best.ckpt")
     best = torch.load(result["best_checkpoint"], weights_only=False)
     monitor = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))

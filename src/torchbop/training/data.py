@@ -11,8 +11,8 @@
   ``subset`` then keeps a seeded random ``subset`` of the training images (a scale option for quick runs).
 * The loaders are :class:`torchbop.data.DeviceLoader`: the whole split lives on the training device and batches are
   sliced (and augmented) there. The training loader's shuffle order and augmentation are a function of
-  ``(seed, epoch)``. It is wrapped in :class:`ResumableLoader`, which numbers the epochs itself and saves
-  ``(epoch, batches consumed)`` in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would
+  ``(seed, epoch)``. It is wrapped in :class:`ResumableLoader`, which takes the epoch from the fit loop's counter and
+  saves ``(epoch, batches consumed)`` in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would
   have seen, even mid-epoch. Under DDP each rank reads its own shard of every epoch's permutation; validation and
   test are not sharded (each rank evaluates the whole split, so the numbers are exact and identical on every rank).
 

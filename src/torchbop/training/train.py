@@ -139,13 +139,14 @@ def train(
         "name": config.name,
         "dataset": config.dataset,
         "protocol": config.protocol,
+        "data": datamodule.describe(),
         "test_weights": config.test_weights,
         "test_acc": test_metrics.get("test_acc", float("nan")),
         "test_loss": test_metrics.get("test_loss", float("nan")),
         **fit_metrics,
         "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
         "best_checkpoint": best.best_model_path or None,
-        "last_checkpoint": str(last_path) if last_path.is_file() else None,
+        "last_checkpoint": str(last_path.resolve()) if last_path.is_file() else None,
         "epochs": epochs_done,
         "global_step": trainer.global_step,
         "stopped_early": early is not None and early.stopped_epoch is not None,
@@ -169,6 +170,7 @@ def format_summary(result: dict[str, Any]) -> str:
     lines = [
         f"{result['name']}: test accuracy {result['test_acc']:.4f} (loss {result['test_loss']:.4f}) on "
         f"{result['dataset']}, protocol {result['protocol']} (validated on {where}; tested with the {weights})",
+        f"  data: {result['data']}",
         f"  {result['epochs']} epochs, {result['global_step']} steps"
         + (" (stopped early: no flips)" if result["stopped_early"] else "")
         + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
