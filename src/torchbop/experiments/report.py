@@ -94,7 +94,7 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
 def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], scale_ok: bool) -> list[str]:
     config, paper = manifest["config"], manifest["paper_config"]
     env = manifest["environment"]
-    rows = ["| setting | ours | published scale |", "|---|---|---|"]
+    rows = ["| setting | ours | `paper` profile (the published scale) |", "|---|---|---|"]
     for key, value in config.items():
         rows.append(f"| {key} | {_fmt(key, value)} | {_fmt(key, paper.get(key))} |")
     machine = f"{env['cpu']}, {env['cores']} cores" + (f", {env['cuda']}" if env.get("cuda") else "")

@@ -181,10 +181,10 @@ def run_experiment(
     out = experiment_dir(results_root, profile, experiment)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     specs = module.plan(config)
-    keyed = [(spec, spec.key(module.VERSION)) for spec in specs]
-    if len({k for _, k in keyed}) != len(keyed):  # identical runs planned twice (e.g. a shared grid point)
-        seen: set[str] = set()
-        keyed = [(s, k) for s, k in keyed if not (k in seen or seen.add(k))]
+    unique: dict[str, RunSpec] = {}  # identical runs planned twice (a grid point of two sweeps) run once
+    for spec in specs:
+        unique.setdefault(spec.key(module.VERSION), spec)
+    keyed = [(spec, key) for key, spec in unique.items()]
     todo = [(s, k) for s, k in keyed if not (out / "runs" / f"{k}.json").is_file()]
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     log(f"{experiment} ({profile}): {len(keyed)} runs, {len(keyed) - len(todo)} already done, {len(todo)} to run "
@@ -223,9 +223,13 @@ def run_experiment(
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                                     initargs=(threads,)) as pool:
             futures = {pool.submit(_execute_safely, task): task for task in tasks}
-            for future in cf.as_completed(futures):
-                record, error = future.result()
-                report(futures[future], record, error)
+            try:
+                for future in cf.as_completed(futures):
+                    record, error = future.result()
+                    report(futures[future], record, error)
+            except KeyboardInterrupt:  # stop now; finished runs are stored, the rest runs next time
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     records = [read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
     manifest = {
