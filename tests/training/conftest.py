@@ -18,6 +18,16 @@ def make_synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy machine (parallel test runs) oversubscribes two badly:
+    each training test runs with ``torch.set_num_threads(1)``, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {"train": make_synthetic(256, seed=1), "test": make_synthetic(128, seed=2)}

@@ -59,9 +59,9 @@ def assert_same(a, b, path="") -> None:
 
 @pytest.mark.parametrize("every_n_steps", [None, 3], ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
 def test_resume_after_kill_equals_uninterrupted(tiny_config, synthetic, tmp_path, every_n_steps):
-    # 8 steps per epoch; the crash is at step 3 of epoch 2. With checkpoints every 3 steps the last one is from
-    # step 18 (mid-epoch 2): the resumed run must skip exactly the batches already consumed.
-    common = dict(epochs=4, gamma_decay=0.5, gamma_decay_every=1, early_stop_flip_epochs=3,
+    # 8 steps per epoch; the crash is at step 6 of epoch 1. With checkpoints every 3 steps the last one is from
+    # step 12 (mid-epoch 1): the resumed run must skip exactly the 4 batches of epoch 1 already consumed.
+    common = dict(epochs=3, gamma_decay=0.5, gamma_decay_every=1, early_stop_flip_epochs=3,
                   checkpoint_every_n_steps=every_n_steps)
     full_flips, resumed_flips = EpochFlips(), EpochFlips()
     full = train(tiny_config(out=str(tmp_path / "full"), **common), data=synthetic, loggers=False,
@@ -69,15 +69,15 @@ def test_resume_after_kill_equals_uninterrupted(tiny_config, synthetic, tmp_path
 
     killed = tiny_config(out=str(tmp_path / "killed"), **common)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(killed, data=synthetic, loggers=False, callbacks=[Kill(epoch=2, batch=3)])
+        train(killed, data=synthetic, loggers=False, callbacks=[Kill(epoch=1, batch=6)])
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == (18 if every_n_steps else 16)
+    assert torch.load(last, weights_only=False)["global_step"] == (12 if every_n_steps else 8)
 
     resumed = train(killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False,
                     callbacks=[resumed_flips])
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(last, weights_only=False)
-    assert a["global_step"] == b["global_step"] == 32 and a["epoch"] == b["epoch"]
+    assert a["global_step"] == b["global_step"] == 24 and a["epoch"] == b["epoch"]
     assert_same(a["state_dict"], b["state_dict"], "model")
     assert_same(a["optimizer_states"], b["optimizer_states"], "optimizer")  # Bop's m, Adam's moments, steps
     bop_state = a["optimizer_states"][0]["optimizers"][0]["state"]

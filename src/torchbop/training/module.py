@@ -156,7 +156,6 @@ class BinaryClassifier(L.LightningModule):
         self.log_dict({f"flips/{name}": n.float() for name, n in flips.items()}, on_step=True, on_epoch=False)
 
     def on_train_start(self) -> None:
-        _fix_integer_optimizer_state(self.optimizers(use_pl_optimizer=False))
         # A run resumed mid-epoch goes on counting that epoch's flips (Lightning skips on_train_epoch_start then).
         pending, self._flip_state_to_load = self._flip_state_to_load, None
         if pending is not None and self.flip_counter is not None and pending["epoch"] == self.current_epoch:
@@ -194,17 +193,6 @@ class BinaryClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._flip_state_to_load = checkpoint.get("flip_counter")
-
-
-def _fix_integer_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Workaround: ``Optimizer.load_state_dict`` casts every state tensor but ``step`` to the parameter's dtype, so
-    Bop's int64 counters (``flips``, ``nonfinite_steps``) come back from a checkpoint as float32. Cast them back.
-    """
-    for state in optimizer.state.values():
-        for key in ("flips", "nonfinite_steps"):
-            value = state.get(key)
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                state[key] = value.to(torch.int64)
 
 
 def _as_float(value: Any) -> torch.Tensor | float:
