@@ -8,6 +8,10 @@ The module owns the three things Lightning needs and the model does not:
   Adam/SGD over all parameters, with the latent weights clipped to [-1, 1] after every step;
 * the gamma schedule: a ``LambdaLR`` over the composite with one lambda per param group. Bop keeps gamma in its groups
   under ``"lr"``, so the staircase decays gamma while Adam's groups keep a constant factor 1. It steps once per epoch.
+  (In latent mode it decays the learning rate of the one optimizer.)
+
+Under ``precision="bf16-mixed"`` Lightning autocasts the forward pass; parameters, gradients and the optimizers' state
+(Bop's ``m``, Adam's moments) stay float32.
 
 Flips are counted by a :class:`torchbop.metrics.FlipCounter` around every optimizer step and logged per step
 (``pi_t``, ``flips/<layer>``) and per epoch (``epoch_flips``, ``epoch_flips/<layer>``).
