@@ -100,3 +100,17 @@ def test_latent_training_with_adam_counts_sign_changes():
 def test_model_without_binary_layers():
     with pytest.raises(ValueError, match="no binary layer"):
         FlipCounter(nn.Linear(2, 2))
+
+
+def test_reading_counts_never_creates_optimizer_state():
+    # a plain optimizer that does not train the binary weights must not get state entries for them
+    model = tiny_bnn(mode="latent")
+    for layer in (model[0], model[3]):
+        layer.weight.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    counter = FlipCounter(model, opt)
+    x, y = batches(1)[0]
+    step(model, opt, x, y)
+    counter.after_step()
+    assert model[0].weight not in opt.state
+    opt.state_dict()  # would raise KeyError for a foreign state entry

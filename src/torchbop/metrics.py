@@ -100,17 +100,10 @@ class FlipCounter:
         self.device = next(iter(self.layers.values())).device
         self.last_total = torch.zeros((), dtype=torch.int64, device=self.device)
         self.last_pi_t = log_flip_ratio(0, self.total_binary_params)
+        # which weights Bop reports on is decided once: the optimizer's parameters are fixed after construction
+        self._bop_owned = {name: self._owned_by_bop(w) for name, w in self.layers.items()}
         self.reset_epoch()
         self.before_step()
-
-    def _bop_state(self, weight: Tensor) -> dict | None:
-        if self.optimizer is None:
-            return None
-        try:
-            state = self.optimizer.state[weight]
-        except KeyError:
-            return None
-        return state if "flips" in state else None
 
     def _owned_by_bop(self, weight: Tensor) -> bool:
         if self.optimizer is None:
@@ -125,7 +118,7 @@ class FlipCounter:
     def before_step(self) -> None:
         """Snapshot the signs of the weights that Bop does not report on."""
         for name, w in self.layers.items():
-            if not self._owned_by_bop(w):
+            if not self._bop_owned[name]:
                 self._signs[name] = w < 0
 
     @torch.no_grad()
@@ -133,10 +126,11 @@ class FlipCounter:
         """Flips of each binary layer at the step just taken; updates the totals and ``pi_t``."""
         flips: dict[str, Tensor] = {}
         for name, w in self.layers.items():
-            state = self._bop_state(w)
-            if state is not None or self._owned_by_bop(w):
-                step = int(state["step"]) if state is not None else 0
-                fresh = state is not None and step != self._seen_steps.get(name, 0)
+            if self._bop_owned[name]:
+                # read without creating state: only Bop's own entries are looked at
+                state = self.optimizer.state.get(w) or {}
+                step = int(state["step"]) if "flips" in state else 0
+                fresh = step != self._seen_steps.get(name, 0)
                 self._seen_steps[name] = step
                 flips[name] = state["flips"].clone() if fresh else torch.zeros((), dtype=torch.int64, device=w.device)
             else:
