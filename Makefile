@@ -10,7 +10,7 @@ TORCHBOP_DATA ?= $(abspath ../shared/data)
 endif
 export TORCHBOP_DATA
 
-.PHONY: install test demo clean
+.PHONY: install test demo train-mnist clean
 
 install: $(VENV)/.installed
 
@@ -24,10 +24,20 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
-# Extra flags for the demo run, e.g. `make demo DEMO_ARGS="--epochs 1 --no-progress"`.
-DEMO_ARGS ?=
+# `make demo`: the paper's four experiments at the quick profile (under 15 minutes on a 2-core CPU), then the report
+# reports/quick/REPORT.md. Runs already in results/quick are reused. PROFILE=paper runs the published scale (days).
+PROFILE ?= quick
+JOBS ?= 2
+EXPERIMENTS := approximation arbitrary-lr hyperparameters cifar10
 
 demo: install
+	for e in $(EXPERIMENTS); do $(VENV)/bin/torchbop experiment $$e --profile $(PROFILE) --jobs $(JOBS) || exit 1; done
+	$(VENV)/bin/torchbop report --profile $(PROFILE)
+
+# The MNIST BNN trained with Bop from one command; extra flags through DEMO_ARGS="--epochs 1".
+DEMO_ARGS ?=
+
+train-mnist: install
 	$(VENV)/bin/torchbop train --recipe mnist $(DEMO_ARGS)
 
 clean:
