@@ -134,7 +134,7 @@ def _run_impl(impl, dtype, tie_break, steps=7):
             idx = list(range(len(shapes)))
         out = impl([ws[i] for i in idx], [gs[i] for i in idx], [ms[i] for i in idx], gamma=0.1, threshold=5e-3,
                    tie_break=tie_break)
-        flips.append([int(x) for x in out])
+        flips.append([int(x) for x in out[0]])
     return ws, ms, flips
 
 
@@ -157,7 +157,7 @@ class TestFastPaths:
         for impl in (_single_tensor_bop, _multi_tensor_bop, _fused_bop):
             w = torch.tensor([1.0, -1.0, 1.0, -1.0])
             g = torch.tensor([tau, -tau, -tau, tau])
-            impl([w], [g], [torch.zeros(4)], gamma=1.0, threshold=tau, tie_break="larq")
+            impl([w], [g], [torch.zeros(4)], gamma=1.0, threshold=tau, tie_break="larq", mask_nonfinite=True)
             assert w.tolist() == [1.0, 1.0, 1.0, -1.0], impl.__name__
 
     def test_optimizer_flags_select_the_paths(self):
@@ -347,3 +347,32 @@ class TestDtypes:
         assert torch.equal(opt2.state[w2]["exp_avg"], opt.state[w]["exp_avg"])
         assert opt2.state[w2]["flips"].dtype == torch.int64
         assert opt2.state[w2]["nonfinite_steps"].dtype == torch.int64
+
+
+class TestMaskPolicy:
+    @pytest.mark.parametrize("flags", [dict(foreach=False), dict(foreach=True), dict(fused=True)])
+    def test_masked_entries_keep_m_and_w_and_are_counted(self, flags):
+        w = torch.nn.Parameter(torch.tensor([1.0, 1.0, -1.0, -1.0]))
+        opt = Bop([w], gamma=0.5, threshold=0.1, nonfinite="mask", **flags)
+        w.grad = torch.tensor([1.0, float("nan"), float("-inf"), -1.0])
+        opt.step()
+        assert w.data.tolist() == [-1.0, 1.0, -1.0, 1.0]  # entries 0 and 3 flip, the non-finite ones do not
+        assert opt.state[w]["exp_avg"].tolist() == [0.5, 0.0, 0.0, -0.5]
+        assert int(opt.state[w]["nonfinite_entries"]) == 2
+        assert int(opt.state[w]["flips"]) == 2
+
+    def test_paths_agree_with_nonfinite_entries(self):
+        results = []
+        for flags in [dict(foreach=False), dict(foreach=True), dict(fused=True)]:
+            w = torch.nn.Parameter(binary(200, seed=3))
+            opt = Bop([w], gamma=0.3, threshold=1e-3, nonfinite="mask", **flags)
+            gen = torch.Generator().manual_seed(4)
+            for _ in range(5):
+                g = torch.randn(200, generator=gen) * 1e-2
+                g[torch.randint(0, 200, (10,), generator=gen)] = float("nan")
+                w.grad = g
+                opt.step()
+            results.append((w.detach().clone(), opt.state[w]["exp_avg"].clone(), int(opt.state[w]["nonfinite_entries"])))
+        for w, m, n in results[1:]:
+            assert torch.equal(w, results[0][0]) and torch.equal(m, results[0][1]) and n == results[0][2]
+        assert torch.isfinite(results[0][1]).all()

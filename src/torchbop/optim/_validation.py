@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 
 TIE_BREAKS = ("larq", "keep", "flip")
-NONFINITE_POLICIES = ("raise", "skip")
+NONFINITE_POLICIES = ("raise", "skip", "mask")
 
 
 def validate_scalar(

@@ -67,7 +67,11 @@ class Bop(Optimizer):
         * **Non-finite gradients never reach m.** Before any state changes, each step checks the gradients.
           ``nonfinite="raise"`` (default) raises ``RuntimeError`` naming the parameter, with ``m`` and the weights
           untouched; ``nonfinite="skip"`` leaves that parameter's ``m`` and weights as they are for this step and
-          counts it in ``state["nonfinite_steps"]`` (useful with fp16 loss scaling, which skips such steps anyway).
+          counts it in ``state["nonfinite_steps"]`` (useful with fp16 loss scaling, which skips such steps anyway);
+          ``nonfinite="mask"`` checks nothing beforehand and works entry by entry instead: an entry whose gradient
+          is inf/NaN keeps its ``m`` and its weight, the others are updated, and ``state[p]["nonfinite_entries"]``
+          counts the masked entries. The check then costs no pass of its own (the fused kernel does it on the way),
+          which is why the benchmark reports both.
         * **Flips are reported.** After each step ``state[p]["flips"]`` holds the number of weights of ``p`` that
           changed sign (a 0-dim int64 tensor), so flip metrics need no second pass over the weights.
 
@@ -78,7 +82,7 @@ class Bop(Optimizer):
         threshold: flip threshold tau >= 0. Default 1e-8 (Larq).
         tie_break: what happens when ``w * m == tau`` exactly: ``"larq"`` | ``"keep"`` | ``"flip"``.
         m_init: ``"zero"`` (Larq, original code) or ``"grad"`` (the PyTorch reproduction).
-        nonfinite: ``"raise"`` or ``"skip"`` for a parameter whose gradient holds inf or NaN.
+        nonfinite: ``"raise"``, ``"skip"`` or ``"mask"`` for a gradient that holds inf or NaN.
         foreach: use the ``torch._foreach_*`` implementation (default when ``fused`` is not set).
         fused: use one compiled kernel per tensor (``torch.compile``; the first step compiles, which takes seconds).
 
@@ -162,6 +166,7 @@ class Bop(Optimizer):
         state["step"] = torch.tensor(0, dtype=torch.int64)
         state["flips"] = torch.zeros((), dtype=torch.int64, device=p.device)
         state["nonfinite_steps"] = torch.tensor(0, dtype=torch.int64)
+        state["nonfinite_entries"] = torch.zeros((), dtype=torch.int64, device=p.device)
         # m lives in fp32 (or wider) whatever the parameter's dtype, so bf16 training keeps Bop's state in fp32
         m_dtype = torch.promote_types(p.dtype, torch.float32)
         if group["m_init"] == "grad":
@@ -186,11 +191,16 @@ class Bop(Optimizer):
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                       states: list[dict]) -> list[Tensor]:
-        return bop(
+        mask = group["nonfinite"] == "mask"
+        flips, masked = bop(
             params, grads, [s["exp_avg"] for s in states],
             gamma=group["lr"], threshold=group["threshold"], tie_break=group["tie_break"],
-            foreach=group["foreach"], fused=group["fused"],
+            mask_nonfinite=mask, foreach=group["foreach"], fused=group["fused"],
         )
+        if mask:
+            for state, n in zip(states, masked):
+                state["nonfinite_entries"] += n
+        return flips
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -203,9 +213,10 @@ class Bop(Optimizer):
             params, grads, states = self._init_group(group)
             if not params:
                 continue
-            params, grads, states = _screen_nonfinite(self, group["nonfinite"], params, grads, states)
-            if not params:
-                continue
+            if group["nonfinite"] != "mask":
+                params, grads, states = _screen_nonfinite(self, group["nonfinite"], params, grads, states)
+                if not params:
+                    continue
             flips = self._update_group(group, params, grads, states)
             for state, n in zip(states, flips):
                 state["step"] += 1
@@ -247,13 +258,16 @@ def bop(
     gamma: float,
     threshold: float,
     tie_break: str = "larq",
+    mask_nonfinite: bool = False,
     foreach: bool | None = None,
     fused: bool | None = None,
-) -> list[Tensor]:
-    """Functional Bop: update ``exp_avgs`` and flip ``params`` in place; return the flip count of each tensor.
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """Functional Bop: update ``exp_avgs`` and flip ``params`` in place.
 
-    See :class:`Bop` for the rule. ``fused=True`` selects the compiled kernel, otherwise ``foreach`` (default) or
-    the single-tensor reference (``foreach=False``).
+    Returns the flip count of each tensor and, with ``mask_nonfinite=True`` (entries whose gradient is inf/NaN keep
+    their ``m`` and weight), the number of such entries of each tensor (else ``None``). See :class:`Bop` for the
+    rule. ``fused=True`` selects the compiled kernel, otherwise ``foreach`` (default) or the single-tensor reference
+    (``foreach=False``).
     """
     if fused:
         impl = _fused_bop
@@ -261,25 +275,32 @@ def bop(
         impl = _single_tensor_bop
     else:
         impl = _multi_tensor_bop
-    return impl(params, grads, exp_avgs, gamma=gamma, threshold=threshold, tie_break=tie_break)
+    return impl(params, grads, exp_avgs, gamma=gamma, threshold=threshold, tie_break=tie_break,
+                mask_nonfinite=mask_nonfinite)
 
 
-def _single_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break) -> list[Tensor]:
+def _single_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False):
     """The reference: one tensor at a time, one line per equation. Never optimize this function."""
-    flips = []
+    flips, masked = [], []
     for w, g, m in zip(params, grads, exp_avgs):
         # m_t = m_{t-1} + gamma (g_t - m_{t-1}); three separately rounded operations, as Larq computes it
-        m.add_((g.to(m.dtype) - m) * gamma)
-        w_times_m = w.to(m.dtype) * m  # exact: w is +-1
+        new_m = m + (g.to(m.dtype) - m) * gamma
+        w_times_m = w.to(m.dtype) * new_m  # exact: w is +-1
         new_w = torch.where(w_times_m > threshold, -w, w)
         at_tie = w_times_m == threshold
         if tie_break == "larq":
             new_w = torch.where(at_tie, torch.ones_like(w), new_w)
         elif tie_break == "flip":
             new_w = torch.where(at_tie, -w, new_w)
+        if mask_nonfinite:  # an entry with an inf/NaN gradient keeps its m and its weight
+            finite = torch.isfinite(g)
+            new_m = torch.where(finite, new_m, m)
+            new_w = torch.where(finite, new_w, w)
+            masked.append(torch.count_nonzero(~finite))
         flips.append((new_w != w).sum())
+        m.copy_(new_m)
         w.copy_(new_w)
-    return flips
+    return flips, (masked if mask_nonfinite else None)
 
 
 # At the tie w * m == tau a weight flips iff (w < 0 and TIE[0]) or (w > 0 and TIE[1]).
@@ -298,36 +319,56 @@ def flip_mask(w: Tensor, w_times_m: Tensor, threshold: float, tie_break: str) ->
     return flip
 
 
-def _multi_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break) -> list[Tensor]:
+def _multi_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False):
     """``torch._foreach_*`` path, grouped by device and dtype; bit-identical to the reference."""
     flips: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    masked: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
     buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs], with_indices=True)
     for (w_list, g_list, m_list), indices in buckets.values():
         if g_list[0].dtype != m_list[0].dtype:
             g_list = [g.to(m_list[0].dtype) for g in g_list]
+        if mask_nonfinite:
+            finite = [torch.isfinite(g) for g in g_list]
+            for i, ok in zip(indices, finite):
+                masked[i] = torch.count_nonzero(~ok)
+            old_m = [m.clone() for m in m_list]
         delta = torch._foreach_sub(g_list, m_list)
         torch._foreach_mul_(delta, gamma)
         torch._foreach_add_(m_list, delta)
+        if mask_nonfinite:
+            for m, m0, ok in zip(m_list, old_m, finite):
+                torch.where(ok, m, m0, out=m)
         # reuse delta's memory for w * m: fresh large allocations cost page faults on every step
         torch._foreach_copy_(delta, w_list)
         torch._foreach_mul_(delta, m_list)
-        for i, w, w_times_m in zip(indices, w_list, delta):
+        for j, (i, w, w_times_m) in enumerate(zip(indices, w_list, delta)):
             flip = flip_mask(w, w_times_m, threshold, tie_break)
+            if mask_nonfinite:
+                flip &= finite[j]
             flips[i] = torch.count_nonzero(flip)
             torch.where(flip, -w, w, out=w)
-    return flips
+    return flips, (masked if mask_nonfinite else None)
 
 
 def _fused_kernel(w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, threshold: Tensor, tie_neg: Tensor,
                   tie_pos: Tensor) -> Tensor:
-    """The whole step for one flattened tensor; compiled, it reads w, g, m once and writes m, w (5 streams)."""
-    new_m = m + (g.to(m.dtype) - m) * gamma
+    """The whole step for one flattened tensor; compiled, it reads w, g, m once and writes m, w (5 streams).
+
+    Entries with a non-finite gradient keep m and w (a no-op where the gradients were screened before). Returns
+    ``flips + 2**32 * non-finite entries`` as one int64: a single reduction keeps the kernel one loop.
+    """
+    g = g.to(m.dtype)
+    new_m = m + (g - m) * gamma
     w_times_m = w.to(m.dtype) * new_m
     at_tie = w_times_m == threshold
-    flip = (w_times_m > threshold) | (at_tie & (((w < 0) & tie_neg) | ((w > 0) & tie_pos)))
-    m.copy_(new_m)
+    finite = (g - g) == 0  # isfinite, in the form the CPU code generator vectorizes
+    flip = ((w_times_m > threshold) | (at_tie & (((w < 0) & tie_neg) | ((w > 0) & tie_pos)))) & finite
+    m.copy_(torch.where(finite, new_m, m))
     w.copy_(torch.where(flip, -w, w))
-    return flip.sum()
+    return (flip.to(torch.int64) + (~finite).to(torch.int64) * _PACK).sum()
+
+
+_PACK = 2**32
 
 
 @functools.lru_cache(maxsize=None)
@@ -336,20 +377,23 @@ def _compiled_kernel() -> Callable:
     return torch.compile(_fused_kernel, dynamic=True)
 
 
-def _fused_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break) -> list[Tensor]:
+def _fused_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False):
     """One compiled kernel per tensor: reads w, g, m once, writes m and w, and counts the flips on the way."""
     kernel = _compiled_kernel()
     # hyperparameters travel as 0-dim tensors so that a schedule never triggers a recompilation
     scalars: dict[tuple, tuple[Tensor, ...]] = {}
-    flips = []
+    flips, masked = [], []
     for w, g, m in zip(params, grads, exp_avgs):
         if w.numel() == 0:
             flips.append(torch.zeros((), dtype=torch.int64, device=w.device))
+            masked.append(torch.zeros((), dtype=torch.int64, device=w.device))
             continue
         key = (m.device, m.dtype)
         if key not in scalars:
             scalars[key] = (torch.tensor(gamma, dtype=m.dtype, device=m.device),
                             torch.tensor(threshold, dtype=m.dtype, device=m.device),
                             *(torch.tensor(b, device=m.device) for b in _TIE_FLIPS[tie_break]))
-        flips.append(kernel(w.view(-1), g.reshape(-1), m.view(-1), *scalars[key]))
-    return flips
+        packed = kernel(w.view(-1), g.reshape(-1), m.view(-1), *scalars[key])
+        flips.append(packed % _PACK)
+        masked.append(packed // _PACK)
+    return flips, (masked if mask_nonfinite else None)

@@ -62,6 +62,8 @@ class Bop2ndOrder(Bop):
         validate_scalar("eps", eps, low=0.0, low_inclusive=False)
         if kwargs.get("fused"):
             raise RuntimeError("Bop2ndOrder has no fused implementation; use foreach (the default).")
+        if kwargs.get("nonfinite") == "mask":
+            raise ValueError("Invalid nonfinite value: 'mask' (Bop2ndOrder supports 'raise' and 'skip')")
         self._second_order_defaults = dict(sigma=sigma, eps=eps)
         super().__init__(params, gamma=gamma, threshold=threshold, **kwargs)
 
