@@ -38,7 +38,7 @@ def plot(experiment: str, records: list[dict[str, Any]], summary: dict[str, Any]
 
 def _scale_note(config: dict[str, Any]) -> str:
     keys = ("epochs", "retrain_epochs", "seeds", "width", "subset", "test_subset")
-    return ", ".join(f"{k} {config[k]}" for k in keys if k in config)
+    return ", ".join(f"{k} {'all' if config[k] is None else config[k]}" for k in keys if k in config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -46,6 +46,7 @@ def _approximation(fig, records, summary, config) -> None:
     from torchbop.experiments.approximation import EVALUATIONS
 
     datasets = summary["datasets"]
+    fig.set_size_inches(max(6.5, 3.8 * len(datasets)), 4.2)
     axes = fig.subplots(1, max(1, len(datasets)), squeeze=False)[0]
     labels = {"binary": "binary", "real": "real latent", "real_retrained": "real,\nBN retrained"}
     for ax, (dataset, entry) in zip(axes, datasets.items()):
@@ -71,7 +72,7 @@ def _approximation(fig, records, summary, config) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{dataset} ({entry['seeds']} seeds)")
         ax.legend(fontsize=7, loc="upper center", ncol=2)
-    fig.suptitle(f"Table 1, approximation viewpoint ({_scale_note(config)})", fontsize=10)
+    fig.suptitle(f"Table 1, approximation viewpoint\n({_scale_note(config)})", fontsize=10)
 
 
 # ----------------------------------------------------------------------------------------------------------------

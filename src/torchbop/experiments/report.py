@@ -139,7 +139,15 @@ def _results(experiment: str, summary: dict[str, Any]) -> list[str]:
             rows.append(f"| {r['dataset']} | {r['evaluation']} | {r['mean']:.4f} | {_sci(r['var'])} | "
                         f"{_opt(r['published_mean'], '.4f')} | {_sci(r['published_var'])} | {r['seeds']} |")
         bound = ", ".join(f"{d}: {e['latent_at_bound']:.1%}" for d, e in summary["datasets"].items())
-        return rows + ["", f"Fraction of latent weights clipped at +-1 after training: {bound}."]
+        rows += ["", f"Fraction of latent weights clipped at +-1 after training: {bound}."]
+        for dataset, entry in summary["datasets"].items():
+            names = [n for n in ("binary", "real", "real_retrained") if entry[n]["published_mean"] is not None]
+            if names:
+                diffs = ", ".join(f"{n} {entry[n]['mean'] - entry[n]['published_mean']:+.4f}" for n in names)
+                ratios = ", ".join(f"{n} {entry[n]['var'] / entry[n]['published_var']:.2g}" for n in names)
+                rows += ["", f"Beside the report ({dataset}): our mean minus theirs: {diffs}; our variance over "
+                             f"theirs: {ratios}."]
+        return rows
     if experiment == "arbitrary-lr":
         from torchbop.experiments.arbitrary_lr import CONFIGURATIONS
 
