@@ -4,6 +4,7 @@ early stopping on flips, bf16 autocast, the reproduction protocol and the data m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -190,3 +191,10 @@ def test_latent_with_frozen_binary_weights(tiny_config, synthetic):
         assert torch.equal(w, frozen[name])
     assert rec.epoch_flips == [0] and result["last_checkpoint"] is not None
     assert len(rec.optimizer.state) == len([p for p in model.parameters() if p.requires_grad])
+
+
+def test_training_without_validation_writes_last_checkpoint_only(tiny_config, synthetic):
+    # no validation: no "best" checkpoint, and no clash between two unmonitored checkpoint callbacks
+    result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=0), data=synthetic, loggers=False)
+    assert result["best_checkpoint"] is None and result["best_val_loss"] is None
+    assert result["last_checkpoint"] and Path(result["last_checkpoint"]).is_file()

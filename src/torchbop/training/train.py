@@ -81,10 +81,12 @@ def train(
 
     evaluate = config.limit_eval_batches != 0
     ckpt_dir = out / "checkpoints"
-    best = ModelCheckpoint(  # lowest validation loss (the last epoch's weights when validation is off)
-        dirpath=ckpt_dir, filename="best", monitor="val_loss" if evaluate else None, mode="min", save_top_k=1,
+    # best: lowest validation loss. Without validation there is no "best"; a second unmonitored checkpoint would
+    # collide with "last" (Lightning keys checkpoint callbacks by monitor and frequency, not by file name).
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
         save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False,
-    )
+    ) if evaluate else None
     last = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                             save_on_train_epoch_end=True, enable_version_counter=False)]
     if config.checkpoint_every_n_steps is not None:
@@ -107,7 +109,7 @@ def train(
         strategy=config.strategy,
         precision=PRECISION[config.precision],
         logger=logger_list,
-        callbacks=[*extra, *callbacks, best, *last],
+        callbacks=[*extra, *callbacks, *([best] if best is not None else []), *last],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=config.log_every_n_steps,
         enable_progress_bar=config.progress_bar,
@@ -127,7 +129,7 @@ def train(
     epochs_done = trainer.current_epoch
 
     if config.test_weights == "best":
-        if not best.best_model_path:
+        if best is None or not best.best_model_path:
             raise RuntimeError("test_weights='best' but no best checkpoint was written (was validation disabled?)")
         test = trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
     else:
@@ -144,8 +146,9 @@ def train(
         "test_acc": test_metrics.get("test_acc", float("nan")),
         "test_loss": test_metrics.get("test_loss", float("nan")),
         **fit_metrics,
-        "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
-        "best_checkpoint": best.best_model_path or None,
+        "best_val_loss": float(best.best_model_score) if best is not None and best.best_model_score is not None
+        else None,
+        "best_checkpoint": (best.best_model_path or None) if best is not None else None,
         "last_checkpoint": str(last_path.resolve()) if last_path.is_file() else None,
         "epochs": epochs_done,
         "global_step": trainer.global_step,
