@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from torchbop.experiments.runner import RunContext, RunSpec
 
@@ -52,15 +51,9 @@ def plan(cfg: Any) -> list[RunSpec]:
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    from torchbop.experiments.common import load_data, train_run
-    from torchbop.training import TrainConfig
-    from torchbop.training.module import build_model
+    from torchbop.experiments.common import train_cifar10_run
 
-    data = load_data("cifar10", ctx.data_dir, params["subset"], params["test_subset"])
-    config = TrainConfig.from_dict({**params["train"], "out": str(ctx.run_dir), "progress_bar": False})
-    torch.manual_seed(config.seed)
-    model = build_model(config)
-    result, history = train_run(config, data, model, log=ctx.log)
+    result, history, data = train_cifar10_run(params, ctx)
     return {**result, "history": history["epochs"], "train_images": len(data["train"][1]),
             "test_images": len(data["test"][1])}
 

@@ -152,3 +152,17 @@ def train_run(config: Any, data: dict[str, Split], model: nn.Module, *, per_step
                                                      "global_step", "stopped_early", "protocol", "test_weights",
                                                      "best_val_loss", "wall_time_s", "train_images_per_s")}
     return result, history.as_dict()
+
+
+def train_cifar10_run(params: dict[str, Any], ctx: Any, *, per_step: bool = False) -> tuple[dict, dict, dict]:
+    """One BinaryNet/CIFAR-10 run of a stored spec (``params["train"]`` is a ``TrainConfig`` dict): loads the data
+    subset, builds the model under the run's seed, trains; returns ``(result, history, data)``."""
+    from torchbop.training import TrainConfig
+    from torchbop.training.module import build_model
+
+    data = load_data("cifar10", ctx.data_dir, params["subset"], params["test_subset"])
+    config = TrainConfig.from_dict({**params["train"], "out": str(ctx.run_dir), "progress_bar": False})
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    result, history = train_run(config, data, model, per_step=per_step, log=ctx.log)
+    return result, history, data

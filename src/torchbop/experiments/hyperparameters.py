@@ -50,15 +50,9 @@ def plan(cfg: Any) -> list[RunSpec]:
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    from torchbop.experiments.common import load_data, train_run
-    from torchbop.training import TrainConfig
-    from torchbop.training.module import build_model
+    from torchbop.experiments.common import train_cifar10_run
 
-    data = load_data("cifar10", ctx.data_dir, params["subset"], params["test_subset"])
-    config = TrainConfig.from_dict({**params["train"], "out": str(ctx.run_dir), "progress_bar": False})
-    torch.manual_seed(config.seed)
-    model = build_model(config)
-    result, history = train_run(config, data, model, per_step=True, log=ctx.log)
+    result, history, _ = train_cifar10_run(params, ctx, per_step=True)
     return {"test_acc": result["test_acc"], "history": history["epochs"], "steps": history["steps"]}
 
 
