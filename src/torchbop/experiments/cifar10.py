@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from torchbop.experiments.runner import RunContext, RunSpec
 
 __all__ = ["VERSION", "PUBLISHED", "RECIPES", "plan", "execute", "describe", "summarize"]
