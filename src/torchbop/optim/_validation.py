@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -57,17 +57,18 @@ def validate_choice(name: str, value: str, choices: Iterable[str]) -> str:
     return value
 
 
-def check_binary(param: torch.Tensor, name: str) -> None:
+def check_binary(param: torch.Tensor, name: Callable[[], str]) -> None:
     """Raise ``RuntimeError`` unless every entry of ``param`` is exactly -1 or +1.
 
-    Bop flips signs; it cannot train a real-valued weight. The message names the parameter and how to fix it.
+    Bop flips signs; it cannot train a real-valued weight. The message names the parameter (``name()`` is only
+    called on failure: finding a parameter's label scans the param groups) and says how to fix it.
     """
     if param.numel() == 0:
         return
     if not bool(((param == 1) | (param == -1)).all()):
         bad = param[(param != 1) & (param != -1)].flatten()[:3].tolist()
         raise RuntimeError(
-            f"Bop can only train binary weights, but {name} holds values other than -1/+1 (e.g. {bad}). "
+            f"Bop can only train binary weights, but {name()} holds values other than -1/+1 (e.g. {bad}). "
             "Create the layer with mode='bop' (its weight is initialised to +-1), or binarize it first with "
             "torchbop.nn.binarize_(model); give real-valued parameters (batch norm, biases) to another optimizer "
             "through torchbop.optim.CompositeOptimizer."

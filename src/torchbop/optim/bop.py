@@ -162,7 +162,7 @@ class Bop(Optimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Lazy state initialization, at the first step that sees a gradient for ``p``."""
-        check_binary(p, param_label(self, p))
+        check_binary(p, lambda: param_label(self, p))
         state["step"] = torch.tensor(0, dtype=torch.int64)
         state["flips"] = torch.zeros((), dtype=torch.int64, device=p.device)
         state["nonfinite_steps"] = torch.tensor(0, dtype=torch.int64)
