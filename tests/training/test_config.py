@@ -106,6 +106,6 @@ class TestCli:
         assert main(["train", "--recipe", "mnist", "--set", "nope=1", "--print-config"]) == 2
         assert "Unknown config key(s): nope" in capsys.readouterr().err
 
-    def test_train_needs_a_recipe_or_resume(self):
-        with pytest.raises(SystemExit):
-            main(["train", "--epochs", "1"])
+    def test_train_needs_a_recipe_or_resume(self, capsys):
+        assert main(["train", "--epochs", "1"]) == 2
+        assert "give --recipe" in capsys.readouterr().err

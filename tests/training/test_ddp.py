@@ -60,8 +60,8 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path: Path):
     results = [p.read_text().split() for p in sorted(tmp_path.glob("result_*.txt"))]
     assert len(results) == 2 and (tmp_path / "result_zero.txt").is_file()  # one global zero, one other rank
     assert results[0] == results[1] and results[0][:2] == ["2", "6"]  # same steps and test accuracy on both
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["world_size"] == r1["world_size"] == 2 and r0["step"] == r1["step"] == 6
     for key in r0["model"]:  # gradients were all-reduced: every rank took the same Bop and Adam steps
         assert torch.equal(r0["model"][key], r1["model"][key]), key

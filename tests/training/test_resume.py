@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from torchbop.errors import UserError
 from torchbop.training import train
 from torchbop.training.callbacks import AtomicCheckpointIO, atomic_torch_save
 
@@ -71,12 +72,12 @@ def test_resume_after_kill_equals_uninterrupted(tiny_config, synthetic, tmp_path
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(killed, data=synthetic, loggers=False, callbacks=[Kill(epoch=1, batch=6)])
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == (12 if every_n_steps else 8)
+    assert torch.load(last, weights_only=True)["global_step"] == (12 if every_n_steps else 8)
 
     resumed = train(killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False,
                     callbacks=[resumed_flips])
-    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(last, weights_only=False)
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
     assert a["global_step"] == b["global_step"] == 24 and a["epoch"] == b["epoch"]
     assert_same(a["state_dict"], b["state_dict"], "model")
     assert_same(a["optimizer_states"], b["optimizer_states"], "optimizer")  # Bop's m, Adam's moments, steps
@@ -102,14 +103,14 @@ def test_resume_from_a_finished_run_extends_it(tiny_config, synthetic, tmp_path)
     train(one, data=synthetic, loggers=False)
     extended = train(one.replace(epochs=2, resume=str(tmp_path / "one" / "checkpoints" / "last.ckpt")),
                      data=synthetic, loggers=False)
-    a = torch.load(two["last_checkpoint"], weights_only=False)
-    b = torch.load(extended["last_checkpoint"], weights_only=False)
+    a = torch.load(two["last_checkpoint"], weights_only=True)
+    b = torch.load(extended["last_checkpoint"], weights_only=True)
     assert_same(a["state_dict"], b["state_dict"])
     assert_same(a["optimizer_states"], b["optimizer_states"])
 
 
 def test_resume_missing_checkpoint(tiny_config, synthetic, tmp_path):
-    with pytest.raises(FileNotFoundError, match="No checkpoint to resume from"):
+    with pytest.raises(UserError, match="nothing/checkpoints/last.ckpt: no checkpoint to resume from"):
         train(tiny_config(resume=str(tmp_path / "nothing")), data=synthetic, loggers=False)
 
 

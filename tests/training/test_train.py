@@ -139,7 +139,7 @@ def test_reproduction_protocol_tests_best_checkpoint(tiny_config, synthetic):
     assert result["protocol"] == "reproduction" and result["test_weights"] == "best"
     assert "train 229, validation 27 (held-out 10%), test 128" in result["data"]  # per-class rounding
     assert result["best_checkpoint"].endswith("best.ckpt")
-    best = torch.load(result["best_checkpoint"], weights_only=False)
+    best = torch.load(result["best_checkpoint"], weights_only=True)
     monitor = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert float(monitor["best_model_score"]) == pytest.approx(result["best_val_loss"])
 

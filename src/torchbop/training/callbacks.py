@@ -24,6 +24,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from torchbop.training.checkpoints import load_checkpoint
+
 __all__ = ["FlipEarlyStopping", "AtomicCheckpointIO", "RNGState", "Throughput"]
 
 
@@ -66,6 +68,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Every checkpoint Lightning reads (resume, testing the best weights) is read with ``weights_only=True``
+        (:func:`~torchbop.training.checkpoints.load_checkpoint`), whatever ``weights_only`` Lightning passes."""
+        return load_checkpoint(path, map_location=map_location or "cpu")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:

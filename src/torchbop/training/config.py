@@ -113,6 +113,7 @@ class TrainConfig:
         for key in ("gamma", "threshold", "sigma", "lr", "momentum"):
             if getattr(self, key) < 0:
                 raise ValueError(f"Invalid {key} value: {getattr(self, key)} (expected >= 0)")
+        _check_devices(self.devices)
         if not 0.0 < self.gamma_decay <= 1.0:
             raise ValueError(f"Invalid gamma_decay value: {self.gamma_decay} (expected a number in (0, 1])")
         if not 0.0 < self.val_fraction < 1.0:
@@ -156,7 +157,8 @@ def recipe_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"Recipe file not found: {path}")
+            raise FileNotFoundError(f"Recipe file not found: {path} (shipped recipes: "
+                                    f"{', '.join(available_recipes())})")
         return path
     shipped = resources.files("torchbop") / "recipes" / f"{name_or_path}.yaml"
     if not shipped.is_file():
@@ -171,11 +173,23 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     A recipe without a ``name`` is named after its file.
     """
     path = recipe_path(name_or_path)
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"Recipe {path} is not valid YAML: {problem}{where}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"Recipe {path} cannot be read: {error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"Recipe {path} must be a mapping of TrainConfig fields, got {type(values).__name__}")
     values.setdefault("name", path.stem)
-    return apply_overrides(TrainConfig.from_dict(values), overrides or [])
+    try:
+        config = TrainConfig.from_dict(values)
+    except ValueError as error:
+        raise ValueError(f"Recipe {path}: {error}") from None
+    return apply_overrides(config, overrides or [])
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -186,7 +200,10 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"Invalid override {item!r}: expected key=value")
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"Invalid override {item!r}: {text!r} is not a YAML value (quote it)") from None
         if "." in key:
             head, _, sub = key.partition(".")
             if head != "model_kwargs":
@@ -222,6 +239,19 @@ def _check_unknown(values: dict[str, Any]) -> None:
 def _check_choice(key: str, value: str, choices: tuple[str, ...], where: str = "") -> None:
     if value not in choices:
         raise ValueError(f"Invalid {key} value: {value!r}{where} (expected one of {', '.join(map(repr, choices))})")
+
+
+def _check_devices(devices: int | str) -> None:
+    """Lightning's forms: a positive count, -1 or "auto" (all), or a comma-separated list of device indices."""
+    if isinstance(devices, int):
+        ok = devices > 0 or devices == -1
+    else:
+        text = devices.strip()
+        ok = text in ("auto", "-1") or (text.isdigit() and int(text) > 0) or (
+            "," in text and all(part.strip().isdigit() for part in text.split(",") if part.strip()))
+    if not ok:
+        raise ValueError(f"Invalid devices value: {devices!r} (expected a positive number of devices, -1 or 'auto' "
+                         "for all, or a comma-separated list of device indices such as '0,1')")
 
 
 def _union_args(tp: Any) -> tuple[Any, ...]:

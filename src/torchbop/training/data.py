@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from torchbop.errors import UserError
 from torchbop.training.config import TrainConfig
 
 __all__ = ["BinaryDataModule", "ResumableLoader", "load_split"]
@@ -57,11 +58,26 @@ class BinaryDataModule(L.LightningDataModule):
         self.train_set: Split | None = None
         self.val_set: Split | None = None
         self.test_set: Split | None = None
+        self._prepared = False
 
     def prepare_data(self) -> None:
-        if self._data is None and self.config.download:
+        if self._data is None and self.config.download and not self._prepared:
             load_split(self.config, train=True, download=True)
             load_split(self.config, train=False, download=True)
+        self._prepared = True
+
+    def check_batches(self, world_size: int = 1) -> None:
+        """Refuse a training set that cannot fill one batch per process (the last partial batch is dropped, so such
+        a run would train 0 steps). Call after :meth:`setup`."""
+        assert self.train_set is not None, "call setup() first"
+        images, batch = len(self.train_set[1]), self.config.batch_size
+        if images // world_size < batch:
+            per_rank = f" ({images // world_size} per process on {world_size} processes)" if world_size > 1 else ""
+            raise UserError(
+                f"The training set has {images} images{per_rank}, fewer than one batch of batch_size={batch}: the "
+                f"run would train 0 steps. Lower --batch-size to at most {max(images // world_size, 1)} or train "
+                "on more images (--subset)."
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -17,36 +17,37 @@ would have had. Checkpoints are written atomically (:class:`~torchbop.training.c
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
+from torchbop.data.paths import DatasetNotFoundError
+from torchbop.errors import UserError, blame_user
 from torchbop.training.callbacks import AtomicCheckpointIO, FlipEarlyStopping, RNGState, Throughput
+from torchbop.training.checkpoints import RelocatableCheckpoint
 from torchbop.training.config import TrainConfig
 from torchbop.training.data import BinaryDataModule, Split
 from torchbop.training.module import BinaryClassifier
+from torchbop.training.run_folder import clear_run_files, finished_summary, resolve_run_folder, write_summary
 
-__all__ = ["train", "resolve_checkpoint", "format_summary"]
+__all__ = ["train", "check_config", "format_summary"]
 
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint to resume from at {path}")
-    return path
+def check_config(config: TrainConfig, model: nn.Module | None = None) -> BinaryClassifier:
+    """Build the run's module and optimizers once, so that every model argument and optimizer hyperparameter is
+    checked before anything is written; return the module. Its failures are :class:`UserError` naming the key."""
+    with blame_user(TypeError, ValueError, what=f"model {config.model!r} with model_kwargs {config.model_kwargs}"):
+        module = BinaryClassifier(config, model=model)
+    with blame_user(ValueError, RuntimeError, what="optimizer hyperparameters (gamma, threshold, sigma, lr, momentum)"):
+        module.configure_optimizers()
+    return module
 
 
 def train(
@@ -56,6 +57,7 @@ def train(
     model: nn.Module | None = None,
     callbacks: list[L.Callback] | tuple[L.Callback, ...] = (),
     loggers: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, validate and test as ``config`` says; return the final metrics.
 
@@ -65,6 +67,7 @@ def train(
         model: a network to train instead of ``create_model(config.model, ...)`` (e.g. a custom initialisation).
         callbacks: extra Lightning callbacks (experiments add their own recorders).
         loggers: write TensorBoard and CSV logs (off in tests, for speed).
+        overwrite: start a new run in a folder that holds another run, removing that run's files first.
 
     Returns:
         ``test_acc``, ``test_loss`` with the ``protocol`` and ``test_weights`` they were measured under, the last
@@ -72,25 +75,29 @@ def train(
         ``stopped_early``, ``wall_time_s``, ``train_images_per_s`` and ``out_dir``.
     """
     started = time.perf_counter()
-    out = config.out_dir
-    ckpt_path = str(resolve_checkpoint(config.resume)) if config.resume else None
+    folder = resolve_run_folder(config, overwrite=overwrite)
+    if (summary := finished_summary(config, folder)) is not None:
+        return {**summary, "already_finished": True, "is_global_zero": True}
+    config = config.replace(out=str(folder.path))
+    out = folder.path
+    ckpt_path = str(folder.checkpoint) if folder.checkpoint is not None else None
 
     L.seed_everything(config.seed, verbose=False)
-    module = BinaryClassifier(config, model=model)
+    module = check_config(config, model)
     datamodule = BinaryDataModule(config, data=data)
 
     evaluate = config.limit_eval_batches != 0
     ckpt_dir = out / "checkpoints"
     # best: lowest validation loss. Without validation there is no "best"; a second unmonitored checkpoint would
     # collide with "last" (Lightning keys checkpoint callbacks by monitor and frequency, not by file name).
-    best = ModelCheckpoint(
+    best = RelocatableCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
         save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False,
     ) if evaluate else None
-    last = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+    last = [RelocatableCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                             save_on_train_epoch_end=True, enable_version_counter=False)]
     if config.checkpoint_every_n_steps is not None:
-        last.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+        last.append(RelocatableCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                     every_n_train_steps=config.checkpoint_every_n_steps,
                                     enable_version_counter=False))
     extra: list[L.Callback] = [RNGState(), throughput := Throughput()]
@@ -101,26 +108,34 @@ def train(
     if loggers:
         logger_list = [TensorBoardLogger(save_dir=out, name="tb"), CSVLogger(save_dir=out, name="csv")]
 
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=PRECISION[config.precision],
-        logger=logger_list,
-        callbacks=[*extra, *callbacks, *([best] if best is not None else []), *last],
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=config.log_every_n_steps,
-        enable_progress_bar=config.progress_bar,
-        enable_model_summary=config.progress_bar,
-        num_sanity_val_steps=0,
-        limit_train_batches=config.limit_train_batches,
-        limit_val_batches=config.limit_eval_batches,
-        limit_test_batches=config.limit_eval_batches,
-        default_root_dir=out,
-    )
+    with blame_user(MisconfigurationException, ValueError, RuntimeError, what="accelerator/devices/strategy"):
+        trainer = L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=PRECISION[config.precision],
+            logger=logger_list,
+            callbacks=[*extra, *callbacks, *([best] if best is not None else []), *last],
+            plugins=[AtomicCheckpointIO()],
+            log_every_n_steps=config.log_every_n_steps,
+            enable_progress_bar=config.progress_bar,
+            enable_model_summary=config.progress_bar,
+            num_sanity_val_steps=0,
+            limit_train_batches=config.limit_train_batches,
+            limit_val_batches=config.limit_eval_batches,
+            limit_test_batches=config.limit_eval_batches,
+            default_root_dir=out,
+        )
+    with blame_user(DatasetNotFoundError, ValueError, OSError, what=f"data ({config.dataset})"):
+        if trainer.is_global_zero:
+            datamodule.prepare_data()
+        datamodule.setup("fit")
+    datamodule.check_batches(trainer.world_size)
     if trainer.is_global_zero:
+        if overwrite and folder.checkpoint is None:
+            clear_run_files(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -161,7 +176,7 @@ def train(
         "out_dir": str(out),
     }
     if trainer.is_global_zero:
-        (out / "summary.json").write_text(json.dumps(result, indent=2))
+        write_summary(out / "summary.json", result)
     result["is_global_zero"] = trainer.is_global_zero
     return result
 
