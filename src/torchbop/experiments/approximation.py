@@ -52,6 +52,11 @@ def _train_config(cfg: Any, dataset: str, seed: int, epochs: int) -> dict[str, A
     return {k: v for k, v in config.to_dict().items() if k not in ("out", "data_dir", "progress_bar")}
 
 
+def datasets(cfg: Any) -> tuple[str, ...]:
+    """The datasets this experiment reads (the datasets the profile lists), so that they can be checked or fetched before any run."""
+    return tuple(cfg.datasets)
+
+
 def plan(cfg: Any) -> list[RunSpec]:
     specs = []
     for dataset in cfg.datasets:

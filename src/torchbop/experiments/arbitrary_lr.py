@@ -53,6 +53,11 @@ CONFIGURATIONS: dict[str, tuple[str, str, float, str, float]] = {
 }
 
 
+def datasets(cfg: Any) -> tuple[str, ...]:
+    """The datasets this experiment reads (MNIST), so that they can be checked or fetched before any run."""
+    return ("mnist",)
+
+
 def plan(cfg: Any) -> list[RunSpec]:
     from torchbop.training import TrainConfig
 

@@ -30,6 +30,11 @@ RECIPES = {"original": "cifar10", "reproduction": "cifar10_reproduction"}
 PUBLISHED = {"original": 0.913, "reproduction": 0.8867}
 
 
+def datasets(cfg: Any) -> tuple[str, ...]:
+    """The datasets this experiment reads (CIFAR-10), so that they can be checked or fetched before any run."""
+    return ("cifar10",)
+
+
 def plan(cfg: Any) -> list[RunSpec]:
     from torchbop.training import load_recipe
 

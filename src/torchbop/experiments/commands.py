@@ -16,6 +16,7 @@ import time
 import warnings
 
 from torchbop.cli import Command
+from torchbop.errors import blame_user
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.runner import EXPERIMENTS
 
@@ -70,11 +71,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
     from torchbop.experiments.runner import configure, quiet_lightning, run_experiment
 
-    try:
+    with blame_user(ValueError):
         config = configure(args.profile, args.name, overrides_from_args(args))
-    except ValueError as error:
-        print(f"torchbop experiment: {error}", file=sys.stderr)
-        return 2
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=1))
         return 0

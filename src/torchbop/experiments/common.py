@@ -147,7 +147,8 @@ def train_run(config: Any, data: dict[str, Split], model: nn.Module, *, per_step
     from torchbop.training import train
 
     history = History(per_step=per_step, log=log)
-    result = train(config, data=data, model=model, callbacks=[history], loggers=False)
+    # A run that is not stored yet starts afresh, also over the files of an earlier attempt that was killed.
+    result = train(config, data=data, model=model, callbacks=[history], loggers=False, overwrite=True)
     result = {k: v for k, v in result.items() if k in ("test_acc", "test_loss", "val_acc", "val_loss", "epochs",
                                                      "global_step", "stopped_early", "protocol", "test_weights",
                                                      "best_val_loss", "wall_time_s", "train_images_per_s")}

@@ -33,6 +33,11 @@ def grid(cfg: Any) -> list[tuple[str, float, float]]:
             + [("tau", cfg.fixed_gamma, t) for t in cfg.thresholds])
 
 
+def datasets(cfg: Any) -> tuple[str, ...]:
+    """The datasets this experiment reads (CIFAR-10), so that they can be checked or fetched before any run."""
+    return ("cifar10",)
+
+
 def plan(cfg: Any) -> list[RunSpec]:
     from torchbop.training import load_recipe
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torchbop.errors import UserError
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.runner import (EXPERIMENTS, experiment_dir, experiment_module, load_manifest,
                                          load_records)
@@ -43,9 +44,18 @@ def at_published_scale(experiment: str, config: dict[str, Any], paper: dict[str,
 
 
 def build_report(profile: str, results_root: str | Path = "results", reports_root: str | Path = "reports") -> Path:
-    """Write ``<reports_root>/<profile>/REPORT.md`` and one PNG per experiment with results; return the path."""
+    """Write ``<reports_root>/<profile>/REPORT.md`` and one PNG per experiment with results; return the path.
+
+    Raises:
+        UserError: no experiment of ``profile`` has results; nothing is written (a committed report stays as it is).
+    """
     from torchbop.experiments import plots
 
+    found = {e: load_manifest(experiment_dir(results_root, profile, e)) for e in EXPERIMENTS}
+    if not any(manifest and load_records(experiment_dir(results_root, profile, e), manifest)
+               for e, manifest in found.items()):
+        raise UserError(f"no results in {Path(results_root) / profile}: run `torchbop experiment NAME --profile "
+                        f"{profile}` first (or give --results-dir). Nothing was written.")
     out = Path(reports_root) / profile
     out.mkdir(parents=True, exist_ok=True)
     description = PROFILES[profile].description if profile in PROFILES else "custom"

@@ -23,7 +23,8 @@ from typing import Any
 import lightning as L
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from torchbop.data.paths import DatasetNotFoundError
@@ -31,9 +32,11 @@ from torchbop.errors import UserError, blame_user
 from torchbop.training.callbacks import AtomicCheckpointIO, FlipEarlyStopping, RNGState, Throughput
 from torchbop.training.checkpoints import RelocatableCheckpoint
 from torchbop.training.config import TrainConfig
+from torchbop.training.console import EpochLines
 from torchbop.training.data import BinaryDataModule, Split
 from torchbop.training.module import BinaryClassifier
 from torchbop.training.run_folder import clear_run_files, finished_summary, resolve_run_folder, write_summary
+from torchbop.training.run_logs import ContinueLogs, run_loggers
 
 __all__ = ["train", "check_config", "format_summary"]
 
@@ -47,7 +50,22 @@ def check_config(config: TrainConfig, model: nn.Module | None = None) -> BinaryC
         module = BinaryClassifier(config, model=model)
     with blame_user(ValueError, RuntimeError, what="optimizer hyperparameters (gamma, threshold, sigma, lr, momentum)"):
         module.configure_optimizers()
+    _check_accelerator(config.accelerator)
     return module
+
+
+def _check_accelerator(name: str) -> None:
+    """Refuse an accelerator this machine does not have (Lightning would, later, with a traceback)."""
+    if name in ("auto", "cpu"):
+        return
+    kinds = ["cuda", "mps"] if name == "gpu" else [name]
+    known = [k for k in kinds if k in AcceleratorRegistry]
+    if not known:
+        raise UserError(f"Invalid accelerator value: {name!r} (expected auto, cpu, gpu or one of "
+                        f"{', '.join(AcceleratorRegistry)})")
+    if not any(AcceleratorRegistry[k]["accelerator"].is_available() for k in known):
+        raise UserError(f"accelerator {name!r}: this machine has no {name} device that torch can use. Use "
+                        "--accelerator auto (the best available) or cpu.")
 
 
 def train(
@@ -85,6 +103,12 @@ def train(
     L.seed_everything(config.seed, verbose=False)
     module = check_config(config, model)
     datamodule = BinaryDataModule(config, data=data)
+    # The data is read (and checked) before the Trainer prints anything and before the run folder exists.
+    with blame_user(DatasetNotFoundError, ValueError, OSError, what=f"data ({config.dataset})"):
+        if rank_zero_only.rank == 0:
+            datamodule.prepare_data()
+        datamodule.setup("fit")
+    datamodule.check_batches()
 
     evaluate = config.limit_eval_batches != 0
     ckpt_dir = out / "checkpoints"
@@ -101,12 +125,15 @@ def train(
                                     every_n_train_steps=config.checkpoint_every_n_steps,
                                     enable_version_counter=False))
     extra: list[L.Callback] = [RNGState(), throughput := Throughput()]
+    if not config.progress_bar:
+        extra.append(EpochLines())  # before FlipEarlyStopping, whose stop message follows the epoch's line
     early = None
     if config.early_stop_flip_epochs is not None:
         extra.append(early := FlipEarlyStopping(config.early_stop_flip_epochs))
     logger_list: list[Any] | bool = False
-    if loggers:
-        logger_list = [TensorBoardLogger(save_dir=out, name="tb"), CSVLogger(save_dir=out, name="csv")]
+    if loggers:  # one CSV table and one TensorBoard folder per run, continued across resumes
+        logger_list = run_loggers(out)
+        extra.append(ContinueLogs())
 
     with blame_user(MisconfigurationException, ValueError, RuntimeError, what="accelerator/devices/strategy"):
         trainer = L.Trainer(
@@ -128,11 +155,7 @@ def train(
             limit_test_batches=config.limit_eval_batches,
             default_root_dir=out,
         )
-    with blame_user(DatasetNotFoundError, ValueError, OSError, what=f"data ({config.dataset})"):
-        if trainer.is_global_zero:
-            datamodule.prepare_data()
-        datamodule.setup("fit")
-    datamodule.check_batches(trainer.world_size)
+    datamodule.check_batches(trainer.world_size)  # per process, now that the number of processes is known
     if trainer.is_global_zero:
         if overwrite and folder.checkpoint is None:
             clear_run_files(out)
