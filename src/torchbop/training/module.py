@@ -2,7 +2,8 @@
 
 The module owns the three things Lightning needs and the model does not:
 
-* the loss and metrics, in one ``_shared_step`` for train/val/test (``{stage}_loss``, ``{stage}_acc``);
+* the loss and metrics, in one ``_shared_step`` for train/val/test (``train_loss_step``/``train_loss_epoch``,
+  ``train_acc_step``/``train_acc_epoch``; ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``);
 * the optimizer: Bop (or Bop2ndOrder) for the binary weights and Adam for everything else, joined into one
   ``CompositeOptimizer`` because Lightning's automatic optimization takes a single optimizer; in latent mode one
   Adam/SGD over all parameters, with the latent weights clipped to [-1, 1] after every step;
@@ -15,6 +16,21 @@ Under ``precision="bf16-mixed"`` Lightning autocasts the forward pass; parameter
 
 Flips are counted by a :class:`torchbop.metrics.FlipCounter` around every optimizer step and logged per step
 (``pi_t``, ``flips/<layer>``) and per epoch (``epoch_flips``, ``epoch_flips/<layer>``).
+
+Epoch metrics survive a mid-epoch resume. Lightning's own ``on_epoch=True`` aggregation lives in memory only, so a run
+resumed from a mid-epoch checkpoint would average the epoch's training loss over the batches after the resume, and it
+skips ``on_train_epoch_start`` (where the epoch's gamma is read). So the module keeps the epoch's state itself and puts
+it in every checkpoint (``on_save_checkpoint``), next to the flip counts:
+
+* ``train_loss_epoch`` / ``train_acc_epoch``: running sums (loss x images, correct images, images) in float64 on the
+  training device, added to at every step without a host sync; the means are computed once, summed over DDP ranks
+  (so they are exact means over the whole epoch's data, not rank 0's shard), and logged at the epoch's last batch.
+  (Logging them there rather than in ``on_train_epoch_end`` keeps them in ``trainer.callback_metrics`` for callbacks'
+  ``on_train_epoch_end``, which Lightning calls before the module's.)
+* ``gamma``/``threshold`` (``lr`` in latent mode): read at the epoch's start, before the epoch-end scheduler step,
+  and logged at its end.
+
+A resumed epoch therefore logs exactly what the uninterrupted run logs.
 """
 
 from __future__ import annotations
@@ -72,6 +88,12 @@ class BinaryClassifier(L.LightningModule):
         self.model = model if model is not None else build_model(self.config)
         self.flip_counter = None  # created with the optimizer (it reads Bop's per-step flip counts)
         self._flip_state_to_load = None
+        # this epoch's [loss x images, correct images] (a device tensor), images and rates; see the module docstring
+        self._epoch_sums: torch.Tensor | None = None
+        self._epoch_images = 0
+        self._epoch_rates: dict[str, float] = {}
+        self._epoch_means_logged = False
+        self._epoch_state_to_load: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -83,13 +105,16 @@ class BinaryClassifier(L.LightningModule):
         images, labels = batch
         logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels)
-        acc = (logits.argmax(dim=1) == labels).float().mean()
-        on_step = stage == "train"
-        sync = stage != "train"  # DDP: average validation/test metrics over ranks
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels),
-                 sync_dist=sync)
-        self.log(f"{stage}_acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels),
-                 sync_dist=sync)
+        correct = logits.argmax(dim=1) == labels
+        acc = correct.float().mean()
+        if stage == "train":  # per step here; the epoch means come from _add_to_epoch (see the module docstring)
+            self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
+            self.log("train_acc_step", acc, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
+            self._add_to_epoch(loss, correct)
+            return loss
+        # DDP: average validation/test metrics over ranks
+        self.log(f"{stage}_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+        self.log(f"{stage}_acc", acc, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -160,23 +185,70 @@ class BinaryClassifier(L.LightningModule):
         self.log_dict({f"flips/{name}": n.float() for name, n in flips.items()}, on_step=True, on_epoch=False)
 
     def on_train_start(self) -> None:
-        # A run resumed mid-epoch goes on counting that epoch's flips (Lightning skips on_train_epoch_start then).
+        # A run resumed mid-epoch goes on counting that epoch's flips, loss and accuracy, and logs the rates read at
+        # the epoch's start (Lightning skips on_train_epoch_start then).
         pending, self._flip_state_to_load = self._flip_state_to_load, None
         if pending is not None and self.flip_counter is not None and pending["epoch"] == self.current_epoch:
             _restore_flip_counter(self.flip_counter, pending)
+        state, self._epoch_state_to_load = self._epoch_state_to_load, None
+        if state is not None and state["epoch"] == self.current_epoch:
+            self._epoch_sums = state["sums"].to(self.device) if state["images"] else None
+            self._epoch_images = state["images"]
+            self._epoch_rates = dict(state["rates"])
+            self._epoch_means_logged = False
 
     def on_train_epoch_start(self) -> None:
         if self.flip_counter is not None:
             self.flip_counter.reset_epoch()
-        self.log_dict(self._rates(), on_step=False, on_epoch=True)
+        self._epoch_sums, self._epoch_images = None, 0
+        self._epoch_rates = self._rates()  # before the epoch-end scheduler step, which precedes on_train_epoch_end
+        self._epoch_means_logged = False
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self._log_epoch_means()
 
     def on_train_epoch_end(self) -> None:
+        self._log_epoch_means()  # when the epoch ended before its last batch (should_stop); else already logged
+        values = dict(self._epoch_rates)
         counter = self.flip_counter
-        if counter is None:
+        if counter is not None:
+            values["epoch_flips"] = _as_float(counter.epoch_total)
+            values.update({f"epoch_flips/{k}": _as_float(v) for k, v in counter.epoch_flips.items()})
+        self._log_once_per_epoch(values)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # epoch means of the training loss and accuracy
+    # ------------------------------------------------------------------------------------------------------------
+    def _add_to_epoch(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
+        """Add a training batch to the epoch's sums (on the device: no host sync)."""
+        n = correct.numel()
+        dtype = torch.float32 if correct.device.type == "mps" else torch.float64  # MPS has no float64
+        batch = torch.stack((loss.detach().to(dtype) * n, correct.sum().to(dtype)))
+        self._epoch_sums = batch if self._epoch_sums is None else self._epoch_sums + batch
+        self._epoch_images += n
+
+    def _log_epoch_means(self) -> None:
+        """Log ``train_loss_epoch`` and ``train_acc_epoch`` once per epoch: the means over every rank's batches.
+
+        Called on every rank at the same batch (a DDP all-reduce).
+        """
+        if self._epoch_means_logged or self._epoch_sums is None:
             return
-        self.log("epoch_flips", _as_float(counter.epoch_total), on_step=False, on_epoch=True)
-        self.log_dict({f"epoch_flips/{k}": _as_float(v) for k, v in counter.epoch_flips.items()},
-                      on_step=False, on_epoch=True)
+        self._epoch_means_logged = True
+        sums = torch.cat((self._epoch_sums, self._epoch_sums.new_tensor([self._epoch_images])))
+        loss, correct, images = self.trainer.strategy.reduce(sums, reduce_op="sum").unbind()
+        self._log_once_per_epoch({"train_loss_epoch": (loss / images).float(),
+                                  "train_acc_epoch": (correct / images).float()}, prog_bar=True)
+
+    def _log_once_per_epoch(self, values: dict[str, Any], prog_bar: bool = False) -> None:
+        """Log values that are logged once per epoch and are the same on every DDP rank.
+
+        ``reduce_fx="max"`` of one identical value per rank is that value, exactly, both over the epoch and over the
+        ranks; ``sync_dist`` only tells Lightning the values are meant to be global (it warns otherwise under DDP).
+        """
+        self.log_dict(values, on_step=False, on_epoch=True, reduce_fx="max", sync_dist=True, batch_size=1,
+                      prog_bar=prog_bar)
 
     def _rates(self) -> dict[str, float]:
         """gamma and tau of the first Bop group (or lr of the first latent-mode group), for the logs."""
@@ -188,15 +260,20 @@ class BinaryClassifier(L.LightningModule):
             rates["threshold"] = float(group["threshold"])
         return rates
 
-    # The current epoch's flip counts travel with mid-epoch checkpoints.
+    # The current epoch's flip counts, loss and accuracy sums and rates travel with mid-epoch checkpoints (plain
+    # tensors, floats and dicts: loadable with weights_only=True).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.flip_counter is not None:
             counter = self.flip_counter
             checkpoint["flip_counter"] = {"epoch": self.current_epoch, "epoch_flips": dict(counter.epoch_flips),
                                           "epoch_total": counter.epoch_total, "epoch_steps": counter.epoch_steps}
+        sums = self._epoch_sums if self._epoch_sums is not None else torch.zeros(2, dtype=torch.float64)
+        checkpoint["epoch_metrics"] = {"epoch": self.current_epoch, "sums": sums.detach().cpu(),
+                                       "images": self._epoch_images, "rates": dict(self._epoch_rates)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._flip_state_to_load = checkpoint.get("flip_counter")
+        self._epoch_state_to_load = checkpoint.get("epoch_metrics")
 
 
 def _as_float(value: Any) -> torch.Tensor | float:
