@@ -110,7 +110,7 @@ def test_resume_from_a_finished_run_extends_it(tiny_config, synthetic, tmp_path)
 
 
 def test_resume_missing_checkpoint(tiny_config, synthetic, tmp_path):
-    with pytest.raises(UserError, match="nothing/checkpoints/last.ckpt: no checkpoint to resume from"):
+    with pytest.raises(UserError, match="nothing: no checkpoint to resume from"):
         train(tiny_config(resume=str(tmp_path / "nothing")), data=synthetic, loggers=False)
 
 

@@ -61,15 +61,17 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def resolve_run_folder(config: TrainConfig, *, overwrite: bool = False) -> RunFolder:
+def resolve_run_folder(config: TrainConfig, *, overwrite: bool = False, claim: bool = True) -> RunFolder:
     """The folder ``config``'s run writes into, checked against the rules of the module docstring.
 
     Touches nothing on disk. Raises :class:`UserError` when the run would write into another run's folder, when
-    ``--out`` and ``--resume`` disagree, or when the checkpoint to resume from does not exist.
+    ``--out`` and ``--resume`` disagree, or when the checkpoint to resume from does not exist. ``claim=False`` skips
+    the check that a new run's folder is free: the other processes of a multi-process run, which start after the
+    first one has claimed the folder and written its config there.
     """
     if config.resume is None:
         folder = RunFolder(config.out_dir)
-        if folder.holds_a_run() and not overwrite:
+        if claim and folder.holds_a_run() and not overwrite:
             raise UserError(
                 f"{folder.path} already holds a run ({', '.join(n for n in RUN_FILES if (folder.path / n).exists())})."
                 f" Continue it with --resume {folder.path}, choose another folder with --out, or pass --overwrite "

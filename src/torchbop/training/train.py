@@ -5,9 +5,13 @@ A run directory (``config.out``, default ``runs/<name>``) holds::
     config.yaml               the full configuration of the run
     checkpoints/last.ckpt     end of the latest epoch (or step, with checkpoint_every_n_steps): --resume continues it
     checkpoints/best.ckpt     lowest validation loss so far
-    tb/version_N/             TensorBoard: losses, accuracies, pi_t and flips per layer per step, gamma per epoch
-    csv/version_N/metrics.csv the same numbers as CSV
-    summary.json              what train() returns
+    tb/version_0/             TensorBoard: losses, accuracies, pi_t and flips per layer per step, gamma per epoch
+    csv/version_0/metrics.csv the same numbers as CSV: one table, continued across kills and resumes
+    summary.json              what train() returns (strict JSON)
+
+Which folder a run may write into (a resumed run continues in its own folder; a new run never takes over another
+run's folder without ``overwrite``) is decided by :mod:`torchbop.training.run_folder`; everything the run depends
+on (model arguments, optimizer hyperparameters, accelerator, data) is checked before that folder is created.
 
 Resuming (``config.resume``: a checkpoint or a run directory) restores the model, Bop's ``m`` and Adam's moments, the
 LR schedule, the loop counters, the global RNG states, the early-stopping counter and the training loader's position
@@ -93,7 +97,7 @@ def train(
         ``stopped_early``, ``wall_time_s``, ``train_images_per_s`` and ``out_dir``.
     """
     started = time.perf_counter()
-    folder = resolve_run_folder(config, overwrite=overwrite)
+    folder = resolve_run_folder(config, overwrite=overwrite, claim=rank_zero_only.rank == 0)
     if (summary := finished_summary(config, folder)) is not None:
         return {**summary, "already_finished": True, "is_global_zero": True}
     config = config.replace(out=str(folder.path))
