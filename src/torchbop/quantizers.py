@@ -21,8 +21,15 @@ with :math:`\sigma_h(x) = \operatorname{clip}((x + 1) / 2, 0, 1)` the hard sigmo
 
 .. note::
     Throughout, :math:`\operatorname{sign}(0) = +1` (eq. 1 of the reproducibility report), unlike ``torch.sign``
-    which returns 0. Also :math:`\operatorname{sign}(-0.0) = +1`, since :math:`-0.0 \ge 0`. A NaN input gives +1
-    like a zero (``torch.sign(nan)`` is 0), except in ``stochastic_sign``, where it gives -1.
+    which returns 0. Also :math:`\operatorname{sign}(-0.0) = +1`, since :math:`-0.0 \ge 0`.
+
+.. note::
+    **NaN inputs.** The forward pass gives +1 at a NaN, like at a zero (``torch.sign(nan)`` is 0, and so is
+    ``tf.sign(nan)``, so Larq's ``sign`` gives +1 too), except ``stochastic_sign``, which gives -1 (+1 has
+    probability "NaN", which no draw is below). Every surrogate gradient is **0** at a NaN input, whatever the
+    upstream gradient: :math:`|x| \le c` is false there, as in Larq, whose ``ste_sign`` and ``approx_sign`` give 0
+    too (Larq's ``swish_sign`` gives NaN; torchbop gives 0, the limit of the SignSwish derivative, which it also
+    gives at :math:`x = \pm\infty`). A NaN activation thus sends no NaN back through its quantizer.
 
 Outputs have the input's dtype (fp32, fp16, bf16, fp64); surrogate gradients of fp16/bf16 inputs are computed in fp32
 and then cast, so that they do not overflow. All quantizers work under ``torch.compile`` without graph breaks, except
@@ -54,6 +61,11 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+try:
+    from torch.compiler import is_compiling as _is_compiling
+except ImportError:  # torch < 2.3
+    from torch._dynamo import is_compiling as _is_compiling
 
 __all__ = [
     "sign",
@@ -105,16 +117,32 @@ def _next_up(value: float, dtype: torch.dtype) -> float:
     return up if up <= info.max else math.inf
 
 
+def _zero_where_nan(values: Tensor, probe: Tensor) -> Tensor:
+    """``values`` with 0 wherever ``probe`` (of the same shape) is NaN; ``values`` itself when ``probe`` has no NaN.
+
+    On CPU, eagerly, one summing pass over ``probe`` (no allocation) proves the common case, a probe without NaN,
+    and only a non-finite sum pays for the masking; on other devices and under ``torch.compile`` the masking always
+    runs, which avoids a host sync (and fuses into the surrounding kernel when compiled).
+    """
+    if probe.device.type == "cpu" and not _is_compiling():
+        total = probe.sum(dtype=torch.float32) if probe.dtype in (torch.float16, torch.bfloat16) else probe.sum()
+        if bool(torch.isfinite(total)):
+            return values
+    return values.masked_fill(torch.isnan(probe), 0)
+
+
 def _clipped_identity_grad(grad: Tensor, x: Tensor, clip_value: float) -> Tensor:
-    r"""``grad * 1{|x| <= clip_value}`` in one fused kernel.
+    r"""``grad * 1{|x| <= clip_value}``, 0 where x is NaN (as :math:`|x| \le c` is false there).
 
     ``hardtanh_backward(g, x, lo, hi)`` keeps ``g`` where ``lo < x < hi``; with ``hi`` the next representable number
-    above ``clip_value`` (and ``lo = -hi``) that is exactly :math:`|x| \le c`, boundary included.
+    above ``clip_value`` (and ``lo = -hi``) that is exactly :math:`|x| \le c`, boundary included. At a NaN ``x`` its
+    result depends on the code path (on CPU the vectorized loop gives 0, the scalar loop that handles a tensor's
+    tail gives ``g``), so NaN entries are zeroed afterwards, at the cost of one read of ``x`` on CPU.
     """
     if math.isinf(clip_value):
-        return grad
+        return _zero_where_nan(grad, x)
     bound = _next_up(clip_value, x.dtype)
-    return torch.ops.aten.hardtanh_backward(grad, x, -bound, bound)
+    return _zero_where_nan(torch.ops.aten.hardtanh_backward(grad, x, -bound, bound), x)
 
 
 def _opmath(x: Tensor) -> Tensor:
@@ -172,8 +200,8 @@ class ApproxSignFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        surrogate = _opmath(x).abs().mul_(-2.0).add_(2.0).clamp_(min=0.0)  # max(0, 2 - 2|x|)
-        return grad * surrogate.to(grad.dtype)
+        surrogate = _opmath(x).abs().mul_(-2.0).add_(2.0).clamp_(min=0.0)  # max(0, 2 - 2|x|); NaN at a NaN x
+        return _zero_where_nan(grad * surrogate.to(grad.dtype), x)
 
 
 class SwishSignFunction(torch.autograd.Function):
@@ -192,7 +220,8 @@ class SwishSignFunction(torch.autograd.Function):
         beta = ctx.beta
         bx = _opmath(x) * beta
         surrogate = beta * (2.0 - bx * torch.tanh(bx * 0.5)) / (1.0 + torch.cosh(bx))
-        return grad * surrogate.to(grad.dtype), None
+        # the surrogate is NaN where x is NaN, and at x = +-inf (-inf / inf), where its limit is 0
+        return _zero_where_nan(grad * surrogate.to(grad.dtype), surrogate), None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -232,7 +261,8 @@ def ste_sign(x: Tensor, clip_value: float = 1.0) -> Tensor:
         \qquad \frac{\partial q}{\partial x} = \begin{cases} 1 & |x| \le c \\ 0 & |x| > c \end{cases}
 
     where :math:`c` is ``clip_value``: the gradient passes through unchanged where :math:`|x| \le c` (boundary
-    included) and is cancelled where the input saturates.
+    included) and is cancelled where the input saturates, and at a NaN input (the gradient there is 0, the forward
+    +1).
 
     Args:
         x: a floating-point tensor.
@@ -256,7 +286,7 @@ def stochastic_sign(x: Tensor, generator: torch.Generator | None = None) -> Tens
         \qquad \frac{\partial q}{\partial x} = 1_{|x| \le 1}
 
     so :math:`\mathbb{E}[q(x)] = 2\sigma_h(x) - 1 = \operatorname{clip}(x, -1, 1)`. Inputs :math:`\ge 1` always give
-    +1 and inputs :math:`\le -1` always give -1.
+    +1 and inputs :math:`\le -1` always give -1; a NaN input gives -1, with gradient 0.
 
     Args:
         x: a floating-point tensor.
@@ -283,7 +313,8 @@ def approx_sign(x: Tensor) -> Tensor:
         q(x) = \begin{cases} +1 & x \ge 0 \\ -1 & x < 0 \end{cases}
         \qquad \frac{\partial q}{\partial x} = \begin{cases} 2 - 2|x| & |x| < 1 \\ 0 & |x| \ge 1 \end{cases}
 
-    the derivative of the piecewise quadratic :math:`2x + x^2 \operatorname{sign}(-x)` clipped to [-1, 1].
+    the derivative of the piecewise quadratic :math:`2x + x^2 \operatorname{sign}(-x)` clipped to [-1, 1]. At a
+    NaN input the gradient is 0 (as in Larq) and the forward +1.
 
     Example:
         >>> x = torch.tensor([-1.0, -0.5, 0.0, 0.25, 2.0], requires_grad=True)
@@ -302,7 +333,8 @@ def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
         \qquad \frac{\partial q}{\partial x} = \frac{\beta \big(2 - \beta x \tanh(\beta x / 2)\big)}{1 + \cosh(\beta x)}
 
     the derivative of :math:`2\sigma(\beta x)\big(1 + \beta x (1 - \sigma(\beta x))\big) - 1`. It peaks at
-    :math:`\beta` for :math:`x = 0` and is slightly negative for large :math:`|x|`.
+    :math:`\beta` for :math:`x = 0` and is slightly negative for large :math:`|x|`. It is 0 at :math:`x = \pm\infty`
+    (its limit; the formula gives NaN there) and at a NaN input (where the forward gives +1).
 
     Args:
         x: a floating-point tensor.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import numpy as np
@@ -376,3 +377,178 @@ class TestMaskPolicy:
         for w, m, n in results[1:]:
             assert torch.equal(w, results[0][0]) and torch.equal(m, results[0][1]) and n == results[0][2]
         assert torch.isfinite(results[0][1]).all()
+
+
+def state_snapshot(opt, params):
+    """Every weight and every state entry (m, step, flips and the non-finite counters), cloned."""
+    return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+
+
+def assert_unchanged(opt, params, snapshot):
+    for p, (w, state) in zip(params, snapshot):
+        assert torch.equal(p.detach(), w)
+        assert opt.state[p].keys() == state.keys()
+        for key, value in state.items():
+            assert opt.state[p][key].dtype == value.dtype and torch.equal(opt.state[p][key], value), key
+
+
+def two_group_bop(**kwargs):
+    """Two groups, one step taken (so that every state entry exists and the next step would change them)."""
+    a, b = torch.nn.Parameter(binary(6)), torch.nn.Parameter(binary(6, seed=1))
+    opt = Bop([{"params": [a]}, {"params": [b]}], gamma=0.5, threshold=0.0, **kwargs)
+    a.grad, b.grad = torch.ones(6), -torch.ones(6)
+    opt.step()
+    a.grad, b.grad = -torch.ones(6), torch.ones(6)  # the next step would flip every weight
+    return opt, [a, b]
+
+
+BAD_GROUP_VALUES = [
+    ("lr", float("nan"), r"Invalid gamma value in param group 1 \('lr'\): nan \(expected a number in \[0, 1\]\)"),
+    ("lr", 1.5, r"Invalid gamma value in param group 1 \('lr'\): 1.5 \(expected a number in \[0, 1\]\)"),
+    ("lr", -1e-4, r"Invalid gamma value in param group 1 \('lr'\): -0.0001"),
+    ("threshold", -1e-8, r"Invalid threshold value in param group 1 \('threshold'\): -1e-08 \(expected a number in "
+                         r"\[0, inf\]\)"),
+    ("threshold", float("nan"), r"Invalid threshold value in param group 1 \('threshold'\): nan"),
+    ("lr", "0.1", r"Invalid gamma value in param group 1 \('lr'\): '0.1'"),
+    ("lr", None, r"Invalid gamma value in param group 1 \('lr'\): None"),
+    ("tie_break", "random", r"Invalid tie_break value in param group 1 \('tie_break'\): 'random'"),
+    ("nonfinite", "ignore", r"Invalid nonfinite value in param group 1 \('nonfinite'\): 'ignore'"),
+]
+
+
+class TestStepTimeChecks:
+    @pytest.mark.parametrize("key,value,regex", BAD_GROUP_VALUES)
+    def test_bad_value_set_after_construction_is_refused_and_changes_nothing(self, key, value, regex):
+        opt, params = two_group_bop()
+        snapshot = state_snapshot(opt, params)
+        opt.param_groups[1][key] = value  # group 0 is valid: it must not step either
+        with pytest.raises(ValueError, match=regex) as info:
+            opt.step()
+        assert "changed nothing" in str(info.value) and "param_groups[1]" in str(info.value)
+        assert_unchanged(opt, params, snapshot)
+        with pytest.raises(ValueError, match=regex):
+            opt.check_step()
+        assert_unchanged(opt, params, snapshot)
+
+    def test_message_of_the_issue(self):
+        w = torch.nn.Parameter(torch.ones(3))
+        opt = Bop([w])
+        opt.param_groups[0]["lr"] = float("nan")
+        w.grad = torch.ones(3)
+        with pytest.raises(ValueError) as info:
+            opt.step()
+        assert str(info.value).startswith(
+            "Invalid gamma value in param group 0 ('lr'): nan (expected a number in [0, 1])")
+        assert len(opt.state) == 0  # a refused first step creates no state either
+
+    def test_a_nan_gamma_never_reaches_m(self):
+        # before the check, lr = nan turned m into NaN, and every later step kept it so
+        w = torch.nn.Parameter(torch.ones(3))
+        opt = Bop([w], gamma=0.5)
+        w.grad = torch.ones(3)
+        opt.step()
+        opt.param_groups[0]["lr"] = float("nan")
+        with pytest.raises(ValueError):
+            opt.step()
+        opt.param_groups[0]["lr"] = 0.5
+        opt.step()
+        assert opt.state[w]["exp_avg"].tolist() == [0.75, 0.75, 0.75]
+
+    @pytest.mark.parametrize("flags", [dict(foreach=False), dict(foreach=True)])
+    def test_gamma_decayed_to_zero_by_a_schedule_is_valid(self, flags):
+        w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+        opt = Bop([w], gamma=0.5, threshold=0.1, **flags)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: max(0.0, 1.0 - epoch))
+        w.grad = torch.tensor([-1.0, -1.0])
+        opt.step()  # m = [-0.5, -0.5]; w*m = [-0.5, 0.5]: the second weight flips
+        sched.step()
+        assert opt.param_groups[0]["lr"] == 0.0
+        w.grad = torch.tensor([5.0, 5.0])
+        opt.step()  # gamma = 0: m stays, and so do the weights (w*m = [-0.5, -0.5])
+        assert opt.state[w]["exp_avg"].tolist() == [-0.5, -0.5]
+        assert w.data.tolist() == [1.0, 1.0] and int(opt.state[w]["step"]) == 2
+
+    def test_hyperparameter_check_reads_no_tensor(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class RecordOps(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.ops = []
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.ops.append(func)
+                return func(*args, **(kwargs or {}))
+
+        opt, _ = two_group_bop()
+        with RecordOps() as recorder:
+            opt._check_hyperparameters()
+        assert recorder.ops == []
+
+    def test_nonfinite_gradient_in_a_later_group_leaves_earlier_groups_untouched(self):
+        opt, params = two_group_bop()
+        snapshot = state_snapshot(opt, params)
+        params[1].grad = torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0])
+        with pytest.raises(RuntimeError, match="non-finite gradient"):
+            opt.step()
+        assert_unchanged(opt, params, snapshot)
+
+    def test_check_step_then_step_reads_the_gradients_once(self, monkeypatch):
+        bop_module = importlib.import_module("torchbop.optim.bop")  # the attribute torchbop.optim.bop is the function
+        calls = []
+        original = bop_module._nonfinite_entries
+        monkeypatch.setattr(bop_module, "_nonfinite_entries", lambda *a: calls.append(1) or original(*a))
+        opt, params = two_group_bop()
+        calls.clear()
+        opt.check_step()
+        opt.step()
+        assert len(calls) == 2  # one read per group: in check_step, not again in step
+        opt.step()
+        assert len(calls) == 4  # no check_step before: the step reads them itself
+
+    def test_step_checks_again_gradients_changed_after_check_step(self):
+        opt, params = two_group_bop()
+        snapshot = state_snapshot(opt, params)
+        opt.check_step()
+        params[1].grad[2] = float("inf")  # in place: the version counter tells the step
+        with pytest.raises(RuntimeError, match="non-finite gradient"):
+            opt.step()
+        params[1].grad[2] = 1.0
+        opt.check_step()
+        params[0].grad = torch.full((6,), float("nan"))  # a new tensor
+        with pytest.raises(RuntimeError, match="non-finite gradient"):
+            opt.step()
+        assert_unchanged(opt, params, snapshot)
+
+
+class TestLoadStateDictShapes:
+    def test_state_of_another_shape_is_refused_at_load_and_nothing_changes(self):
+        src = torch.nn.Linear(3, 4, bias=False)
+        with torch.no_grad():
+            src.weight.copy_(binary(4, 3))
+        saved_opt = Bop(src.named_parameters(), gamma=0.1)
+        src.weight.grad = torch.randn(4, 3)
+        saved_opt.step()
+        saved = copy.deepcopy(saved_opt.state_dict())
+
+        dst = torch.nn.Linear(6, 2, bias=False)  # same number of weights, another shape
+        with torch.no_grad():
+            dst.weight.copy_(binary(2, 6, seed=1))
+        opt = Bop(dst.named_parameters(), gamma=0.3)
+        dst.weight.grad = torch.randn(2, 6)
+        opt.step()
+        snapshot = state_snapshot(opt, [dst.weight])
+        with pytest.raises(ValueError, match=r"state\['exp_avg'\] for parameter 'weight' has shape \(4, 3\), but "
+                                             r"that parameter has shape \(2, 6\).*Nothing was loaded"):
+            opt.load_state_dict(saved)
+        assert_unchanged(opt, [dst.weight], snapshot)
+        assert opt.param_groups[0]["lr"] == 0.3
+
+    def test_same_shapes_still_load(self):
+        w = torch.nn.Parameter(binary(5))
+        opt = Bop([w], gamma=0.2)
+        w.grad = torch.randn(5)
+        opt.step()
+        opt2 = Bop([torch.nn.Parameter(w.detach().clone())])
+        opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+        assert torch.equal(opt2.state[opt2.param_groups[0]["params"][0]]["exp_avg"], opt.state[w]["exp_avg"])

@@ -92,3 +92,77 @@ def test_state_dict_resume():
 def test_invalid_arguments(kwargs, regex):
     with pytest.raises(ValueError, match=regex):
         Bop2ndOrder([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def test_default_eps_is_the_authors_literal():
+    assert Bop2ndOrder([torch.nn.Parameter(torch.ones(1))]).param_groups[0]["eps"] == 1e-10
+
+
+@pytest.mark.parametrize("eps,flips", [(None, True), (1e-10, True), (1e-7, False)])
+def test_eps_decides_a_flip_where_sqrt_v_is_small(eps, flips):
+    # gamma = sigma = 1: m = g, v = g^2, so w * m / (sqrt(v) + eps) = 1e-9 / (1e-9 + eps) for w = +1, g = 1e-9:
+    # 1e-9 / 1.1e-9 = 0.909 > 0.5 with the authors' 1e-10 (a flip), 1e-9 / 1.01e-7 = 0.0099 < 0.5 with 1e-7 (none)
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    kwargs = {} if eps is None else {"eps": eps}
+    opt = Bop2ndOrder([w], gamma=1.0, sigma=1.0, threshold=0.5, **kwargs)
+    w.grad = torch.tensor([1e-9])
+    opt.step()
+    assert w.item() == (-1.0 if flips else 1.0)
+
+
+def _stepped(**kwargs):
+    a, b = torch.nn.Parameter(binary(5)), torch.nn.Parameter(binary(5, seed=1))
+    opt = Bop2ndOrder([{"params": [a]}, {"params": [b]}], gamma=0.5, sigma=0.5, threshold=0.0, **kwargs)
+    a.grad, b.grad = torch.ones(5), -torch.ones(5)
+    opt.step()
+    a.grad, b.grad = -torch.ones(5), torch.ones(5)
+    return opt, [a, b]
+
+
+@pytest.mark.parametrize("key,value,regex", [
+    ("sigma", float("nan"), r"Invalid sigma value in param group 1 \('sigma'\): nan \(expected a number in \[0, 1\]\)"),
+    ("sigma", 1.5, r"Invalid sigma value in param group 1 \('sigma'\): 1.5"),
+    ("sigma", -0.1, r"Invalid sigma value in param group 1 \('sigma'\): -0.1"),
+    ("eps", 0.0, r"Invalid eps value in param group 1 \('eps'\): 0.0 \(expected a number in \(0, inf\]\)"),
+    ("eps", float("nan"), r"Invalid eps value in param group 1 \('eps'\): nan"),
+    ("lr", float("nan"), r"Invalid gamma value in param group 1 \('lr'\): nan"),
+    ("threshold", -1.0, r"Invalid threshold value in param group 1 \('threshold'\): -1.0"),
+    ("nonfinite", "mask", r"Invalid nonfinite value in param group 1 \('nonfinite'\): 'mask'"),
+])
+def test_bad_value_set_after_construction_changes_nothing(key, value, regex):
+    opt, params = _stepped()
+    snapshot = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+    opt.param_groups[1][key] = value
+    with pytest.raises(ValueError, match=regex):
+        opt.step()
+    for p, (w, state) in zip(params, snapshot):
+        assert torch.equal(p.detach(), w)
+        for k, v in state.items():
+            assert torch.equal(opt.state[p][k], v), k
+
+
+def test_sigma_and_gamma_zero_are_valid_at_step_time():
+    opt, params = _stepped()
+    m, v = opt.state[params[0]]["exp_avg"].clone(), opt.state[params[0]]["exp_avg_sq"].clone()
+    for group in opt.param_groups:
+        group["lr"], group["sigma"] = 0.0, 0.0
+    opt.step()
+    assert torch.equal(opt.state[params[0]]["exp_avg"], m) and torch.equal(opt.state[params[0]]["exp_avg_sq"], v)
+
+
+@pytest.mark.parametrize("key", ["exp_avg", "exp_avg_sq"])
+def test_load_refuses_a_state_tensor_of_another_shape(key):
+    w = torch.nn.Parameter(binary(6))
+    opt = Bop2ndOrder([("w", w)], gamma=0.2, sigma=0.1, threshold=0.1)
+    w.grad = torch.randn(6)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0][key] = torch.zeros(2, 3)
+    before = {k: v.clone() for k, v in opt.state[w].items()}
+    opt.param_groups[0]["lr"] = 0.3
+    with pytest.raises(ValueError, match=rf"state\['{key}'\] for parameter 'w' has shape \(2, 3\), but that "
+                                         r"parameter has shape \(6,\)"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == 0.3
+    for k, v in before.items():
+        assert torch.equal(opt.state[w][k], v), k

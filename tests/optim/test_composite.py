@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -149,3 +150,86 @@ class TestTraining:
         opt.state[w] = {k: v.clone() for k, v in opt.state[w].items()}  # what Lightning does to move state
         assert opt.optimizers[0].state[w]["exp_avg"] is opt.state[w]["exp_avg"]
         assert len(opt.state) == len(list(model.parameters()))
+
+
+def sgd_then_bop():
+    """SGD with momentum listed *before* Bop: the order in which a half-applied step used to happen."""
+    real = nn.Parameter(torch.tensor([0.5, -0.25]))
+    w = nn.Parameter(torch.tensor([1.0, -1.0, 1.0]))
+    opt = CompositeOptimizer(torch.optim.SGD([real], lr=0.1, momentum=0.9), Bop([("w", w)], gamma=0.5, threshold=0.0))
+    return opt, real, w
+
+
+class TestRefusedStep:
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    def test_nonfinite_gradient_steps_no_child(self, bad):
+        opt, real, w = sgd_then_bop()
+        real.grad, w.grad = torch.ones(2), torch.tensor([1.0, bad, 1.0])
+        with pytest.raises(RuntimeError, match=r"non-finite gradient.*'w'"):
+            opt.step()
+        assert real.tolist() == [0.5, -0.25]  # SGD did not step
+        assert len(opt.optimizers[0].state) == 0  # nor create its momentum buffer
+        assert w.tolist() == [1.0, -1.0, 1.0] and len(opt.optimizers[1].state) == 0
+
+    def test_bad_hyperparameter_steps_no_child(self):
+        opt, real, w = sgd_then_bop()
+        real.grad, w.grad = torch.ones(2), torch.ones(3)
+        opt.param_groups[1]["lr"] = float("nan")  # the composite's groups are the children's
+        with pytest.raises(ValueError, match=r"Invalid gamma value in param group 0 \('lr'\): nan"):
+            opt.step()
+        assert real.tolist() == [0.5, -0.25]
+
+    def test_closure_runs_once_before_the_checks(self):
+        opt, real, w = sgd_then_bop()
+        calls = []
+
+        def closure():
+            calls.append(1)
+            opt.zero_grad()
+            real.grad, w.grad = torch.ones(2), torch.full((3,), float("nan"))
+            return torch.tensor(1.0)
+
+        with pytest.raises(RuntimeError, match="non-finite gradient"):
+            opt.step(closure)
+        assert calls == [1] and real.tolist() == [0.5, -0.25]
+
+    def test_the_gradients_are_read_once_per_step(self, monkeypatch):
+        bop_module = importlib.import_module("torchbop.optim.bop")
+        calls = []
+        original = bop_module._nonfinite_entries
+        monkeypatch.setattr(bop_module, "_nonfinite_entries", lambda *a: calls.append(1) or original(*a))
+        opt, real, w = sgd_then_bop()
+        real.grad, w.grad = torch.ones(2), torch.ones(3)
+        opt.step()
+        assert len(calls) == 1  # in the composite's check, not again in Bop's step
+        assert real.tolist() != [0.5, -0.25] and w.tolist() == [-1.0, -1.0, -1.0]  # both stepped (w*m = [.5, -.5, .5])
+
+
+class TestRefusedLoad:
+    def test_a_bop_state_of_another_shape_loads_no_child(self):
+        model = small_bnn()
+        binary, other = split_binary_params(model)
+        opt = CompositeOptimizer(torch.optim.Adam(other, lr=0.01), Bop(binary, gamma=0.05), model=model)
+        train(model, opt, 2, seed=0)
+        saved = copy.deepcopy(opt.state_dict())
+        saved["optimizers"][0]["param_groups"][0]["lr"] = 123.0  # Adam's part loads first, if loading begins
+        saved["optimizers"][1]["state"][0]["exp_avg"] = torch.zeros(3, 3)
+        before = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in model.named_parameters()}
+        with pytest.raises(ValueError, match=r"state\['exp_avg'\] .* has shape \(3, 3\), but that parameter has "
+                                             r"shape \(8, 6\)"):
+            opt.load_state_dict(saved)
+        assert opt.optimizers[0].param_groups[0]["lr"] == 0.01
+        for name, p in model.named_parameters():
+            for key, value in before[name].items():
+                assert torch.equal(opt.state[p][key], value), (name, key)
+
+    def test_group_sizes_are_checked_before_loading_any_child(self):
+        model = small_bnn()
+        opt = make_optimizer(model)
+        saved = copy.deepcopy(opt.state_dict())
+        saved["optimizers"][0]["param_groups"][0]["lr"] = 0.5
+        saved["optimizers"][1]["param_groups"][0]["params"].pop()
+        with pytest.raises(ValueError, match=r"optimizers\[1\] \(Adam\) holds param groups of \[3\] parameters, but "
+                                             r"that optimizer has groups of \[4\]"):
+            opt.load_state_dict(saved)
+        assert opt.optimizers[0].param_groups[0]["lr"] == 0.05

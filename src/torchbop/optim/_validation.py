@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -47,6 +49,62 @@ def validate_scalar(
         right = "inf)" if high is None else repr(float(high)) + ("]" if high_inclusive else ")")
         raise ValueError(f"Invalid {name} value: {value} (expected a number in {left}, {right})")
     return number
+
+
+def _bound(x: float) -> str:
+    return repr(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def validate_group_scalar(
+    index: int,
+    name: str,
+    key: str,
+    value: Any,
+    *,
+    low: float,
+    high: float,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Check a hyperparameter read from ``param_groups[index][key]`` at step time; raise ``ValueError`` naming both.
+
+    Unlike :func:`validate_scalar` (arguments, once), this runs at every step, so a Python number in range costs two
+    comparisons and nothing else (NaN fails every comparison). A tensor hyperparameter is read with ``.item()``.
+
+    Example:
+        >>> validate_group_scalar(0, "gamma", "lr", 0.0, low=0.0, high=1.0)
+        >>> validate_group_scalar(0, "gamma", "lr", float("nan"), low=0.0, high=1.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid gamma value in param group 0 ('lr'): nan (expected a number in [0, 1]); ...
+    """
+    number = value
+    if type(value) is not float and type(value) is not int:
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+            number = value.item()
+        elif isinstance(value, numbers.Real):
+            number = float(value)
+        else:  # a string, None, ...: not a number, whatever float() would make of it
+            number = math.nan
+    if (low <= number if low_inclusive else low < number) and (number <= high if high_inclusive else number < high):
+        return
+    interval = ("[" if low_inclusive else "(") + f"{_bound(low)}, {_bound(high)}" + ("]" if high_inclusive else ")")
+    shown = value if isinstance(value, (numbers.Real, torch.Tensor)) else repr(value)
+    raise ValueError(
+        f"Invalid {name} value in param group {index} ({key!r}): {shown} (expected a number in {interval}); the step "
+        f"changed nothing. Set param_groups[{index}][{key!r}] to a number in that range (a scheduler, a loaded state "
+        "dict or an assignment after construction put this value there)."
+    )
+
+
+def validate_group_choice(index: int, key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Check a string option read from ``param_groups[index][key]`` at step time (one tuple lookup when valid)."""
+    if value in choices:
+        return
+    raise ValueError(
+        f"Invalid {key} value in param group {index} ({key!r}): {value!r} (expected one of "
+        f"{', '.join(map(repr, choices))}); the step changed nothing. Set param_groups[{index}][{key!r}] to one of them."
+    )
 
 
 def validate_choice(name: str, value: str, choices: Iterable[str]) -> str:

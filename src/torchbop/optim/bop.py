@@ -14,6 +14,8 @@ tested bit-identical.
 from __future__ import annotations
 
 import functools
+import math
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -26,6 +28,8 @@ from torchbop.optim._validation import (
     check_binary,
     param_label,
     validate_choice,
+    validate_group_choice,
+    validate_group_scalar,
     validate_scalar,
 )
 
@@ -72,6 +76,13 @@ class Bop(Optimizer):
           is inf/NaN keeps its ``m`` and its weight, the others are updated, and ``state[p]["nonfinite_entries"]``
           counts the masked entries. The check then costs no pass of its own (the fused kernel does it on the way),
           which is why the benchmark reports both.
+        * **Every step checks before it changes anything.** Each group's gamma (``lr``) must be in [0, 1] and its
+          threshold in [0, inf], whoever set them (a scheduler, an assignment): NaN, gamma > 1, gamma < 0 or a
+          negative threshold raise ``ValueError`` naming the group, the key and the value, and the step changes
+          nothing (all groups are checked before any tensor is touched; the check is a few comparisons of Python
+          numbers per group, no tensor read). gamma = 0, where a schedule decays to zero, is valid at a step
+          (``m`` stays as it is), though refused as an argument, where it can only be a mistake.
+          :meth:`check_step` runs every check of a step without stepping.
         * **Flips are reported.** After each step ``state[p]["flips"]`` holds the number of weights of ``p`` that
           changed sign (a 0-dim int64 tensor), so flip metrics need no second pass over the weights.
 
@@ -96,6 +107,15 @@ class Bop(Optimizer):
         >>> int(opt.state[w]["flips"])
         1
     """
+
+    # Checked in every group at every step: (name, group key, low, high, low inclusive); high is inclusive.
+    _STEP_CHECKS: tuple[tuple[str, str, float, float, bool], ...] = (
+        ("gamma", "lr", 0.0, 1.0, True),
+        ("threshold", "threshold", 0.0, math.inf, True),
+    )
+    _NONFINITE_POLICIES: tuple[str, ...] = NONFINITE_POLICIES
+    # State entries that must have their parameter's shape (checked by load_state_dict).
+    _PARAM_SHAPED_STATE: tuple[str, ...] = ("exp_avg",)
 
     def __init__(
         self,
@@ -148,21 +168,61 @@ class Bop(Optimizer):
 
         ``torch.optim.Optimizer.load_state_dict`` casts all state but ``step`` to the parameter's dtype; Bop's ``m``
         must stay fp32 beside a bf16 parameter, and its counters stay int64.
+
+        Raises:
+            ValueError: a state tensor that must have its parameter's shape (``exp_avg``; also ``exp_avg_sq`` in
+                :class:`~torchbop.optim.Bop2ndOrder`) has another shape: the state dict belongs to another model.
+                Nothing is loaded; the optimizer keeps its state and its groups.
         """
+        id_map = self._saved_id_map(state_dict)
+        self._check_state_shapes(state_dict, id_map)
         saved = state_dict["state"]
         super().load_state_dict(state_dict)
-        params = [p for group in self.param_groups for p in group["params"]]
         for index, values in saved.items():
-            if not isinstance(index, int):
+            if index not in id_map:
                 continue
-            state = self.state[params[index]]
+            state = self.state[id_map[index]]
             for key, value in values.items():
                 if isinstance(value, Tensor) and state[key].dtype != value.dtype:
                     state[key] = value.detach().to(device=state[key].device, copy=True)
 
+    def _saved_id_map(self, state_dict: dict[str, Any]) -> dict[Any, Tensor]:
+        """The saved parameter ids mapped to this optimizer's parameters, in order, as ``Optimizer`` maps them."""
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            return {}  # Optimizer.load_state_dict raises its own error, before changing anything
+        id_map: dict[Any, Tensor] = {}
+        for saved, group in zip(saved_groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                return {}
+            id_map.update(zip(saved["params"], group["params"]))
+        return id_map
+
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raise the ``ValueError`` that :meth:`load_state_dict` would raise for a state tensor of the wrong shape.
+
+        Changes nothing; :class:`~torchbop.optim.CompositeOptimizer` calls it on every child before loading any.
+        """
+        self._check_state_shapes(state_dict, self._saved_id_map(state_dict))
+
+    def _check_state_shapes(self, state_dict: dict[str, Any], id_map: dict[Any, Tensor]) -> None:
+        for index, values in state_dict["state"].items():
+            p = id_map.get(index)
+            if p is None:
+                continue
+            for key in self._PARAM_SHAPED_STATE:
+                value = values.get(key)
+                if isinstance(value, Tensor) and value.shape != p.shape:
+                    raise ValueError(
+                        f"Cannot load this {type(self).__name__} state dict: its state[{key!r}] for "
+                        f"{param_label(self, p)} has shape {tuple(value.shape)}, but that parameter has shape "
+                        f"{tuple(p.shape)}. The state dict was saved for another model (or with the parameters in "
+                        "another order); load the checkpoint of this model, or build the optimizer over the same "
+                        "parameters, in the same order, as the one saved. Nothing was loaded."
+                    )
+
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        """Lazy state initialization, at the first step that sees a gradient for ``p``."""
-        check_binary(p, lambda: param_label(self, p))
+        """Lazy state initialization, at the first step that sees a gradient for ``p`` (already checked binary)."""
         state["step"] = torch.tensor(0, dtype=torch.int64)
         state["flips"] = torch.zeros((), dtype=torch.int64, device=p.device)
         state["nonfinite_steps"] = torch.tensor(0, dtype=torch.int64)
@@ -173,21 +233,6 @@ class Bop(Optimizer):
             state["exp_avg"] = p.grad.detach().to(m_dtype, copy=True)
         else:
             state["exp_avg"] = torch.zeros_like(p, dtype=m_dtype, memory_format=torch.preserve_format)
-
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict]]:
-        params, grads, states = [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients.")
-            state = self.state[p]
-            if len(state) == 0:
-                self._init_state(p, group, state)
-            params.append(p)
-            grads.append(p.grad)
-            states.append(state)
-        return params, grads, states
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                       states: list[dict]) -> list[Tensor]:
@@ -202,19 +247,104 @@ class Bop(Optimizer):
                 state["nonfinite_entries"] += n
         return flips
 
+    # -- checks: everything a step can refuse, before any tensor changes ---------------------------------------------
+    def _check_hyperparameters(self) -> None:
+        """Every group's hyperparameters, as Python numbers: a few comparisons per group, no tensor read."""
+        for index, group in enumerate(self.param_groups):
+            for name, key, low, high, low_inclusive in self._STEP_CHECKS:
+                validate_group_scalar(index, name, key, group[key], low=low, high=high, low_inclusive=low_inclusive)
+            validate_group_choice(index, "tie_break", group["tie_break"], TIE_BREAKS)
+            validate_group_choice(index, "nonfinite", group["nonfinite"], self._NONFINITE_POLICIES)
+
+    def _gather(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """Each group's parameters that have a gradient, with their gradients; creates no state, reads no tensor."""
+        gathered = []
+        for group in self.param_groups:
+            params, grads = [], []
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients, but {param_label(self, p)} has "
+                        "one; give that parameter to another optimizer (torch.optim.SparseAdam)."
+                    )
+                params.append(p)
+                grads.append(grad)
+            gathered.append((params, grads))
+        return gathered
+
+    def _check(self, gathered: list[tuple[list[Tensor], list[Tensor]]], *, gradients: bool) -> None:
+        self._check_hyperparameters()
+        for params, _ in gathered:
+            for p in params:
+                if not self.state.get(p):  # its first step: the weights must be binary
+                    check_binary(p, lambda p=p: param_label(self, p))
+        if gradients:
+            for group, (params, grads) in zip(self.param_groups, gathered):
+                if params and group["nonfinite"] == "raise":
+                    _raise_if_nonfinite(self, params, grads)
+
+    def _raise_policy_grads(self, gathered: list[tuple[list[Tensor], list[Tensor]]]) -> list[Tensor]:
+        return [g for group, (_, grads) in zip(self.param_groups, gathered) if group["nonfinite"] == "raise"
+                for g in grads]
+
+    @torch.no_grad()
+    def check_step(self) -> None:
+        """Raise now any error that :meth:`step` would raise with the current gradients; change nothing.
+
+        Checks every group's hyperparameters (:meth:`step` does so too, at no measurable cost), sparse gradients,
+        binary weights (at a parameter's first step) and, for ``nonfinite="raise"`` groups, the gradients (one
+        read of each). :class:`~torchbop.optim.CompositeOptimizer` calls it on every child before stepping any, so
+        that a refused step leaves every child untouched. The next :meth:`step` does not read the gradients again
+        when they are the same tensors, unmodified since (same version counters); otherwise it checks them anew.
+        """
+        self.__dict__.pop("_checked_grads", None)
+        gathered = self._gather()
+        self._check(gathered, gradients=True)
+        token = []
+        for grad in self._raise_policy_grads(gathered):
+            version = _version_of(grad)
+            if version is None:
+                return
+            token.append((weakref.ref(grad), version))
+        self._checked_grads = token
+
+    def _grads_prechecked(self, gathered: list[tuple[list[Tensor], list[Tensor]]]) -> bool:
+        """Whether :meth:`check_step` has already checked exactly these gradients (and forget that it did)."""
+        token = self.__dict__.pop("_checked_grads", None)
+        if token is None:
+            return False
+        grads = self._raise_policy_grads(gathered)
+        return len(grads) == len(token) and all(
+            ref() is grad and version == _version_of(grad) for (ref, version), grad in zip(token, grads)
+        )
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss.
+
+        Every check (hyperparameters of every group, gradients, binary weights) runs before any tensor changes: a
+        refused step raises with all weights and all state as they were.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads, states = self._init_group(group)
+        gathered = self._gather()
+        self._check(gathered, gradients=not self._grads_prechecked(gathered))
+        for group, (params, grads) in zip(self.param_groups, gathered):
             if not params:
                 continue
-            if group["nonfinite"] != "mask":
-                params, grads, states = _screen_nonfinite(self, group["nonfinite"], params, grads, states)
+            states = []
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:
+                    self._init_state(p, group, state)
+                states.append(state)
+            if group["nonfinite"] == "skip":
+                params, grads, states = _skip_nonfinite(params, grads, states)
                 if not params:
                     continue
             flips = self._update_group(group, params, grads, states)
@@ -224,30 +354,50 @@ class Bop(Optimizer):
         return loss
 
 
-def _screen_nonfinite(optimizer: Optimizer, policy: str, params, grads, states):
-    """Drop (``"skip"``) or reject (``"raise"``) parameters whose gradient holds inf/NaN, before any state changes.
+def _version_of(tensor: Tensor) -> int | None:
+    try:
+        return tensor._version
+    except RuntimeError:  # inference tensors have no version counter
+        return None
+
+
+def _nonfinite_entries(grads: list[Tensor], device: torch.device) -> list[bool] | None:
+    """``None`` if every gradient is finite, else which gradients are (``True``) and which hold inf/NaN.
 
     A finite sum proves a finite gradient, so the common case costs one summing pass and a single host sync for the
     whole group; only a non-finite sum (an inf/NaN entry, or an overflowing sum of huge entries) is looked at
     entry by entry.
     """
-    sums = torch.stack([g.sum(dtype=torch.float32).to(params[0].device) for g in grads])
+    sums = torch.stack([g.sum(dtype=torch.float32).to(device) for g in grads])
     if bool(torch.isfinite(sums).all()):
+        return None
+    finite = [bool(torch.isfinite(g).all()) for g in grads]
+    return None if all(finite) else finite
+
+
+def _raise_if_nonfinite(optimizer: Optimizer, params: list[Tensor], grads: list[Tensor]) -> None:
+    """``nonfinite="raise"``: refuse the step, naming the parameters whose gradient holds inf/NaN."""
+    finite = _nonfinite_entries(grads, params[0].device)
+    if finite is None:
+        return
+    bad = [param_label(optimizer, p) for p, ok in zip(params, finite) if not ok]
+    raise RuntimeError(
+        f"{type(optimizer).__name__} got a non-finite gradient (inf or NaN) for {', '.join(bad)}; no weight or state "
+        "was changed. Lower the learning signal, use a GradScaler with fp16, or create the optimizer with "
+        "nonfinite='skip'."
+    )
+
+
+def _skip_nonfinite(params: list[Tensor], grads: list[Tensor], states: list[dict]):
+    """``nonfinite="skip"``: drop the parameters whose gradient holds inf/NaN, counting the skip in their state."""
+    finite = _nonfinite_entries(grads, params[0].device)
+    if finite is None:
         return params, grads, states
-    keep = [bool(torch.isfinite(g).all()) for g in grads]
-    if all(keep):
-        return params, grads, states
-    if policy == "raise":
-        bad = [param_label(optimizer, p) for p, ok in zip(params, keep) if not ok]
-        raise RuntimeError(
-            f"Bop got a non-finite gradient (inf or NaN) for {', '.join(bad)}; no weight or state was changed. "
-            "Lower the learning signal, use a GradScaler with fp16, or create Bop with nonfinite='skip'."
-        )
-    for ok, p, state in zip(keep, params, states):
+    for ok, p, state in zip(finite, params, states):
         if not ok:
             state["nonfinite_steps"] += 1
             state["flips"] = torch.zeros((), dtype=torch.int64, device=p.device)
-    return tuple([x for ok, x in zip(keep, items) if ok] for items in (params, grads, states))
+    return tuple([x for ok, x in zip(finite, items) if ok] for items in (params, grads, states))
 
 
 def bop(

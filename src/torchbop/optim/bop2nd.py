@@ -7,6 +7,7 @@ does, makes ``tau`` a threshold on a normalized signal. Suarez-Ramirez et al. re
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,14 +32,23 @@ class Bop2ndOrder(Bop):
         \end{aligned}
 
     Everything else (gamma as the group's ``lr``, ``tie_break``, ``nonfinite``, ``state[p]["flips"]``,
-    ``m_init``) is as in :class:`~torchbop.optim.Bop`. There is no bias correction, as in the authors' code.
+    ``m_init``, the checks of every group's hyperparameters at every step) is as in :class:`~torchbop.optim.Bop`.
+    There is no bias correction, as in the authors' code. At each step, besides gamma and the threshold, sigma must
+    be in [0, 1] and eps in (0, inf]; ``nonfinite`` is ``"raise"`` or ``"skip"`` (no ``"mask"``).
+
+    .. note::
+        ``eps`` defaults to ``1e-10``, the literal the authors' TensorFlow code adds to ``sqrt(v)`` in the update of
+        its ``Bop2ndOrder`` (``m / (sqrt(v) + 1e-10)``, CuauSuarez/Bop2ndOrder, ``bnn_optimization/optimizers.py``);
+        it is not Keras' epsilon (1e-7). The difference matters where ``sqrt(v)`` is small: with
+        ``g = 1e-9``, ``gamma = sigma = 1`` the normalized moment is ``1e-9 / (1e-9 + eps)``, 0.91 with the authors'
+        eps but 0.0099 with 1e-7.
 
     Args:
         params: binary parameters or parameter groups.
         gamma: first-moment adaptivity rate in (0, 1]. Default 1e-6 (the authors' default).
         sigma: second-moment adaptivity rate in (0, 1]. Default 1e-2.
         threshold: flip threshold tau >= 0 on the normalized moment. Default 1e-6.
-        eps: added to ``sqrt(v)``, > 0. Default 1e-7 (Keras' epsilon, which the authors' TensorFlow code uses).
+        eps: added to ``sqrt(v)``, > 0. Default 1e-10 (the authors' code).
 
     Example:
         >>> w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
@@ -49,13 +59,20 @@ class Bop2ndOrder(Bop):
         tensor([-1., -1.])
     """
 
+    _STEP_CHECKS = Bop._STEP_CHECKS + (
+        ("sigma", "sigma", 0.0, 1.0, True),
+        ("eps", "eps", 0.0, math.inf, False),
+    )
+    _NONFINITE_POLICIES = ("raise", "skip")
+    _PARAM_SHAPED_STATE = ("exp_avg", "exp_avg_sq")
+
     def __init__(
         self,
         params: Any,
         gamma: float = 1e-6,
         sigma: float = 1e-2,
         threshold: float = 1e-6,
-        eps: float = 1e-7,
+        eps: float = 1e-10,
         **kwargs: Any,
     ) -> None:
         validate_scalar("sigma", sigma, low=0.0, high=1.0, low_inclusive=False)

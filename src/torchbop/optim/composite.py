@@ -8,9 +8,11 @@ backward pass, and a training loop, an ``lr_scheduler`` or Lightning's automatic
 
 * its ``param_groups`` are its children's groups, in order, as the very same dicts, so a scheduler attached to the
   composite schedules the children (give ``LambdaLR`` one lambda per group to decay Bop's gamma alone);
-* ``step(closure)`` evaluates the closure once, then steps every child; ``zero_grad`` clears them all;
+* ``step(closure)`` evaluates the closure once, then checks every child, then steps every child: a step that one
+  child refuses (a non-finite gradient under Bop's ``nonfinite="raise"``, a bad hyperparameter) leaves *every*
+  child untouched; ``zero_grad`` clears them all;
 * ``state_dict()`` is one dict holding every child's state dict, and ``load_state_dict`` restores them all, so a
-  checkpoint resumes exactly.
+  checkpoint resumes exactly (or, when a child's part does not fit that child, loads none of them).
 """
 
 from __future__ import annotations
@@ -164,14 +166,30 @@ class CompositeOptimizer(Optimizer):
 
     # -- the optimizer contract ------------------------------------------------------------------------------------
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Evaluate ``closure`` (forward and backward) once, then step every child."""
+        """Evaluate ``closure`` (forward and backward) once, check every child, then step every child.
+
+        A child that defines ``check_step()`` (:class:`~torchbop.optim.Bop`, :class:`~torchbop.optim.Bop2ndOrder`)
+        is asked, before any child steps, to raise whatever its step would raise; so when one child refuses the
+        step, no child has stepped. Bop's own step then skips the gradient check its ``check_step`` made, so the
+        gradients are still read once. A child without ``check_step`` (a torch optimizer) is not checked
+        beforehand: an error of its own, such as Adam's for a sparse gradient, can still come after the children
+        before it have stepped.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.check_step()
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
+
+    def check_step(self) -> None:
+        """Run ``check_step()`` of every child that has one; raise the first refusal, changing nothing."""
+        for optimizer in self.optimizers:
+            check = getattr(optimizer, "check_step", None)
+            if callable(check):
+                check()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers:
@@ -187,6 +205,20 @@ class CompositeOptimizer(Optimizer):
             raise ValueError(
                 f"This CompositeOptimizer has {len(self.optimizers)} optimizers but the state dict holds {found}."
             )
+        # check every child before loading any, so that a refused load leaves all of them as they were
+        for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
+            saved_groups = state.get("param_groups", []) if isinstance(state, dict) else []
+            sizes = [len(g["params"]) for g in saved_groups]
+            own = [len(g["params"]) for g in optimizer.param_groups]
+            if sizes != own:
+                raise ValueError(
+                    f"The state dict of optimizers[{i}] ({type(optimizer).__name__}) holds param groups of "
+                    f"{sizes} parameters, but that optimizer has groups of {own}; the checkpoint belongs to another "
+                    "model or another split of its parameters. Nothing was loaded."
+                )
+            check = getattr(optimizer, "check_state_dict", None)
+            if callable(check):
+                check(state)
         for optimizer, state in zip(self.optimizers, states):
             optimizer.load_state_dict(state)
 
