@@ -1,12 +1,19 @@
 """CIFAR-10 batches: canonical-format pickles written here (Python 2 style by hand, Python 3 ones by numpy when it
-is installed), read from a folder or a tar.gz; damaged and malicious pickles are ValueErrors naming the file."""
+is installed), read from a folder or a tar.gz; damaged and malicious pickles are ValueErrors naming the file.
+
+Reading is tested with ``verify=False`` (the synthetic images are not CIFAR-10's). ``TestVerification`` checks the
+content verification on synthetic batches made to pass it (the known digests and md5s monkeypatched to theirs);
+``TestRealDataVerification`` changes one byte of a copy of the real files."""
 
 import hashlib
 import io
 import os
 import pickle
+import shutil
 import struct
 import tarfile
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +21,7 @@ import torch
 from torchbop.data import ChecksumError, DatasetNotFoundError, load_cifar10, read_cifar10_batch
 from torchbop.data import cifar10 as cifar10_module
 from torchbop.data.paths import RemoteFile
+from torchbop.data.verify import image_set_digest
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -208,7 +216,7 @@ class TestLoadSplit:
     def test_train_and_test(self, tmp_path, source):
         train, test = write_canonical(tmp_path, folder=source == "folder", archive=source == "archive")
         for is_train, (images, labels) in ((True, train), (False, test)):
-            x, y = load_cifar10(tmp_path, train=is_train)
+            x, y = load_cifar10(tmp_path, train=is_train, verify=False)
             assert x.shape == (len(labels), 3, 32, 32) and x.dtype == torch.uint8
             assert torch.equal(x, images) and torch.equal(y, labels)
         assert not (tmp_path / "cifar10" / "cifar-10-batches-py").exists() or source == "folder"  # not extracted
@@ -216,7 +224,7 @@ class TestLoadSplit:
     def test_incomplete_folder_falls_back_to_archive(self, tmp_path):
         train, _ = write_canonical(tmp_path, folder=True, archive=True, skip=())
         (tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_3").unlink()
-        x, _ = load_cifar10(tmp_path, train=True)
+        x, _ = load_cifar10(tmp_path, train=True, verify=False)
         assert torch.equal(x, train[0])
 
     def test_batch_of_wrong_size_rejected(self, tmp_path):
@@ -260,7 +268,7 @@ class TestLoadSplit:
     def test_download(self, tmp_path, monkeypatch):
         remote, _, (images, labels) = self._mirror(tmp_path)
         monkeypatch.setattr(cifar10_module, "_ARCHIVE", remote)
-        x, y = load_cifar10(tmp_path / "root", train=False, download=True)
+        x, y = load_cifar10(tmp_path / "root", train=False, download=True, verify=False)
         assert torch.equal(x, images) and torch.equal(y, labels)
         assert (tmp_path / "root" / "cifar10" / "cifar-10-python.tar.gz").is_file()
 
@@ -269,7 +277,155 @@ class TestLoadSplit:
         monkeypatch.setattr(cifar10_module, "_ARCHIVE", remote)
         with pytest.raises(ChecksumError, match="md5 .*, expected 0{32}"):
             load_cifar10(tmp_path / "root", train=False, download=True)
-        assert list((tmp_path / "root" / "cifar10").iterdir()) == []
+        assert not (tmp_path / "root").exists()  # the folders the download created are removed again
+
+
+
+# ------------------------------------------------------------------------------------------------------------------
+#  Content verification
+# ------------------------------------------------------------------------------------------------------------------
+
+def md5_of(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def digest_of(images: torch.Tensor, labels: torch.Tensor) -> str:
+    return image_set_digest([(bytes(images.flatten().tolist()), labels.tolist())], 3 * 32 * 32)
+
+
+def flip_pixel_byte(path, blob_images: torch.Tensor, index: int = 0) -> None:
+    """Change one byte in the middle of the pixel data of a py2-style batch file written from ``blob_images``."""
+    blob = bytearray(path.read_bytes())
+    raw = bytes(blob_images.flatten().tolist())
+    offset = blob.index(raw) + len(raw) // 2
+    blob[offset] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+
+@pytest.fixture
+def known(tmp_path, monkeypatch):
+    """Synthetic batches (6 images each, folder and archive) that pass verification: the table of content digests,
+    the canonical md5s and the archive's md5 are monkeypatched to theirs. Returns ``(root, train, test)``."""
+    monkeypatch.setattr(cifar10_module, "IMAGES_PER_BATCH", 6)
+    train, test = write_canonical(tmp_path, folder=True, archive=True)
+    monkeypatch.setitem(cifar10_module.CONTENT_DIGESTS, "train", digest_of(*train))
+    monkeypatch.setitem(cifar10_module.CONTENT_DIGESTS, "test", digest_of(*test))
+    batches = tmp_path / "cifar10" / "cifar-10-batches-py"
+    for name in list(cifar10_module.CANONICAL_MD5):
+        monkeypatch.setitem(cifar10_module.CANONICAL_MD5, name, md5_of(batches / name))
+    archive = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
+    monkeypatch.setattr(cifar10_module, "_ARCHIVE", RemoteFile(archive.name, "file:///nowhere/", md5_of(archive)))
+    return tmp_path, train, test
+
+
+class TestVerification:
+    def test_synthetic_data_fails_by_default(self, tmp_path, small_batches):
+        write_canonical(tmp_path)
+        with pytest.raises(ChecksumError) as info:
+            load_cifar10(tmp_path, train=False)
+        message = str(info.value)
+        assert str(tmp_path / "cifar10" / "cifar-10-batches-py" / "test_batch") in message
+        assert "verify=False" in message
+        load_cifar10(tmp_path, train=False, verify=False)  # the escape hatch for synthetic files
+
+    def test_verified_from_folder_and_from_archive(self, known):
+        root, train, test = known
+        for is_train, (images, labels) in ((True, train), (False, test)):
+            x, y = load_cifar10(root, train=is_train)
+            assert torch.equal(x, images) and torch.equal(y, labels)
+        shutil.rmtree(root / "cifar10" / "cifar-10-batches-py")
+        for is_train, (images, labels) in ((True, train), (False, test)):
+            x, y = load_cifar10(root, train=is_train)
+            assert torch.equal(x, images) and torch.equal(y, labels)
+
+    def test_images_in_another_order_verify(self, known):
+        """A faithful copy with the images re-shuffled across the five files (like the development copy)."""
+        root, (images, labels), _ = known
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))
+        images, labels = images[order], labels[order]
+        for i in range(5):
+            part = slice(6 * i, 6 * (i + 1))
+            raw = bytes(images[part].flatten().tolist())
+            (root / "cifar10" / "cifar-10-batches-py" / f"data_batch_{i + 1}").write_bytes(
+                py2_batch(raw, (6, 3072), labels[part].tolist()))
+        x, y = load_cifar10(root, train=True)
+        assert torch.equal(x, images) and torch.equal(y, labels)
+
+    def test_one_changed_pixel_byte_names_the_file(self, known):
+        root, (images, _), _ = known
+        path = root / "cifar10" / "cifar-10-batches-py" / "data_batch_3"
+        flip_pixel_byte(path, images[12:18])
+        read_cifar10_batch(path, expected_count=6)  # still a well-formed batch: only the content check can tell
+        with pytest.raises(ChecksumError) as info:
+            load_cifar10(root, train=True)
+        message = str(info.value)
+        assert f"CIFAR-10 train: {path} is corrupt" in message
+        assert "the only one of data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5" in message
+        for fix in ("delete it", "download=True", "--download", "restore a good copy"):
+            assert fix in message
+        assert int((load_cifar10(root, train=True, verify=False)[0] != images).sum()) == 1
+        load_cifar10(root, train=False)  # the test split is untouched
+
+    def test_non_canonical_copy_lists_the_suspects(self, known, monkeypatch):
+        """When files are not the canonical ones (a re-shuffled copy), every one of them is a suspect."""
+        root, (images, _), _ = known
+        for name in ("data_batch_3", "data_batch_4", "data_batch_5"):
+            monkeypatch.setitem(cifar10_module.CANONICAL_MD5, name, "0" * 32)
+        flip_pixel_byte(root / "cifar10" / "cifar-10-batches-py" / "data_batch_4", images[18:24])
+        with pytest.raises(ChecksumError) as info:
+            load_cifar10(root, train=True)
+        message = str(info.value)
+        assert "one or more of data_batch_3, data_batch_4, data_batch_5 is corrupt" in message
+        assert "data_batch_1, data_batch_2 are byte-identical to the canonical files and so intact" in message
+        assert "delete data_batch_3, data_batch_4, data_batch_5 and download CIFAR-10 again" in message
+        assert str(root / "cifar10" / "cifar-10-batches-py") in message
+
+    def test_no_canonical_file_all_are_suspects(self, known, monkeypatch):
+        root, (images, _), _ = known
+        for name in list(cifar10_module.CANONICAL_MD5):
+            monkeypatch.setitem(cifar10_module.CANONICAL_MD5, name, "0" * 32)
+        flip_pixel_byte(root / "cifar10" / "cifar-10-batches-py" / "data_batch_2", images[6:12])
+        with pytest.raises(ChecksumError, match=r"data_batch_1, data_batch_2, data_batch_3, data_batch_4, "
+                                                r"data_batch_5 in .*: one or more of these files is corrupt\. .*"
+                                                r"delete them \(or the whole folder\)"):
+            load_cifar10(root, train=True)
+
+    def test_changed_label_names_the_file(self, known):
+        root, _, (images, labels) = known
+        changed = labels.clone()
+        changed[2] = (changed[2] + 1) % 10
+        path = root / "cifar10" / "cifar-10-batches-py" / "test_batch"
+        path.write_bytes(py2_batch(bytes(images.flatten().tolist()), (6, 3072), changed.tolist()))
+        with pytest.raises(ChecksumError, match=f"CIFAR-10 test: {path} is corrupt"):
+            load_cifar10(root, train=False)
+
+    def test_swapped_image_and_label_pairs_detected(self, known):
+        """Same images, same labels, but two labels exchanged between images: the pairs are what is checked."""
+        root, _, (images, labels) = known
+        i, j = next((i, j) for i in range(6) for j in range(6) if labels[i] != labels[j])
+        swapped = labels.clone()
+        swapped[i], swapped[j] = labels[j], labels[i]
+        path = root / "cifar10" / "cifar-10-batches-py" / "test_batch"
+        path.write_bytes(py2_batch(bytes(images.flatten().tolist()), (6, 3072), swapped.tolist()))
+        with pytest.raises(ChecksumError):
+            load_cifar10(root, train=False)
+
+    def test_corrupt_archive_names_the_archive(self, known):
+        root, _, (images, labels) = known
+        shutil.rmtree(root / "cifar10" / "cifar-10-batches-py")
+        archive = root / "cifar10" / "cifar-10-python.tar.gz"
+        blob = bytearray(py2_batch(bytes(images.flatten().tolist()), (6, 3072), labels.tolist()))
+        blob[len(blob) // 2] ^= 0x01  # inside the pixels: the pickle still reads
+        with tarfile.open(archive, "w:gz") as tar:  # a well-formed archive whose test batch has one byte changed
+            info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(bytes(blob)))
+        with pytest.raises(ChecksumError) as info:
+            load_cifar10(root, train=False)
+        message = str(info.value)
+        assert f"CIFAR-10 test: {archive} is corrupt" in message
+        assert f"its md5 is {md5_of(archive)}, not the canonical" in message
+        assert "delete it" in message and "--download" in message
 
 
 @pytest.mark.realdata
@@ -289,3 +445,82 @@ class TestRealData:
         x = images[:500].float()
         horizontal_step = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
         assert horizontal_step < 0.35 * (x - x.mean()).abs().mean()
+
+
+@pytest.mark.realdata
+class TestRealDataVerification:
+    """One byte changed in a copy of the real files is caught, and named; the intact copies verify."""
+
+    @pytest.fixture
+    def real_batches(self, data_dir: Path) -> Path:
+        folder = data_dir / "cifar10" / "cifar-10-batches-py"
+        if not (folder / "test_batch").is_file():
+            pytest.fail(f"real CIFAR-10 batches missing in {folder}", pytrace=False)
+        return folder
+
+    def _copy(self, real_batches: Path, root: Path, names: tuple[str, ...]) -> Path:
+        folder = root / "cifar10" / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for name in names:
+            shutil.copyfile(real_batches / name, folder / name)
+        return folder
+
+    def _flip_middle_byte(self, path: Path) -> None:
+        """Change the middle byte of the file, which lies in the pixel data: the batch must still read, with one
+        pixel changed (so that what fails below is the content check, not the format check)."""
+        before, labels = read_cifar10_batch(path)
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        path.write_bytes(bytes(blob))
+        after, same_labels = read_cifar10_batch(path)
+        assert int((before != after).sum()) == 1 and torch.equal(labels, same_labels)
+
+    def test_intact_copy_of_the_test_batch_loads(self, real_batches, tmp_path, real_cifar10):
+        self._copy(real_batches, tmp_path, ("test_batch",))
+        x, y = load_cifar10(tmp_path, train=False)
+        assert torch.equal(x, real_cifar10["test"][0]) and torch.equal(y, real_cifar10["test"][1])
+
+    def test_one_byte_changed_in_the_test_batch(self, real_batches, tmp_path):
+        folder = self._copy(real_batches, tmp_path, ("test_batch",))
+        self._flip_middle_byte(folder / "test_batch")
+        with pytest.raises(ChecksumError) as info:
+            load_cifar10(tmp_path, train=False)
+        message = str(info.value)
+        assert f"CIFAR-10 test: {folder / 'test_batch'} is corrupt" in message
+        assert "delete it" in message and "--download" in message and "download=True" in message
+
+    def test_one_byte_changed_in_a_train_batch(self, real_batches, tmp_path):
+        folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for i in (1, 2, 4, 5):  # intact: links to the real files (read only through)
+            (folder / f"data_batch_{i}").symlink_to(real_batches / f"data_batch_{i}")
+        shutil.copyfile(real_batches / "data_batch_3", folder / "data_batch_3")
+        self._flip_middle_byte(folder / "data_batch_3")
+        with pytest.raises(ChecksumError) as info:
+            load_cifar10(tmp_path, train=True)
+        message = str(info.value)
+        assert "CIFAR-10 train:" in message and "data_batch_3" in message and str(folder) in message
+        canonical = all(md5_of(real_batches / f"data_batch_{i}") == cifar10_module.CANONICAL_MD5[f"data_batch_{i}"]
+                        for i in (1, 2, 4, 5))
+        if canonical:  # the canonical files: the corrupt one is named alone
+            assert f"{folder / 'data_batch_3'} is corrupt" in message
+        else:  # a re-ordered copy (the development one): all five are suspects
+            assert "one or more of these files is corrupt" in message
+
+    def test_archive_read_from_disk_is_verified(self, real_batches, tmp_path, real_cifar10):
+        archive = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
+        archive.parent.mkdir()
+        blob = bytearray((real_batches / "test_batch").read_bytes())
+        for changed in (False, True):
+            if changed:
+                blob[len(blob) // 2] ^= 0xFF
+            with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+                info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(bytes(blob)))
+            if not changed:
+                x, y = load_cifar10(tmp_path, train=False)
+                assert torch.equal(x, real_cifar10["test"][0]) and torch.equal(y, real_cifar10["test"][1])
+        with pytest.raises(ChecksumError, match=f"CIFAR-10 test: {archive} is corrupt: .* its md5 is [0-9a-f]{{32}}, "
+                                                f"not the canonical c58f30108f718f92721af3b95e74349a"):
+            load_cifar10(tmp_path, train=False)

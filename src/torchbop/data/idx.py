@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from torchbop.data.paths import ChecksumError
+
 __all__ = ["IDX_UBYTE", "IDX_IMAGES_MAGIC", "IDX_LABELS_MAGIC", "parse_idx", "read_idx"]
 
 IDX_UBYTE = 0x08
@@ -113,16 +115,20 @@ def read_idx(
             whatever gzip wrapper it came in.
 
     Raises:
-        ValueError: the file is not a valid IDX file of that kind, is truncated or oversize, its gzip stream is
-            corrupt, or its content md5 differs from ``expected_md5``. The message names the file.
+        ValueError: the file is not a valid IDX file of that kind, is truncated or oversize, or its gzip stream is
+            corrupt. The message names the file.
+        ChecksumError: (a ValueError) its content md5 differs from ``expected_md5``; the message names the file and
+            the fix.
     """
     path = Path(path)
     data = _read_bytes(path)
     if expected_md5 is not None:
         actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if actual != expected_md5:
-            raise ValueError(
-                f"{path}: content md5 {actual} differs from the known {expected_md5}: the file is corrupt or "
-                f"not the expected dataset (delete it and download again, or pass verify=False to skip the check)"
+            raise ChecksumError(
+                f"{path}: content md5 {actual} differs from the known {expected_md5}: the file is corrupt or not "
+                f"the expected dataset. Fix: delete it and download it again (download=True in Python, --download on "
+                f"the command line), or restore it from a good copy; verify=False skips the check (for synthetic "
+                f"files only)"
             )
     return parse_idx(data, name=str(path), ndim=ndim)

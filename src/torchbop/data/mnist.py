@@ -18,7 +18,7 @@ import torch
 from torchbop.data.idx import read_idx
 from torchbop.data.paths import RemoteFile, describe_data_dir, ensure_files, resolve_data_dir
 
-__all__ = ["MNIST_VARIANTS", "load_mnist"]
+__all__ = ["MNIST_VARIANTS", "load_mnist", "missing_files"]
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # yann.lecun.com no longer serves the files
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -69,6 +69,20 @@ def _locate(folder: Path, remote: RemoteFile) -> Path | None:
     return None
 
 
+def missing_files(root: Path, variant: str) -> list[tuple[Path, RemoteFile]]:
+    """The files of ``variant`` (both splits) that are not under ``root``, as ``(folder, remote)`` pairs.
+
+    Example:
+        >>> [f.filename for _, f in missing_files(Path("/nonexistent"), "mnist")][:2]
+        ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz']
+    """
+    if variant not in MNIST_VARIANTS:
+        raise ValueError(f"Invalid variant: {variant!r}; expected one of {sorted(MNIST_VARIANTS)}")
+    folder = root / variant
+    return [(folder, remote) for split in ("train", "test") for remote, _ in MNIST_VARIANTS[variant][split]
+            if _locate(folder, remote) is None]
+
+
 def load_mnist(
     root: str | os.PathLike[str] | None = None,
     train: bool = True,
@@ -84,7 +98,8 @@ def load_mnist(
             ``<root>/<variant>/``. ``None`` uses ``$TORCHBOP_DATA`` or ``~/.cache/torchbop``.
         train: the 60,000-image training split if true, else the 10,000-image test split.
         variant: ``"mnist"`` or ``"fashion-mnist"``.
-        download: fetch missing files from the canonical source (checksummed) instead of raising.
+        download: fetch missing files from the canonical source (checksummed, progress on stderr) instead of
+            raising.
         verify: check each file's uncompressed content against its known md5. Leave on for the real datasets;
             turn off only for synthetic files in the same format.
 
@@ -93,7 +108,9 @@ def load_mnist(
 
     Raises:
         DatasetNotFoundError: files are missing and ``download`` is false.
-        ValueError: an unknown variant, a corrupt file, or images and labels that disagree.
+        DatasetUnavailableError: the download failed (offline); the message says what to fetch and where to put it.
+        ChecksumError: a file's content md5 is not the known one; the message names the file and the fix.
+        ValueError: an unknown variant, an unreadable file, or images and labels that disagree.
     """
     if variant not in MNIST_VARIANTS:
         raise ValueError(f"Invalid variant: {variant!r}; expected one of {sorted(MNIST_VARIANTS)}")
