@@ -31,14 +31,14 @@ JOBS ?= 2
 EXPERIMENTS := approximation arbitrary-lr hyperparameters cifar10
 
 demo: install
-	for e in $(EXPERIMENTS); do $(VENV)/bin/torchbop experiment $$e --profile $(PROFILE) --jobs $(JOBS) || exit 1; done
+	for e in $(EXPERIMENTS); do $(VENV)/bin/torchbop experiment $$e --profile $(PROFILE) --jobs $(JOBS) --download || exit 1; done
 	$(VENV)/bin/torchbop report --profile $(PROFILE)
 
 # The MNIST BNN trained with Bop from one command; extra flags through DEMO_ARGS="--epochs 1".
 DEMO_ARGS ?=
 
 train-mnist: install
-	$(VENV)/bin/torchbop train --recipe mnist $(DEMO_ARGS)
+	$(VENV)/bin/torchbop train --recipe mnist --download $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs results

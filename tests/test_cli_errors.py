@@ -99,3 +99,66 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert done.stderr.strip().splitlines() == [f"torchbop train: error: Recipe file not found: {tmp_path}/x.yaml "
                                                 "(shipped recipes: cifar10, cifar10_hyperparams, "
                                                 "cifar10_reproduction, mnist)"]
+
+
+class TestExperimentData:
+    """``torchbop experiment`` checks (or, with --download, fetches) its datasets before any run."""
+
+    ARGS = ["experiment", "arbitrary-lr", "--profile", "smoke"]
+
+    def test_missing_data_lists_the_files_and_where_they_go(self, tmp_path, capsys):
+        code = main([*self.ARGS, "--data-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path / "res")])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert "mnist: 4 file(s) missing" in err and "--download" in err
+        assert f"-> {tmp_path}/none/mnist/train-images-idx3-ubyte.gz" in err
+        assert not (tmp_path / "res").exists()
+
+    def test_offline_download_is_one_clear_message(self, tmp_path, capsys, monkeypatch):
+        import urllib.error
+        import urllib.request
+
+        def offline(*args, **kwargs):
+            raise urllib.error.URLError("no network")
+
+        monkeypatch.setattr(urllib.request, "urlopen", offline)
+        code = main([*self.ARGS, "--download", "--data-dir", str(tmp_path / "none"),
+                     "--results-dir", str(tmp_path / "res")])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and "offline" in err
+        assert "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz" in err
+        assert not (tmp_path / "res").exists()
+        assert not any(p.is_file() for p in tmp_path.rglob("*"))  # nothing partial left behind
+
+    @pytest.mark.realdata
+    def test_download_fetches_what_is_missing(self, data_dir, tmp_path, capsys, monkeypatch):
+        """From a file:// mirror (the real MNIST files) standing in for the canonical server: progress is shown, the
+        files land in the data root, verified, and only then does the experiment run."""
+        import dataclasses
+        import hashlib
+
+        import torchbop.data.mnist as mnist
+        import torchbop.experiments.runner as runner
+
+        mirror = tmp_path / "mirror"
+        mirror.mkdir()
+        patched = {}
+        for split, files in mnist.MNIST_VARIANTS["mnist"].items():
+            entries = []
+            for remote, content_md5 in files:
+                payload = (data_dir / "mnist" / remote.filename).read_bytes()
+                (mirror / remote.filename).write_bytes(payload)
+                md5 = hashlib.md5(payload).hexdigest()
+                entries.append((dataclasses.replace(remote, base_url=mirror.as_uri() + "/", md5=md5), content_md5))
+            patched[split] = tuple(entries)
+        monkeypatch.setitem(mnist.MNIST_VARIANTS, "mnist", patched)
+        ran = []
+        monkeypatch.setattr(runner, "run_experiment", lambda *args, **kwargs: ran.append(kwargs) or {"failed": []})
+
+        code = main([*self.ARGS, "--download", "--data-dir", str(tmp_path / "root"),
+                     "--results-dir", str(tmp_path / "res")])
+        err = capsys.readouterr().err
+        assert code == 0 and ran and ran[0]["data_dir"] == str(tmp_path / "root"), err
+        names = sorted(remote.filename for files in patched.values() for remote, _ in files)
+        assert sorted(p.name for p in (tmp_path / "root" / "mnist").iterdir()) == names
+        assert "train-images-idx3-ubyte.gz" in err  # the progress lines

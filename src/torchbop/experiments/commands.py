@@ -16,9 +16,9 @@ import time
 import warnings
 
 from torchbop.cli import Command
-from torchbop.errors import blame_user
+from torchbop.errors import UserError, blame_user
 from torchbop.experiments.profiles import PROFILES
-from torchbop.experiments.runner import EXPERIMENTS
+from torchbop.experiments.runner import EXPERIMENTS, experiment_module
 
 __all__ = ["COMMANDS", "overrides_from_args"]
 
@@ -46,6 +46,8 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads per job (default: cores // jobs)")
     parser.add_argument("--results-dir", default="results", help="results root (default: results)")
     parser.add_argument("--data-dir", help="data root (default: $TORCHBOP_DATA, else ~/.cache/torchbop)")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the datasets the experiment needs when they are missing (checksummed)")
     parser.add_argument("--quiet", action="store_true", help="only one line per finished run")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
 
@@ -76,11 +78,32 @@ def _run_experiment(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=1))
         return 0
+    _check_data(experiment_module(args.name).datasets(config), args.data_dir, download=args.download)
     quiet_lightning(logging, warnings)
     manifest = run_experiment(args.name, config, profile=args.profile, results_root=args.results_dir,
                               data_dir=args.data_dir, jobs=args.jobs, threads=args.threads, verbose=not args.quiet,
                               command="torchbop " + " ".join(sys.argv[1:]))
     return 1 if manifest["failed"] else 0
+
+
+def _check_data(names: tuple[str, ...], data_dir: str | None, *, download: bool) -> None:
+    """Before any run: the experiment's datasets are on disk and intact (each file verified once, so a corrupt file is
+    named now rather than in every run), or fetched with ``download``; otherwise one message lists the missing files
+    with their URLs and destinations."""
+    from torchbop.data import fetch_datasets
+    from torchbop.data.fetch import missing_files
+    from torchbop.data.paths import describe_data_dir, resolve_data_dir
+
+    with blame_user(OSError, ValueError):
+        missing = missing_files(names, data_dir)
+        if download or not missing:  # fetch what is missing (with download), then verify every file once
+            fetch_datasets(names, data_dir, progress=True)
+            return
+        listing = "\n".join(f"  {remote.url}  (md5 {remote.md5})\n    -> {folder / remote.filename}"
+                             for folder, remote in missing)
+        raise UserError(f"{', '.join(names)}: {len(missing)} file(s) missing under the data root "
+                        f"{resolve_data_dir(data_dir)} (from {describe_data_dir(data_dir)}). Run again with "
+                        f"--download to fetch them (checksummed), or put each file at the path shown:\n{listing}")
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
