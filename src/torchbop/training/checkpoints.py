@@ -74,7 +74,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
 
 def _corrupt(path: Path, error: BaseException) -> UserError:
-    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError) and "WeightsUnpickler error:" in str(error):
+        # torch's message is a paragraph suggesting weights_only=False; keep only what it found in the file
+        lines = [line.strip() for line in str(error).split("WeightsUnpickler error:", 1)[1].splitlines()
+                 if line.strip()]
+    detail = lines[0] if lines else type(error).__name__
     alternative = newest_intact_checkpoint(path.parent, exclude=path)
     if alternative is None:
         fix = "No other intact checkpoint is in that folder; start the run again (with --overwrite to reuse it)."
