@@ -55,9 +55,16 @@ def lightning_messages():
     """What Lightning logs (its own handler prints these on stderr), collected at its package logger."""
     handler = Records()
     logger = logging.getLogger("lightning.pytorch")
+    # `torchbop experiment` raises these loggers' levels for its many runs; in one test process that may have run.
+    names = ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.INFO)  # Lightning's own default
     logger.addHandler(handler)
     yield handler.messages
     logger.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_no_advertisement(lightning_messages, monkeypatch):
