@@ -1,36 +1,56 @@
-"""The ``torchbop`` command: ``torchbop train --recipe mnist [--epochs 3] [--set key=value ...]``.
+"""The ``torchbop`` command: ``train``, ``experiment`` and ``report``.
+
+::
+
+    torchbop train --recipe mnist [--epochs 3] [--set key=value ...]
+    torchbop experiment approximation --profile quick --jobs 2
+    torchbop report --profile quick
 
 Errors: a mistake in the input (a recipe that does not exist, a bad value, a missing data folder, a corrupt
 checkpoint, hardware that is not there) is a :class:`~torchbop.errors.UserError`; ``main`` prints its message on
 stderr as one short line and returns 2. ``--debug`` (or ``TORCHBOP_DEBUG=1``) shows the traceback instead.
 
-Subcommands are a small table. ``train`` lives here; other packages add theirs by exposing a module-level
-``COMMANDS: dict[str, Command]`` in one of the modules listed in :data:`COMMAND_MODULES` (``torchbop.experiments``
-provides ``experiment`` and ``report`` that way), so adding a subcommand never means editing this file's logic.
-Nothing is registered at import time: the table is read when ``main`` builds the parser.
+Each subcommand is a row of :data:`COMMANDS`. An option that several subcommands take is defined once, in
+:data:`SHARED_OPTIONS`.
 
 Example:
     >>> parser = build_parser()
     >>> args = parser.parse_args(["train", "--recipe", "mnist", "--epochs", "2", "--set", "gamma=1e-3"])
     >>> config_from_args(args).epochs, config_from_args(args).gamma
     (2, 0.001)
+    >>> args = parser.parse_args(["experiment", "cifar10", "--profile", "quick", "--epochs", "2"])
+    >>> settings_from_args(args)
+    {'epochs': 2}
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import yaml
+
+from torchbop.data import fetch_datasets
+from torchbop.data.fetch import missing_files
+from torchbop.data.paths import describe_data_dir, resolve_data_dir
 from torchbop.errors import UserError, blame_user
+from torchbop.experiments import runner
+from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.registry import EXPERIMENTS
+from torchbop.experiments.report import build_report
+from torchbop.training.checkpoints import load_checkpoint
+from torchbop.training.config import PRECISIONS, TrainConfig, apply_overrides, available_recipes, load_recipe
+from torchbop.training.run_folder import checkpoint_of
+from torchbop.training.train import check_config, format_summary, train
 
-__all__ = ["Command", "COMMAND_MODULES", "build_parser", "config_from_args", "main"]
-
-#: Modules that may define ``COMMANDS: dict[str, Command]``; a module that does not exist (yet) is skipped.
-COMMAND_MODULES = ("torchbop.experiments.commands",)
+__all__ = ["Command", "COMMANDS", "SHARED_OPTIONS", "build_parser", "config_from_args", "settings_from_args", "main"]
 
 
 @dataclass(frozen=True)
@@ -42,49 +62,61 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+#: Options of more than one subcommand, each defined once: flag -> ``add_argument`` keywords.
+SHARED_OPTIONS: dict[str, dict[str, Any]] = {
+    "--epochs": dict(type=int, help="training epochs"),
+    "--width": dict(type=float, help="width multiplier of the model (BinaryNet; model_kwargs.width)"),
+    "--subset": dict(type=int, help="train on this many training images (a seeded random subset)"),
+    "--data-dir": dict(help="data root (default: $TORCHBOP_DATA, else ~/.cache/torchbop)"),
+    "--download": dict(action="store_true", help="download missing datasets first (checksummed)"),
+    "--set": dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                  help="change any setting (repeatable): a config field for train (--set gamma=1e-3, --set "
+                       "model_kwargs.variant=reproduction), a setting of the experiment (--set retrain_epochs=3)"),
+    "--print-config": dict(action="store_true", help="print the resolved configuration and exit"),
+    "--profile": dict(default="quick", help=f"named scale ({', '.join(PROFILES)}; default quick): the experiment's "
+                                            "settings, and results/<profile>"),
+    "--results-dir": dict(default="results", help="results root (default: results)"),
+}
+
+
+def _add_shared(parser: argparse.ArgumentParser, *flags: str) -> None:
+    for flag in flags:
+        parser.add_argument(flag, **SHARED_OPTIONS[flag])
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # train
 # ----------------------------------------------------------------------------------------------------------------
-# Dedicated flags: (flag, config field, type, help). Everything else: --set key=value.
-_TRAIN_FLAGS = (
-    ("--epochs", "epochs", int, "number of epochs"),
-    ("--batch-size", "batch_size", int, "training batch size"),
-    ("--data-dir", "data_dir", str, "data root (default: $TORCHBOP_DATA, else ~/.cache/torchbop)"),
-    ("--subset", "subset", int, "train on this many (seeded, random) training images"),
-    ("--seed", "seed", int, "random seed"),
-    ("--out", "out", str, "run directory (default: runs/<recipe name>)"),
-    ("--resume", "resume", str, "continue a run: its folder (checkpoints/last.ckpt is used) or a .ckpt file; the "
-                                "run goes on in that folder"),
-    ("--precision", "precision", str, "32 or bf16-mixed"),
-    ("--devices", "devices", str, "devices per node (an int or 'auto')"),
-    ("--accelerator", "accelerator", str, "cpu, gpu or auto"),
-    ("--strategy", "strategy", str, "auto or ddp"),
-)
+#: Flags that set the TrainConfig field of their name. Everything else: --set key=value.
+TRAIN_FIELDS = ("--epochs", "--batch-size", "--data-dir", "--subset", "--seed", "--out", "--resume", "--precision",
+                "--devices", "--accelerator", "--strategy")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from torchbop.training.config import available_recipes
-
     parser.add_argument("--recipe", help=f"a shipped recipe ({', '.join(available_recipes())}) or a .yaml path; "
                                           "optional with --resume (the checkpoint's configuration is used)")
-    for flag, _, type_, help_ in _TRAIN_FLAGS:
-        parser.add_argument(flag, type=type_, help=help_)
-    parser.add_argument("--width", type=float, help="width multiplier of the model (model_kwargs.width)")
-    parser.add_argument("--download", action="store_true", help="download missing datasets")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field (repeatable), e.g. --set gamma=1e-3 "
-                             "--set model_kwargs.variant=reproduction")
+    _add_shared(parser, "--epochs", "--width", "--subset", "--data-dir", "--download", "--set", "--print-config")
+    parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    parser.add_argument("--resume", help="continue a run: its folder (checkpoints/last.ckpt is used) or a .ckpt "
+                                         "file; the run goes on in that folder")
+    parser.add_argument("--precision", help=" | ".join(PRECISIONS))
+    parser.add_argument("--devices", help="devices per node (an int or 'auto')")
+    parser.add_argument("--accelerator", help="cpu, gpu or auto")
+    parser.add_argument("--strategy", help="auto or ddp")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a folder that holds another run, removing that run's files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` the arguments describe: recipe (or the resumed checkpoint's config), then
     ``--set`` overrides, then dedicated flags. Bad input raises :class:`UserError`."""
-    from torchbop.training.config import TrainConfig, apply_overrides, load_recipe
-
     if args.recipe is not None:
         with blame_user(ValueError, OSError):
             config = load_recipe(args.recipe)
@@ -94,8 +126,8 @@ def config_from_args(args: argparse.Namespace):
         raise UserError("give --recipe NAME_OR_FILE (or --resume RUN_FOLDER to continue a run)")
     with blame_user(ValueError, what="--set"):
         config = apply_overrides(config, args.overrides)
-    flags = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in _TRAIN_FLAGS}
-    changes = {field: value for field, value in flags.items() if value is not None}
+    changes = {_dest(flag): getattr(args, _dest(flag)) for flag in TRAIN_FIELDS}
+    changes = {field: value for field, value in changes.items() if value is not None}
     if args.width is not None:
         changes["model_kwargs"] = {**config.model_kwargs, "width": args.width}
     if args.download:
@@ -103,18 +135,12 @@ def config_from_args(args: argparse.Namespace):
     if args.no_progress:
         changes["progress_bar"] = False
     with blame_user(ValueError):
-        config = config.replace(**changes) if changes else config
-    assert isinstance(config, TrainConfig)
-    return config
+        return config.replace(**changes) if changes else config
 
 
-def _config_of_checkpoint(resume: str):
+def _config_of_checkpoint(resume: str) -> TrainConfig:
     """The configuration stored in the checkpoint ``--resume`` names, without its folder (``out``): a resumed run
     continues in the folder it is resumed from, wherever that run started."""
-    from torchbop.training.checkpoints import load_checkpoint
-    from torchbop.training.config import TrainConfig
-    from torchbop.training.run_folder import checkpoint_of
-
     path, _ = checkpoint_of(resume)
     checkpoint = load_checkpoint(path)
     stored = checkpoint.get("hyper_parameters", {}).get("config")
@@ -125,10 +151,6 @@ def _config_of_checkpoint(resume: str):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from torchbop.training.train import check_config, format_summary, train
-
     config = config_from_args(args)
     if args.print_config:
         check_config(config)
@@ -146,32 +168,99 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(value) -> str:
+def _fraction(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-COMMANDS: dict[str, Command] = {
-    "train": Command("train a binarized network from a recipe", _add_train_arguments, _run_train),
-}
+# ----------------------------------------------------------------------------------------------------------------
+# experiment, report
+# ----------------------------------------------------------------------------------------------------------------
+#: Flags that change one setting of the experiment: flag -> setting. --set reaches any other.
+EXPERIMENT_SETTINGS = {"--epochs": "epochs", "--seeds": "seeds", "--width": "width", "--subset": "subset",
+                       "--test-subset": "test_subset", "--dataset": "datasets", "--protocol": "protocol"}
+
+
+def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
+    _add_shared(parser, "--profile", "--epochs", "--width", "--subset", "--set", "--results-dir", "--data-dir",
+                "--download", "--print-config")
+    parser.add_argument("--seeds", type=int, help="number of seeds (random initializations)")
+    parser.add_argument("--test-subset", type=int, help="evaluate on this many test images")
+    parser.add_argument("--dataset", help="approximation only: comma-separated datasets (mnist, fashion-mnist, "
+                                          "cifar10)")
+    parser.add_argument("--protocol", help="cifar10 only: original | reproduction")
+    parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads per job (default: cores // jobs)")
+    parser.add_argument("--quiet", action="store_true", help="only one line per finished run")
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """Settings changed by the command line: ``--set`` first, then the dedicated flags."""
+    changes: dict[str, object] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"Invalid --set {item!r}: expected key=value")
+        changes[key.strip()] = value.strip()
+    for flag, setting in EXPERIMENT_SETTINGS.items():
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            changes[setting] = value
+    return changes
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    with blame_user(ValueError):
+        config = runner.configure(args.profile, args.name, settings_from_args(args))
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=1))
+        return 0
+    _check_data(EXPERIMENTS[args.name].datasets(config), args.data_dir, download=args.download)
+    runner.quiet_lightning()
+    manifest = runner.run_experiment(args.name, config, profile=args.profile, results_root=args.results_dir,
+                                     data_dir=args.data_dir, jobs=args.jobs, threads=args.threads,
+                                     verbose=not args.quiet, command="torchbop " + " ".join(sys.argv[1:]))
+    return 1 if manifest["failed"] else 0
+
+
+def _check_data(names: tuple[str, ...], data_dir: str | None, *, download: bool) -> None:
+    """Before any run: the experiment's datasets are on disk and intact (each file verified once, so a corrupt file is
+    named now rather than in every run), or fetched with ``download``; otherwise one message lists the missing files
+    with their URLs and destinations."""
+    with blame_user(OSError, ValueError):
+        missing = missing_files(names, data_dir)
+        if download or not missing:  # fetch what is missing (with download), then verify every file once
+            fetch_datasets(names, data_dir, progress=True)
+            return
+        listing = "\n".join(f"  {remote.url}  (md5 {remote.md5})\n    -> {folder / remote.filename}"
+                             for folder, remote in missing)
+        raise UserError(f"{', '.join(names)}: {len(missing)} file(s) missing under the data root "
+                        f"{resolve_data_dir(data_dir)} (from {describe_data_dir(data_dir)}). Run again with "
+                        f"--download to fetch them (checksummed), or put each file at the path shown:\n{listing}")
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_shared(parser, "--profile", "--results-dir")
+    parser.add_argument("--out", default="reports", help="reports root: writes <out>/<profile>/REPORT.md")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    path = build_report(args.profile, results_root=args.results_dir, reports_root=args.out)
+    print(f"wrote {path} ({time.perf_counter() - started:.1f} s)")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
-def _all_commands() -> dict[str, Command]:
-    commands = dict(COMMANDS)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name is not None and name.startswith(error.name):
-                continue  # that package does not provide commands (yet)
-            raise
-        for key, command in getattr(module, "COMMANDS", {}).items():
-            if key in commands:
-                raise RuntimeError(f"torchbop subcommand {key!r} is defined twice (again in {name})")
-            commands[key] = command
-    return commands
+COMMANDS: dict[str, Command] = {
+    "train": Command("train a binarized network from a recipe", _add_train_arguments, _run_train),
+    "experiment": Command("run one of the paper's experiments at a named scale", _add_experiment_arguments,
+                          _run_experiment),
+    "report": Command("gather experiment results into reports/<profile>/REPORT.md", _add_report_arguments,
+                      _run_report),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also: TORCHBOP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, command in _all_commands().items():
+    for name, command in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(sub_parser)
         sub_parser.set_defaults(_run=command.run)

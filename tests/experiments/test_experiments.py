@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from torchbop.experiments.runner import load_manifest, load_records
+from torchbop.experiments.store import load_manifest, load_records
 
 
 def stored(results: Path, name: str):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
+from torchbop.experiments import approximation, arbitrary_lr, cifar10
 from torchbop.experiments.report import at_published_scale, build_report
-from torchbop.experiments.verdicts import verdicts
 
 
 def test_report_from_smoke_results(smoke_results, tmp_path):
@@ -20,7 +21,8 @@ def test_report_from_smoke_results(smoke_results, tmp_path):
     assert "0.9663" in text and "91.30%" in text  # published numbers beside ours
     assert "**reproduced**" in text  # the exact Theorem-1 check does not need the published scale
     assert "**not run at scale**" in text  # everything else ran below it
-    assert "Intel" in text or "cores" in text  # the machine is stated
+    env = json.loads((smoke_results / "smoke" / "cifar10" / "manifest.json").read_text())["environment"]
+    assert f"| machine | {env['cpu']}, {env['cores']} cores" in text  # the machine is stated
 
 
 def test_missing_experiments_are_marked_not_run(smoke_results, tmp_path):
@@ -46,10 +48,10 @@ def _table1(binary, real, retrained):
 
 
 def test_table1_verdicts_follow_the_numbers():
-    close = verdicts("approximation", _table1(0.960, 0.100, 0.975))
+    close = approximation.verdicts(_table1(0.960, 0.100, 0.975))
     assert [v.outcome(at_scale=True) for v in close] == ["reproduced"] * 3
     assert [v.outcome(at_scale=False) for v in close] == ["not run at scale"] * 3
-    far = verdicts("approximation", _table1(0.90, 0.50, 0.98))
+    far = approximation.verdicts(_table1(0.90, 0.50, 0.98))
     assert [v.outcome(at_scale=True) for v in far] == ["not reproduced", "not reproduced", "reproduced"]
 
 
@@ -58,16 +60,16 @@ def test_theorem_verdict_needs_a_control_that_fails():
         check = {"differing_total": differing, "steps": 10, "factor": 2**-7, "flips_total": flips}
         return {"theorem1": {"check": check, "control": dict(check, differing_total=control, factor=2**10)},
                 "max_gaps": {}}
-    assert verdicts("arbitrary-lr", summary(0, 3))[0].outcome(at_scale=False) == "reproduced"
-    assert verdicts("arbitrary-lr", summary(4, 3))[0].outcome(at_scale=False) == "not reproduced"
-    assert verdicts("arbitrary-lr", summary(0, 0))[0].outcome(at_scale=False) == "inconclusive"
-    assert verdicts("arbitrary-lr", summary(0, 3, flips=0))[0].outcome(at_scale=False) == "inconclusive"
+    assert arbitrary_lr.verdicts(summary(0, 3))[0].outcome(at_scale=False) == "reproduced"
+    assert arbitrary_lr.verdicts(summary(4, 3))[0].outcome(at_scale=False) == "not reproduced"
+    assert arbitrary_lr.verdicts(summary(0, 0))[0].outcome(at_scale=False) == "inconclusive"
+    assert arbitrary_lr.verdicts(summary(0, 3, flips=0))[0].outcome(at_scale=False) == "inconclusive"
 
 
 def test_cifar10_verdict_uses_the_protocols_published_number():
     row = {"protocol": "reproduction", "published": 0.8867, "test_acc": 0.88, "test_weights": "best", "epochs": 327,
            "flip_ratio_first_phase": 1e-3, "flip_ratio_last_phase": 1e-6}
-    accuracy, flips = verdicts("cifar10", {"tables": {"figure3": [row]}})
+    accuracy, flips = cifar10.verdicts({"tables": {"figure3": [row]}})
     assert accuracy.met and flips.met
-    (accuracy, _) = verdicts("cifar10", {"tables": {"figure3": [dict(row, test_acc=0.85)]}})
+    (accuracy, _) = cifar10.verdicts({"tables": {"figure3": [dict(row, test_acc=0.85)]}})
     assert accuracy.outcome(at_scale=True) == "not reproduced"

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from torchbop.experiments import configure
-from torchbop.experiments.runner import RunSpec, load_manifest
-from torchbop.experiments.store import jsonable
+from torchbop.experiments import EXPERIMENTS, configure, run_experiment
+from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.runner import config_from_dict
+from torchbop.experiments.spec import Experiment, RunSpec
+from torchbop.experiments.store import jsonable, load_manifest
+
+#: The key of every run each experiment plans at each profile, as computed by the code that made the results/ caches
+#: of the first reports (commit aeb885c): a cache stays valid only while these stay the same. Changing one is a
+#: deliberate change of what the run computes (then bump the experiment's VERSION).
+RUN_KEYS = json.loads((Path(__file__).with_name("run_keys.json")).read_text())
 
 
 class TestConfigure:
@@ -36,6 +45,21 @@ class TestConfigure:
             configure("quick", "imagenet")
 
 
+class TestRegistry:
+    @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+    def test_every_experiment_follows_the_protocol(self, name):
+        module = EXPERIMENTS[name]
+        assert isinstance(module, Experiment) and module.NAME == name
+        assert set(module.CONFIGS) == set(PROFILES)
+        assert all(isinstance(config, module.Config) for config in module.CONFIGS.values())
+        assert module.NOT_SCALE <= {f.name for f in dataclasses.fields(module.Config)}
+
+    @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+    def test_a_stored_config_comes_back_typed(self, name):
+        config = configure("quick", name)
+        assert config_from_dict(name, jsonable(dataclasses.asdict(config))) == config
+
+
 class TestKeys:
     def test_key_depends_on_every_param_and_the_version(self):
         spec = RunSpec("approximation", "a", {"seed": 0, "train": {"lr": 0.001}})
@@ -43,6 +67,13 @@ class TestKeys:
         assert spec.key(1) != RunSpec("approximation", "a", {"seed": 0, "train": {"lr": 0.002}}).key(1)
         assert spec.key(1) != spec.key(2)
         assert spec.key(1) != RunSpec("cifar10", "a", spec.params).key(1)
+
+    @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+    def test_keys_of_every_profile_are_unchanged(self, experiment):
+        module = EXPERIMENTS[experiment]
+        for profile in PROFILES:
+            keys = list(dict.fromkeys(spec.key(module.VERSION) for spec in module.plan(configure(profile, experiment))))
+            assert keys == RUN_KEYS[experiment][profile], f"{experiment} at {profile}: run keys changed"
 
     def test_jsonable_is_strict_json(self):
         value = jsonable({"a": (1, math.inf), "b": math.nan})
@@ -68,8 +99,6 @@ def test_second_invocation_skips_existing_runs(tmp_path, data_dir, run_smoke):
 
 
 def test_parallel_jobs_match_a_serial_run(tmp_path, data_dir, smoke_results):
-    from torchbop.experiments import run_experiment
-
     # the same plan as the serial smoke run of the session fixture, now in 2 spawned worker processes
     parallel = run_experiment("approximation", configure("smoke", "approximation"), profile="smoke",
                               results_root=tmp_path, data_dir=str(data_dir), jobs=2, threads=1, verbose=False,

@@ -15,10 +15,12 @@ Usage::
     torchbop experiment cifar10 --profile paper --set protocol=reproduction
     torchbop report --profile quick            # -> reports/quick/REPORT.md + figures
 
-Every experiment runs at a named scale (:mod:`~.profiles`: ``paper``, ``quick``, ``smoke``) with single fields
-changed from the command line; :mod:`~.runner` plans its independent runs, skips those whose results exist (keyed by
-a hash of their full configuration), runs the others in parallel processes and stores each with its configuration
-under ``results/<profile>/<experiment>/``. :mod:`~.plots` and :mod:`~.report` read those results and never train.
+Each experiment is one module that owns everything about itself (:class:`~.spec.Experiment`: settings, plan,
+execution, summary, figure, verdicts, report section), listed in :data:`~.registry.EXPERIMENTS`. It runs at a named
+scale (``paper``, ``quick``, ``smoke``) with single settings changed from the command line; :mod:`~.runner` plans its
+independent runs, skips those whose results exist (keyed by a hash of their full configuration), runs the others in
+parallel processes and stores each with its configuration under ``results/<profile>/<experiment>/``.
+:mod:`~.report` reads those results and never trains.
 
 Example:
     >>> from torchbop.experiments import configure
@@ -26,7 +28,8 @@ Example:
     10
 """
 
-from torchbop.experiments.profiles import PROFILES, Profile
-from torchbop.experiments.runner import EXPERIMENTS, configure, run_experiment
+from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.registry import EXPERIMENTS
+from torchbop.experiments.runner import configure, run_experiment
 
-__all__ = ["EXPERIMENTS", "PROFILES", "Profile", "configure", "run_experiment"]
+__all__ = ["EXPERIMENTS", "PROFILES", "configure", "run_experiment"]

@@ -36,12 +36,31 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from torchbop.experiments.runner import RunContext, RunSpec
+from torchbop.data import DeviceLoader
+from torchbop.experiments import profiles
+from torchbop.experiments.common import (load_data, run_config, seeded_model, set_weight_quantizers,
+                                         stored_train_config, train_run)
+from torchbop.experiments.plots import COLORS, scale_note
+from torchbop.experiments.spec import RunContext, RunSpec
+from torchbop.experiments.verdicts import Verdict
+from torchbop.models import MnistBNN
+from torchbop.nn import binary_parameters, clip_latent_weights_, init_binary_weights_
+from torchbop.quantizers import SteSign
+from torchbop.training import TrainConfig
 
-__all__ = ["VERSION", "CONFIGURATIONS", "plan", "execute", "describe", "summarize"]
+__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "CONFIGURATIONS", "datasets", "plan", "execute",
+           "theorem1_check", "describe", "summarize", "plot", "verdicts", "results"]
 
+NAME = "arbitrary-lr"
+TITLE = "Figure 1 and Theorem 1: the arbitrary learning rate (report 3.1.2)"
 VERSION = 1
+KEEP_RUN_DIR = False
+Config = profiles.ArbitraryLrConfig
+CONFIGS = {name: profile.arbitrary_lr for name, profile in profiles.PROFILES.items()}
+NOT_SCALE = frozenset({"theorem_steps", "theorem_factor", "control_factor", "theorem_lr"})  # the exact check's
 
 #: name -> (description, init scheme, init scale, optimizer, lr)
 CONFIGURATIONS: dict[str, tuple[str, str, float, str, float]] = {
@@ -51,59 +70,45 @@ CONFIGURATIONS: dict[str, tuple[str, str, float, str, float]] = {
     "4": ("uniform U(-1,1), SGD lr 0.01", "uniform", 1.0, "sgd", 0.01),
     "5": ("uniform U(-1,1), Adam lr 0.01", "uniform", 1.0, "adam", 0.01),
 }
+#: Largest gap between seed-mean accuracy curves of configurations that behave "identically" / "alike".
+IDENTICAL, ALIKE = 0.01, 0.02
 
 
-def datasets(cfg: Any) -> tuple[str, ...]:
-    """The datasets this experiment reads (MNIST), so that they can be checked or fetched before any run."""
+def datasets(cfg: Config) -> tuple[str, ...]:
     return ("mnist",)
 
 
-def plan(cfg: Any) -> list[RunSpec]:
-    from torchbop.training import TrainConfig
-
+def plan(cfg: Config) -> list[RunSpec]:
     specs = []
     for name, (_, scheme, scale, optimizer, lr) in CONFIGURATIONS.items():
         for seed in range(cfg.seeds):
             train = TrainConfig(name=f"arbitrary-lr-{name}", model="mnist_bnn", model_kwargs={"padding": "valid"},
                                 mode="latent", dataset="mnist", protocol="original", batch_size=cfg.batch_size,
-                                epochs=cfg.epochs, optimizer=optimizer, lr=lr, seed=seed, progress_bar=False)
+                                epochs=cfg.epochs, optimizer=optimizer, lr=lr, seed=seed)
             params = {"kind": "figure", "configuration": name, "scheme": scheme, "scale": scale, "seed": seed,
-                      "subset": cfg.subset, "test_subset": cfg.test_subset,
-                      "train": {k: v for k, v in train.to_dict().items() if k not in ("out", "data_dir", "progress_bar")}}
-            specs.append(RunSpec("arbitrary-lr", f"config{name}-seed{seed}", params))
+                      "subset": cfg.subset, "test_subset": cfg.test_subset, "train": stored_train_config(train)}
+            specs.append(RunSpec(NAME, f"config{name}-seed{seed}", params))
     common = {"kind": "theorem", "steps": cfg.theorem_steps, "lr": cfg.theorem_lr, "batch_size": cfg.batch_size,
               "subset": cfg.subset, "seed": 0, "scheme": "glorot_uniform"}
-    specs.append(RunSpec("arbitrary-lr", "theorem1", {**common, "factor": cfg.theorem_factor,
-                                                      "ste_clip": float("inf"), "clip_latent": False}))
-    specs.append(RunSpec("arbitrary-lr", "theorem1-control", {**common, "factor": cfg.control_factor,
-                                                              "ste_clip": 1.0, "clip_latent": True}))
+    specs.append(RunSpec(NAME, "theorem1", {**common, "factor": cfg.theorem_factor, "ste_clip": float("inf"),
+                                            "clip_latent": False}))
+    specs.append(RunSpec(NAME, "theorem1-control", {**common, "factor": cfg.control_factor, "ste_clip": 1.0,
+                                                    "clip_latent": True}))
     return specs
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     if params["kind"] == "theorem":
-        from torchbop.experiments.common import load_data
-
         data = load_data("mnist", ctx.data_dir, params["subset"], None)
         return theorem1_check(data["train"], steps=params["steps"], factor=params["factor"], lr=params["lr"],
                               ste_clip=float(params["ste_clip"]), clip_latent=params["clip_latent"],
                               batch_size=params["batch_size"], seed=params["seed"], scheme=params["scheme"])
-    return _figure_run(params, ctx)
-
-
-def _figure_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    from torchbop.experiments.common import binary_weights, load_data, train_run
-    from torchbop.nn import init_binary_weights_
-    from torchbop.training import TrainConfig
-    from torchbop.training.module import build_model
-
     data = load_data("mnist", ctx.data_dir, params["subset"], params["test_subset"])
-    config = TrainConfig.from_dict({**params["train"], "out": str(ctx.run_dir), "progress_bar": False})
-    torch.manual_seed(config.seed)
-    model = build_model(config)
+    config = run_config(params["train"], ctx.run_dir)
+    model = seeded_model(config)
     init_binary_weights_(model, params["scheme"], scale=params["scale"],
                          generator=torch.Generator().manual_seed(config.seed))
-    initial = float(torch.cat([w.detach().abs().flatten() for w in binary_weights(model)]).mean())
+    initial = float(torch.cat([w.detach().abs().flatten() for w in binary_parameters(model)]).mean())
     result, history = train_run(config, data, model, log=ctx.log)
     return {"test_acc": result["test_acc"], "initial_latent_abs_mean": initial, "history": history["epochs"]}
 
@@ -117,18 +122,12 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
     ``first_difference_step`` (None when none), ``flips_total`` (sign changes in run A: the trajectory is not
     trivially constant), and the per-step ``differing`` and ``flips`` lists.
     """
-    from torchbop.data import DeviceLoader
-    from torchbop.experiments.common import binary_weights, set_weight_quantizers
-    from torchbop.models import MnistBNN
-    from torchbop.nn import clip_latent_weights_, init_binary_weights_
-    from torchbop.quantizers import SteSign
-
     def make(scale: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(seed)
         model = MnistBNN(mode="latent", padding="valid")
         init_binary_weights_(model, scheme, scale=scale, generator=torch.Generator().manual_seed(seed))
         set_weight_quantizers(model, lambda: SteSign(clip_value=ste_clip))
-        binary = binary_weights(model)
+        binary = list(binary_parameters(model))
         other = [p for p in model.parameters() if all(p is not w for w in binary)]
         # only the latent weights' learning rate is scaled: batch norm trains identically in both runs
         optimizer = torch.optim.SGD([{"params": binary, "lr": lr * scale}, {"params": other, "lr": lr}])
@@ -136,7 +135,7 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
 
     runs = [make(1.0), make(factor)]
     loader = DeviceLoader(train[0], train[1], batch_size, shuffle=True, seed=seed, drop_last=True)
-    signs = lambda m: torch.cat([(w >= 0).flatten() for w in binary_weights(m)])  # noqa: E731
+    signs = lambda m: torch.cat([(w >= 0).flatten() for w in binary_parameters(m)])  # noqa: E731
     previous = signs(runs[0][0])
     differing: list[int] = []
     flips: list[int] = []
@@ -167,7 +166,7 @@ def describe(result: dict[str, Any]) -> str:
     return f"test accuracy {result['test_acc']:.4f}"
 
 
-def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     """Per configuration: seed-mean test accuracy per epoch; the largest gaps between the curves the claims
     compare; and the Theorem-1 counts."""
     curves: dict[str, list[list[float]]] = {}
@@ -193,3 +192,81 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
     finals = {name: curve[-1] for name, curve in mean_curves.items() if curve}
     return {"curves": mean_curves, "final_test_acc": finals, "max_gaps": gaps, "theorem1": theorem,
             "tables": {"figure1": rows}}
+
+
+def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> None:
+    left, right = fig.subplots(1, 2)
+    styles = {"2": "-", "3": "--"}
+    for i, (name, curve) in enumerate(summary["curves"].items()):
+        epochs = list(range(1, len(curve) + 1))
+        left.plot(epochs, curve, marker="o", ms=3, ls=styles.get(name, "-"), color=COLORS[i],
+                  label=f"{name}: {CONFIGURATIONS[name][0]}")
+    left.set_xlabel("epoch")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_ylabel("test accuracy (mean over seeds)")
+    left.set_title("Figure 1: five initializations / learning rates")
+    left.legend(fontsize=7)
+
+    theorem = {("control" if r["params"]["clip_latent"] else "check"): r["result"] for r in records
+               if r["params"]["kind"] == "theorem"}
+    for i, (name, result) in enumerate(sorted(theorem.items())):
+        steps = range(1, len(result["differing"]) + 1)
+        what = ("no clipping, STE without saturation" if name == "check" else "clipping + saturating STE")
+        right.plot(steps, result["differing"], color=COLORS[i + 1],
+                   label=f"{name}: factor {result['factor']:g}, {what}; total {result['differing_total']}")
+        if name == "check":
+            right.plot(steps, result["flips"], color="gray", lw=0.7, alpha=0.7,
+                       label=f"flips per step of the reference run (total {result['flips_total']})")
+    right.set_yscale("symlog", linthresh=1)
+    top = max([1] + [max(r["differing"] + r["flips"]) for r in theorem.values()])
+    right.set_ylim(-0.3, top * 300)  # headroom for the legend
+    right.set_xlabel("optimizer step")
+    right.set_ylabel("binary weights that differ between the runs")
+    right.set_title("Theorem 1: scaled init + lr, exact comparison")
+    right.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Arbitrary learning rate ({scale_note(config)})", fontsize=10)
+
+
+def verdicts(summary: dict[str, Any]) -> list[Verdict]:
+    out = []
+    theorem = summary.get("theorem1", {})
+    check, control = theorem.get("check"), theorem.get("control")
+    if check is not None:
+        measured = (f"{check['differing_total']} differing weights over {check['steps']} steps "
+                    f"(factor {check['factor']:g}; {check['flips_total']} flips in the reference run)")
+        met: bool | None = check["differing_total"] == 0
+        if control is not None:
+            measured += (f"; control (factor {control['factor']:g}, clipping + saturating STE): "
+                         f"{control['differing_total']} differing")
+        if check["flips_total"] == 0 or control is None or control["differing_total"] == 0:
+            met = None if met else False  # a check that could not fail proves nothing
+        out.append(Verdict(
+            "Theorem 1: scaling the initial latent weights and the lr by the same factor leaves the binary "
+            "trajectory unchanged (no clipping, unsaturated STE)",
+            "0 differing binary weights after every step, with flips > 0 in the run and > 0 differing weights in "
+            "the control", measured, met, scale_independent=True))
+    gaps = summary.get("max_gaps", {})
+
+    def gap_verdict(claim: str, pairs: list[str], limit: float, above: bool) -> Verdict:
+        values = [gaps.get(p) for p in pairs]
+        if any(v is None for v in values):
+            return Verdict(claim, "-", "configurations missing", None)
+        worst = min(values) if above else max(values)
+        shown = ", ".join(f"{p}: {v:.4f}" for p, v in zip(pairs, values))
+        criterion = (f"max over epochs of abs(accuracy gap) {'>' if above else '<='} {limit} for "
+                     + " and ".join(pairs))
+        return Verdict(claim, criterion, shown, worst > limit if above else worst <= limit)
+
+    if gaps:
+        out.append(gap_verdict("Figure 1: configurations 2 and 3 (init and lr both x0.01) behave identically",
+                               ["2-3"], IDENTICAL, above=False))
+        out.append(gap_verdict("Figure 1: configurations 1 and 4 behave alike", ["1-4"], ALIKE, above=False))
+        out.append(gap_verdict("Figure 1: configuration 1 differs from 2 and 3", ["1-2", "1-3"], ALIKE, above=True))
+    return out
+
+
+def results(summary: dict[str, Any]) -> list[str]:
+    rows = ["| configuration | final test accuracy (seed mean) |", "|---|---|"]
+    rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} |" for k, v in summary["final_test_acc"].items()]
+    gaps = ", ".join(f"{k}: {v:.4f}" for k, v in summary["max_gaps"].items() if v is not None)
+    return rows + ["", f"Largest gap between seed-mean accuracy curves over the epochs: {gaps}."]

@@ -17,47 +17,58 @@ flipped per step), and gamma.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from torchbop.experiments.runner import RunContext, RunSpec
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-__all__ = ["VERSION", "PUBLISHED", "RECIPES", "plan", "execute", "describe", "summarize"]
+from torchbop.experiments import profiles
+from torchbop.experiments.common import stored_train_config, train_stored_run
+from torchbop.experiments.plots import COLORS, scale_note
+from torchbop.experiments.spec import RunContext, RunSpec
+from torchbop.experiments.verdicts import Verdict
+from torchbop.training import load_recipe
 
+__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "PUBLISHED", "RECIPES", "datasets", "plan", "execute",
+           "describe", "summarize", "plot", "verdicts", "results"]
+
+NAME = "cifar10"
+TITLE = "Figure 3: BinaryNet on CIFAR-10 with Bop (paper 5.2, report 3.3)"
 VERSION = 1
 KEEP_RUN_DIR = True  # the checkpoints of a CIFAR-10 run are worth keeping
+Config = profiles.Cifar10Config
+CONFIGS = {name: profile.cifar10 for name, profile in profiles.PROFILES.items()}
+NOT_SCALE = frozenset({"protocol"})  # each protocol has its published number
+
 RECIPES = {"original": "cifar10", "reproduction": "cifar10_reproduction"}
 #: Published test accuracy by protocol.
 PUBLISHED = {"original": 0.913, "reproduction": 0.8867}
+TOLERANCE = 0.015  # our test accuracy may be this much below the published one
 
 
-def datasets(cfg: Any) -> tuple[str, ...]:
-    """The datasets this experiment reads (CIFAR-10), so that they can be checked or fetched before any run."""
+def datasets(cfg: Config) -> tuple[str, ...]:
     return ("cifar10",)
 
 
-def plan(cfg: Any) -> list[RunSpec]:
-    from torchbop.training import load_recipe
-
+def plan(cfg: Config) -> list[RunSpec]:
     if cfg.protocol not in RECIPES:
         raise ValueError(f"Invalid protocol: {cfg.protocol!r} (expected one of {', '.join(RECIPES)})")
+    recipe = load_recipe(RECIPES[cfg.protocol])
+    changes: dict[str, Any] = {"epochs": cfg.epochs, "model_kwargs": {**recipe.model_kwargs, "width": cfg.width}}
+    if cfg.gamma_decay_every is not None:
+        changes["gamma_decay_every"] = cfg.gamma_decay_every
     specs = []
     for seed in range(cfg.seeds):
-        recipe = load_recipe(RECIPES[cfg.protocol])
-        changes: dict[str, Any] = {"epochs": cfg.epochs, "seed": seed, "progress_bar": False,
-                                   "model_kwargs": {**recipe.model_kwargs, "width": cfg.width}}
-        if cfg.gamma_decay_every is not None:
-            changes["gamma_decay_every"] = cfg.gamma_decay_every
-        train = recipe.replace(**changes)
+        train = recipe.replace(**changes, seed=seed)
         params = {"protocol": cfg.protocol, "seed": seed, "subset": cfg.subset, "test_subset": cfg.test_subset,
-                  "train": {k: v for k, v in train.to_dict().items() if k not in ("out", "data_dir", "progress_bar")}}
-        specs.append(RunSpec("cifar10", f"{cfg.protocol}-seed{seed}", params))
+                  "train": stored_train_config(train)}
+        specs.append(RunSpec(NAME, f"{cfg.protocol}-seed{seed}", params))
     return specs
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    from torchbop.experiments.common import train_cifar10_run
-
-    result, history, data = train_cifar10_run(params, ctx)
+    result, history, data = train_stored_run(params, ctx, "cifar10")
     return {**result, "history": history["epochs"], "train_images": len(data["train"][1]),
             "test_images": len(data["test"][1])}
 
@@ -67,7 +78,7 @@ def describe(result: dict[str, Any]) -> str:
             f"weights, {result['epochs']} epochs)")
 
 
-def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     """Test accuracy per seed with its protocol, and the mean flip ratio of the first and last gamma phases."""
     rows = []
     for record in records:
@@ -94,3 +105,72 @@ def _phases(history: list[dict[str, Any]]) -> list[float]:
             previous = row["rate"]
         phases[-1].append(row.get("flip_ratio", float("nan")))
     return [sum(p) / len(p) for p in phases]
+
+
+def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> None:
+    left, right = fig.subplots(1, 2)
+    gamma_ax = right.twinx()
+    for i, record in enumerate(records):
+        history = record["result"]["history"]
+        epochs = [row["epoch"] for row in history]
+        tag = f"seed {record['params']['seed']}"
+        left.plot(epochs, [row.get("train_acc", math.nan) for row in history], color=COLORS[i], label=f"train, {tag}")
+        left.plot(epochs, [row.get("val_acc", math.nan) for row in history], color=COLORS[i], ls="--",
+                  label=f"validation, {tag}")
+        right.plot(epochs, [row.get("flip_ratio", math.nan) for row in history], color=COLORS[i],
+                   label=f"flip ratio, {tag}")
+        gamma_ax.step(epochs, [row["rate"] for row in history], where="mid", color="black", ls=":", lw=1,
+                      label="gamma (right axis)" if i == 0 else None)
+    protocol = records[0]["result"]["protocol"]
+    left.axhline(PUBLISHED[protocol], color="black", lw=0.8, ls=":",
+                 label=f"published test accuracy ({protocol} protocol): {PUBLISHED[protocol]:.2%}")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_ylabel("accuracy")
+    left.set_title(f"accuracy (validation = {'test set' if protocol == 'original' else 'held-out 10%'})")
+    left.legend(fontsize=7)
+    right.set_yscale("log")
+    right.set_ylabel("flip ratio (flips / weights / step)")
+    gamma_ax.set_yscale("log")
+    gamma_ax.set_ylabel("gamma")
+    right.set_title("flip ratio per epoch")
+    handles = right.get_legend_handles_labels()[0] + gamma_ax.get_legend_handles_labels()[0]
+    right.legend(handles, [h.get_label() for h in handles], fontsize=7)
+    fig.suptitle(f"Figure 3, BinaryNet / CIFAR-10 with Bop ({scale_note(config)})", fontsize=10)
+
+
+def verdicts(summary: dict[str, Any]) -> list[Verdict]:
+    rows = summary["tables"]["figure3"]
+    if not rows:
+        return [Verdict("CIFAR-10 test accuracy", "-", "no runs", None)]
+    protocol = rows[0]["protocol"]
+    published = rows[0]["published"]
+    accs = [r["test_acc"] for r in rows]
+    mean = sum(accs) / len(accs)
+    out = [Verdict(
+        f"BinaryNet trained with Bop reaches {published:.2%} on CIFAR-10 ({protocol} protocol)",
+        f"our test accuracy >= {published:.2%} - {TOLERANCE:.1%}",
+        f"{mean:.2%} ({len(rows)} seed(s); {rows[0]['test_weights']} weights; {rows[0]['epochs']} epochs)",
+        mean >= published - TOLERANCE)]
+    first = [r["flip_ratio_first_phase"] for r in rows]
+    last = [r["flip_ratio_last_phase"] for r in rows]
+    if all(v is not None and v > 0 for v in first) and all(v is not None for v in last):
+        out.append(Verdict(
+            "Figure 3: flips die down as gamma decays",
+            "mean flip ratio of the last gamma phase at least 10x below that of the first",
+            "; ".join(f"first {a:.2e}, last {b:.2e}" for a, b in zip(first, last)),
+            all(b * 10 <= a for a, b in zip(first, last))))
+    return out
+
+
+def results(summary: dict[str, Any]) -> list[str]:
+    rows = ["| seed | protocol | tested weights | test accuracy | published | epochs | train / test images |",
+            "|---|---|---|---|---|---|---|"]
+    for r in summary["tables"]["figure3"]:
+        rows.append(f"| {r['seed']} | {r['protocol']} | {r['test_weights']} | {r['test_acc']:.2%} | "
+                    f"{r['published']:.2%} | {r['epochs']} | {r['train_images']} / {r['test_images']} |")
+    protocols = ("Protocol original: train on the training images, validate on the test set, test the final "
+                 "weights (the paper's code). Protocol reproduction: seeded class-balanced 90/10 split, test the "
+                 "lowest-validation-loss weights (the reproducibility report).")
+    return rows + ["", protocols]

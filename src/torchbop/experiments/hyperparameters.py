@@ -19,45 +19,54 @@ import statistics
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
-from torchbop.experiments.runner import RunContext, RunSpec
+from torchbop.experiments import profiles
+from torchbop.experiments.common import stored_train_config, train_stored_run
+from torchbop.experiments.plots import COLORS, mean_curve, scale_note
+from torchbop.experiments.spec import RunContext, RunSpec
+from torchbop.experiments.stats import gaussian_filter1d
+from torchbop.experiments.verdicts import Verdict
+from torchbop.training import load_recipe
 
-__all__ = ["VERSION", "plan", "execute", "describe", "summarize", "grid"]
+__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "grid", "datasets", "plan", "execute", "describe",
+           "summarize", "plot", "verdicts", "results"]
 
+NAME = "hyperparameters"
+TITLE = "Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2)"
 VERSION = 1
+KEEP_RUN_DIR = False
+Config = profiles.HyperparametersConfig
+CONFIGS = {name: profile.hyperparameters for name, profile in profiles.PROFILES.items()}
+NOT_SCALE: frozenset[str] = frozenset()
+RECIPE = "cifar10_hyperparams"
 
 
-def grid(cfg: Any) -> list[tuple[str, float, float]]:
+def grid(cfg: Config) -> list[tuple[str, float, float]]:
     """``(sweep, gamma, tau)`` of the two sweeps: ``"gamma"`` varies gamma, ``"tau"`` varies tau."""
     return ([("gamma", g, cfg.fixed_threshold) for g in cfg.gammas]
             + [("tau", cfg.fixed_gamma, t) for t in cfg.thresholds])
 
 
-def datasets(cfg: Any) -> tuple[str, ...]:
-    """The datasets this experiment reads (CIFAR-10), so that they can be checked or fetched before any run."""
+def datasets(cfg: Config) -> tuple[str, ...]:
     return ("cifar10",)
 
 
-def plan(cfg: Any) -> list[RunSpec]:
-    from torchbop.training import load_recipe
-
+def plan(cfg: Config) -> list[RunSpec]:
+    recipe = load_recipe(RECIPE)
     specs = []
     for seed in range(cfg.seeds):
         for _, gamma, tau in grid(cfg):
-            train = load_recipe("cifar10_hyperparams").replace(
-                gamma=gamma, threshold=tau, epochs=cfg.epochs, seed=seed, progress_bar=False,
-                model_kwargs={**load_recipe("cifar10_hyperparams").model_kwargs, "width": cfg.width})
+            train = recipe.replace(gamma=gamma, threshold=tau, epochs=cfg.epochs, seed=seed,
+                                   model_kwargs={**recipe.model_kwargs, "width": cfg.width})
             params = {"gamma": gamma, "threshold": tau, "seed": seed, "subset": cfg.subset,
-                      "test_subset": cfg.test_subset,
-                      "train": {k: v for k, v in train.to_dict().items() if k not in ("out", "data_dir", "progress_bar")}}
-            specs.append(RunSpec("hyperparameters", f"gamma{gamma:g}-tau{tau:g}-seed{seed}", params))
+                      "test_subset": cfg.test_subset, "train": stored_train_config(train)}
+            specs.append(RunSpec(NAME, f"gamma{gamma:g}-tau{tau:g}-seed{seed}", params))
     return specs
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    from torchbop.experiments.common import train_cifar10_run
-
-    result, history, _ = train_cifar10_run(params, ctx, per_step=True)
+    result, history, _ = train_stored_run(params, ctx, "cifar10", per_step=True)
     return {"test_acc": result["test_acc"], "history": history["epochs"], "steps": history["steps"]}
 
 
@@ -66,13 +75,11 @@ def describe(result: dict[str, Any]) -> str:
     return f"test accuracy {result['test_acc']:.4f}, mean pi_t {statistics.fmean(pi):.2f}" if pi else "no steps"
 
 
-def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     """Per (gamma, tau), seed means of: pi_t over all steps and over the last half, the per-step flip fraction,
     the final validation accuracy, and the noise of the training accuracy (std of its residual around the smoothed
     curve)."""
-    from torchbop.experiments.stats import gaussian_filter1d
-
-    std = float(config.get("smooth_std", 100.0))
+    std = float(config.smooth_std)
     points: dict[tuple[float, float], list[dict[str, float]]] = {}
     for record in records:
         params, result = record["params"], record["result"]
@@ -94,3 +101,101 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
             row[key] = statistics.fmean(r[key] for r in runs)
         rows.append(row)
     return {"smooth_std": std, "tables": {"figure2": rows}}
+
+
+def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> None:
+    fig.set_size_inches(11, 7.5)
+    axes = fig.subplots(2, 2)
+    std = float(config.smooth_std)
+    by_point: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for record in records:
+        by_point.setdefault((record["params"]["gamma"], record["params"]["threshold"]), []).append(record["result"])
+    for col, sweep in enumerate(("gamma", "tau")):
+        points = sorted(((g, t) for s, g, t in grid(config) if s == sweep),  # gamma high -> low, tau low -> high
+                        key=lambda p: -p[0] if sweep == "gamma" else p[1])
+        for i, (gamma, tau) in enumerate(points):
+            results = by_point.get((gamma, tau))
+            if not results:
+                continue
+            label = f"gamma {gamma:g}" if sweep == "gamma" else f"tau {tau:g}"
+            pi = mean_curve([r["steps"]["pi_t"] for r in results])
+            acc = mean_curve([r["steps"]["train_acc"] for r in results])
+            steps = range(1, len(pi) + 1)
+            axes[0, col].plot(steps, gaussian_filter1d(pi, std).tolist(), color=COLORS[i], label=label)
+            axes[1, col].plot(steps, gaussian_filter1d(acc, std).tolist(), color=COLORS[i], label=f"{label} train")
+            ends, val = _epoch_points(results)
+            axes[1, col].plot(ends, val, color=COLORS[i], ls="--", marker="o", ms=3, label=f"{label} validation")
+        fixed = f"tau = {config.fixed_threshold:g}" if sweep == "gamma" else f"gamma = {config.fixed_gamma:g}"
+        axes[0, col].set_title(f"varying {sweep} ({fixed})")
+        axes[0, col].set_ylabel("pi_t (log flip ratio), smoothed")
+        axes[1, col].set_ylabel("accuracy")
+        axes[1, col].set_xlabel("optimizer step")
+        for ax in axes[:, col]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Figure 2, Bop hyperparameters on BinaryNet / CIFAR-10 (Gaussian smoothing std {std:g} steps; "
+                 f"{scale_note(config)})", fontsize=10)
+
+
+def _epoch_points(results: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """The step at each epoch's end, and the seed-mean validation accuracy there."""
+    history = results[0]["history"]
+    ends, total = [], 0
+    for row in history:
+        total += int(row["steps"])
+        ends.append(total)
+    vals = [statistics.fmean(r["history"][i].get("val_acc", math.nan) for r in results) for i in range(len(history))]
+    return ends, vals
+
+
+def verdicts(summary: dict[str, Any]) -> list[Verdict]:
+    rows = {(r["gamma"], r["threshold"]): r for r in summary["tables"]["figure2"]}
+    out = []
+
+    def ordered(claim: str, points: list[tuple[float, float]], key: str, what: str, name: str) -> Verdict:
+        missing = [p for p in points if p not in rows]
+        if missing:
+            return Verdict(claim, "-", f"missing runs {missing}", None)
+        values = [rows[p][key] for p in points]
+        shown = ", ".join(f"{name} {p[0] if name == 'gamma' else p[1]:g}: {v:.3f}" for p, v in zip(points, values))
+        met = all(a > b for a, b in zip(values, values[1:]))
+        if any(math.isnan(v) for v in values):
+            met = None
+        return Verdict(claim, what, shown, met)
+
+    gammas = sorted({g for g, _ in rows}, reverse=True)
+    fixed_tau = _most_common([t for _, t in rows])
+    fixed_gamma = _most_common([g for g, _ in rows])
+    by_gamma = [(g, fixed_tau) for g in gammas if (g, fixed_tau) in rows]
+    by_tau = sorted([(fixed_gamma, t) for g, t in rows if g == fixed_gamma], key=lambda p: p[1])
+    out.append(ordered("Figure 2: a higher adaptivity rate gamma gives more flips", by_gamma, "mean_pi_t",
+                       f"mean pi_t strictly decreasing from the highest to the lowest gamma (tau {fixed_tau:g})",
+                       "gamma"))
+    out.append(ordered("Figure 2: a higher threshold tau gives fewer flips", by_tau, "mean_pi_t",
+                       f"mean pi_t strictly decreasing from the lowest to the highest tau (gamma {fixed_gamma:g})",
+                       "tau"))
+    if len(by_gamma) >= 2 and len(by_tau) >= 2:
+        noisy = [by_gamma[0], by_tau[0]]
+        calm = [by_gamma[-1], by_tau[-1]]
+        pairs = [(rows[a]["train_acc_noise"], rows[b]["train_acc_noise"]) for a, b in zip(noisy, calm)]
+        out.append(Verdict(
+            "Figure 2: high gamma or low tau makes training noisy, low gamma or high tau stable",
+            "std of the per-step training accuracy around its smoothed curve: highest gamma > lowest gamma and "
+            "lowest tau > highest tau",
+            f"gamma {by_gamma[0][0]:g}: {pairs[0][0]:.4f} vs gamma {by_gamma[-1][0]:g}: {pairs[0][1]:.4f}; "
+            f"tau {by_tau[0][1]:g}: {pairs[1][0]:.4f} vs tau {by_tau[-1][1]:g}: {pairs[1][1]:.4f}",
+            all(a > b for a, b in pairs)))
+    return out
+
+
+def _most_common(values: list[float]) -> float:
+    return max(set(values), key=values.count)
+
+
+def results(summary: dict[str, Any]) -> list[str]:
+    rows = ["| gamma | tau | mean pi_t | mean pi_t, 2nd half | flips per weight per step | training-accuracy "
+            "noise | final validation accuracy | steps |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary["tables"]["figure2"]:
+        rows.append(f"| {r['gamma']:g} | {r['threshold']:g} | {r['mean_pi_t']:.2f} | "
+                    f"{r['mean_pi_t_second_half']:.2f} | {r['flip_fraction']:.2e} | {r['train_acc_noise']:.4f} | "
+                    f"{r['final_val_acc']:.4f} | {r['steps']:.0f} |")
+    return rows + ["", f"Curves smoothed with a Gaussian filter of std {summary['smooth_std']:g} steps."]

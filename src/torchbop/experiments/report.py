@@ -7,39 +7,32 @@ claim a verdict computed by :mod:`torchbop.experiments.verdicts` with its criter
 
 from __future__ import annotations
 
-import math
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from torchbop.errors import UserError
+from torchbop.experiments.plots import save_figure
 from torchbop.experiments.profiles import PROFILES
-from torchbop.experiments.runner import (EXPERIMENTS, experiment_dir, experiment_module, load_manifest,
-                                         load_records)
-from torchbop.experiments.verdicts import Verdict, verdicts
+from torchbop.experiments.registry import EXPERIMENTS, get_experiment
+from torchbop.experiments.runner import config_from_dict, experiment_dir
+from torchbop.experiments.store import load_manifest, load_records
+from torchbop.experiments.verdicts import Verdict
 
 __all__ = ["build_report", "at_published_scale"]
 
-TITLES = {
-    "approximation": "Table 1: the approximation viewpoint (report 3.1.1)",
-    "arbitrary-lr": "Figure 1 and Theorem 1: the arbitrary learning rate (report 3.1.2)",
-    "hyperparameters": "Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2)",
-    "cifar10": "Figure 3: BinaryNet on CIFAR-10 with Bop (paper 5.2, report 3.3)",
-}
-#: Settings that do not change how an experiment's published claims are tested.
-NOT_SCALE = {"approximation": {"datasets", "width"}, "arbitrary-lr": {"theorem_steps", "theorem_factor",
-             "control_factor", "theorem_lr"}, "cifar10": {"protocol"}, "hyperparameters": set()}
-
 
 def at_published_scale(experiment: str, config: dict[str, Any], paper: dict[str, Any]) -> bool:
-    """True when every setting that defines the scale equals the paper profile's.
+    """True when every setting that defines the scale (all but the experiment's ``NOT_SCALE``) equals the paper
+    profile's.
 
     Example:
         >>> at_published_scale("cifar10", {"epochs": 500, "protocol": "reproduction"},
         ...                    {"epochs": 500, "protocol": "original"})
         True
     """
-    ignore = NOT_SCALE[experiment]
+    ignore = get_experiment(experiment).NOT_SCALE
     return all(config.get(k) == v for k, v in paper.items() if k not in ignore)
 
 
@@ -49,11 +42,12 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
     Raises:
         UserError: no experiment of ``profile`` has results; nothing is written (a committed report stays as it is).
     """
-    from torchbop.experiments import plots
-
-    found = {e: load_manifest(experiment_dir(results_root, profile, e)) for e in EXPERIMENTS}
-    if not any(manifest and load_records(experiment_dir(results_root, profile, e), manifest)
-               for e, manifest in found.items()):
+    stored = {}  # experiment -> (its results folder, manifest, records)
+    for experiment in EXPERIMENTS:
+        exp_dir = experiment_dir(results_root, profile, experiment)
+        manifest = load_manifest(exp_dir)
+        stored[experiment] = exp_dir, manifest, load_records(exp_dir, manifest) if manifest else []
+    if not any(records for _, _, records in stored.values()):
         raise UserError(f"no results in {Path(results_root) / profile}: run `torchbop experiment NAME --profile "
                         f"{profile}` first (or give --results-dir). Nothing was written.")
     out = Path(reports_root) / profile
@@ -70,27 +64,23 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
     summary_rows: list[str] = []
     sections: list[str] = []
     span = compute = 0.0
-    for experiment in EXPERIMENTS:
-        exp_dir = experiment_dir(results_root, profile, experiment)
-        manifest = load_manifest(exp_dir)
-        records = load_records(exp_dir, manifest) if manifest else []
+    for experiment, module in EXPERIMENTS.items():
+        exp_dir, manifest, records = stored[experiment]
         if not records:
-            sections += [f"## {TITLES[experiment]}", "",
+            sections += [f"## {module.TITLE}", "",
                          f"**not run at scale**: no results in `{exp_dir}` (run `torchbop experiment {experiment} "
                          f"--profile {profile}`).", ""]
-            summary_rows.append(f"| {TITLES[experiment]} | **not run at scale** (no results) | - |")
+            summary_rows.append(f"| {module.TITLE} | **not run at scale** (no results) | - |")
             continue
-        summary = experiment_module(experiment).summarize(records, manifest["config"])
-        figure = plots.plot(experiment, records, summary, manifest["config"], out / f"{experiment}.png")
+        config = config_from_dict(experiment, manifest["config"])
+        summary = module.summarize(records, config)
+        figure = save_figure(module.plot, records, summary, config, out / f"{experiment}.png")
         scale_ok = at_published_scale(experiment, manifest["config"], manifest["paper_config"])
-        claims = verdicts(experiment, summary)
-        sections += [f"## {TITLES[experiment]}", "", *_scale_table(manifest, records, scale_ok), "",
-                     *_results(experiment, summary), "", f"![{experiment}]({figure.name})", "",
+        claims = module.verdicts(summary)
+        sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, scale_ok), "",
+                     *module.results(summary), "", f"![{experiment}]({figure.name})", "",
                      *_verdict_table(claims, scale_ok), ""]
-        for v in claims:
-            outcome = v.outcome(scale_ok)
-            note = f" ({v.indication()})" if outcome == "not run at scale" else ""
-            summary_rows.append(f"| {v.claim} | **{outcome}**{note} | {v.measured} |")
+        summary_rows += [f"| {v.claim} | {_outcome(v, scale_ok)} | {v.measured} |" for v in claims]
         span += run_span(records)
         compute += sum(r["wall_time_s"] for r in records)
     lines += ["## Verdicts at a glance", "", "| claim | verdict | ours |", "|---|---|---|", *summary_rows, "",
@@ -126,8 +116,6 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], scale_
 
 def run_span(records: list[dict[str, Any]]) -> float:
     """Seconds from the earliest run's start to the latest run's end (each start = its end minus its wall time)."""
-    from datetime import datetime
-
     ends = [datetime.strptime(r["finished_at"], "%Y-%m-%d %H:%M:%S %z").timestamp() for r in records]
     starts = [end - r["wall_time_s"] for end, r in zip(ends, records)]
     return max(ends) - min(starts) if records else 0.0
@@ -144,63 +132,11 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def _verdict_table(claims: list[Verdict], scale_ok: bool) -> list[str]:
-    rows = ["| claim | criterion | ours | verdict |", "|---|---|---|---|"]
-    for v in claims:
-        outcome = v.outcome(scale_ok)
-        note = f" ({v.indication()})" if outcome == "not run at scale" else ""
-        rows.append(f"| {v.claim} | {v.criterion} | {v.measured} | **{outcome}**{note} |")
-    return rows
+    return ["| claim | criterion | ours | verdict |", "|---|---|---|---|",
+            *(f"| {v.claim} | {v.criterion} | {v.measured} | {_outcome(v, scale_ok)} |" for v in claims)]
 
 
-def _results(experiment: str, summary: dict[str, Any]) -> list[str]:
-    if experiment == "approximation":
-        rows = ["| dataset | evaluation | ours: mean | ours: variance | report: mean | report: variance | seeds |",
-                "|---|---|---|---|---|---|---|"]
-        for r in summary["tables"]["table1"]:
-            rows.append(f"| {r['dataset']} | {r['evaluation']} | {r['mean']:.4f} | {_sci(r['var'])} | "
-                        f"{_opt(r['published_mean'], '.4f')} | {_sci(r['published_var'])} | {r['seeds']} |")
-        bound = ", ".join(f"{d}: {e['latent_at_bound']:.1%}" for d, e in summary["datasets"].items())
-        rows += ["", f"Fraction of latent weights clipped at +-1 after training: {bound}."]
-        for dataset, entry in summary["datasets"].items():
-            names = [n for n in ("binary", "real", "real_retrained") if entry[n]["published_mean"] is not None]
-            if names:
-                diffs = ", ".join(f"{n} {entry[n]['mean'] - entry[n]['published_mean']:+.4f}" for n in names)
-                ratios = ", ".join(f"{n} {entry[n]['var'] / entry[n]['published_var']:.2g}" for n in names)
-                rows += ["", f"Beside the report ({dataset}): our mean minus theirs: {diffs}; our variance over "
-                             f"theirs: {ratios}."]
-        return rows
-    if experiment == "arbitrary-lr":
-        from torchbop.experiments.arbitrary_lr import CONFIGURATIONS
-
-        rows = ["| configuration | final test accuracy (seed mean) |", "|---|---|"]
-        rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} |" for k, v in summary["final_test_acc"].items()]
-        gaps = ", ".join(f"{k}: {v:.4f}" for k, v in summary["max_gaps"].items() if v is not None)
-        return rows + ["", f"Largest gap between seed-mean accuracy curves over the epochs: {gaps}."]
-    if experiment == "hyperparameters":
-        rows = ["| gamma | tau | mean pi_t | mean pi_t, 2nd half | flips per weight per step | training-accuracy "
-                "noise | final validation accuracy | steps |", "|---|---|---|---|---|---|---|---|"]
-        for r in summary["tables"]["figure2"]:
-            rows.append(f"| {r['gamma']:g} | {r['threshold']:g} | {r['mean_pi_t']:.2f} | "
-                        f"{r['mean_pi_t_second_half']:.2f} | {r['flip_fraction']:.2e} | {r['train_acc_noise']:.4f} | "
-                        f"{r['final_val_acc']:.4f} | {r['steps']:.0f} |")
-        return rows + ["", f"Curves smoothed with a Gaussian filter of std {summary['smooth_std']:g} steps."]
-    rows = ["| seed | protocol | tested weights | test accuracy | published | epochs | train / test images |",
-            "|---|---|---|---|---|---|---|"]
-    for r in summary["tables"]["figure3"]:
-        rows.append(f"| {r['seed']} | {r['protocol']} | {r['test_weights']} | {r['test_acc']:.2%} | "
-                    f"{r['published']:.2%} | {r['epochs']} | {r['train_images']} / {r['test_images']} |")
-    protocols = ("Protocol original: train on the training images, validate on the test set, test the final "
-                 "weights (the paper's code). Protocol reproduction: seeded class-balanced 90/10 split, test the "
-                 "lowest-validation-loss weights (the reproducibility report).")
-    return rows + ["", protocols]
-
-
-def _sci(value: Any) -> str:
-    if value is None or isinstance(value, float) and math.isnan(value):
-        return "-"
-    return f"{value:.2e}"
-
-
-def _opt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
+def _outcome(verdict: Verdict, scale_ok: bool) -> str:
+    """``**outcome**``, with the indication when the run was below the published scale."""
+    outcome = verdict.outcome(scale_ok)
+    return f"**{outcome}**" + (f" ({verdict.indication()})" if outcome == "not run at scale" else "")

@@ -1,20 +1,12 @@
 """The one runner behind every experiment: plan -> skip what exists -> run (in parallel) -> store -> summarize -> plot.
 
-An experiment module (``approximation``, ``arbitrary_lr``, ``hyperparameters``, ``cifar10``) provides
-
-* ``VERSION``: an int, bumped whenever the procedure changes (it enters every run's key);
-* ``plan(config) -> list[RunSpec]``: the independent runs, each with *every* value it depends on in ``params``;
-* ``execute(params, ctx) -> dict``: one run (in this process or a worker), returning JSON-able results;
-* ``describe(result) -> str``: one line for the progress log;
-* ``summarize(records, config) -> dict``: numbers for tables and the report, from stored records only
-  (``summary["tables"]`` maps a name to rows, written as ``<name>.csv``).
-
-Layout of ``results/<profile>/<experiment>/``::
+An experiment is a module following :class:`~torchbop.experiments.spec.Experiment`, listed in
+:mod:`~torchbop.experiments.registry`. Layout of ``results/<profile>/<experiment>/``::
 
     runs/<key>.json    one record per run: params, result, wall time, environment, code version
     manifest.json      the last invocation: its config, the (label, key) of its runs, wall time, machine
     summary.json       summarize() of the manifest's runs; <table>.csv for each table
-    figure.png         plots.py, from the records
+    figure.png         the experiment's plot(), from the records
 
 A run's key is a hash of its experiment, the experiment's ``VERSION`` and its ``params``, so a run whose record exists
 is skipped, whatever invocation or profile override planned it. Runs go to ``jobs`` spawned processes with
@@ -26,68 +18,27 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import hashlib
-import importlib
-import json
+import logging
 import multiprocessing
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import torch
+
 from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.registry import EXPERIMENTS, get_experiment
+from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.store import (environment, jsonable, load_manifest, load_records, read_json, write_csv,
                                         write_json)
+from torchbop.experiments.plots import save_figure
 
-__all__ = ["EXPERIMENTS", "RunSpec", "RunContext", "configure", "experiment_module", "run_experiment",
-           "experiment_dir", "write_outputs", "load_manifest", "load_records"]
-
-#: experiment name -> (module, field of :class:`~torchbop.experiments.profiles.Profile`).
-EXPERIMENTS: dict[str, tuple[str, str]] = {
-    "approximation": ("torchbop.experiments.approximation", "approximation"),
-    "arbitrary-lr": ("torchbop.experiments.arbitrary_lr", "arbitrary_lr"),
-    "hyperparameters": ("torchbop.experiments.hyperparameters", "hyperparameters"),
-    "cifar10": ("torchbop.experiments.cifar10", "cifar10"),
-}
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One independent run: ``label`` is for people, ``params`` (JSON-able) is everything the run depends on."""
-
-    experiment: str
-    label: str
-    params: dict[str, Any]
-
-    def key(self, version: int) -> str:
-        """16 hex digits of SHA-256 over the experiment, its version and the canonical JSON of ``params``."""
-        text = json.dumps({"experiment": self.experiment, "version": version, "params": jsonable(self.params)},
-                          sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where a run may write scratch files (checkpoints), where the data is, and whether to print progress."""
-
-    run_dir: Path
-    data_dir: str | None = None
-    verbose: bool = False
-    label: str = ""
-
-    def log(self, message: str) -> None:
-        if self.verbose:
-            print(f"  [{self.label}] {message}", flush=True)
-
-
-def experiment_module(name: str) -> ModuleType:
-    if name not in EXPERIMENTS:
-        raise ValueError(f"Unknown experiment {name!r} (expected one of {', '.join(EXPERIMENTS)})")
-    return importlib.import_module(EXPERIMENTS[name][0])
+__all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", "write_outputs", "load_manifest",
+           "load_records", "quiet_lightning"]
 
 
 def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -105,9 +56,7 @@ def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = 
     """
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"Unknown experiment {experiment!r} (expected one of {', '.join(EXPERIMENTS)})")
-    config = getattr(PROFILES[profile], EXPERIMENTS[experiment][1])
+    config = get_experiment(experiment).CONFIGS[profile]
     fields = {f.name: f for f in dataclasses.fields(config)}
     changes = {}
     for name, value in (overrides or {}).items():
@@ -115,6 +64,20 @@ def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = 
             raise ValueError(f"{experiment} has no setting {name!r} (its settings: {', '.join(fields)})")
         changes[name] = _convert(name, value, getattr(config, name))
     return dataclasses.replace(config, **changes)
+
+
+def config_from_dict(experiment: str, values: dict[str, Any]) -> Any:
+    """The typed config of a stored one (a manifest's ``config``): lists become tuples again, settings it lacks take
+    their default, settings the experiment no longer has are left out.
+
+    Example:
+        >>> config_from_dict("hyperparameters", {"epochs": 4, "gammas": [0.01, 0.001]}).gammas
+        (0.01, 0.001)
+    """
+    default = get_experiment(experiment).Config()
+    names = {f.name for f in dataclasses.fields(default)}
+    return dataclasses.replace(default, **{k: _convert(k, v, getattr(default, k)) for k, v in values.items()
+                                           if k in names})
 
 
 def _convert(name: str, value: Any, default: Any) -> Any:
@@ -177,12 +140,11 @@ def run_experiment(
     """
     if jobs < 1:
         raise ValueError(f"Invalid jobs value: {jobs} (expected >= 1)")
-    module = experiment_module(experiment)
+    module = get_experiment(experiment)
     out = experiment_dir(results_root, profile, experiment)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    specs = module.plan(config)
     unique: dict[str, RunSpec] = {}  # identical runs planned twice (a grid point of two sweeps) run once
-    for spec in specs:
+    for spec in module.plan(config):
         unique.setdefault(spec.key(module.VERSION), spec)
     keyed = [(spec, key) for key, spec in unique.items()]
     todo = [(s, k) for s, k in keyed if not (out / "runs" / f"{k}.json").is_file()]
@@ -192,9 +154,10 @@ def run_experiment(
 
     started = time.time()
     failed: list[str] = []
-    tasks = [dict(experiment=experiment, label=s.label, params=s.params, key=k, version=module.VERSION,
-                  run_dir=str(out / "runs" / k), record_path=str(out / "runs" / f"{k}.json"),
-                  data_dir=data_dir, verbose=verbose) for s, k in todo]
+    # module.execute travels to spawned workers by reference (module and name), like any top-level function
+    tasks = [dict(execute=module.execute, keep_run_dir=module.KEEP_RUN_DIR, experiment=experiment, label=s.label,
+                  params=s.params, key=k, version=module.VERSION, run_dir=str(out / "runs" / k),
+                  record_path=str(out / "runs" / f"{k}.json"), data_dir=data_dir, verbose=verbose) for s, k in todo]
     done = 0
 
     def report(task: dict[str, Any], record: dict[str, Any] | None, error: str | None) -> None:
@@ -208,8 +171,6 @@ def run_experiment(
                 f"({record['wall_time_s']:.0f} s; {time.time() - started:.0f} s elapsed)")
 
     if jobs == 1 or len(tasks) <= 1:
-        import torch
-
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -248,42 +209,35 @@ def run_experiment(
         "environment": environment(threads=threads, jobs=jobs),
     }
     write_json(out / "manifest.json", manifest)
-    write_outputs(experiment, out, records, manifest["config"])
+    write_outputs(experiment, out, records, config)
     log(f"{experiment}: {manifest['executed']} run, {manifest['skipped']} skipped, {len(failed)} failed in "
         f"{manifest['wall_time_s']:.0f} s; results in {out}")
     return manifest
 
 
-def write_outputs(experiment: str, out: Path, records: list[dict[str, Any]], config: dict[str, Any]) -> dict:
+def write_outputs(experiment: str, out: Path, records: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     """summary.json, one CSV per table and figure.png, from the records alone."""
-    from torchbop.experiments import plots
-
-    summary = experiment_module(experiment).summarize(records, config)
+    module = get_experiment(experiment)
+    summary = module.summarize(records, config)
     write_json(out / "summary.json", summary)
     for name, rows in summary.get("tables", {}).items():
         write_csv(out / f"{name}.csv", rows)
     if records:
-        plots.plot(experiment, records, summary, config, out / "figure.png")
+        save_figure(module.plot, records, summary, config, out / "figure.png")
     return summary
 
 
-def _init_worker(threads: int) -> None:
-    import logging
-    import warnings
-
-    import torch
-
-    torch.set_num_threads(threads)
-    quiet_lightning(logging, warnings)
-
-
-def quiet_lightning(logging: Any, warnings: Any) -> None:
-    """Silence Lightning's per-run banners (GPU/TPU availability, tips) and known harmless warnings."""
+def quiet_lightning() -> None:
+    """Silence Lightning's banners (GPU/TPU availability, tips): an experiment builds one Trainer per run. (The known
+    noise warnings are filtered by :mod:`torchbop.training.console` wherever training is imported.)"""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
                  "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    quiet_lightning()
 
 
 def _execute_safely(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -293,22 +247,20 @@ def _execute_safely(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
         return None, traceback.format_exc()
 
 
-def _execute(*, experiment: str, label: str, params: dict, key: str, version: int, run_dir: str, record_path: str,
+def _execute(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any]], keep_run_dir: bool,
+             experiment: str, label: str, params: dict, key: str, version: int, run_dir: str, record_path: str,
              data_dir: str | None, verbose: bool) -> dict[str, Any]:
-    import shutil
-
-    module = experiment_module(experiment)
     ctx = RunContext(run_dir=Path(run_dir), data_dir=data_dir, verbose=verbose, label=label)
     if verbose:
         print(f"  [{label}] started", flush=True)
     started = time.perf_counter()
-    result = module.execute(params, ctx)
+    result = execute(params, ctx)
     record = {
         "experiment": experiment, "label": label, "key": key, "version": version, "params": jsonable(params),
         "result": jsonable(result), "wall_time_s": time.perf_counter() - started,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "environment": environment(),
     }
     write_json(Path(record_path), record)
-    if not getattr(module, "KEEP_RUN_DIR", False):
+    if not keep_run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of finished runs are not needed
     return record

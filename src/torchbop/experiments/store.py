@@ -3,6 +3,7 @@ library and code versions) stored with every run record and manifest."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -11,6 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
 
 __all__ = ["jsonable", "write_json", "read_json", "write_csv", "load_manifest", "load_records", "environment"]
 
@@ -55,8 +58,6 @@ def read_json(path: Path) -> Any:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
@@ -71,8 +72,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 def environment(threads: int | None = None, jobs: int | None = None) -> dict[str, Any]:
     """Machine, library versions and code version, stored with every record and manifest."""
-    import torch
-
     env: dict[str, Any] = {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__,

@@ -1,0 +1,58 @@
+"""Adding an experiment is one module and one registry line: the toy experiment of ``toy_experiment.py`` is
+registered, planned, run at the smoke scale from the command line and reported, with no other file changed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchbop.cli import main
+from torchbop.experiments.registry import EXPERIMENTS
+from torchbop.experiments.spec import Experiment
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    path = Path(__file__).with_name("toy_experiment.py")
+    spec = importlib.util.spec_from_file_location("toy_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "toy_experiment", module)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(EXPERIMENTS, "toy", module)  # the one registry line
+    return module
+
+
+def test_toy_is_an_experiment(toy):
+    assert isinstance(toy, Experiment)
+
+
+def test_toy_experiment_is_planned_run_and_reported(toy, tmp_path, capsys):
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    assert main(["experiment", "toy", "--profile", "smoke", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"seeds": 2, "steps": 8, "thresholds": [0.0, 0.001, 0.1]}
+
+    argv = ["experiment", "toy", "--profile", "smoke", "--results-dir", str(results), "--quiet"]
+    assert main(argv) == 0
+    out = results / "smoke" / "toy"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["executed"], manifest["skipped"], manifest["failed"]) == (6, 0, [])
+    assert [run["label"] for run in manifest["runs"]] == [f"tau{t}-seed{s}" for t in ("0", "0.001", "0.1")
+                                                         for s in (0, 1)]
+    assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "toy.csv").read_text().startswith("threshold,mean_flips,seeds")
+    assert main(argv) == 0  # a second invocation runs nothing
+    assert json.loads((out / "manifest.json").read_text())["skipped"] == 6
+
+    assert main(["report", "--profile", "smoke", "--results-dir", str(results), "--out", str(reports)]) == 0
+    text = (reports / "smoke" / "REPORT.md").read_text()
+    assert f"## {toy.TITLE}" in text and "![toy](toy.png)" in text
+    assert "| tau | mean flips | seeds |" in text  # the module's results table
+    summary = json.loads((out / "summary.json").read_text())
+    (verdict,) = toy.verdicts(summary)
+    assert f"| {toy.TITLE} | **not run at scale** ({verdict.indication()}) | {verdict.measured} |" in text
+    assert (reports / "smoke" / "toy.png").is_file()
+    assert text.count("not run at scale** (no results)") == 4  # the paper's four have no results here
