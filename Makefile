@@ -40,5 +40,15 @@ DEMO_ARGS ?=
 train-mnist: install
 	$(VENV)/bin/torchbop train --recipe mnist --download $(DEMO_ARGS)
 
+# `make gpu-check`: the CUDA tests, the benchmarks on the GPU and a time-boxed cifar10 run, in under 8 minutes, results
+# in GPU_CHECK_OUT (summary.md). Installs nothing (a GPU machine may have no package index): the interpreter is
+# GPU_PYTHON, torchbop comes from src/. Without CUDA it is the dry run on CPU (under 2 minutes).
+GPU_CHECK_OUT ?= results/gpu-check
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+.PHONY: gpu-check
+gpu-check:
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_OUT)
+
 clean:
 	rm -rf $(VENV) runs results

@@ -67,6 +67,13 @@ class FlipCounter:
     it after the step. :meth:`before_step` re-takes that snapshot; it is only needed when something other than the
     optimizer changed the weights since the last :meth:`after_step` (e.g. a checkpoint was loaded).
 
+    **Cost per step.** The per-layer counts of a step are stacked into one device vector and added to the epoch's
+    vector: two small kernels per step whatever the number of layers (plus one count per layer that Bop does not
+    report on), and never a host sync. Totals and ``pi_t`` (:attr:`last_total`, :attr:`last_pi_t`,
+    :attr:`epoch_total`, :attr:`epoch_flips`) are computed from those vectors when they are read, so a training
+    loop that reads them only every N steps (as :class:`~torchbop.training.BinaryClassifier` does when it logs)
+    pays for them only then. Reading one as a Python number (``int(counter.epoch_total)``) is a host sync.
+
     Args:
         model: the network; its binary layers are found by ``torchbop.nn.named_binary_layers``.
         optimizer: the optimizer training it, to read Bop's flip counts. Optional.
@@ -94,12 +101,12 @@ class FlipCounter:
         self.optimizer = optimizer
         self.total_binary_params = sum(w.numel() for w in self.layers.values())
         self.layer_sizes = {name: w.numel() for name, w in self.layers.items()}
+        self._names = list(self.layers)
         self._signs: dict[str, Tensor] = {}
         self._seen_steps: dict[str, int] = {}
-        self.last_flips: dict[str, Tensor] = {}
         self.device = next(iter(self.layers.values())).device
-        self.last_total = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.last_pi_t = log_flip_ratio(0, self.total_binary_params)
+        self._zero = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._last = torch.zeros(len(self._names), dtype=torch.int64, device=self.device)  # this step, per layer
         # which weights Bop reports on is decided once: the optimizer's parameters are fixed after construction
         self._bop_owned = {name: self._owned_by_bop(w) for name, w in self.layers.items()}
         self.reset_epoch()
@@ -123,28 +130,58 @@ class FlipCounter:
 
     @torch.no_grad()
     def after_step(self) -> dict[str, Tensor]:
-        """Flips of each binary layer at the step just taken; updates the totals and ``pi_t``."""
-        flips: dict[str, Tensor] = {}
+        """Flips of each binary layer at the step just taken; adds them to the epoch's counts."""
+        counts: list[Tensor] = []
         for name, w in self.layers.items():
             if self._bop_owned[name]:
-                # read without creating state: only Bop's own entries are looked at
+                # read without creating state: only Bop's own entries are looked at. The step count is a CPU
+                # tensor, so reading it is no device sync.
                 state = self.optimizer.state.get(w) or {}
                 step = int(state["step"]) if "flips" in state else 0
                 fresh = step != self._seen_steps.get(name, 0)
                 self._seen_steps[name] = step
-                flips[name] = state["flips"].clone() if fresh else torch.zeros((), dtype=torch.int64, device=w.device)
+                counts.append(state["flips"] if fresh else self._zero)
             else:
                 negative = w < 0
-                flips[name] = torch.count_nonzero(negative != self._signs[name])
+                counts.append(torch.count_nonzero(negative != self._signs[name]))
                 self._signs[name] = negative
-        self.last_flips = flips
-        self.last_total = torch.stack([f.to(self.device) for f in flips.values()]).sum()
-        self.last_pi_t = log_flip_ratio(self.last_total, self.total_binary_params)
-        for name, f in flips.items():
-            self.epoch_flips[name] = self.epoch_flips[name] + f.to(self.device)
-        self.epoch_total = self.epoch_total + self.last_total
+        # one stack (a copy: Bop's tensors may be reused) and one add per step, whatever the number of layers
+        self._last = torch.stack([c.to(self.device) for c in counts])
+        self._epoch = self._epoch + self._last
         self.epoch_steps += 1
-        return flips
+        return self.last_flips
+
+    @property
+    def last_flips(self) -> dict[str, Tensor]:
+        """Flips of each layer at the last step (0-dim int64 tensors on :attr:`device`)."""
+        return dict(zip(self._names, self._last.unbind()))
+
+    @property
+    def last_total(self) -> Tensor:
+        """Flips of the whole model at the last step (0-dim int64 tensor)."""
+        return self._last.sum()
+
+    @property
+    def last_pi_t(self) -> Tensor:
+        """Eq. (7)'s ``pi_t`` of the whole model at the last step (0-dim float64 tensor)."""
+        return log_flip_ratio(self.last_total, self.total_binary_params)
+
+    @property
+    def epoch_flips(self) -> dict[str, Tensor]:
+        """Flips of each layer since :meth:`reset_epoch`."""
+        return dict(zip(self._names, self._epoch.unbind()))
+
+    @epoch_flips.setter
+    def epoch_flips(self, flips: dict[str, Tensor | int]) -> None:
+        if set(flips) != set(self._names):
+            raise KeyError(f"epoch_flips: expected the layers {self._names}, got {sorted(flips)}")
+        self._epoch = torch.stack([torch.as_tensor(flips[n], dtype=torch.int64).to(self.device)
+                                   for n in self._names])
+
+    @property
+    def epoch_total(self) -> Tensor:
+        """Flips of the whole model since :meth:`reset_epoch` (0-dim int64 tensor)."""
+        return self._epoch.sum()
 
     def layer_pi_t(self) -> dict[str, Tensor]:
         """``pi_t`` of each layer at the last step."""
@@ -152,8 +189,7 @@ class FlipCounter:
 
     def reset_epoch(self) -> None:
         """Start a new epoch's totals."""
-        self.epoch_flips = {name: torch.zeros((), dtype=torch.int64, device=self.device) for name in self.layers}
-        self.epoch_total = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._epoch = torch.zeros(len(self._names), dtype=torch.int64, device=self.device)
         self.epoch_steps = 0
 
     def epoch_flip_ratio(self) -> float:

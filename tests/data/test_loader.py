@@ -271,3 +271,17 @@ def test_real_cifar10_epoch(real_cifar10):
     loader = DeviceLoader(images, labels, batch_size=500, augment=True, seed=0)
     ys = torch.cat([y for _, y in loader])
     assert len(loader) == 20 and torch.equal(ys.sort().values, labels.sort().values)
+
+
+# CUDA (skipped without it): every rank's shard, the pad value and MNIST-shaped images as on the CPU, bit for bit
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape, rank, pad_value", [((3, 32, 32), 0, -1.0), ((3, 32, 32), 1, 0.0), ((28, 28), 1, -1.0)])
+def test_cuda_shards_equal_cpu_shards(shape, rank, pad_value):
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (90, *shape), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (90,), generator=g)
+    kwargs = dict(batch_size=16, augment=True, seed=7, rank=rank, world_size=2, pad_value=pad_value, drop_last=True)
+    cpu = epoch_batches(DeviceLoader(images, labels, **kwargs))
+    cuda = epoch_batches(DeviceLoader(images, labels, device="cuda", **kwargs))
+    assert len(cuda) == 2 and cuda[0][0].is_cuda
+    assert same_batches(cpu, [(x.cpu(), y.cpu()) for x, y in cuda])

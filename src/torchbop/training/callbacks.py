@@ -9,6 +9,8 @@
 * :class:`RNGState`: puts the global RNG states (python, torch CPU and CUDA) into every checkpoint and restores them
   on resume; Lightning does not.
 * :class:`Throughput`: training images per second, timed over the training batches only (validation excluded).
+* :class:`WallClockBudget`: stops training when a wall-clock budget is spent, at an epoch's end when the next epoch
+  would not fit (a time-boxed run that ends on whole epochs), or mid-epoch once the budget is gone.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 from torchbop.training.checkpoints import load_checkpoint
 
-__all__ = ["FlipEarlyStopping", "AtomicCheckpointIO", "RNGState", "Throughput"]
+__all__ = ["FlipEarlyStopping", "AtomicCheckpointIO", "RNGState", "Throughput", "WallClockBudget"]
 
 
 class FlipEarlyStopping(L.Callback):
@@ -160,3 +162,69 @@ class Throughput(L.Callback):
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class WallClockBudget(L.Callback):
+    """Stop training once ``seconds`` of wall-clock time have passed since training started (``on_train_start``:
+    after setup and data loading; compilation, validation and checkpoints count).
+
+    With ``whole_epochs`` (default) training stops at the end of an epoch when another epoch, as long as the longest
+    one so far, would end after the budget; so a time-boxed run normally ends on a whole number of epochs, and its
+    last validation and checkpoint are those of a finished epoch. In any case it stops after the first training
+    batch that ends past the budget (mid-epoch when an epoch is longer than the budget). The clock is read with
+    ``time.perf_counter`` only: no device sync.
+
+    After the run: :attr:`epochs_completed` (whole epochs trained while the callback watched), :attr:`elapsed`
+    (seconds from the start of training to the stop, or to the end of training when it ended on its own),
+    :attr:`stopped` (``None``, ``"epoch"`` or ``"mid-epoch"``). Not saved in checkpoints: a resumed run gets a new
+    budget.
+
+    Args:
+        seconds: the budget (> 0).
+        whole_epochs: stop at an epoch's end when the next epoch would not fit.
+        clock: returns seconds (``time.perf_counter``; tests pass a fake one).
+    """
+
+    def __init__(self, seconds: float, whole_epochs: bool = True, clock: Any = time.perf_counter) -> None:
+        if not seconds > 0:
+            raise ValueError(f"Invalid seconds value: {seconds} (expected a positive number)")
+        self.seconds = float(seconds)
+        self.whole_epochs = whole_epochs
+        self._clock = clock
+        self.epochs_completed = 0
+        self.elapsed = 0.0
+        self.stopped: str | None = None
+        self._start: float | None = None
+        self._epoch_start = 0.0
+        self._longest_epoch = 0.0
+
+    def _now(self) -> float:
+        assert self._start is not None
+        return self._clock() - self._start
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._clock()
+        self._epoch_start = self._start
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = self._clock()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is not None and not trainer.should_stop and self._now() >= self.seconds:
+            trainer.should_stop = True
+            self.stopped = "mid-epoch" if batch_idx + 1 < trainer.num_training_batches else "epoch"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is None:
+            return
+        if self.stopped != "mid-epoch":
+            self.epochs_completed += 1
+        self._longest_epoch = max(self._longest_epoch, self._clock() - self._epoch_start)
+        if (self.stopped is None and self.whole_epochs and not trainer.should_stop
+                and self._now() + self._longest_epoch > self.seconds):
+            trainer.should_stop = True
+            self.stopped = "epoch"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            self.elapsed = self._now()

@@ -94,6 +94,9 @@ class TrainConfig:
     checkpoint_every_n_steps: int | None = None  # also write last.ckpt mid-epoch every N optimizer steps
     resume: str | None = None  # a checkpoint file, or a run directory (its checkpoints/last.ckpt)
     progress_bar: bool = True
+    # the GPU path: torch.compile the training forward and loss, fused Bop/Adam on CUDA, inf/NaN gradients checked
+    # every log_every_n_steps steps instead of every step (no host sync per step); see torchbop.training.module
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for key, value in dataclasses.asdict(self).items():

@@ -14,8 +14,36 @@ The module owns the three things Lightning needs and the model does not:
 Under ``precision="bf16-mixed"`` Lightning autocasts the forward pass; parameters, gradients and the optimizers' state
 (Bop's ``m``, Adam's moments) stay float32.
 
-Flips are counted by a :class:`torchbop.metrics.FlipCounter` around every optimizer step and logged per step
-(``pi_t``, ``flips/<layer>``) and per epoch (``epoch_flips``, ``epoch_flips/<layer>``).
+Flips are counted by a :class:`torchbop.metrics.FlipCounter` around every optimizer step, on the device, and logged
+at the steps Lightning writes its logs (every ``log_every_n_steps``: ``pi_t``, ``flips``, ``flips/<layer>``, the
+values of that step) and per epoch (``epoch_flips``, ``epoch_flips/<layer>``).
+
+**No host sync per step.** A training step reads no device value on the host, so on a GPU the CPU queues step after
+step while the GPU works: the counts and the epoch's loss and accuracy sums stay device tensors; ``train_loss_step``
+and ``train_acc_step`` go to the progress bar only when there is one (Lightning turns every progress-bar value into a
+Python number after every batch, even with the bar off); the flip metrics are logged only at the steps Lightning
+writes, which is also where it turns them into numbers. What remains is outside this module: the progress bar itself
+(``progress_bar: false`` / ``--no-progress`` removes it) and Bop's default gradient check (``nonfinite="raise"``,
+one sync per step), which ``compile: true`` replaces by a check every ``log_every_n_steps`` steps (below).
+
+**Lightning's cost per step.** Each ``self.log`` call costs Lightning's bookkeeping (a pass over the metric's state;
+measured at roughly a millisecond on a loaded 2-core CPU, most of Lightning's own per-step cost, see
+``benchmarks/lightning_overhead.py``). Eagerly, ``train_loss_step`` and ``train_acc_step`` are logged at every step
+(callbacks read every step's values from ``trainer.callback_metrics``); with ``compile: true`` they too are logged at
+the logged steps only, and every step's values are in :attr:`BinaryClassifier.last_step_metrics`.
+
+**compile** (``TrainConfig.compile``): the training forward pass and loss (:func:`loss_and_accuracy`: model, cross
+entropy, the batch's accuracy and its epoch sums) are compiled with ``torch.compile`` (the backward follows through
+AOTAutograd); validation and test stay eager (a few large batches per epoch). On CUDA, Bop runs its fused kernel
+(``fused=True``) and Adam its fused one. Bop is built with ``nonfinite="mask"`` (an inf/NaN gradient entry keeps its
+``m`` and weight, counted on the device) instead of ``"raise"`` (a host sync per step), and the module reads that
+count every ``log_every_n_steps`` steps, at every epoch end and before every checkpoint is written: a non-finite
+gradient stops the run there, with a message naming the steps, and no checkpoint holds its effect. The compiled step
+computes the eager step's function; it is not bit-identical to it, since the compiler fuses and reorders floating
+point operations (see ``tests/training/test_compiled_step.py`` for the tolerance and why it holds).
+``BinaryClassifier.compile_options`` (a class attribute, default ``{}``) is passed to ``torch.compile``: benchmarks
+and tests set it (``{"mode": "reduce-overhead"}`` for CUDA graphs, ``{"backend": "eager"}`` for TorchDynamo's capture
+run by eager kernels, which the tests compare bit for bit).
 
 Epoch metrics survive a mid-epoch resume. Lightning's own ``on_epoch=True`` aggregation lives in memory only, so a run
 resumed from a mid-epoch checkpoint would average the epoch's training loss over the batches after the resume, and it
@@ -44,7 +72,7 @@ from torch import nn
 
 from torchbop.training.config import TrainConfig
 
-__all__ = ["BinaryClassifier", "StepDecay", "build_model"]
+__all__ = ["BinaryClassifier", "StepDecay", "build_model", "loss_and_accuracy"]
 
 
 class StepDecay:
@@ -66,6 +94,20 @@ class StepDecay:
         return self.factor ** (epoch // self.every)
 
 
+def loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sums_dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch's forward pass: ``(loss, accuracy, sums)``, where ``sums`` is ``[loss x images, correct
+    images]`` in ``sums_dtype`` (float64; float32 on MPS), the batch's share of the epoch means.
+
+    The function :class:`BinaryClassifier` runs eagerly, or compiles whole with ``compile: true``.
+    """
+    logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    correct = logits.argmax(dim=1) == labels
+    sums = torch.stack((loss.detach().to(sums_dtype) * labels.numel(), correct.sum().to(sums_dtype)))
+    return loss, correct.float().mean(), sums
+
+
 def build_model(config: TrainConfig) -> nn.Module:
     """``create_model(config.model, mode=config.mode, **config.model_kwargs)``."""
     from torchbop.models import create_model
@@ -81,6 +123,9 @@ class BinaryClassifier(L.LightningModule):
         model: the network; built from ``config`` when omitted. Pass one to train a custom model.
     """
 
+    #: keyword arguments of ``torch.compile`` when ``config.compile`` is set (see the module docstring)
+    compile_options: dict[str, Any] = {}
+
     def __init__(self, config: TrainConfig | dict, model: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -94,6 +139,13 @@ class BinaryClassifier(L.LightningModule):
         self._epoch_rates: dict[str, float] = {}
         self._epoch_means_logged = False
         self._epoch_state_to_load: dict[str, Any] | None = None
+        self._compiled_forward: Any = None  # torch.compile(loss_and_accuracy), made at the first training step
+        self._flipper: Any = None  # the Bop (or Bop2ndOrder) of the binary weights
+        self._checked_step = 0  # global step of the last non-finite check (compile path)
+        #: the last training step's ``train_loss_step`` and ``train_acc_step`` (device tensors), for callbacks that
+        #: want every step's values: with ``compile: true`` they are logged (and so in ``trainer.callback_metrics``)
+        #: at the logged steps only
+        self.last_step_metrics: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -101,21 +153,37 @@ class BinaryClassifier(L.LightningModule):
     # ------------------------------------------------------------------------------------------------------------
     # steps
     # ------------------------------------------------------------------------------------------------------------
+    def train_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:func:`loss_and_accuracy` of a training batch, compiled when ``config.compile`` is set."""
+        dtype = torch.float32 if images.device.type == "mps" else torch.float64  # MPS has no float64
+        forward = loss_and_accuracy
+        if self.config.compile:
+            if self._compiled_forward is None:
+                self._compiled_forward = torch.compile(loss_and_accuracy, **self.compile_options)
+            forward = self._compiled_forward
+        return forward(self.model, images, labels, dtype)
+
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
+        if stage == "train":  # per step here; the epoch means come from _add_to_epoch (see the module docstring)
+            loss, acc, sums = self.train_forward(images, labels)
+            self.last_step_metrics = {"train_loss_step": loss.detach(), "train_acc_step": acc}
+            if not self.config.compile:  # compile: logged at the logged steps only, in on_train_batch_end
+                self._log_step_metrics()
+            self._add_to_epoch(sums, len(labels))
+            return loss
         logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels)
-        correct = logits.argmax(dim=1) == labels
-        acc = correct.float().mean()
-        if stage == "train":  # per step here; the epoch means come from _add_to_epoch (see the module docstring)
-            self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
-            self.log("train_acc_step", acc, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
-            self._add_to_epoch(loss, correct)
-            return loss
+        acc = (logits.argmax(dim=1) == labels).float().mean()
         # DDP: average validation/test metrics over ranks
         self.log(f"{stage}_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         self.log(f"{stage}_acc", acc, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
+
+    def _log_step_metrics(self) -> None:
+        # on the progress bar only when there is one: Lightning converts its values to numbers after every batch
+        for name, value in self.last_step_metrics.items():
+            self.log(name, value, on_step=True, on_epoch=False, prog_bar=self.config.progress_bar, batch_size=1)
 
     def training_step(self, batch, batch_idx):
         return self._shared_step(batch, "train")
@@ -137,24 +205,32 @@ class BinaryClassifier(L.LightningModule):
         cfg = self.config
         decay = StepDecay(cfg.gamma_decay, cfg.gamma_decay_every)
         binary, other = split_binary_params(self.model)
+        # compile: no host sync in Bop's step (inf/NaN checked every log_every_n_steps steps, see the module
+        # docstring) and, on CUDA, the fused kernels of Bop and Adam (a few launches per step instead of dozens)
+        fast = {"nonfinite": "mask"} if cfg.compile else {}
+        fused = cfg.compile and self.device.type == "cuda"
         if cfg.mode == "bop":
             if not binary:
                 raise ValueError(f"{type(self.model).__name__} has no binary layer for Bop to train; train a "
                                  "real-valued model with mode 'latent' and optimizer 'adam' or 'sgd'")
+            if fused:
+                fast["fused"] = True
             if cfg.optimizer == "bop":
-                flipper = Bop(binary, gamma=cfg.gamma, threshold=cfg.threshold)
+                flipper = Bop(binary, gamma=cfg.gamma, threshold=cfg.threshold, **fast)
             else:
-                flipper = Bop2ndOrder(binary, gamma=cfg.gamma, sigma=cfg.sigma, threshold=cfg.threshold)
+                flipper = Bop2ndOrder(binary, gamma=cfg.gamma, sigma=cfg.sigma, threshold=cfg.threshold, **fast)
+            self._flipper = flipper
             children = [flipper]
             if other:
-                children.append(torch.optim.Adam(other, lr=cfg.lr))
+                children.append(torch.optim.Adam(other, lr=cfg.lr, **({"fused": True} if fused else {})))
             optimizer = CompositeOptimizer(*children, model=self.model)
             lambdas = [decay] * len(flipper.param_groups) + [StepDecay()] * (len(optimizer.param_groups)
                                                                                  - len(flipper.param_groups))
         else:
+            self._flipper = None
             params = [p for p in self.model.parameters() if p.requires_grad]
             if cfg.optimizer == "adam":
-                optimizer = torch.optim.Adam(params, lr=cfg.lr)
+                optimizer = torch.optim.Adam(params, lr=cfg.lr, **({"fused": True} if fused else {}))
             else:
                 optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
             lambdas = [decay] * len(optimizer.param_groups)
@@ -177,12 +253,8 @@ class BinaryClassifier(L.LightningModule):
             from torchbop.nn import clip_latent_weights_
 
             clip_latent_weights_(self.model)
-        if counter is None:
-            return
-        flips = counter.after_step()
-        self.log("pi_t", counter.last_pi_t.float(), on_step=True, on_epoch=False)
-        self.log("flips", counter.last_total.float(), on_step=True, on_epoch=False)
-        self.log_dict({f"flips/{name}": n.float() for name, n in flips.items()}, on_step=True, on_epoch=False)
+        if counter is not None:
+            counter.after_step()  # device tensors only; logged in on_train_batch_end at the steps Lightning writes
 
     def on_train_start(self) -> None:
         # A run resumed mid-epoch goes on counting that epoch's flips, loss and accuracy, and logs the rates read at
@@ -205,11 +277,65 @@ class BinaryClassifier(L.LightningModule):
         self._epoch_means_logged = False
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Called after the callbacks' on_train_batch_end (which may set should_stop, making this a logged step) and
+        # before Lightning writes the step's logs.
+        if self._is_logged_step():
+            self._check_nonfinite()
+            if self.config.compile:
+                self._log_step_metrics()
+            counter = self.flip_counter
+            if counter is not None:
+                self.log("pi_t", counter.last_pi_t.float(), on_step=True, on_epoch=False)
+                self.log("flips", counter.last_total.float(), on_step=True, on_epoch=False)
+                self.log_dict({f"flips/{name}": n.float() for name, n in counter.last_flips.items()},
+                              on_step=True, on_epoch=False)
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self._log_epoch_means()
 
+    def _is_logged_step(self) -> bool:
+        """Whether Lightning writes this training step's metrics (every ``log_every_n_steps``, or a stopping step).
+
+        Step metrics logged at any other step are never written, so they are not logged there at all.
+        """
+        connector = getattr(self.trainer, "_logger_connector", None)
+        flag = getattr(connector, "should_update_logs", None)
+        return True if flag is None else bool(flag)
+
+    def _check_nonfinite(self) -> None:
+        """compile path: refuse to go on once Bop has masked an inf/NaN gradient entry (one host sync per call).
+
+        Bop with ``nonfinite="mask"`` keeps such an entry's ``m`` and weight and counts it on the device; this reads
+        the counts of every binary weight. Runs at logged steps, epoch ends and before every checkpoint.
+        """
+        flipper = self._flipper
+        if flipper is None:
+            return
+        counts = []
+        for group in flipper.param_groups:
+            if group.get("nonfinite") != "mask":
+                continue
+            for p in group["params"]:
+                state = flipper.state.get(p)
+                if state and "nonfinite_entries" in state:
+                    counts.append(state["nonfinite_entries"].to(self.device))
+        if not counts:
+            return
+        first, self._checked_step = self._checked_step, self.trainer.global_step
+        entries = int(torch.stack(counts).sum())
+        if entries:
+            raise RuntimeError(
+                f"non-finite gradients (inf or NaN) in {entries} binary-weight entries, in one of the optimizer "
+                f"steps {first + 1} to {self.trainer.global_step} (counted from 1). With compile: true the gradients "
+                "are checked every log_every_n_steps steps, at epoch ends and before checkpoints rather than at every "
+                "step; Bop kept "
+                "those entries' m and weights, but the other parameters may have taken the non-finite values. No "
+                "checkpoint was written after the check; resume from the last checkpoint (with compile: false to "
+                "stop at the exact step), or lower gamma/lr."
+            )
+
     def on_train_epoch_end(self) -> None:
         self._log_epoch_means()  # when the epoch ended before its last batch (should_stop); else already logged
+        self._check_nonfinite()
         values = dict(self._epoch_rates)
         counter = self.flip_counter
         if counter is not None:
@@ -220,13 +346,11 @@ class BinaryClassifier(L.LightningModule):
     # ------------------------------------------------------------------------------------------------------------
     # epoch means of the training loss and accuracy
     # ------------------------------------------------------------------------------------------------------------
-    def _add_to_epoch(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
-        """Add a training batch to the epoch's sums (on the device: no host sync)."""
-        n = correct.numel()
-        dtype = torch.float32 if correct.device.type == "mps" else torch.float64  # MPS has no float64
-        batch = torch.stack((loss.detach().to(dtype) * n, correct.sum().to(dtype)))
-        self._epoch_sums = batch if self._epoch_sums is None else self._epoch_sums + batch
-        self._epoch_images += n
+    def _add_to_epoch(self, sums: torch.Tensor, images: int) -> None:
+        """Add a training batch's ``[loss x images, correct images]`` to the epoch's sums (on the device: no host
+        sync)."""
+        self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+        self._epoch_images += images
 
     def _log_epoch_means(self) -> None:
         """Log ``train_loss_epoch`` and ``train_acc_epoch`` once per epoch: the means over every rank's batches.
@@ -263,9 +387,11 @@ class BinaryClassifier(L.LightningModule):
     # The current epoch's flip counts, loss and accuracy sums and rates travel with mid-epoch checkpoints (plain
     # tensors, floats and dicts: loadable with weights_only=True).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_nonfinite()  # compile path: no checkpoint holds the effect of a non-finite gradient
         if self.flip_counter is not None:
             counter = self.flip_counter
-            checkpoint["flip_counter"] = {"epoch": self.current_epoch, "epoch_flips": dict(counter.epoch_flips),
+            checkpoint["flip_counter"] = {"epoch": self.current_epoch,
+                                          "epoch_flips": {k: v.clone() for k, v in counter.epoch_flips.items()},
                                           "epoch_total": counter.epoch_total, "epoch_steps": counter.epoch_steps}
         sums = self._epoch_sums if self._epoch_sums is not None else torch.zeros(2, dtype=torch.float64)
         checkpoint["epoch_metrics"] = {"epoch": self.current_epoch, "sums": sums.detach().cpu(),
@@ -281,6 +407,5 @@ def _as_float(value: Any) -> torch.Tensor | float:
 
 
 def _restore_flip_counter(counter: Any, state: dict[str, Any]) -> None:
-    counter.epoch_flips = {name: value.to(counter.device) for name, value in state["epoch_flips"].items()}
-    counter.epoch_total = state["epoch_total"].to(counter.device)
+    counter.epoch_flips = state["epoch_flips"]  # the epoch total is their sum
     counter.epoch_steps = state["epoch_steps"]
