@@ -2,15 +2,23 @@
 
 All optimizers run in one process on the same shapes, interleaved round by round, so that a noisy machine affects
 them alike; the table reports the median of the rounds and each time as a ratio to SGD with momentum (foreach), the
-natural baseline: both move about five fp32 streams per weight (Bop reads w, g, m and writes w, m; SGD reads w, g,
-buf and writes w, buf), which is the physical limit of a memory-bound step. Bop's default ``nonfinite="raise"``
-reads the gradients once more before the step (so that a bad gradient changes nothing); ``nonfinite="mask"`` does
-that check inside the fused kernel. SGD checks nothing.
+natural baseline. A step is memory-bound, so count the fp32 streams it moves per weight: SGD reads w, g, buf twice
+over and writes w, buf (``buf *= 0.9; buf += g; w -= lr buf``: 8 streams); Bop's fused kernel reads w, g, m and
+writes m, w (5 streams, hence the limit 5/8 = 0.625x), and its default ``nonfinite="raise"`` first reads the
+gradients once more (one summing pass, so that a bad gradient changes nothing: 6 streams, 0.75x). ``nonfinite="mask"``
+checks inside the kernel instead. Bop2ndOrder's kernel reads w, g, m, v and writes m, v, w (7 streams).
 
-    python benchmarks/optimizer_step.py [--rounds 20] [--threads N] [--device cpu|cuda] [--width 1.0]
+Rows: ``Bop()`` is the default (``fused=None``: the compiled kernel where ``torch.compile`` works, which the first
+line of the output reports); ``Bop(fused=False)`` is the eager path the default falls back to without a compiler;
+the naive loop is the reference implementation, the snippet BNN code usually copies.
 
-Timing: ``time.perf_counter`` around ``step()`` (with ``torch.cuda.synchronize`` on CUDA), gradients fixed, warm-up
-rounds (which include the one-off compilation of ``fused=True``) excluded. A benchmark, not a test.
+    python benchmarks/optimizer_step.py [--rounds 20] [--threads N] [--device cpu|cuda] [--clock wall|cpu]
+
+Timing: ``time.perf_counter`` around ``step()`` (with ``torch.cuda.synchronize`` on CUDA), or with ``--clock cpu``
+the process's CPU time (``time.process_time``: on a shared machine, time spent descheduled does not count). CPU time
+is the step's cost at one thread; at more it adds up the threads' work, and counts threads spinning at barriers
+unless ``OMP_WAIT_POLICY=PASSIVE`` is set. Gradients are fixed; warm-up rounds, which include the one-off
+compilations, are excluded. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import torch
 
-from torchbop.optim import Bop
+from torchbop.optim import Bop, Bop2ndOrder
+from torchbop.optim import _fused
 from torchbop.optim.bop import _single_tensor_bop
+
+BASELINE = "SGD(momentum=0.9, foreach)"
 
 
 def binarynet_weight_shapes(width: float = 1.0) -> list[tuple[int, ...]]:
@@ -60,41 +72,58 @@ def make_params(shapes, device, seed):
     return params
 
 
+def candidates(skip_fused: bool) -> dict[str, Callable]:
+    rows: dict[str, Callable] = {
+        BASELINE: lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=True),
+        "Adam(fused)": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
+        "naive Bop loop (reference)": lambda ps: NaiveBop(ps),
+        "Bop() (default)": lambda ps: Bop(ps),
+        "Bop(fused=False) (eager)": lambda ps: Bop(ps, fused=False),
+    }
+    if not skip_fused:
+        rows["Bop(fused=True, nonfinite=mask)"] = lambda ps: Bop(ps, fused=True, nonfinite="mask")
+    rows["Bop2ndOrder() (default)"] = lambda ps: Bop2ndOrder(ps)
+    rows["Bop2ndOrder(fused=False) (eager)"] = lambda ps: Bop2ndOrder(ps, fused=False)
+    return rows
+
+
+def default_path(device: torch.device) -> str:
+    """What ``fused=None`` chose for fp32 tensors on ``device`` (after the warm-up rounds decided it)."""
+    key = ("bop", device.type, torch.float32, torch.float32, torch.float32)
+    if key not in _fused._support:
+        return "eager (no tensor large enough for the kernel)"
+    reason = _fused._support[key]
+    return "fused (torch.compile kernel)" if reason is None else f"eager ({reason})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--no-fused", action="store_true", help="skip Bop(fused=True) (needs a C++ compiler on CPU)")
+    parser.add_argument("--no-fused", action="store_true", help="skip the explicit fused=True rows")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # before anything compiles: kernels are built for a thread count
     device = torch.device(args.device)
     shapes = binarynet_weight_shapes(args.width)
     n = sum(torch.Size(s).numel() for s in shapes)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    candidates = {
-        "SGD(momentum=0.9, foreach)": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=True),
-        "Adam(fused)": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
-        "naive Bop loop": lambda ps: NaiveBop(ps),
-        "Bop(foreach)": lambda ps: Bop(ps, foreach=True),
-    }
-    if not args.no_fused:
-        candidates["Bop(fused)"] = lambda ps: Bop(ps, fused=True)
-        # same kernel; non-finite gradients are masked entry by entry in the kernel instead of screened beforehand
-        candidates["Bop(fused, nonfinite=mask)"] = lambda ps: Bop(ps, fused=True, nonfinite="mask")
-    optimizers = {name: make(make_params(shapes, device, seed=i)) for i, (name, make) in enumerate(candidates.items())}
+    rows = candidates(args.no_fused)
+    optimizers = {name: make(make_params(shapes, device, seed=i)) for i, (name, make) in enumerate(rows.items())}
 
     def timed(opt) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return clock() - t0
 
     times: dict[str, list[float]] = {name: [] for name in optimizers}
     for r in range(args.warmup + args.rounds):
@@ -103,13 +132,14 @@ def main() -> None:
             if r >= args.warmup:
                 times[name].append(t)
 
-    base = statistics.median(times["SGD(momentum=0.9, foreach)"])
+    base = statistics.median(times[BASELINE])
     print(f"one optimizer step on {n:,} binary weights ({len(shapes)} tensors), device {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
-    print(f"{'optimizer':<32}{'ms/step':>10}{'vs SGD':>9}{'GB/s (5 streams)':>18}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, median of "
+          f"{args.rounds} rounds; Bop() took the {default_path(device)} path")
+    print(f"{'optimizer':<36}{'ms/step':>10}{'vs SGD':>9}{'min vs SGD':>12}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<32}{med * 1e3:>10.2f}{med / base:>8.2f}x{5 * 4 * n / med / 1e9:>18.1f}")
+        print(f"{name:<36}{med * 1e3:>10.2f}{med / base:>8.2f}x{min(ts) / min(times[BASELINE]):>11.2f}x")
 
 
 if __name__ == "__main__":

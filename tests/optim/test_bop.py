@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from torchbop.optim import Bop, ThresholdScheduler
+from torchbop.optim import Bop, ThresholdScheduler, _fused
 from torchbop.optim.bop import _fused_bop, _multi_tensor_bop, _single_tensor_bop
+
+bop_module = importlib.import_module("torchbop.optim.bop")  # the attribute torchbop.optim.bop is the function
 
 
 def binary(*shape, seed=0, dtype=torch.float32):
@@ -121,58 +123,157 @@ class TestLarqRule:
         assert w_np.tolist() == [1.0, 1.0, 1.0]
 
 
-def _run_impl(impl, dtype, tie_break, steps=7):
-    shapes = [(16, 3, 3, 3), (0,), (64, 33), (7,), (1,), (300,)]
+requires_compiler = pytest.mark.skipif(
+    _fused._environment_problem("cpu") is not None, reason="torch.compile cannot build CPU kernels here"
+)
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Make the eager path chunk even these small tensors, several chunks per tensor (the last one short)."""
+    monkeypatch.setattr(bop_module, "EAGER_MIN_ENTRIES", 0)
+    monkeypatch.setattr(bop_module, "EAGER_CHUNK", 200)
+
+
+def _eager(*args, **kwargs):
+    return _multi_tensor_bop(*args, **kwargs)
+
+
+def _fused_explicit(*args, **kwargs):
+    return _fused_bop(*args, **kwargs, fused=True)
+
+
+PATHS = [pytest.param(_eager, id="eager"), pytest.param(_fused_explicit, id="fused", marks=requires_compiler)]
+
+
+def _run_impl(impl, dtype, tie_break, steps=7, threshold=5e-3, device="cpu"):
+    # a zero-size and a one-entry tensor, a non-contiguous one (transposed, with its m laid out alike) and a
+    # channels-last one
+    shapes = [(16, 3, 3, 3), (0,), (64, 33), (7,), (1,), (300,), (40, 30), (8, 5, 3, 3)]
     gen = torch.Generator().manual_seed(3)
     ws = [binary(*s, seed=i, dtype=dtype) for i, s in enumerate(shapes)]
-    ms = [torch.zeros(s, dtype=dtype) for s in shapes]
+    ws[6] = ws[6].t().contiguous().t()
+    ws[7] = ws[7].contiguous(memory_format=torch.channels_last)
+    ws = [w.to(device) for w in ws]
+    ms = [torch.zeros_like(w) for w in ws]
     flips = []
     for step in range(steps):
-        gs = [torch.randn(s, generator=gen, dtype=dtype) * 1e-2 for s in shapes]
+        gs = [(torch.randn(w.shape, generator=gen, dtype=dtype) * 1e-2).to(device) for w in ws]
         if step == 3:  # the 4th step has no gradient for the 3rd tensor: the functional form just skips it
-            idx = [0, 1, 3, 4, 5]
+            idx = [0, 1, 3, 4, 5, 6, 7]
         else:
             idx = list(range(len(shapes)))
-        out = impl([ws[i] for i in idx], [gs[i] for i in idx], [ms[i] for i in idx], gamma=0.1, threshold=5e-3,
-                   tie_break=tie_break)
+        out = impl([ws[i] for i in idx], [gs[i] for i in idx], [ms[i] for i in idx], gamma=0.1,
+                   threshold=threshold, tie_break=tie_break)
         flips.append([int(x) for x in out[0]])
     return ws, ms, flips
 
 
+def _tie_case(dtype, threshold, nonfinite):
+    """gamma = 1 makes m = g exactly: entries with w * m == tau (ties), w * m = +-0, NaN/inf m, and ordinary ones."""
+    gen = torch.Generator().manual_seed(7)
+    n = 1000
+    w = binary(n, seed=5, dtype=dtype)
+    g = torch.randn(n, generator=gen, dtype=dtype) * 1e-2
+    tau = torch.tensor(threshold, dtype=dtype)
+    g[::5] = w[::5] * tau                # w * m == tau: a tie for either sign of w
+    g[1::5] = -w[1::5] * tau             # w * m == -tau
+    g[2::50], g[3::50] = 0.0, -0.0
+    if nonfinite:  # in the first 400 entries only: the eager path's later chunks take its fast route
+        g[4:400:50], g[5:400:50], g[6:400:50] = math.nan, math.inf, -math.inf
+    return w, g, torch.zeros(n, dtype=dtype)
+
+
 class TestFastPaths:
+    @pytest.mark.usefixtures("chunked")
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     @pytest.mark.parametrize("tie_break", ["larq", "keep", "flip"])
-    @pytest.mark.parametrize("impl", [_multi_tensor_bop, _fused_bop], ids=["foreach", "fused"])
+    @pytest.mark.parametrize("impl", PATHS)
     def test_bit_identical_to_reference(self, impl, dtype, tie_break):
         ref_w, ref_m, ref_flips = _run_impl(_single_tensor_bop, dtype, tie_break)
         w, m, flips = _run_impl(impl, dtype, tie_break)
         assert flips == ref_flips
         assert sum(map(sum, ref_flips)) > 0
-        for a, b in zip(ref_w, w):
-            assert torch.equal(a, b)
-        for a, b in zip(ref_m, m):
+        for a, b in zip(ref_w + ref_m, w + m):
             assert torch.equal(a, b)
 
-    def test_fast_paths_agree_at_exact_ties(self):
-        tau = 2.0**-10
-        for impl in (_single_tensor_bop, _multi_tensor_bop, _fused_bop):
-            w = torch.tensor([1.0, -1.0, 1.0, -1.0])
-            g = torch.tensor([tau, -tau, -tau, tau])
-            impl([w], [g], [torch.zeros(4)], gamma=1.0, threshold=tau, tie_break="larq", mask_nonfinite=True)
-            assert w.tolist() == [1.0, 1.0, 1.0, -1.0], impl.__name__
+    @pytest.mark.usefixtures("chunked")
+    @pytest.mark.parametrize("threshold", [0.0, 2.0**-10, 1.0, 2.0, math.inf])
+    @pytest.mark.parametrize("tie_break", ["larq", "keep", "flip"])
+    @pytest.mark.parametrize("mask_nonfinite", [False, True])
+    @pytest.mark.parametrize("impl", PATHS)
+    def test_exact_ties_zeros_and_nonfinite_values(self, impl, threshold, tie_break, mask_nonfinite):
+        # thresholds the eager path handles with one clamp (0 < tau <= 1) and those it handles in general
+        w, g, m = _tie_case(torch.float32, threshold, nonfinite=True)
+        ref_w, ref_m = w.clone(), m.clone()
+        kwargs = dict(gamma=1.0, threshold=threshold, tie_break=tie_break, mask_nonfinite=mask_nonfinite)
+        ref_flips, ref_masked = _single_tensor_bop([ref_w], [g], [ref_m], **kwargs)
+        flips, masked = impl([w], [g], [m], **kwargs)
+        assert torch.equal(w, ref_w)
+        assert torch.equal(m.nan_to_num(), ref_m.nan_to_num()) and torch.equal(m.isnan(), ref_m.isnan())
+        assert int(flips[0]) == int(ref_flips[0])
+        if mask_nonfinite:
+            assert int(masked[0]) == int(ref_masked[0]) >= 24
 
-    def test_optimizer_flags_select_the_paths(self):
+    @pytest.mark.usefixtures("chunked")
+    @pytest.mark.parametrize("impl", PATHS)
+    def test_bf16_weights_and_gradients(self, impl):
+        shapes = [(30, 20), (500,)]
+        ws = [binary(*s, seed=i, dtype=torch.bfloat16) for i, s in enumerate(shapes)]
+        gs = [(torch.randn(s) * 1e-2).to(torch.bfloat16) for s in shapes]
         results = []
-        for flags in [dict(foreach=False), dict(foreach=True), dict(fused=True)]:
+        for run in (_single_tensor_bop, impl):
+            w, m = [x.clone() for x in ws], [torch.zeros(s) for s in shapes]
+            flips, _ = run(w, gs, m, gamma=0.3, threshold=1e-3, tie_break="larq")
+            results.append((w, m, [int(f) for f in flips]))
+        assert results[0][2] == results[1][2] and sum(results[0][2]) > 0
+        for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+            assert torch.equal(a, b)
+
+    def test_optimizer_flags_select_the_paths(self, monkeypatch):
+        calls = []
+        for name in ("_single_tensor_bop", "_multi_tensor_bop", "_fused_bop"):
+            original = getattr(bop_module, name)
+            monkeypatch.setattr(bop_module, name, lambda *a, _n=name, _f=original, **k: calls.append(_n) or _f(*a, **k))
+        monkeypatch.setattr(_fused, "choose", lambda *a, fused, foreach: fused is not False and foreach is None)
+        expected = {"foreach=False": "_single_tensor_bop", "foreach=True": "_multi_tensor_bop",
+                    "fused=False": "_multi_tensor_bop", "fused=True": "_fused_bop", "default": "_fused_bop"}
+        results = []
+        for label, flags in [("foreach=False", dict(foreach=False)), ("foreach=True", dict(foreach=True)),
+                             ("fused=False", dict(fused=False)), ("fused=True", dict(fused=True)),
+                             ("default", {})]:
             w = torch.nn.Parameter(binary(50, seed=5))
             opt = Bop([w], gamma=0.2, threshold=1e-3, **flags)
             gen = torch.Generator().manual_seed(0)
             for _ in range(5):
                 w.grad = torch.randn(50, generator=gen) * 1e-2
+                calls.clear()
                 opt.step()
+                assert calls[0] == expected[label], label
             results.append((w.detach().clone(), opt.state[w]["exp_avg"].clone()))
         for w, m in results[1:]:
             assert torch.equal(w, results[0][0]) and torch.equal(m, results[0][1])
+
+    @requires_compiler
+    def test_fused_step_bumps_the_version_counters(self):
+        # the kernel writes through aliases; autograd must still see that w (and m) changed in place
+        w = torch.nn.Parameter(binary(100))
+        opt = Bop([w], gamma=0.5, threshold=0.0, fused=True)
+        w.grad = torch.ones(100)
+        opt.step()
+        before = (w._version, opt.state[w]["exp_avg"]._version)
+        opt.step()
+        assert w._version > before[0] and opt.state[w]["exp_avg"]._version > before[1]
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_cuda_paths_bit_identical_to_reference(self, dtype):
+        ref_w, ref_m, ref_flips = _run_impl(_single_tensor_bop, dtype, "larq", device="cuda")
+        for impl in (_eager, _fused_explicit):
+            w, m, flips = _run_impl(impl, dtype, "larq", device="cuda")
+            assert flips == ref_flips
+            for a, b in zip(ref_w + ref_m, w + m):
+                assert torch.equal(a, b)
 
 
 def _train(model, opt, steps, seed):

@@ -1,14 +1,17 @@
-"""Bop2ndOrder: the rule on a hand-computed case, foreach == reference, resume, errors."""
+"""Bop2ndOrder: the rule on a hand-computed case, eager and fused paths == reference, resume, errors."""
 
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
 
-from torchbop.optim import Bop2ndOrder
-from torchbop.optim.bop2nd import _multi_tensor_bop2nd, _single_tensor_bop2nd
+from torchbop.optim import Bop2ndOrder, _fused
+from torchbop.optim.bop2nd import _fused_bop2nd, _multi_tensor_bop2nd, _single_tensor_bop2nd
+
+bop2nd_module = importlib.import_module("torchbop.optim.bop2nd")  # the attribute torchbop.optim.bop2nd is the function
 
 
 def binary(*shape, seed=0, dtype=torch.float32):
@@ -41,26 +44,90 @@ def test_normalization_makes_the_threshold_scale_free():
     assert torch.equal(flips[0], flips[1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+requires_compiler = pytest.mark.skipif(
+    _fused._environment_problem("cpu") is not None, reason="torch.compile cannot build CPU kernels here"
+)
+
+
+def _eager(*args, **kwargs):
+    return _multi_tensor_bop2nd(*args, **kwargs)
+
+
+def _fused_explicit(*args, **kwargs):
+    return _fused_bop2nd(*args, **kwargs, fused=True)
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Make the eager path chunk even these small tensors, several chunks per tensor (the last one short)."""
+    monkeypatch.setattr(bop2nd_module, "EAGER_MIN_ENTRIES", 0)
+    monkeypatch.setattr(importlib.import_module("torchbop.optim.bop"), "EAGER_CHUNK", 200)
+
+
+def _run(impl, dtype, tie_break, threshold=0.3, device="cpu"):
+    shapes = [(8, 3, 3, 3), (0,), (40, 20), (5,), (1,), (30, 20)]
+    gen = torch.Generator().manual_seed(1)
+    ws = [binary(*s, seed=i, dtype=dtype) for i, s in enumerate(shapes)]
+    ws[5] = ws[5].t().contiguous().t()  # non-contiguous, with m and v laid out alike
+    ws = [w.to(device) for w in ws]
+    ms = [torch.zeros_like(w) for w in ws]
+    vs = [torch.zeros_like(w) for w in ws]
+    counts = []
+    for _ in range(7):
+        gs = [torch.randn(w.shape, generator=gen, dtype=dtype).to(device) for w in ws]
+        counts.append([int(c) for c in impl(ws, gs, ms, vs, gamma=0.1, sigma=0.05, threshold=threshold, eps=1e-7,
+                                             tie_break=tie_break)])
+    return ws + ms + vs, counts
+
+
+@pytest.mark.usefixtures("chunked")
 @pytest.mark.parametrize("tie_break", ["larq", "keep", "flip"])
-def test_foreach_bit_identical_to_reference(dtype, tie_break):
-    shapes = [(8, 3, 3, 3), (0,), (40, 20), (5,)]
-    results = []
-    for impl in (_single_tensor_bop2nd, _multi_tensor_bop2nd):
-        gen = torch.Generator().manual_seed(1)
-        ws = [binary(*s, seed=i, dtype=dtype) for i, s in enumerate(shapes)]
-        ms = [torch.zeros(s, dtype=dtype) for s in shapes]
-        vs = [torch.zeros(s, dtype=dtype) for s in shapes]
-        counts = []
-        for _ in range(7):
-            gs = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
-            counts.append([int(c) for c in impl(ws, gs, ms, vs, gamma=0.1, sigma=0.05, threshold=0.3, eps=1e-7,
-                                                 tie_break=tie_break)])
-        results.append((ws, ms, vs, counts))
-    (ref_w, ref_m, ref_v, ref_c), (w, m, v, c) = results
-    assert c == ref_c and sum(map(sum, c)) > 0
-    for a, b in zip(ref_w + ref_m + ref_v, w + m + v):
+@pytest.mark.parametrize("impl,dtype", [
+    pytest.param(_eager, torch.float64, id="eager-float64"),
+    pytest.param(_eager, torch.float32, id="eager-float32"),
+    # one compilation: fp64 compiles the same code again (Bop's tests cover the fp64 kernel)
+    pytest.param(_fused_explicit, torch.float32, id="fused-float32", marks=requires_compiler),
+])
+def test_fast_paths_bit_identical_to_reference(impl, dtype, tie_break):
+    ref, ref_counts = _run(_single_tensor_bop2nd, dtype, tie_break)
+    out, counts = _run(impl, dtype, tie_break)
+    assert counts == ref_counts and sum(map(sum, counts)) > 0
+    for a, b in zip(ref, out):
         assert torch.equal(a, b)
+
+
+@pytest.mark.usefixtures("chunked")
+@pytest.mark.parametrize("threshold", [0.0, 2.0])  # the eager path's general flip test (no clamp)
+def test_eager_path_at_other_thresholds(threshold):
+    ref, ref_counts = _run(_single_tensor_bop2nd, torch.float32, "larq", threshold=threshold)
+    out, counts = _run(_eager, torch.float32, "larq", threshold=threshold)
+    assert counts == ref_counts
+    for a, b in zip(ref, out):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_paths_bit_identical_to_reference(dtype):
+    ref, ref_counts = _run(_single_tensor_bop2nd, dtype, "larq", device="cuda")
+    for impl in (_eager, _fused_explicit):
+        out, counts = _run(impl, dtype, "larq", device="cuda")
+        assert counts == ref_counts
+        for a, b in zip(ref, out):
+            assert torch.equal(a, b)
+
+
+def test_flags_reach_the_functional(monkeypatch):
+    seen = []
+    original = bop2nd_module.bop2nd
+    monkeypatch.setattr(bop2nd_module, "bop2nd",
+                        lambda *a, **k: seen.append((k["foreach"], k["fused"])) or original(*a, **k))
+    for flags in (dict(fused=False), dict(foreach=False), dict()):
+        w = torch.nn.Parameter(binary(10))
+        opt = Bop2ndOrder([w], **flags)
+        w.grad = torch.randn(10)
+        opt.step()
+    assert seen == [(None, False), (False, None), (None, None)]
 
 
 def test_state_dict_resume():

@@ -6,9 +6,9 @@ and flips a weight when that average is strong enough and points the same way as
 towards ``-w``).
 
 The layout follows ``torch.optim``: the :class:`Bop` class validates arguments and gathers tensors; the functional
-:func:`bop` dispatches to ``_single_tensor_bop`` (the readable reference, the specification), ``_multi_tensor_bop``
-(``torch._foreach_*``, the default) or ``_fused_bop`` (one ``torch.compile``-generated kernel per tensor). All three are
-tested bit-identical.
+:func:`bop` dispatches to ``_single_tensor_bop`` (the readable reference, the specification), ``_fused_bop`` (one
+``torch.compile``-generated kernel per tensor, the default wherever it compiles) or ``_multi_tensor_bop`` (the eager
+path: plain PyTorch operations, in cache-sized chunks on CPU). All three are tested bit-identical.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torchbop.optim import _fused
 from torchbop.optim._validation import (
     NONFINITE_POLICIES,
     TIE_BREAKS,
@@ -86,6 +87,27 @@ class Bop(Optimizer):
         * **Flips are reported.** After each step ``state[p]["flips"]`` holds the number of weights of ``p`` that
           changed sign (a 0-dim int64 tensor), so flip metrics need no second pass over the weights.
 
+    .. note::
+        **Speed: three implementations, one result.** A step is memory-bound; what matters is how often it reads
+        and writes each weight's numbers. With the defaults (``fused=None``, ``foreach=None``) Bop chooses:
+
+        * the **fused kernel**, one ``torch.compile``-generated loop per tensor that reads w, g and m once and
+          writes m and w, counting flips on the way: on CUDA, and on CPU where ``torch.compile`` can build a kernel.
+          Whether it can is decided once per process (and device type and dtypes): the kernel is compiled on a
+          sample and compared bit for bit with the reference. It is compiled once per process, however gamma or
+          tau are scheduled, groups added or tensor sizes changed: shapes are dynamic and hyperparameters are
+          tensor arguments. At most two compilations per device, dtype combination and thread count: one for
+          ``nonfinite="raise"`` and ``"skip"``, one for ``"mask"`` (Bop2ndOrder adds its own). On CPU, tensors
+          under 4096 entries take the eager path, where a compiled call costs more than it saves; the first step
+          that compiles takes seconds.
+        * the **eager path** where no kernel can be built (no C++ compiler, no Triton, ``torch.compile`` disabled),
+          after one warning: plain PyTorch operations, float arithmetic only, in chunks that stay in the cache.
+          ``fused=False`` chooses it explicitly (no warning); so does ``foreach=True``.
+
+        ``nonfinite="raise"`` and ``"skip"`` add one read of the gradients before the step (a sum per tensor: a
+        finite sum proves a finite gradient); ``"mask"`` checks inside the kernel. Inside a ``torch.compile``-d
+        training step the automatic choice is the plain reference operations, which that compiler fuses.
+
     Args:
         params: iterable of binary parameters (values exactly -1/+1), or dicts defining parameter groups; named
             parameters (``model.named_parameters()``) make error messages name the offending tensor.
@@ -94,8 +116,9 @@ class Bop(Optimizer):
         tie_break: what happens when ``w * m == tau`` exactly: ``"larq"`` | ``"keep"`` | ``"flip"``.
         m_init: ``"zero"`` (Larq, original code) or ``"grad"`` (the PyTorch reproduction).
         nonfinite: ``"raise"``, ``"skip"`` or ``"mask"`` for a gradient that holds inf or NaN.
-        foreach: use the ``torch._foreach_*`` implementation (default when ``fused`` is not set).
-        fused: use one compiled kernel per tensor (``torch.compile``; the first step compiles, which takes seconds).
+        foreach: ``True`` forces the eager path (as ``fused=False``), ``False`` the single-tensor reference.
+        fused: ``None`` (default) chooses automatically, ``True`` forces the compiled kernel, ``False`` the eager
+            path (see the note on speed).
 
     Example:
         >>> w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 1.0]))
@@ -243,8 +266,7 @@ class Bop(Optimizer):
             mask_nonfinite=mask, foreach=group["foreach"], fused=group["fused"],
         )
         if mask:
-            for state, n in zip(states, masked):
-                state["nonfinite_entries"] += n
+            torch._foreach_add_([state["nonfinite_entries"] for state in states], masked)
         return flips
 
     # -- checks: everything a step can refuse, before any tensor changes ---------------------------------------------
@@ -348,8 +370,8 @@ class Bop(Optimizer):
                 if not params:
                     continue
             flips = self._update_group(group, params, grads, states)
+            torch._foreach_add_([state["step"] for state in states], 1)  # one call, not one per tensor
             for state, n in zip(states, flips):
-                state["step"] += 1
                 state["flips"] = n
         return loss
 
@@ -368,7 +390,8 @@ def _nonfinite_entries(grads: list[Tensor], device: torch.device) -> list[bool] 
     whole group; only a non-finite sum (an inf/NaN entry, or an overflowing sum of huge entries) is looked at
     entry by entry.
     """
-    sums = torch.stack([g.sum(dtype=torch.float32).to(device) for g in grads])
+    sums = [g.sum(dtype=torch.float32) for g in grads]
+    sums = torch.stack(sums if all(x.device == device for x in sums) else [x.to(device) for x in sums])
     if bool(torch.isfinite(sums).all()):
         return None
     finite = [bool(torch.isfinite(g).all()) for g in grads]
@@ -416,12 +439,15 @@ def bop(
 
     Returns the flip count of each tensor and, with ``mask_nonfinite=True`` (entries whose gradient is inf/NaN keep
     their ``m`` and weight), the number of such entries of each tensor (else ``None``). See :class:`Bop` for the
-    rule. ``fused=True`` selects the compiled kernel, otherwise ``foreach`` (default) or the single-tensor reference
-    (``foreach=False``).
+    rule and for how ``fused`` and ``foreach`` choose the implementation; all of them give bit-identical results.
     """
-    if fused:
-        impl = _fused_bop
-    elif foreach is False:
+    keys = {(p.device.type, p.dtype, g.dtype, m.dtype)
+            for p, g, m in zip(params, grads, exp_avgs) if _fused.worth_compiling(p, fused)}
+    kernel = "bop_masked" if mask_nonfinite else "bop"
+    probe = functools.partial(_probe_fused_bop, mask_nonfinite=mask_nonfinite)
+    if _fused.choose("Bop", kernel, keys, probe, fused=fused, foreach=foreach):
+        impl = functools.partial(_fused_bop, fused=fused)
+    elif foreach is False or _fused.is_compiling():  # inside a compiled step, the plain ops trace best
         impl = _single_tensor_bop
     else:
         impl = _multi_tensor_bop
@@ -457,6 +483,19 @@ def _single_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, 
 _TIE_FLIPS = {"larq": (True, False), "keep": (False, False), "flip": (True, True)}
 
 
+@functools.lru_cache(maxsize=64)
+def flip_thresholds(threshold: float, tie_break: str, dtype: torch.dtype) -> tuple[float, float]:
+    """The numbers that ``w * m`` must exceed, strictly, for a weight -1 and a weight +1 to flip (in ``dtype``).
+
+    tau where the tie rule keeps the weight at ``w * m == tau``, else the float just below tau: ``larq`` gives
+    (below, tau), ``keep`` (tau, tau), ``flip`` (below, below). One comparison, exact, NaN never flipping.
+    """
+    tau = torch.tensor(float(threshold), dtype=dtype)
+    below = torch.nextafter(tau, torch.tensor(-math.inf, dtype=dtype))
+    tie_neg, tie_pos = _TIE_FLIPS[tie_break]
+    return (below if tie_neg else tau).item(), (below if tie_pos else tau).item()
+
+
 def flip_mask(w: Tensor, w_times_m: Tensor, threshold: float, tie_break: str) -> Tensor:
     """Which weights flip, given ``w * m`` (or the normalized ``w * m / (sqrt(v) + eps)`` of Bop2ndOrder)."""
     flip = w_times_m > threshold
@@ -469,81 +508,186 @@ def flip_mask(w: Tensor, w_times_m: Tensor, threshold: float, tie_break: str) ->
     return flip
 
 
+# -- the eager fast path ----------------------------------------------------------------------------------------------
+# Entries per chunk and thread on CPU (at most four threads' worth). A chunk's two temporaries stay in the cache across
+# the few operations of its step, so the step moves about as many bytes through memory as the fused kernel does, and
+# each operation still splits into large pieces for the threads; on GPUs each tensor is one chunk.
+EAGER_CHUNK = 1 << 18
+# Below this many entries a tensor takes the reference's few whole-tensor operations: fewer calls than chunking.
+EAGER_MIN_ENTRIES = 1 << 15
+
+
+def eager_chunks(device: torch.device, sizes: list[int]) -> int:
+    """The chunk length for tensors of ``sizes`` on ``device``: the largest, capped on CPU (:data:`EAGER_CHUNK`)."""
+    largest = max(sizes, default=0)
+    if device.type != "cpu":
+        return largest
+    return min(largest, EAGER_CHUNK * min(torch.get_num_threads(), 4))
+
+
+def larq_bounds(threshold: float, w_dtype: torch.dtype, dtype: torch.dtype) -> tuple[float, float] | None:
+    """For :func:`flip_indicator`: Larq's :func:`flip_thresholds` where ``clamp(w, below, tau)`` computes them weight
+    by weight (tau a normal number in (0, 1], w of the signal's dtype: a bf16 w would round the bounds), else None."""
+    if w_dtype != dtype or not 2 * torch.finfo(dtype).tiny <= threshold <= 1:
+        return None
+    return flip_thresholds(threshold, "larq", dtype)
+
+
+def flip_indicator(signal: Tensor, w: Tensor, out: Tensor, threshold: float, tie_break: str,
+                   bounds: tuple[float, float] | None) -> Tensor:
+    """Write 1.0 where a weight flips, else 0.0, into ``out`` (same dtype as ``signal``); may overwrite ``signal``.
+
+    ``signal`` is ``w * m`` (Bop) or ``w * m / (sqrt(v) + eps)`` (Bop2ndOrder). Floats, not bools: on CPU, float
+    comparisons are vectorized and ``torch.where`` on a bool mask is ten times slower. Exact: NaN never flips, and
+    at the tie ``signal == tau`` the rule of ``tie_break`` applies, as in :func:`flip_mask`. ``bounds`` is
+    :func:`larq_bounds`, computed once per step.
+    """
+    if tie_break == "keep":
+        return torch.gt(signal, threshold, out=out)
+    if tie_break == "flip":
+        return torch.ge(signal, threshold, out=out)
+    if bounds is not None:
+        torch.clamp(w, min=bounds[0], max=bounds[1], out=out)
+        return torch.gt(signal, out, out=out)
+    torch.ge(signal, threshold, out=out)  # flip at every tie, then undo it where w = +1: out -= [tie] * (1 + w) / 2
+    tie = torch.eq(signal, threshold, out=signal)
+    out.addcmul_(tie, w, value=-0.5)
+    return out.add_(tie, alpha=-0.5)
+
+
+def count(chunk_counts: list[Tensor]) -> Tensor:
+    """The int64 total of per-chunk flip counts, each an exact integer in floating point (a chunk is < 2**24)."""
+    if len(chunk_counts) == 1:
+        return chunk_counts[0].to(torch.int64)
+    return torch.stack(chunk_counts).to(torch.int64).sum()
+
+
 def _multi_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False):
-    """``torch._foreach_*`` path, grouped by device and dtype; bit-identical to the reference."""
+    """Eager path, bit-identical to the reference, in cache-sized chunks with two scratch buffers per device and dtype.
+
+    Per chunk: ``d = g - m; d *= gamma; m += d`` (the reference's three roundings), ``d = w * m``, the flip indicator
+    ``a`` (:func:`flip_indicator`), ``flips += sum(a)``, ``w -= 2 w a``. With ``mask_nonfinite``, a chunk whose
+    ``gamma (g - m)`` does not sum to a finite number (an inf/NaN gradient, or an overflowing sum) is done by the
+    reference instead, entry by entry.
+    """
     flips: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
     masked: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    threshold = float(threshold)
+    small = [i for i, w in enumerate(params) if w.numel() < EAGER_MIN_ENTRIES]
+    if small:  # a handful of operations on whole tensors beats chunking them
+        out = _single_tensor_bop([params[i] for i in small], [grads[i] for i in small], [exp_avgs[i] for i in small],
+                                 gamma=gamma, threshold=threshold, tie_break=tie_break, mask_nonfinite=mask_nonfinite)
+        for j, i in enumerate(small):
+            flips[i], masked[i] = out[0][j], (out[1][j] if mask_nonfinite else None)
+        if len(small) == len(params):
+            return flips, (masked if mask_nonfinite else None)
+        large = [i for i, w in enumerate(params) if w.numel() >= EAGER_MIN_ENTRIES]
+        params, grads, exp_avgs = ([x[i] for i in large] for x in (params, grads, exp_avgs))
+    else:
+        large = list(range(len(params)))
     buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs], with_indices=True)
-    for (w_list, g_list, m_list), indices in buckets.values():
-        if g_list[0].dtype != m_list[0].dtype:
-            g_list = [g.to(m_list[0].dtype) for g in g_list]
-        if mask_nonfinite:
-            finite = [torch.isfinite(g) for g in g_list]
-            for i, ok in zip(indices, finite):
-                masked[i] = torch.count_nonzero(~ok)
-            old_m = [m.clone() for m in m_list]
-        delta = torch._foreach_sub(g_list, m_list)
-        torch._foreach_mul_(delta, gamma)
-        torch._foreach_add_(m_list, delta)
-        if mask_nonfinite:
-            for m, m0, ok in zip(m_list, old_m, finite):
-                torch.where(ok, m, m0, out=m)
-        # reuse delta's memory for w * m: fresh large allocations cost page faults on every step
-        torch._foreach_copy_(delta, w_list)
-        torch._foreach_mul_(delta, m_list)
-        for j, (i, w, w_times_m) in enumerate(zip(indices, w_list, delta)):
-            flip = flip_mask(w, w_times_m, threshold, tie_break)
+    for (device, _), ((w_list, g_list, m_list), indices) in buckets.items():
+        chunk = eager_chunks(device, [w.numel() for w in w_list])
+        scratch = torch.empty(2, chunk, dtype=m_list[0].dtype, device=device)
+        bounds = larq_bounds(threshold, w_list[0].dtype, scratch.dtype) if tie_break == "larq" else None
+        for i, w, g, m in zip((large[j] for j in indices), w_list, g_list, m_list):
+            flat = _fused.flat_views(w, g, m, alias=False)
+            if flat is None or m.dtype != scratch.dtype:  # tiny, huge or oddly laid out: the reference
+                out = _single_tensor_bop([w], [g], [m], gamma=gamma, threshold=threshold, tie_break=tie_break,
+                                         mask_nonfinite=mask_nonfinite)
+                flips[i], masked[i] = out[0][0], (out[1][0] if mask_nonfinite else None)
+                continue
+            counts, bad = [], []
+            for wc, gc, mc in zip(*(t.split(chunk) for t in flat)):
+                d, a = scratch if wc.numel() == chunk else scratch[:, :wc.numel()]
+                torch.sub(gc, mc, out=d)
+                d.mul_(gamma)
+                if mask_nonfinite and not bool(torch.isfinite(d.sum())):
+                    out = _single_tensor_bop([wc], [gc], [mc], gamma=gamma, threshold=threshold,
+                                             tie_break=tie_break, mask_nonfinite=True)
+                    counts.append(out[0][0].to(a.dtype))
+                    bad.append(out[1][0])
+                    continue
+                mc.add_(d)
+                torch.mul(wc, mc, out=d)
+                flip = flip_indicator(d, wc, a, threshold, tie_break, bounds)
+                counts.append(flip.sum())
+                wc.addcmul_(wc, flip, value=-2)
+            flips[i] = count(counts)
             if mask_nonfinite:
-                flip &= finite[j]
-            flips[i] = torch.count_nonzero(flip)
-            torch.where(flip, -w, w, out=w)
+                masked[i] = torch.stack(bad).sum() if bad else torch.zeros((), dtype=torch.int64, device=device)
     return flips, (masked if mask_nonfinite else None)
 
 
-def _fused_kernel(w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, threshold: Tensor, tie_neg: Tensor,
-                  tie_pos: Tensor) -> Tensor:
-    """The whole step for one flattened tensor; compiled, it reads w, g, m once and writes m, w (5 streams).
+# -- the fused path ---------------------------------------------------------------------------------------------------
+def _bop_kernel(w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, above_neg: Tensor, above_pos: Tensor) -> Tensor:
+    """The whole step for one flattened tensor, as the reference computes it; compiled, it reads w, g and m once and
+    writes m and w (five streams), and returns the number of flips. ``above_neg``, ``above_pos``: see
+    :func:`flip_thresholds`."""
+    new_m = m + (g.to(m.dtype) - m) * gamma
+    wf = w.to(m.dtype)
+    flip = wf * new_m > torch.where(wf < 0, above_neg, above_pos)
+    m.copy_(new_m)
+    w.copy_(torch.where(flip, -w, w))
+    return flip.sum(dtype=torch.int32).to(torch.int64)  # int32 lanes vectorize; fine below 2**31 entries
 
-    Entries with a non-finite gradient keep m and w (a no-op where the gradients were screened before). Returns
-    ``flips + 2**32 * non-finite entries`` as one int64: a single reduction keeps the kernel one loop.
+
+def _bop_masked_kernel(w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, above_neg: Tensor,
+                       above_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_bop_kernel` where entries with an inf/NaN gradient keep m and w; returns (flips, such entries).
+
+    Both counts come from one int64 reduction, ``flips + 2**32 * non-finite``: two reductions would split the loop.
     """
     g = g.to(m.dtype)
     new_m = m + (g - m) * gamma
-    w_times_m = w.to(m.dtype) * new_m
-    at_tie = w_times_m == threshold
+    wf = w.to(m.dtype)
     finite = (g - g) == 0  # isfinite, in the form the CPU code generator vectorizes
-    flip = ((w_times_m > threshold) | (at_tie & (((w < 0) & tie_neg) | ((w > 0) & tie_pos)))) & finite
+    flip = (wf * new_m > torch.where(wf < 0, above_neg, above_pos)) & finite
     m.copy_(torch.where(finite, new_m, m))
     w.copy_(torch.where(flip, -w, w))
-    return (flip.to(torch.int64) + (~finite).to(torch.int64) * _PACK).sum()
+    packed = torch.where(finite, flip.to(torch.int64), _PACK).sum()
+    return packed % _PACK, packed // _PACK
 
 
 _PACK = 2**32
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_kernel() -> Callable:
-    # Compiled lazily (first fused step), once: every hyperparameter is a tensor argument, shapes are dynamic.
-    return torch.compile(_fused_kernel, dynamic=True)
-
-
-def _fused_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False):
-    """One compiled kernel per tensor: reads w, g, m once, writes m and w, and counts the flips on the way."""
-    kernel = _compiled_kernel()
-    # hyperparameters travel as 0-dim tensors so that a schedule never triggers a recompilation
-    scalars: dict[tuple, tuple[Tensor, ...]] = {}
-    flips, masked = [], []
-    for w, g, m in zip(params, grads, exp_avgs):
-        if w.numel() == 0:
-            flips.append(torch.zeros((), dtype=torch.int64, device=w.device))
-            masked.append(torch.zeros((), dtype=torch.int64, device=w.device))
-            continue
-        key = (m.device, m.dtype)
-        if key not in scalars:
-            scalars[key] = (torch.tensor(gamma, dtype=m.dtype, device=m.device),
-                            torch.tensor(threshold, dtype=m.dtype, device=m.device),
-                            *(torch.tensor(b, device=m.device) for b in _TIE_FLIPS[tie_break]))
-        packed = kernel(w.view(-1), g.reshape(-1), m.view(-1), *scalars[key])
-        flips.append(packed % _PACK)
-        masked.append(packed // _PACK)
+def _fused_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False, fused=True):
+    """One compiled kernel call per tensor; a tensor the kernel cannot take (see ``flat_views``) or, with
+    ``fused=None``, one too small to be worth a call, goes to the eager path. Hyperparameters travel as
+    tensors, so that a schedule never triggers a recompilation."""
+    kernel = _bop_masked_kernel if mask_nonfinite else _bop_kernel
+    outputs, rest = _fused.apply(
+        kernel, params, grads, exp_avgs, fused=fused,
+        hyperparameters=lambda dtype: (gamma, *flip_thresholds(float(threshold), tie_break, dtype)),
+    )
+    flips = [out[0] if mask_nonfinite and out is not None else out for out in outputs]
+    masked = [out[1] if mask_nonfinite and out is not None else None for out in outputs]
+    if rest:
+        out = _multi_tensor_bop([params[i] for i in rest], [grads[i] for i in rest], [exp_avgs[i] for i in rest],
+                                gamma=gamma, threshold=threshold, tie_break=tie_break, mask_nonfinite=mask_nonfinite)
+        for j, i in enumerate(rest):
+            flips[i], masked[i] = out[0][j], (out[1][j] if mask_nonfinite else None)
     return flips, (masked if mask_nonfinite else None)
+
+
+def _probe_fused_bop(device_type: str, w_dtype, g_dtype, m_dtype, *, mask_nonfinite: bool) -> None:
+    """Compile the kernel for this device and these dtypes on a sample; raise unless it matches the reference."""
+    gen = torch.Generator().manual_seed(0)
+    n = _fused.PROBE_SIZE
+    device = torch.device(device_type)
+    w = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(device=device, dtype=w_dtype)
+    m = (torch.randn(n, generator=gen, dtype=torch.float64) * 1e-2).to(device=device, dtype=m_dtype)
+    scale = 10.0 ** (torch.rand(n, generator=gen, dtype=torch.float64) * 4 - 3)  # 1e-3 .. 10: many roundings
+    g = (torch.randn(n, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=g_dtype)
+    if mask_nonfinite:
+        g[::97], g[1::89], g[2::83] = math.nan, math.inf, -math.inf
+    ref_w, ref_m = w.clone(), m.clone()
+    kwargs = dict(gamma=0.1, threshold=1e-3, tie_break="larq", mask_nonfinite=mask_nonfinite)
+    ref_flips, ref_masked = _single_tensor_bop([ref_w], [g], [ref_m], **kwargs)
+    flips, masked = _fused_bop([w], [g], [m], **kwargs)
+    same = torch.equal(w, ref_w) and torch.equal(m, ref_m) and int(flips[0]) == int(ref_flips[0]) > 0
+    if mask_nonfinite:
+        same = same and int(masked[0]) == int(ref_masked[0])
+    if not same:
+        raise RuntimeError("the compiled kernel's results differ from the reference implementation's")

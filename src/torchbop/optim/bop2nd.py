@@ -7,6 +7,7 @@ does, makes ``tau`` a threshold on a normalized signal. Suarez-Ramirez et al. re
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -14,8 +15,18 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torchbop.optim import _fused
 from torchbop.optim._validation import validate_scalar
-from torchbop.optim.bop import Bop, flip_mask
+from torchbop.optim.bop import (
+    EAGER_MIN_ENTRIES,
+    Bop,
+    count,
+    eager_chunks,
+    flip_indicator,
+    flip_mask,
+    flip_thresholds,
+    larq_bounds,
+)
 
 __all__ = ["Bop2ndOrder", "bop2nd"]
 
@@ -32,7 +43,9 @@ class Bop2ndOrder(Bop):
         \end{aligned}
 
     Everything else (gamma as the group's ``lr``, ``tie_break``, ``nonfinite``, ``state[p]["flips"]``,
-    ``m_init``, the checks of every group's hyperparameters at every step) is as in :class:`~torchbop.optim.Bop`.
+    ``m_init``, the checks of every group's hyperparameters at every step, and ``fused``/``foreach``: by default one
+    compiled kernel per tensor wherever ``torch.compile`` works, else the eager path) is as in
+    :class:`~torchbop.optim.Bop`; the kernel reads w, g, m and v once and writes m, v and w.
     There is no bias correction, as in the authors' code. At each step, besides gamma and the threshold, sigma must
     be in [0, 1] and eps in (0, inf]; ``nonfinite`` is ``"raise"`` or ``"skip"`` (no ``"mask"``).
 
@@ -77,8 +90,6 @@ class Bop2ndOrder(Bop):
     ) -> None:
         validate_scalar("sigma", sigma, low=0.0, high=1.0, low_inclusive=False)
         validate_scalar("eps", eps, low=0.0, low_inclusive=False)
-        if kwargs.get("fused"):
-            raise RuntimeError("Bop2ndOrder has no fused implementation; use foreach (the default).")
         if kwargs.get("nonfinite") == "mask":
             raise ValueError("Invalid nonfinite value: 'mask' (Bop2ndOrder supports 'raise' and 'skip')")
         self._second_order_defaults = dict(sigma=sigma, eps=eps)
@@ -101,7 +112,7 @@ class Bop2ndOrder(Bop):
         return bop2nd(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
             gamma=group["lr"], sigma=group["sigma"], threshold=group["threshold"], eps=group["eps"],
-            tie_break=group["tie_break"], foreach=group["foreach"],
+            tie_break=group["tie_break"], foreach=group["foreach"], fused=group["fused"],
         )
 
 
@@ -117,9 +128,18 @@ def bop2nd(
     eps: float,
     tie_break: str = "larq",
     foreach: bool | None = None,
+    fused: bool | None = None,
 ) -> list[Tensor]:
-    """Functional Bop2ndOrder; returns the flip count of each tensor. See :class:`Bop2ndOrder`."""
-    impl = _single_tensor_bop2nd if foreach is False else _multi_tensor_bop2nd
+    """Functional Bop2ndOrder; returns the flip count of each tensor. See :class:`Bop2ndOrder` (and
+    :class:`~torchbop.optim.Bop` for how ``fused`` and ``foreach`` choose the implementation)."""
+    keys = {(p.device.type, p.dtype, g.dtype, m.dtype)
+            for p, g, m in zip(params, grads, exp_avgs) if _fused.worth_compiling(p, fused)}
+    if _fused.choose("Bop2ndOrder", "bop2nd", keys, _probe_fused_bop2nd, fused=fused, foreach=foreach):
+        impl = functools.partial(_fused_bop2nd, fused=fused)
+    elif foreach is False or _fused.is_compiling():
+        impl = _single_tensor_bop2nd
+    else:
+        impl = _multi_tensor_bop2nd
     return impl(params, grads, exp_avgs, exp_avg_sqs, gamma=gamma, sigma=sigma, threshold=threshold, eps=eps,
                 tie_break=tie_break)
 
@@ -139,26 +159,100 @@ def _single_tensor_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma,
 
 
 def _multi_tensor_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break):
-    """``torch._foreach_*`` path; bit-identical to the reference."""
+    """Eager path, bit-identical to the reference, in cache-sized chunks (as Bop's ``_multi_tensor_bop``)."""
     flips: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    threshold = float(threshold)
+    kwargs = dict(gamma=gamma, sigma=sigma, threshold=threshold, eps=eps, tie_break=tie_break)
+    small = [i for i, w in enumerate(params) if w.numel() < EAGER_MIN_ENTRIES]
+    large = [i for i, w in enumerate(params) if w.numel() >= EAGER_MIN_ENTRIES]
+    if small:  # a handful of operations on whole tensors beats chunking them
+        lists = (params, grads, exp_avgs, exp_avg_sqs)
+        for i, n in zip(small, _single_tensor_bop2nd(*([x[i] for i in small] for x in lists), **kwargs)):
+            flips[i] = n
+        params, grads, exp_avgs, exp_avg_sqs = ([x[i] for i in large] for x in lists)
+    if not params:
+        return flips
     buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_avg_sqs], with_indices=True)
-    for (w_list, g_list, m_list, v_list), indices in buckets.values():
-        if g_list[0].dtype != m_list[0].dtype:
-            g_list = [g.to(m_list[0].dtype) for g in g_list]
-        delta = torch._foreach_sub(g_list, m_list)
-        torch._foreach_mul_(delta, gamma)
-        torch._foreach_add_(m_list, delta)
-        torch._foreach_mul_(delta, 0.0)  # reuse the buffer: delta <- g * g - v
-        torch._foreach_addcmul_(delta, g_list, g_list)
-        torch._foreach_sub_(delta, v_list)
-        torch._foreach_mul_(delta, sigma)
-        torch._foreach_add_(v_list, delta)
-        denom = torch._foreach_sqrt(v_list)
-        torch._foreach_add_(denom, eps)
-        signal = torch._foreach_div(m_list, denom)
-        torch._foreach_mul_(signal, [w.to(m.dtype) for w, m in zip(w_list, m_list)])
-        for i, w, s in zip(indices, w_list, signal):
-            flip = flip_mask(w, s, threshold, tie_break)
-            flips[i] = torch.count_nonzero(flip)
-            torch.where(flip, -w, w, out=w)
+    for (device, _), ((w_list, g_list, m_list, v_list), indices) in buckets.items():
+        chunk = eager_chunks(device, [w.numel() for w in w_list])
+        scratch = torch.empty(2, chunk, dtype=m_list[0].dtype, device=device)
+        bounds = larq_bounds(threshold, w_list[0].dtype, scratch.dtype) if tie_break == "larq" else None
+        for i, w, g, m, v in zip((large[j] for j in indices), w_list, g_list, m_list, v_list):
+            flat = _fused.flat_views(w, g, m, v, alias=False)
+            if flat is None or m.dtype != scratch.dtype or v.dtype != m.dtype:
+                flips[i] = _single_tensor_bop2nd([w], [g], [m], [v], **kwargs)[0]
+                continue
+            counts = []
+            for wc, gc, mc, vc in zip(*(t.split(chunk) for t in flat)):
+                gc = gc.to(mc.dtype)  # g * g is squared in m's dtype, as in the reference
+                d, a = scratch if wc.numel() == chunk else scratch[:, :wc.numel()]
+                torch.sub(gc, mc, out=d)
+                d.mul_(gamma)
+                mc.add_(d)
+                torch.mul(gc, gc, out=d)
+                d.sub_(vc)
+                d.mul_(sigma)
+                vc.add_(d)
+                torch.sqrt(vc, out=d)
+                d.add_(eps)
+                torch.div(mc, d, out=d)
+                d.mul_(wc)
+                flip = flip_indicator(d, wc, a, threshold, tie_break, bounds)
+                counts.append(flip.sum())
+                wc.addcmul_(wc, flip, value=-2)
+            flips[i] = count(counts)
     return flips
+
+
+def _bop2nd_kernel(w: Tensor, g: Tensor, m: Tensor, v: Tensor, gamma: Tensor, sigma: Tensor, eps: Tensor,
+                   above_neg: Tensor, above_pos: Tensor) -> Tensor:
+    """The whole step for one flattened tensor, as the reference computes it; compiled, it reads w, g, m and v once
+    and writes m, v and w (seven streams), and returns the number of flips."""
+    g = g.to(m.dtype)
+    new_m = m + (g - m) * gamma
+    new_v = v + (g * g - v) * sigma
+    wf = w.to(m.dtype)
+    flip = wf * (new_m / (new_v.sqrt() + eps)) > torch.where(wf < 0, above_neg, above_pos)
+    m.copy_(new_m)
+    v.copy_(new_v)
+    w.copy_(torch.where(flip, -w, w))
+    return flip.sum(dtype=torch.int32).to(torch.int64)
+
+
+def _fused_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break, fused=True):
+    """One compiled kernel call per tensor; a tensor the kernel cannot take (or, with ``fused=None``, too small to
+    be worth a call) goes to the eager path."""
+    flips, rest = _fused.apply(
+        _bop2nd_kernel, params, grads, exp_avgs, exp_avg_sqs, fused=fused,
+        hyperparameters=lambda dtype: (gamma, sigma, eps, *flip_thresholds(float(threshold), tie_break, dtype)),
+    )
+    if rest:
+        out = _multi_tensor_bop2nd([params[i] for i in rest], [grads[i] for i in rest],
+                                   [exp_avgs[i] for i in rest], [exp_avg_sqs[i] for i in rest], gamma=gamma,
+                                   sigma=sigma, threshold=threshold, eps=eps, tie_break=tie_break)
+        for j, i in enumerate(rest):
+            flips[i] = out[j]
+    return flips
+
+
+def _probe_fused_bop2nd(device_type: str, w_dtype, g_dtype, m_dtype) -> None:
+    """Compile the kernel for this device and these dtypes on a sample; raise unless it matches the reference."""
+    gen = torch.Generator().manual_seed(0)
+    n = _fused.PROBE_SIZE
+    device = torch.device(device_type)
+
+    def sample(scale_low: float, scale_high: float) -> Tensor:
+        scale = 10.0 ** (torch.rand(n, generator=gen, dtype=torch.float64) * (scale_high - scale_low) + scale_low)
+        return torch.randn(n, generator=gen, dtype=torch.float64) * scale
+
+    w = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(device=device, dtype=w_dtype)
+    m = sample(-4, 0).to(device=device, dtype=m_dtype)
+    v = sample(-4, 0).square().to(device=device, dtype=m_dtype)
+    g = sample(-3, 1).to(device=device, dtype=g_dtype)
+    state = [w, m, v]
+    ref = [t.clone() for t in state]
+    kwargs = dict(gamma=0.1, sigma=0.05, threshold=0.3, eps=1e-7, tie_break="larq")
+    ref_flips = _single_tensor_bop2nd([ref[0]], [g], [ref[1]], [ref[2]], **kwargs)
+    flips = _fused_bop2nd([w], [g], [m], [v], **kwargs)
+    if not (all(torch.equal(a, b) for a, b in zip(state, ref)) and int(flips[0]) == int(ref_flips[0]) > 0):
+        raise RuntimeError("the compiled kernel's results differ from the reference implementation's")

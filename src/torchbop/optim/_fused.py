@@ -1,0 +1,277 @@
+"""The fused path's machinery: each kernel compiled once per process, and a decision, once, whether it can run.
+
+``Bop`` and ``Bop2ndOrder`` write their whole step as one elementwise function of flattened tensors (in ``bop.py`` and
+``bop2nd.py``); ``torch.compile`` turns it into a single loop that reads each input once and writes each output once.
+Three things keep that to one compilation per kernel, device and dtype combination for the life of the process:
+
+* shapes are dynamic (``dynamic=True``) and the kernels see 1-D tensors that alias the parameters' memory (not views
+  of them, which would specialize the kernel on each parameter's number of dimensions), so a new tensor size or rank
+  reuses the kernel (a tensor of fewer than two entries, which ``torch.compile`` would specialize on, takes the eager
+  path instead);
+* every hyperparameter (gamma, the threshold and tie rule, sigma, eps) is a one-entry tensor argument, never a Python
+  number, so a scheduler that changes one does not recompile;
+* kernels always run under ``torch.no_grad()``, whatever the caller's grad mode. (A new thread count, set with
+  ``torch.set_num_threads``, does recompile: the generated CPU code is built for one.)
+
+Whether a kernel can be used is decided by :func:`unavailable` once per process, kernel, device type and dtypes: it
+compiles the kernel on a 64Ki-entry sample and compares it, bit for bit, with the reference implementation. A
+machine without a C++ compiler (CPU) or Triton (CUDA), a disabled ``torch.compile``, or a compiler whose arithmetic
+differs from eager PyTorch's (fused multiply-adds, approximate division) therefore makes the optimizers fall back to
+their eager path, with one warning, instead of failing or silently changing results. The sample compilation is the
+one the real steps then reuse.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Callable, Hashable
+
+import torch
+
+# Triton (CUDA) contracts a * b + c into fused multiply-adds, divides approximately and flushes denormals unless told
+# otherwise; eager PyTorch does none of these, and the kernels must match it bit for bit. The C++ backend (CPU)
+# already compiles with -ffp-contract=off and IEEE division, so these options do not change its code.
+_OPTIONS = {
+    "emulate_precision_casts": True,
+    "eager_numerics.division_rounding": True,
+    "eager_numerics.disable_ftz": True,
+}
+
+# Device types with a torch.compile backend that the fused path uses; others take the eager path without a warning.
+FUSED_DEVICE_TYPES = ("cpu", "cuda")
+
+# Size of the sample a kernel is compiled and checked on: large enough that Inductor's code generator, which picks
+# its parallelization from the sizes it first sees, parallelizes the loop as it should for real tensors.
+PROBE_SIZE = 1 << 16
+
+# A compiled call costs, on CPU, as much as a dozen eager operations (Python wrappers, even without Dynamo's guards):
+# below this many entries the eager path is as fast, and the automatic choice (fused=None) leaves a tensor to it.
+AUTO_MIN_ENTRIES = {"cpu": 1 << 12}
+
+_support: dict[Hashable, str | None] = {}  # (kernel name, device type, dtypes...) -> None, or why not
+_warned: set[Hashable] = set()
+_runners: dict[tuple, Callable] = {}  # (kernel, threads, (device, dtype) of each argument) -> compiled callable
+
+
+@functools.cache
+def compiled(kernel: Callable) -> Callable:
+    """``kernel`` compiled with dynamic shapes, one graph (``fullgraph=True``), eager PyTorch's numerics."""
+    import torch._inductor.config
+
+    known = torch._inductor.config.get_config_copy()  # older torch lacks some options: the probe then decides
+    options = {key: value for key, value in _OPTIONS.items() if key in known}
+    return torch.compile(kernel, dynamic=True, fullgraph=True, options=options)
+
+
+def runner(kernel: Callable, args: tuple[torch.Tensor, ...]) -> Callable:
+    """The compiled ``kernel`` for arguments like ``args`` (their devices and dtypes, at this thread count).
+
+    Where this torch can precompile (``torch.compile(...).aot_compile``), the result skips Dynamo's per-call frame
+    evaluation and guards, most of a call's cost on CPU (about 110 us down to 30 us on the 2-core development VM):
+    safe because everything those guards would check is in the key here, or fixed by :func:`apply` (1-D dense
+    tensors of at least two and fewer than 2**31 entries, no grad mode). Elsewhere it is the guarded compiled function.
+    """
+    key = (kernel, torch.get_num_threads(), *((a.device, a.dtype) for a in args))
+    run = _runners.get(key)
+    if run is None:
+        run = compiled(kernel)
+        if hasattr(run, "aot_compile"):
+            try:
+                precompiled = run.aot_compile((args, {}))
+                precompiled.disable_guard_check()
+                run = precompiled
+            except Exception:  # precompiling is newer and stricter than compiling: keep the guarded function
+                pass
+        _runners[key] = run
+    return run
+
+
+def unavailable(key: tuple, probe: Callable[[], None]) -> str | None:
+    """Why the fused kernel described by ``key`` cannot be used, or ``None`` when it can; decided once per process.
+
+    ``key`` starts with the kernel's name and the device type, then whatever else selects a compilation (dtypes).
+    ``probe()`` runs the kernel on a sample and raises if it fails to compile or differs from the reference.
+    """
+    if key in _support:
+        return _support[key]
+    reason = _environment_problem(key[1])
+    if reason is None:
+        try:
+            with torch.no_grad():
+                probe()
+        except Exception as exc:  # any failure to build or match means: use the eager path
+            reason = _describe(exc)
+    _support[key] = reason
+    return reason
+
+
+def _describe(exc: BaseException) -> str:
+    """The innermost cause of a compilation failure, as ``Type: first line`` (Inductor wraps the real error)."""
+    while (inner := getattr(exc, "inner_exception", None) or exc.__cause__) is not None and inner is not exc:
+        exc = inner
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
+def is_compiling() -> bool:
+    """Whether this runs inside a region ``torch.compile`` is tracing (``torch.compiler.is_compiling``, torch 2.3+)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+def _increment_version(tensors: list[torch.Tensor]) -> None:
+    increment = getattr(torch.autograd.graph, "increment_version", None)
+    if increment is not None:
+        increment(tensors)
+    else:  # torch before 2.3: the private function it wraps
+        for t in tensors:
+            torch._C._increment_version(t)
+
+
+def _environment_problem(device_type: str) -> str | None:
+    """What rules out compiling for ``device_type`` before any attempt: cheap checks, each with a clear reason."""
+    if device_type not in FUSED_DEVICE_TYPES:
+        return f"no fused kernel for {device_type} tensors"
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python version"
+    if getattr(torch._dynamo.config, "disable", False):
+        return "torch.compile is disabled (TORCHDYNAMO_DISABLE)"
+    if device_type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+        except ImportError:  # another torch layout: let the compilation itself tell
+            return None
+        try:
+            get_cpp_compiler()
+        except Exception as exc:
+            return f"no working C++ compiler for torch.compile ({type(exc).__name__}; set $CXX or install g++)"
+    elif device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton is not installed"
+    return None
+
+
+def choose(optimizer: str, kernel: str, keys: set[tuple], probe: Callable[..., None], *, fused: bool | None,
+           foreach: bool | None) -> bool:
+    """Whether a step takes the fused path: ``fused=True`` always (or ``RuntimeError`` with the reason),
+    ``fused=False`` or an explicit ``foreach`` never, ``None`` wherever the kernel works for every
+    ``key = (device type, dtypes...)`` of the step (else one warning per process, and the eager path).
+
+    Inside a compiled region (``torch.compile`` of a whole training step) the automatic choice is the eager path,
+    whose plain operations that compiler fuses with the rest.
+    """
+    if fused is False or (fused is None and foreach is not None) or not keys:
+        return False
+    if fused is None and is_compiling():
+        return False
+    for key in keys:
+        reason = unavailable((kernel, *key), functools.partial(probe, *key))
+        if reason is not None:
+            if fused:
+                require(optimizer, key[0], reason)
+            warn_once(optimizer, key[0], reason)
+            return False
+    return True
+
+
+def worth_compiling(param: torch.Tensor, fused: bool | None) -> bool:
+    """Whether ``param`` goes to the kernel: any tensor it can take when ``fused=True``, a large enough one when
+    the choice is automatic (:data:`AUTO_MIN_ENTRIES`)."""
+    return param.numel() >= (2 if fused else AUTO_MIN_ENTRIES.get(param.device.type, 2))
+
+
+def apply(kernel: Callable, params: list[torch.Tensor], grads: list[torch.Tensor], *states: list[torch.Tensor],
+          hyperparameters: Callable[[torch.dtype], tuple], fused: bool | None = True) -> tuple[list, list[int]]:
+    """Run the compiled ``kernel`` on each parameter: ``kernel(w, g, *states, *hyperparameters(dtype))`` on 1-D
+    aliases, the hyperparameters as one-entry tensors of the states' dtype. Returns the kernel's outputs (``None`` where
+    it did not run) and the indices of the parameters left to the eager path: those the kernel cannot take
+    (:func:`flat_views`) and, when ``fused`` is ``None`` (automatic), those too small to be worth a call."""
+    scalars: dict[tuple, tuple[torch.Tensor, ...]] = {}
+    outputs: list = [None] * len(params)
+    rest = []
+    with torch.no_grad():  # the grad mode is part of what a compiled kernel is specialized on
+        for i, (w, g, *state) in enumerate(zip(params, grads, *states)):
+            flat = flat_views(w, g, *state) if worth_compiling(w, fused) else None
+            if flat is None:
+                rest.append(i)
+                continue
+            key = (state[0].device, state[0].dtype)
+            if key not in scalars:
+                scalars[key] = _scalars(hyperparameters(key[1]), *key)
+            args = (*flat, *scalars[key])
+            outputs[i] = runner(kernel, args)(*args)
+            _increment_version([w, *state])  # the kernel wrote through aliases
+    return outputs, rest
+
+
+def _scalars(values: tuple, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``values`` as one-entry tensors; the same tensors again for the same values (a step makes none, unless a
+    schedule changed something). Shape ``(1,)``, not 0-dim: Dynamo treats a 0-dim float64 CPU tensor as a Python
+    number, which precompiling (:func:`runner`) does not support."""
+    if any(isinstance(v, torch.Tensor) for v in values):
+        return tuple(torch.as_tensor(v, dtype=dtype, device=device).reshape(1).clone() for v in values)
+    return _cached_scalars(values, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_scalars(values: tuple, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.tensor([v], dtype=dtype, device=device) for v in values)
+
+
+def warn_once(optimizer: str, device_type: str, reason: str) -> None:
+    """The one warning per process, optimizer and device type that the automatic choice fell back to eager."""
+    if device_type not in FUSED_DEVICE_TYPES or (optimizer, device_type) in _warned:
+        return
+    _warned.add((optimizer, device_type))
+    warnings.warn(
+        f"{optimizer} cannot use its fused kernel on {device_type} ({reason}); it uses the eager path instead, which "
+        f"gives bit-identical results but is slower. Pass fused=False to choose the eager path explicitly.",
+        stacklevel=2,
+    )
+
+
+def require(optimizer: str, device_type: str, reason: str | None) -> None:
+    """``fused=True`` was asked for explicitly: refuse it, with the reason, where the kernel cannot be used."""
+    if reason is not None:
+        raise RuntimeError(
+            f"{optimizer}(fused=True) cannot use its fused kernel on {device_type}: {reason}. Leave fused unset to "
+            "fall back to the eager path automatically, or pass fused=False."
+        )
+
+
+def flat_views(w: torch.Tensor, grad: torch.Tensor, *states: torch.Tensor,
+               alias: bool = True) -> tuple[torch.Tensor, ...] | None:
+    """1-D views of ``w``, ``grad`` and ``states``, entry for entry, or ``None`` where the kernels cannot take them.
+
+    ``w`` and its state tensors must share one dense layout (contiguous, channels-last or any other permutation of
+    the dimensions); a gradient of another layout is copied into that order. Refused: fewer than two entries (a size
+    of 0 or 1 would be compiled as a constant), 2**31 entries or more (flip counts are summed in int32), overlapping
+    or gappy layouts, state tensors laid out otherwise than the weights. With ``alias`` (for compiled kernels) the
+    results are not views but aliases (see :func:`_alias`).
+    """
+    if not 2 <= w.numel() < 2**31 or grad.shape != w.shape:
+        return None
+    if w.is_contiguous() and all(s.is_contiguous() for s in states):
+        tensors = (w, grad if grad.is_contiguous() else grad.contiguous(), *states)
+        return tuple(_alias(t) for t in tensors) if alias else tuple(t.view(-1) for t in tensors)
+    order = sorted(range(w.dim()), key=lambda d: -w.stride(d))
+    permuted = w.permute(order)
+    if not permuted.is_contiguous() or any(s.shape != w.shape or s.stride() != w.stride() for s in states):
+        return None
+    tensors = (permuted, grad.permute(order).contiguous(), *(s.permute(order) for s in states))
+    return tuple(_alias(t) for t in tensors) if alias else tuple(t.view(-1) for t in tensors)
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor over the memory of ``t`` (contiguous) that is not a view of it.
+
+    A compiled kernel that writes into a view is specialized on the view's base (its number of dimensions, among
+    others), so a 4-D convolution weight and a 2-D linear weight would each get their own compilation; and on the
+    tensor's type and ``requires_grad``, which differ between a parameter and a state tensor. Writes through it do
+    not bump ``t``'s version counter: :func:`apply` does.
+    """
+    flat = torch.empty(0, dtype=t.dtype, device=t.device)
+    return flat.set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))

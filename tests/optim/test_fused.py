@@ -1,0 +1,162 @@
+"""The fused path's machinery: the automatic choice, the fallback without a compiler, one compilation per kernel."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from torchbop.optim import Bop, Bop2ndOrder, ThresholdScheduler, _fused
+
+bop_module = importlib.import_module("torchbop.optim.bop")  # the attribute torchbop.optim.bop is the function
+
+requires_compiler = pytest.mark.skipif(
+    _fused._environment_problem("cpu") is not None, reason="torch.compile cannot build CPU kernels here"
+)
+LARGE = _fused.AUTO_MIN_ENTRIES["cpu"]  # entries: the automatic choice compiles for tensors this large
+
+
+def binary_param(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return nn.Parameter((torch.randint(0, 2, shape, generator=g) * 2 - 1).float())
+
+
+def set_grads(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """Forget which kernels work, which were compiled and which warnings were given, for this test only."""
+    monkeypatch.setattr(_fused, "_support", {})
+    monkeypatch.setattr(_fused, "_runners", {})
+    monkeypatch.setattr(_fused, "_warned", set())
+
+
+def reference_run(params_init, steps, **kwargs):
+    params = [nn.Parameter(p.detach().clone()) for p in params_init]
+    opt = Bop(params, foreach=False, **kwargs)
+    for i in range(steps):
+        set_grads(params, i)
+        opt.step()
+    return params, opt
+
+
+class TestAutomaticChoice:
+    def test_small_tensors_take_the_eager_path_without_compiling(self, monkeypatch, fresh_choice):
+        probes = []
+        monkeypatch.setattr(_fused, "unavailable", lambda key, probe: probes.append(key))
+        w = binary_param(LARGE - 1)
+        opt = Bop([w])
+        set_grads([w], 0)
+        opt.step()
+        assert probes == []
+
+    @pytest.mark.usefixtures("fresh_choice")
+    def test_without_a_cxx_compiler_one_warning_then_the_eager_path(self):
+        with torch._inductor.config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):
+            self._check_fallback()
+
+    def _check_fallback(self):
+        init = [binary_param(LARGE, seed=1), binary_param(300, 120, seed=2)]
+        params = [nn.Parameter(p.detach().clone()) for p in init]
+        opt = Bop(params, gamma=0.1, threshold=1e-4)
+        with pytest.warns(UserWarning, match=r"Bop cannot use its fused kernel on cpu \(no working C\+\+ compiler"):
+            set_grads(params, 0)
+            opt.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process: the next steps are silent
+            for i in range(1, 4):
+                set_grads(params, i)
+                opt.step()
+        ref, ref_opt = reference_run(init, 4, gamma=0.1, threshold=1e-4)
+        for p, q in zip(params, ref):
+            assert torch.equal(p, q)
+            assert torch.equal(opt.state[p]["exp_avg"], ref_opt.state[q]["exp_avg"])
+        explicit = Bop([nn.Parameter(init[0].detach().clone())], fused=True)
+        set_grads(explicit.param_groups[0]["params"], 0)
+        with pytest.raises(RuntimeError, match=r"Bop\(fused=True\) cannot use its fused kernel on cpu: no working C"):
+            explicit.step()
+
+    @pytest.mark.usefixtures("fresh_choice")
+    def test_a_failing_compilation_is_named_in_the_warning(self, monkeypatch):
+        def broken(kernel):
+            def run(*args):
+                raise RuntimeError("InvalidCxxCompiler: g++ crashed")
+            return run
+
+        monkeypatch.setattr(_fused, "compiled", broken)
+        w = binary_param(LARGE)
+        opt = Bop2ndOrder([w])
+        set_grads([w], 0)
+        with pytest.warns(UserWarning, match=r"Bop2ndOrder cannot use .* \(RuntimeError: InvalidCxxCompiler: g\+\+ "
+                                             r"crashed\); it uses the eager path"):
+            opt.step()
+
+    @pytest.mark.usefixtures("fresh_choice")
+    def test_a_kernel_that_rounds_otherwise_is_refused(self, monkeypatch):
+        # lerp rounds m + gamma (g - m) differently (a fused multiply-add): not the reference, so not used
+        def lerp_kernel(w, g, m, gamma, above_neg, above_pos):
+            m.lerp_(g, gamma)
+            flip = w * m > torch.where(w < 0, above_neg, above_pos)
+            w.copy_(torch.where(flip, -w, w))
+            return flip.sum()
+
+        monkeypatch.setattr(_fused, "compiled", lambda kernel: kernel)  # run it eagerly: no compilation needed
+        monkeypatch.setattr(bop_module, "_bop_kernel", lerp_kernel)
+        w = binary_param(LARGE)
+        opt = Bop([w])
+        set_grads([w], 0)
+        with pytest.warns(UserWarning, match="results differ from the reference"):
+            opt.step()
+
+    def test_other_devices_take_the_eager_path_silently(self):
+        assert _fused._environment_problem("mps") == "no fused kernel for mps tensors"
+        _fused.warn_once("Bop", "mps", "no fused kernel for mps tensors")  # no warning: nothing to fall back from
+
+
+@requires_compiler
+class TestCompilations:
+    def test_one_compilation_per_kernel_whatever_the_schedule_groups_and_sizes(self):
+        """Counted with Dynamo's graph counter: each kernel (Bop; Bop with nonfinite="mask"; Bop2ndOrder) is compiled
+        once for fp32 CPU tensors, by the check of its first use; nothing after that compiles again."""
+        graphs = torch._dynamo.utils.counters["stats"]
+        known = set(_fused._support)
+        start = graphs["unique_graphs"]
+        conv, fc = binary_param(64, 64, 3, 3, seed=1), binary_param(300, 200, seed=2)
+        opt = Bop([conv, fc], gamma=1e-2, threshold=1e-4)
+        opt2 = Bop2ndOrder([binary_param(LARGE + 5, seed=3)], gamma=1e-2)
+        masked = Bop([binary_param(LARGE + 7, seed=4)], nonfinite="mask")
+        for o in (opt, opt2, masked):  # first steps: at most one compilation each
+            set_grads(o.param_groups[0]["params"], 0)
+            o.step()
+        new = {key for key in _fused._support if key not in known}
+        assert all(_fused._support[key] is None for key in new)  # every kernel compiled and matched the reference
+        assert graphs["unique_graphs"] - start <= len(new) <= 3  # fewer when an earlier test compiled one
+        after_first_steps = graphs["unique_graphs"]
+
+        gamma = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+        tau = ThresholdScheduler(opt, lambda epoch: 2.0**-epoch)
+        extra = [binary_param(333, 170, seed=5), binary_param(1, seed=6), nn.Parameter(binary_param(500, 200).t()),
+                 nn.Parameter(binary_param(40, 30, 5, 5).contiguous(memory_format=torch.channels_last))]
+        opt.add_param_group({"params": extra, "tie_break": "keep"})
+        params = [conv, fc, *extra]
+        for i, (tie_break, nonfinite) in enumerate([("larq", "raise"), ("flip", "skip"), ("keep", "raise")]):
+            opt.param_groups[0].update(tie_break=tie_break, nonfinite=nonfinite)
+            set_grads(params, i + 1)
+            opt.step()
+            gamma.step()
+            tau.step()
+        opt2.param_groups[0].update(lr=0.5, sigma=0.5, eps=1e-6, threshold=0.1)
+        opt2.add_param_group({"params": [binary_param(LARGE * 2, seed=7)]})
+        set_grads([p for g in opt2.param_groups for p in g["params"]], 9)
+        opt2.step()
+        masked.param_groups[0]["lr"] = 0.5
+        set_grads(masked.param_groups[0]["params"], 9)
+        masked.step()
+        assert graphs["unique_graphs"] == after_first_steps
