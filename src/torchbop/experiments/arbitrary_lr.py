@@ -47,7 +47,7 @@ from torchbop.experiments.plots import COLORS, scale_note
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict
 from torchbop.models import MnistBNN
-from torchbop.nn import binary_parameters, clip_latent_weights_, init_binary_weights_
+from torchbop.nn import binary_parameters, clip_latent_weights_, init_binary_weights_, split_binary_params
 from torchbop.quantizers import SteSign
 from torchbop.training import TrainConfig
 
@@ -122,13 +122,13 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
     ``first_difference_step`` (None when none), ``flips_total`` (sign changes in run A: the trajectory is not
     trivially constant), and the per-step ``differing`` and ``flips`` lists.
     """
+
     def make(scale: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(seed)
         model = MnistBNN(mode="latent", padding="valid")
         init_binary_weights_(model, scheme, scale=scale, generator=torch.Generator().manual_seed(seed))
         set_weight_quantizers(model, lambda: SteSign(clip_value=ste_clip))
-        binary = list(binary_parameters(model))
-        other = [p for p in model.parameters() if all(p is not w for w in binary)]
+        binary, other = split_binary_params(model, modes=("latent",))
         # only the latent weights' learning rate is scaled: batch norm trains identically in both runs
         optimizer = torch.optim.SGD([{"params": binary, "lr": lr * scale}, {"params": other, "lr": lr}])
         return model, optimizer

@@ -30,15 +30,13 @@ from typing import Any
 
 import torch
 
-from torchbop.experiments.profiles import PROFILES
-from torchbop.experiments.registry import EXPERIMENTS, get_experiment
-from torchbop.experiments.spec import RunContext, RunSpec
-from torchbop.experiments.store import (environment, jsonable, load_manifest, load_records, read_json, write_csv,
-                                        write_json)
 from torchbop.experiments.plots import save_figure
+from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.registry import get_experiment
+from torchbop.experiments.spec import RunContext, RunSpec
+from torchbop.experiments.store import environment, jsonable, read_json, write_csv, write_json
 
-__all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", "write_outputs", "load_manifest",
-           "load_records", "quiet_lightning"]
+__all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", "write_outputs", "quiet_lightning"]
 
 
 def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = None) -> Any:
