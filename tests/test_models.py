@@ -258,3 +258,99 @@ class TestRegistry:
     def test_unknown_kwarg_is_an_error(self):
         with pytest.raises(TypeError):
             create_model("mnist_bnn", widht=0.5)
+
+
+class TestMemoryFormat:
+    """channels_last (the default) against NCHW: same outputs, NHWC activations, parameters in torch's layout."""
+
+    FACTORIES = {
+        "mnist_same": (lambda **kw: MnistBNN(**kw), 1, 28),
+        "mnist_valid_latent": (lambda **kw: MnistBNN(padding="valid", mode="latent", **kw), 1, 28),
+        "binarynet": (lambda **kw: BinaryNet(width=0.125, **kw), 3, 32),
+        "binarynet_reproduction": (lambda **kw: BinaryNet(width=0.125, variant="reproduction", **kw), 3, 32),
+        "binarynet_float": (lambda **kw: BinaryNet(width=0.125, binarize=False, **kw), 3, 32),
+    }
+
+    @staticmethod
+    def twins(name):
+        factory, channels, size = TestMemoryFormat.FACTORIES[name]
+        torch.manual_seed(0)
+        nhwc = factory()
+        nchw = factory(channels_last=False)
+        nchw.load_state_dict(nhwc.state_dict())
+        return nhwc, nchw, channels, size
+
+    @staticmethod
+    def dyadic(n, channels, size, seed=0):
+        """Images in [-1, 1] on a grid of 1/8: every sum of the first (+-1-weighted) convolution is exact."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(-8, 9, (n, channels, size, size), generator=g).float() / 8
+
+    @pytest.mark.parametrize("name", list(FACTORIES))
+    def test_same_outputs_and_gradients(self, name):
+        nhwc, nchw, channels, size = self.twins(name)
+        x = self.dyadic(4, channels, size)
+        binary = "float" not in name
+        nhwc.eval(), nchw.eval()
+        out_a, out_b = nhwc(x), nchw(x)
+        if binary:  # +-1 weights and dyadic inputs: every sum is exact, whatever order a kernel adds in
+            assert torch.equal(out_a, out_b)
+        else:
+            torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
+        out_a.square().sum().backward()
+        out_b.square().sum().backward()
+        for (key, a), b in zip(nhwc.named_parameters(), nchw.parameters()):  # float sums: relative to their size
+            assert (a.grad - b.grad).abs().max() <= 1e-5 * b.grad.abs().max(), key
+        nhwc.train(), nchw.train()  # batch statistics: reductions in another order, equal up to rounding
+        y = images(8, channels, size, seed=1)
+        torch.testing.assert_close(nhwc(y), nchw(y), rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("name", ["mnist_same", "binarynet"])
+    def test_activations_are_channels_last_and_parameters_keep_their_layout(self, name):
+        from torchbop.models.memory_format import is_channels_last
+
+        nhwc, nchw, channels, size = self.twins(name)
+        seen = {}
+        for label, model in (("nhwc", nhwc), ("nchw", nchw)):
+            model.features.register_forward_hook(lambda m, i, o, label=label: seen.__setitem__(label, o))
+            model(images(2, channels, size))  # an NCHW input: the model converts it
+        assert is_channels_last(seen["nhwc"]) and not is_channels_last(seen["nchw"])
+        assert all(p.is_contiguous() for p in nhwc.parameters())  # state dicts, optimizers: as in NCHW
+        assert nhwc.memory_format == torch.channels_last and nchw.memory_format == torch.contiguous_format
+
+    def test_repr_and_validation(self):
+        assert "channels_last" not in repr(MnistBNN()).splitlines()[1]
+        assert "channels_last=False" in repr(MnistBNN(channels_last=False)).splitlines()[1]
+        assert "channels_last=False" in BinaryNet(width=0.125, channels_last=False).extra_repr()
+        with pytest.raises(ValueError, match="Invalid channels_last"):
+            MnistBNN(channels_last="yes")
+        with pytest.raises(ValueError, match="Invalid channels_last"):
+            BinaryNet(width=0.125, channels_last=1)
+
+
+class TestMemoryFormatHelpers:
+    def test_one_channel_images_get_channels_last_strides(self):
+        from torchbop.models.memory_format import is_channels_last, to_channels_last
+
+        x = torch.randn(2, 1, 4, 4)
+        assert x.is_contiguous(memory_format=torch.channels_last) and not is_channels_last(x)  # torch: both
+        y = to_channels_last(x)
+        assert is_channels_last(y) and torch.equal(x, y) and to_channels_last(y) is y
+        z = to_channels_last(torch.randn(2, 3, 4, 4))
+        assert z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
+        flat = torch.randn(2, 5)
+        assert to_channels_last(flat) is flat
+
+    def test_to_channels_last_is_differentiable(self):
+        from torchbop.models.memory_format import to_channels_last
+
+        x = torch.randn(2, 3, 4, 4, requires_grad=True)
+        (to_channels_last(x) * 2).sum().backward()
+        assert torch.equal(x.grad, torch.full_like(x, 2.0))
+
+    def test_input_memory_format(self):
+        from torchbop.models.memory_format import input_memory_format
+
+        assert input_memory_format(MnistBNN()) == torch.channels_last
+        assert input_memory_format(BinaryNet(width=0.125, channels_last=False)) == torch.contiguous_format
+        assert input_memory_format(nn.Sequential(nn.Conv2d(1, 2, 3))) == torch.contiguous_format

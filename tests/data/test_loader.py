@@ -273,6 +273,56 @@ def test_real_cifar10_epoch(real_cifar10):
     assert len(loader) == 20 and torch.equal(ys.sort().values, labels.sort().values)
 
 
+class TestMemoryFormat:
+    """memory_format=torch.channels_last: NHWC batches with exactly the values of the NCHW ones."""
+
+    @staticmethod
+    def channels_last(x: torch.Tensor) -> bool:
+        return x.stride(1) == 1 and x.permute(0, 2, 3, 1).is_contiguous()
+
+    @pytest.mark.parametrize("augment", [False, True])
+    def test_same_batches_in_channels_last(self, cifar_like, augment):
+        kwargs = dict(batch_size=64, shuffle=True, augment=augment, seed=3)
+        nchw = DeviceLoader(*cifar_like, **kwargs)
+        nhwc = DeviceLoader(*cifar_like, **kwargs, memory_format=torch.channels_last)
+        for epoch in range(2):
+            a, b = epoch_batches(nchw), epoch_batches(nhwc)
+            assert same_batches(a, b), epoch
+            assert all(self.channels_last(x) and not x.is_contiguous() for x, _ in epoch_loader_raw(nhwc, epoch))
+            assert all(x.is_contiguous() for x, _ in epoch_loader_raw(nchw, epoch))
+
+    def test_one_channel_images_get_channels_last_strides(self):
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=g)
+        nchw = DeviceLoader(images, torch.arange(40), batch_size=16, seed=1)
+        nhwc = DeviceLoader(images, torch.arange(40), batch_size=16, seed=1, memory_format=torch.channels_last)
+        a, b = epoch_batches(nchw), epoch_batches(nhwc)
+        assert same_batches(a, b)
+        assert all(self.channels_last(x) for x, _ in b) and not any(self.channels_last(x) for x, _ in a)
+        assert "memory_format=channels_last" in repr(nhwc) and "memory_format" not in repr(nchw)
+
+    @pytest.mark.parametrize("channels", [1, 3])
+    def test_pad_crop_flip_keeps_channels_last(self, channels):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(6, channels, 8, 8, generator=g)
+        offsets = torch.randint(0, 5, (6, 2), generator=g)
+        flips = torch.rand(6, generator=g) < 0.5
+        nhwc = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+        out = pad_crop_flip(nhwc, offsets, flips, padding=2, pad_value=-1.0)
+        assert self.channels_last(out)
+        assert torch.equal(out, reference_pad_crop_flip(x, offsets, flips, 2, -1.0))
+        assert torch.equal(out, pad_crop_flip(x, offsets, flips, padding=2, pad_value=-1.0))
+
+    def test_invalid_memory_format(self, cifar_like):
+        with pytest.raises(ValueError, match="Invalid memory_format"):
+            DeviceLoader(*cifar_like, batch_size=8, memory_format=torch.preserve_format)
+
+
+def epoch_loader_raw(loader, epoch):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
 # CUDA (skipped without it): every rank's shard, the pad value and MNIST-shaped images as on the CPU, bit for bit
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape, rank, pad_value", [((3, 32, 32), 0, -1.0), ((3, 32, 32), 1, 0.0), ((28, 28), 1, -1.0)])

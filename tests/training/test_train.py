@@ -198,3 +198,46 @@ def test_training_without_validation_writes_last_checkpoint_only(tiny_config, sy
     result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=0), data=synthetic, loggers=False)
     assert result["best_checkpoint"] is None and result["best_val_loss"] is None
     assert result["last_checkpoint"] and Path(result["last_checkpoint"]).is_file()
+
+
+class TestMemoryFormat:
+    """The loaders produce batches in the format the model computes in: channels_last for the shipped conv models."""
+
+    @staticmethod
+    def record_inputs(model):
+        strides = []
+        model.register_forward_pre_hook(lambda m, args: strides.append(args[0].stride()))
+        return strides
+
+    def test_shipped_model_gets_channels_last_batches(self, tiny_config, synthetic):
+        from torchbop.models import MnistBNN
+
+        model = MnistBNN()
+        strides = self.record_inputs(model)
+        result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=1), data=synthetic,
+                       model=model, loggers=False)
+        assert result["memory_format"] == "channels_last"
+        assert strides and set(strides) <= {(784, 1, 28, 1)}  # train, validation and test batches: NHWC
+
+    def test_nchw_model_gets_nchw_batches(self, tiny_config, synthetic):
+        from torchbop.models import MnistBNN
+
+        model = MnistBNN(channels_last=False)
+        strides = self.record_inputs(model)
+        result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=1), data=synthetic,
+                       model=model, loggers=False)
+        assert result["memory_format"] == "contiguous"
+        assert strides and set(strides) <= {(784, 784, 28, 1)}
+
+    def test_same_training_in_both_formats(self, tiny_config, synthetic):
+        """Two epochs with identical starting weights: the same test accuracy, nearly the same loss."""
+        from torchbop.models import MnistBNN
+
+        results = []
+        for channels_last in (True, False):
+            torch.manual_seed(0)
+            model = MnistBNN(channels_last=channels_last)
+            cfg = tiny_config(epochs=2, limit_train_batches=4, out=f"{tiny_config().out}-{channels_last}")
+            results.append(train(cfg, data=synthetic, model=model, loggers=False))
+        assert results[0]["test_acc"] == pytest.approx(results[1]["test_acc"], abs=0.02)
+        assert results[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=0.02)

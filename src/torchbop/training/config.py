@@ -36,7 +36,7 @@ MODES = ("bop", "latent")
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 PROTOCOLS = ("original", "reproduction")
 OPTIMIZERS = {"bop": ("bop", "bop2nd"), "latent": ("adam", "sgd")}
-PRECISIONS = ("32", "bf16-mixed")
+PRECISIONS = ("auto", "32", "bf16-mixed")
 TEST_WEIGHTS = ("last", "best")
 
 
@@ -82,7 +82,9 @@ class TrainConfig:
 
     # --- runtime ------------------------------------------------------------------------------------------------
     seed: int = 0
-    precision: str = "32"  # "32" | "bf16-mixed" (autocast; parameters and optimizer state stay fp32)
+    # "auto": bf16-mixed where the device runs bf16 natively, else 32 (resolved when the run starts, see
+    # torchbop.training.precision) | "32" | "bf16-mixed" (autocast; parameters and optimizer state stay fp32)
+    precision: str = "32"
     accelerator: str = "auto"
     devices: Union[int, str] = 1
     num_nodes: int = 1

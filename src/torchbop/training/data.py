@@ -10,7 +10,8 @@
 
   ``subset`` then keeps a seeded random ``subset`` of the training images (a scale option for quick runs).
 * The loaders are :class:`torchbop.data.DeviceLoader`: the whole split lives on the training device and batches are
-  sliced (and augmented) there. The training loader's shuffle order and augmentation are a function of
+  sliced (and augmented) there, in the memory format the model computes in (``memory_format``: NCHW, or
+  channels_last for the shipped convolution models). The training loader's shuffle order and augmentation are a function of
   ``(seed, epoch)``. It is wrapped in :class:`ResumableLoader`, which takes the epoch from the fit loop's counter and
   saves ``(epoch, batches consumed)`` in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would
   have seen, even mid-epoch. Under DDP each rank reads its own shard of every epoch's permutation; validation and
@@ -49,12 +50,17 @@ class BinaryDataModule(L.LightningDataModule):
     Args:
         config: the run's configuration (dataset, data_dir, protocol, subset, batch sizes, augment, seed).
         data: optional in-memory ``{"train": (images, labels), "test": (images, labels)}`` used instead of files.
+        memory_format: the layout of every batch, ``torch.contiguous_format`` (NCHW) or ``torch.channels_last``
+            (the engine passes the model's :func:`~torchbop.models.memory_format.input_memory_format`); the values
+            are the same in both.
     """
 
-    def __init__(self, config: TrainConfig, data: dict[str, Split] | None = None) -> None:
+    def __init__(self, config: TrainConfig, data: dict[str, Split] | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         super().__init__()
         self.config = config
         self._data = data
+        self.memory_format = memory_format
         self.train_set: Split | None = None
         self.val_set: Split | None = None
         self.test_set: Split | None = None
@@ -113,7 +119,8 @@ class BinaryDataModule(L.LightningDataModule):
             kwargs = {"rank": trainer.global_rank, "world_size": trainer.world_size}
         return DeviceLoader(
             split[0], split[1], cfg.batch_size if train else cfg.eval_batch_size,
-            shuffle=train, augment=cfg.augment and train, seed=cfg.seed, device=device, drop_last=train, **kwargs,
+            shuffle=train, augment=cfg.augment and train, seed=cfg.seed, device=device, drop_last=train,
+            memory_format=self.memory_format, **kwargs,
         )
 
     def train_dataloader(self):

@@ -17,6 +17,16 @@ Resuming (``config.resume``: a checkpoint or a run directory) restores the model
 LR schedule, the loop counters, the global RNG states, the early-stopping counter and the training loader's position
 (epoch and batch), so a killed run continues exactly where it stopped and ends with the weights an uninterrupted run
 would have had. Checkpoints are written atomically (:class:`~torchbop.training.callbacks.AtomicCheckpointIO`).
+
+Precision: ``precision: auto`` is resolved when the run starts (:func:`torchbop.training.precision.resolve_precision`:
+bf16-mixed where the device computes in bf16 natively, 32 elsewhere), and the run continues with the resolved value:
+``config.yaml`` (with a comment saying what ``auto`` became), the checkpoints' configuration (so ``--resume DIR``
+keeps the precision the run started with, on any machine) and ``summary.json`` (``precision``, and
+``precision_requested``) state what it used.
+
+Memory format: the loaders produce batches in the memory format the model computes in (its ``memory_format``
+attribute; ``torch.channels_last`` for the shipped convolution models, see :mod:`torchbop.models.memory_format`), so
+no batch is converted on the way in.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import AcceleratorRegistry
@@ -33,17 +44,20 @@ from torch import nn
 
 from torchbop.data.paths import DatasetNotFoundError
 from torchbop.errors import UserError, blame_user
+from torchbop.models.memory_format import input_memory_format
 from torchbop.training.callbacks import AtomicCheckpointIO, FlipEarlyStopping, RNGState, Throughput
 from torchbop.training.checkpoints import RelocatableCheckpoint
 from torchbop.training.config import TrainConfig
 from torchbop.training.console import EpochLines
 from torchbop.training.data import BinaryDataModule, Split
 from torchbop.training.module import BinaryClassifier
+from torchbop.training.precision import describe_resolution, resolve_precision
 from torchbop.training.run_folder import clear_run_files, finished_summary, resolve_run_folder, write_summary
 from torchbop.training.run_logs import ContinueLogs, run_loggers
 
 __all__ = ["train", "check_config", "format_summary"]
 
+#: TrainConfig.precision (once resolved, see torchbop.training.precision) -> Lightning's precision
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}
 
 
@@ -94,19 +108,23 @@ def train(
     Returns:
         ``test_acc``, ``test_loss`` with the ``protocol`` and ``test_weights`` they were measured under, the last
         validation metrics, ``best_val_loss``, checkpoint paths, ``epochs`` completed, ``global_step``,
-        ``stopped_early``, ``wall_time_s``, ``train_images_per_s`` and ``out_dir``.
+        ``stopped_early``, ``wall_time_s``, ``train_images_per_s``, ``precision`` (the one used: ``"32"`` or
+        ``"bf16-mixed"``) with ``precision_requested`` (``"auto"`` or the same), ``memory_format`` and ``out_dir``.
     """
     started = time.perf_counter()
     folder = resolve_run_folder(config, overwrite=overwrite, claim=rank_zero_only.rank == 0)
     if (summary := finished_summary(config, folder)) is not None:
         return {**summary, "already_finished": True, "is_global_zero": True}
-    config = config.replace(out=str(folder.path))
+    requested = config.precision
+    precision_line = describe_resolution(requested, config.accelerator)
+    config = config.replace(out=str(folder.path), precision=resolve_precision(requested, config.accelerator))
     out = folder.path
     ckpt_path = str(folder.checkpoint) if folder.checkpoint is not None else None
 
     L.seed_everything(config.seed, verbose=False)
     module = check_config(config, model)
-    datamodule = BinaryDataModule(config, data=data)
+    memory_format = input_memory_format(module.model)
+    datamodule = BinaryDataModule(config, data=data, memory_format=memory_format)
     # The data is read (and checked) before the Trainer prints anything and before the run folder exists.
     with blame_user(DatasetNotFoundError, ValueError, OSError, what=f"data ({config.dataset})"):
         if rank_zero_only.rank == 0:
@@ -164,7 +182,8 @@ def train(
         if overwrite and folder.checkpoint is None:
             clear_run_files(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        header = f"# {precision_line}\n" if requested != config.precision else ""
+        (out / "config.yaml").write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
@@ -200,6 +219,9 @@ def train(
         "train_images": throughput.images,
         "device": str(trainer.strategy.root_device),
         "world_size": trainer.world_size,
+        "precision": config.precision,
+        "precision_requested": requested,
+        "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",
         "out_dir": str(out),
     }
     if trainer.is_global_zero:
@@ -219,7 +241,16 @@ def format_summary(result: dict[str, Any]) -> str:
         f"  {result['epochs']} epochs, {result['global_step']} steps"
         + (" (stopped early: no flips)" if result["stopped_early"] else "")
         + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
-        f" on {result['device']} x{result['world_size']}",
+        f" on {result['device']} x{result['world_size']}" + _precision_note(result),
         f"  checkpoints: {result['last_checkpoint']} (last), {result['best_checkpoint']} (best)",
     ]
     return "\n".join(lines)
+
+
+def _precision_note(result: dict[str, Any]) -> str:
+    """``", precision 32 (auto), channels_last"``; empty for a summary written before these were recorded."""
+    if "precision" not in result:
+        return ""
+    requested = result.get("precision_requested")
+    note = f", precision {result['precision']}" + (" (auto)" if requested == "auto" else "")
+    return note + (f", {result['memory_format']}" if result.get("memory_format") == "channels_last" else "")
