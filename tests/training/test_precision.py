@@ -116,11 +116,21 @@ class TestConfig:
         for name in ("cifar10", "cifar10_reproduction", "cifar10_hyperparams"):
             assert load_recipe(name).precision == "32"
 
-    def test_profiles(self):
-        from torchbop.experiments.profiles import PROFILES
+    @pytest.mark.parametrize("name", ["approximation", "arbitrary-lr", "hyperparameters", "cifar10"])
+    @pytest.mark.parametrize("native, resolved", [(False, "32"), (True, "bf16-mixed")])
+    def test_profiles(self, monkeypatch, name, native, resolved):
+        """quick trains in auto (resolved when planned, so that the key says what ran); paper and smoke in fp32."""
+        from torchbop.experiments import EXPERIMENTS
 
-        assert PROFILES["quick"].precision == "auto"
-        assert PROFILES["paper"].precision == "32" and PROFILES["smoke"].precision == "32"
+        monkeypatch.setattr(P, "native_bf16", lambda device: native)
+        module = EXPERIMENTS[name]
+        assert [module.CONFIGS[p].precision for p in ("paper", "quick", "smoke")] == ["32", "auto", "32"]
+        trained = [spec.params["train"]["precision"] for spec in module.plan(module.CONFIGS["quick"])
+                   if "train" in spec.params]
+        assert trained and set(trained) == {resolved}
+        paper = [spec.params["train"]["precision"] for spec in module.plan(module.CONFIGS["paper"])
+                 if "train" in spec.params]
+        assert set(paper) == {"32"}
 
 
 @pytest.mark.parametrize("native, resolved", [(False, "32"), (True, "bf16-mixed")])

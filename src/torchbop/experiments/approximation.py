@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +32,6 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from torchbop.data import DeviceLoader
-from torchbop.experiments import profiles
 from torchbop.experiments.common import (evaluate, freeze_binary_weights, load_data, run_config, seeded_model,
                                          set_weight_quantizers, stored_train_config, train_run)
 from torchbop.experiments.plots import COLORS, scale_note
@@ -39,6 +39,7 @@ from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict
 from torchbop.nn import binary_parameters
 from torchbop.training import TrainConfig
+from torchbop.training.precision import resolve_precision
 
 __all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "PUBLISHED", "datasets", "plan", "execute", "describe",
            "summarize", "plot", "verdicts", "results"]
@@ -47,9 +48,34 @@ NAME = "approximation"
 TITLE = "Table 1: the approximation viewpoint (report 3.1.1)"
 VERSION = 1
 KEEP_RUN_DIR = False
-Config = profiles.ApproximationConfig
-CONFIGS = {name: profile.approximation for name, profile in profiles.PROFILES.items()}
 NOT_SCALE = frozenset({"datasets", "width"})  # the published claims are about MNIST; width is CIFAR-10's
+
+
+@dataclass(frozen=True)
+class Config:
+    """Table 1 (report 3.1.1): latent weights + Adam, then binary / real / real-after-BN-retraining test accuracy."""
+
+    datasets: tuple[str, ...] = ("mnist",)  # "mnist" | "fashion-mnist" | "cifar10" (BinaryNet at `width`)
+    seeds: int = 10  # random initializations
+    epochs: int = 6  # latent-weight training
+    retrain_epochs: int = 6  # batch-norm-only retraining with the real latent weights
+    batch_size: int = 32  # Keras' default: the report's script passes none to model.fit
+    lr: float = 1e-3  # Adam, betas (0.9, 0.999)
+    width: float = 1.0  # BinaryNet width multiplier (cifar10 only; the MNIST BNN has no width)
+    subset: int | None = None
+    test_subset: int | None = None
+    # TrainConfig.precision of the training runs: "32", or "auto" (bf16-mixed where the device computes bf16
+    # natively, else 32; resolved when the runs are planned, so the resolved value enters the run keys)
+    precision: str = "32"
+
+
+#: The settings at each profile (torchbop.experiments.profiles names them).
+CONFIGS = {
+    "paper": Config(),
+    "quick": Config(datasets=("mnist", "fashion-mnist", "cifar10"), seeds=3, epochs=2, retrain_epochs=2, width=0.125,
+                    subset=6000, test_subset=5000, precision="auto"),
+    "smoke": Config(seeds=2, epochs=1, retrain_epochs=1, subset=256, test_subset=256),
+}
 
 EVALUATIONS = ("binary", "real", "real_retrained")
 #: The reproducibility report's Table 1 (MNIST): mean and variance over 10 initializations.
@@ -65,7 +91,8 @@ def _train_config(cfg: Config, dataset: str, seed: int) -> TrainConfig:
     # protocol "original": the test set is evaluated after each epoch, for the curves only
     return TrainConfig(name=f"approximation-{dataset}", model=model, model_kwargs=model_kwargs, mode="latent",
                        dataset=dataset, protocol="original", batch_size=cfg.batch_size, epochs=cfg.epochs,
-                       optimizer="adam", lr=cfg.lr, seed=seed)
+                       optimizer="adam", lr=cfg.lr, seed=seed,
+                       precision=resolve_precision(cfg.precision))
 
 
 def datasets(cfg: Config) -> tuple[str, ...]:

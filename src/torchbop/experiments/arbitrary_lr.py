@@ -32,6 +32,7 @@ beyond the clip, where the theorem's assumption fails: its count should be posit
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,7 +41,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from torchbop.data import DeviceLoader
-from torchbop.experiments import profiles
 from torchbop.experiments.common import (load_data, run_config, seeded_model, set_weight_quantizers,
                                          stored_train_config, train_run)
 from torchbop.experiments.plots import COLORS, scale_note
@@ -50,6 +50,7 @@ from torchbop.models import MnistBNN
 from torchbop.nn import binary_parameters, clip_latent_weights_, init_binary_weights_, split_binary_params
 from torchbop.quantizers import SteSign
 from torchbop.training import TrainConfig
+from torchbop.training.precision import resolve_precision
 
 __all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "CONFIGURATIONS", "datasets", "plan", "execute",
            "theorem1_check", "describe", "summarize", "plot", "verdicts", "results"]
@@ -58,9 +59,33 @@ NAME = "arbitrary-lr"
 TITLE = "Figure 1 and Theorem 1: the arbitrary learning rate (report 3.1.2)"
 VERSION = 1
 KEEP_RUN_DIR = False
-Config = profiles.ArbitraryLrConfig
-CONFIGS = {name: profile.arbitrary_lr for name, profile in profiles.PROFILES.items()}
 NOT_SCALE = frozenset({"theorem_steps", "theorem_factor", "control_factor", "theorem_lr"})  # the exact check's
+
+
+@dataclass(frozen=True)
+class Config:
+    """Figure 1 (report 3.1.2) and an exact check of Theorem 1."""
+
+    seeds: int = 1
+    epochs: int = 100
+    batch_size: int = 32
+    subset: int | None = None
+    test_subset: int | None = None
+    theorem_steps: int = 2000  # optimizer steps of each exact Theorem-1 comparison
+    theorem_factor: float = 2.0**-7  # scales the second run's initial latent weights and learning rate
+    control_factor: float = 2.0**10  # the control's factor: puts nearly every latent weight past the STE's clip
+    theorem_lr: float = 0.01  # SGD, the unscaled run (batch norm keeps it in both runs)
+    # TrainConfig.precision of the training runs: "32", or "auto" (bf16-mixed where the device computes bf16
+    # natively, else 32; resolved when the runs are planned, so the resolved value enters the run keys)
+    precision: str = "32"
+
+
+#: The settings at each profile (torchbop.experiments.profiles names them).
+CONFIGS = {
+    "paper": Config(),
+    "quick": Config(seeds=2, epochs=3, subset=6000, test_subset=5000, theorem_steps=300, precision="auto"),
+    "smoke": Config(seeds=1, epochs=1, subset=256, test_subset=256, theorem_steps=12),
+}
 
 #: name -> (description, init scheme, init scale, optimizer, lr)
 CONFIGURATIONS: dict[str, tuple[str, str, float, str, float]] = {
@@ -84,7 +109,8 @@ def plan(cfg: Config) -> list[RunSpec]:
         for seed in range(cfg.seeds):
             train = TrainConfig(name=f"arbitrary-lr-{name}", model="mnist_bnn", model_kwargs={"padding": "valid"},
                                 mode="latent", dataset="mnist", protocol="original", batch_size=cfg.batch_size,
-                                epochs=cfg.epochs, optimizer=optimizer, lr=lr, seed=seed)
+                                epochs=cfg.epochs, optimizer=optimizer, lr=lr, seed=seed,
+                                precision=resolve_precision(cfg.precision))
             params = {"kind": "figure", "configuration": name, "scheme": scheme, "scale": scale, "seed": seed,
                       "subset": cfg.subset, "test_subset": cfg.test_subset, "train": stored_train_config(train)}
             specs.append(RunSpec(NAME, f"config{name}-seed{seed}", params))

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 
-from torchbop.experiments import profiles
 from torchbop.experiments.common import stored_train_config, train_stored_run
 from torchbop.experiments.plots import COLORS, mean_curve, scale_note
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.stats import gaussian_filter1d
 from torchbop.experiments.verdicts import Verdict
 from torchbop.training import load_recipe
+from torchbop.training.precision import resolve_precision
 
 __all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "grid", "datasets", "plan", "execute", "describe",
            "summarize", "plot", "verdicts", "results"]
@@ -36,9 +37,34 @@ NAME = "hyperparameters"
 TITLE = "Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2)"
 VERSION = 1
 KEEP_RUN_DIR = False
-Config = profiles.HyperparametersConfig
-CONFIGS = {name: profile.hyperparameters for name, profile in profiles.PROFILES.items()}
 NOT_SCALE: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Config:
+    """Figure 2 (paper 5.1, report 3.2): Bop's gamma and tau on BinaryNet / CIFAR-10."""
+
+    seeds: int = 1
+    epochs: int = 100
+    width: float = 1.0
+    subset: int | None = None
+    test_subset: int | None = None
+    gammas: tuple[float, ...] = (1e-2, 1e-3, 1e-4)  # varied at tau = fixed_threshold
+    thresholds: tuple[float, ...] = (0.0, 1e-5, 1e-6)  # varied at gamma = fixed_gamma
+    fixed_gamma: float = 1e-3
+    fixed_threshold: float = 1e-6
+    smooth_std: float = 100.0  # std, in steps, of the Gaussian filter applied to per-step curves
+    # TrainConfig.precision of the training runs: "32", or "auto" (bf16-mixed where the device computes bf16
+    # natively, else 32; resolved when the runs are planned, so the resolved value enters the run keys)
+    precision: str = "32"
+
+
+#: The settings at each profile (torchbop.experiments.profiles names them).
+CONFIGS = {
+    "paper": Config(),
+    "quick": Config(epochs=4, width=0.125, subset=5000, test_subset=2000, smooth_std=10.0, precision="auto"),
+    "smoke": Config(epochs=1, width=0.0625, subset=300, test_subset=200, smooth_std=1.0),
+}
 RECIPE = "cifar10_hyperparams"
 
 
@@ -58,6 +84,7 @@ def plan(cfg: Config) -> list[RunSpec]:
     for seed in range(cfg.seeds):
         for _, gamma, tau in grid(cfg):
             train = recipe.replace(gamma=gamma, threshold=tau, epochs=cfg.epochs, seed=seed,
+                                   precision=resolve_precision(cfg.precision),
                                    model_kwargs={**recipe.model_kwargs, "width": cfg.width})
             params = {"gamma": gamma, "threshold": tau, "seed": seed, "subset": cfg.subset,
                       "test_subset": cfg.test_subset, "train": stored_train_config(train)}

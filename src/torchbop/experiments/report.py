@@ -52,7 +52,7 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
                         f"{profile}` first (or give --results-dir). Nothing was written.")
     out = Path(reports_root) / profile
     out.mkdir(parents=True, exist_ok=True)
-    description = PROFILES[profile].description if profile in PROFILES else "custom"
+    description = PROFILES.get(profile, "custom")
     lines = [f"# torchbop reproduction report: profile `{profile}`", "",
              f"Profile `{profile}`: {description}. Generated {time.strftime('%Y-%m-%d %H:%M')} by "
              f"`torchbop report --profile {profile}` from `{Path(results_root) / profile}`; every number below is "
