@@ -15,7 +15,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Packages are floors (docs/ARCHITECTURE.md, STYLE.md): an import only ever points to its own floor or below.
-FLOORS = {"errors": 0, "quantizers": 0, "optim": 0, "data": 0, "nn": 1, "models": 1, "metrics": 1, "": 1,
+FLOORS = {"errors": 0, "quantizers": 0, "optim": 0, "data": 0, "nn": 1, "models": 1, "metrics": 1, "deploy": 1,
+          "": 1,
           "training": 2, "experiments": 3, "cli": 4}
 
 
@@ -139,3 +140,12 @@ def test_the_checker_finds_a_cycle(tmp_path, where):
     body = "from . import a\n" if where == "top" else "def f():\n    from torchbop.sub.a import x\n"
     (pkg / "b.py").write_text(body)
     assert cycles(graph(tmp_path)) == [["torchbop.sub.a", "torchbop.sub.b", "torchbop.sub.a"]]
+
+
+def test_core_does_not_import_deploy():
+    """``torchbop.deploy`` sits beside models on floor 1; only the top-level package and upper floors use it."""
+    core = ("quantizers", "optim", "data", "nn", "models", "metrics", "errors")
+    edges = graph()
+    found = sorted(f"{a} -> {b}" for a, targets in edges.items() if a.split(".")[1:2] and a.split(".")[1] in core
+                   for b in targets if b.startswith("torchbop.deploy"))
+    assert not found, "core modules importing torchbop.deploy:\n" + "\n".join(found)

@@ -8,6 +8,8 @@ Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural Netwo
 * :mod:`torchbop.optim`: ``Bop``, ``Bop2ndOrder``, ``CompositeOptimizer`` (Bop + Adam as one optimizer);
 * :mod:`torchbop.metrics`: ``FlipCounter`` (flips per step and layer, the report's pi_t).
 
+:mod:`torchbop.deploy` (``summary``, ``load_packed``) summarizes a trained BNN and runs its 1-bit packed export.
+
 Models (:mod:`torchbop.models`), data (:mod:`torchbop.data`), the Lightning training engine
 (:mod:`torchbop.training`) and the paper's experiments (:mod:`torchbop.experiments`) build on it. Importing
 ``torchbop`` imports the core only.
@@ -23,6 +25,7 @@ Example:
     ...                                model=model)
 """
 
+from torchbop.deploy import load_packed, summary
 from torchbop.metrics import FlipCounter
 from torchbop.nn import BinaryConv2d, BinaryLinear, split_binary_params
 from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer, ThresholdScheduler
@@ -37,8 +40,10 @@ __all__ = [
     "Bop2ndOrder",
     "CompositeOptimizer",
     "FlipCounter",
+    "load_packed",
     "ThresholdScheduler",
     "sign",
     "split_binary_params",
     "ste_sign",
+    "summary",
 ]

@@ -1,0 +1,162 @@
+r"""The packed-model file: a versioned container of a JSON header and raw little-endian tensors.
+
+Layout (format version 1)::
+
+    offset 0    8 bytes   magic  b"TBOPPACK"
+    offset 8    4 bytes   format version, uint32 little-endian (1)
+    offset 12   4 bytes   header length H, uint32 little-endian
+    offset 16   H bytes   header: UTF-8 JSON object (below)
+    16 + H      payload   the tensors' bytes, each at a 64-byte-aligned offset from the payload's start
+
+The header holds ``"format": "torchbop-packed"``, ``"version": 1``, ``"payload_bytes"`` (the payload's length),
+``"payload_crc32"`` (zlib CRC-32 of the payload), ``"tensors"`` (name -> ``{"dtype", "shape", "offset",
+"nbytes"}``, dtype one of :data:`DTYPES`) and whatever the writer adds (:mod:`torchbop.deploy.packed_model` adds
+``"network"``: the layers and how to run them). Nothing is pickled: reading a file runs no code from it.
+
+A file that cannot be read (missing, wrong magic, another format version, truncated, a corrupt payload, a missing
+or malformed key) raises :class:`~torchbop.errors.UserError` with one line naming the file and the fix. An
+existing output file is replaced only with ``overwrite=True``; a file is written to a temporary neighbour and moved
+into place with ``os.replace``, so a reader never sees half a file.
+
+Example:
+    >>> import tempfile, torch
+    >>> path = Path(tempfile.mkdtemp()) / "x.tbop"
+    >>> write_packed(path, {"note": "hi"}, {"bits": torch.tensor([1, 2, 3], dtype=torch.uint8)})
+    >>> header, tensors = read_packed(path)
+    >>> header["note"], tensors["bits"]
+    ('hi', tensor([1, 2, 3], dtype=torch.uint8))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchbop.errors import UserError
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "DTYPES", "write_packed", "read_packed"]
+
+MAGIC = b"TBOPPACK"
+#: The version this torchbop writes and reads. Bump it on any change a version-1 reader would misread.
+FORMAT_VERSION = 1
+#: dtype names of the header -> torch dtypes.
+DTYPES: dict[str, torch.dtype] = {"uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64,
+                                  "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                                  "float64": torch.float64}
+_PREFIX = struct.Struct("<8sII")
+_ALIGN = 64
+_FIX = "export it again from its checkpoint with `torchbop export RUN_DIR -o FILE`"
+
+
+def _check_byteorder() -> None:
+    if sys.byteorder != "little":  # the payload is little-endian and read without swapping
+        raise RuntimeError("torchbop packed files are read on little-endian machines only")
+
+
+def write_packed(path: str | os.PathLike[str], header: dict[str, Any], tensors: dict[str, Tensor], *,
+                 overwrite: bool = False) -> None:
+    """Write ``tensors`` and the JSON-serializable ``header`` (keys other than the container's own) to ``path``.
+
+    Raises:
+        UserError: ``path`` exists and ``overwrite`` is False.
+    """
+    _check_byteorder()
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: already exists; choose another output file or pass --overwrite to replace it")
+    entries, chunks, offset = {}, [], 0
+    for name, tensor in tensors.items():
+        dtype = next((key for key, value in DTYPES.items() if value == tensor.dtype), None)
+        if dtype is None:
+            raise ValueError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored (known: {', '.join(DTYPES)})")
+        data = tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        pad = -offset % _ALIGN
+        chunks.append(b"\0" * pad + data)
+        offset += pad
+        entries[name] = {"dtype": dtype, "shape": list(tensor.shape), "offset": offset, "nbytes": len(data)}
+        offset += len(data)
+    payload = b"".join(chunks)
+    full = {"format": "torchbop-packed", "version": FORMAT_VERSION, **header, "tensors": entries,
+            "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
+    text = json.dumps(full, separators=(",", ":")).encode()
+    blob = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(text)) + text + payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(blob)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_packed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(header, tensors)`` of a file written by :func:`write_packed`, every check of the module docstring made.
+
+    Raises:
+        UserError: the file is missing or cannot be read as a version-:data:`FORMAT_VERSION` packed model.
+    """
+    _check_byteorder()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; give a file written by `torchbop export`")
+    blob = path.read_bytes()
+    if len(blob) < _PREFIX.size or blob[:8] != MAGIC:
+        raise UserError(f"{path}: not a torchbop packed model (no {MAGIC.decode()} magic at its start); give a file "
+                        "written by `torchbop export`")
+    _, version, header_length = _PREFIX.unpack_from(blob)
+    if version != FORMAT_VERSION:
+        raise UserError(f"{path}: packed format version {version}, but this torchbop reads version "
+                        f"{FORMAT_VERSION}; {_FIX} (or use the torchbop that wrote it)")
+    start = _PREFIX.size + header_length
+    if len(blob) < start:
+        raise UserError(f"{path}: truncated (the header ends at byte {start}, the file has {len(blob)}); {_FIX}")
+    try:
+        header = json.loads(blob[_PREFIX.size:start].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: corrupt header ({error}); {_FIX}") from error
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: corrupt header (not a JSON object); {_FIX}")
+    for key, kind in (("tensors", dict), ("payload_bytes", int), ("payload_crc32", int)):
+        if not isinstance(header.get(key), kind):
+            raise UserError(f"{path}: header key {key!r} is missing or malformed; {_FIX}")
+    payload = blob[start:]
+    if len(payload) != header["payload_bytes"]:
+        state = "truncated" if len(payload) < header["payload_bytes"] else "has trailing bytes"
+        raise UserError(f"{path}: {state} (payload of {len(payload)} bytes, the header says "
+                        f"{header['payload_bytes']}); {_FIX}")
+    if zlib.crc32(payload) != header["payload_crc32"]:
+        raise UserError(f"{path}: corrupt payload (CRC-32 mismatch); {_FIX}")
+    return header, {name: _tensor(path, name, entry, payload) for name, entry in header["tensors"].items()}
+
+
+def _tensor(path: Path, name: str, entry: Any, payload: bytes) -> Tensor:
+    try:
+        dtype = DTYPES[entry["dtype"]]
+        shape = [int(s) for s in entry["shape"]]
+        offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+        count = 1
+        for s in shape:
+            count *= s
+        if min(shape, default=0) < 0 or nbytes != count * dtype.itemsize or offset < 0 \
+                or offset + nbytes > len(payload):
+            raise ValueError("shape, size and offset disagree")
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{path}: malformed entry for tensor {name!r} ({type(error).__name__}: {error}); "
+                        f"{_FIX}") from error
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
+    data = bytearray(payload[offset:offset + nbytes])  # a writable copy: tensors that own their memory
+    return torch.frombuffer(data, dtype=torch.uint8).view(dtype).reshape(shape)

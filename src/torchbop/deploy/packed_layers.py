@@ -1,0 +1,209 @@
+r"""Inference layers of a packed BNN: binary convolutions and dense layers computed exactly in integer arithmetic.
+
+A binary layer of the trained model computes, in float32, :math:`y = W \star \operatorname{sign}(x)` with
+:math:`W \in \{-1, +1\}` (sign(0) = +1, as :func:`torchbop.quantizers.sign`) and zero padding, so every output is
+an integer sum of -1, 0 and +1 terms: exact in float32 as long as it stays below :math:`2^{24}` in magnitude (a
+layer would need 16 million inputs per output to get there). Here the same integers come from packed bits:
+
+- inputs and weights become bits (1 = -1, 0 = +1: ``x < 0`` is one comparison, and it sends 0, -0.0 and NaN to +1
+  as ``sign`` does), 8 channels to a byte, each output position's receptive field one row of 64-bit words
+  (bit-level im2col, in torch);
+- :func:`~torchbop.deploy.xnor_kernel.xor_popcount` counts the disagreements ``d`` of a row with each filter, and
+  the dot product over the ``K`` real positions is ``K - 2 d``;
+- zero ("same") padding: the padded positions are 0 in the model, but a zero byte reads as +1 here. The padded
+  positions of an output position depend only on where it is, so ``(pad_value - 1) * sum of W over them`` is one
+  ``[H_out, W_out, C_out]`` map per input size (a convolution of the padding indicator with ``W``, computed once
+  and cached), added to every image of the batch. The same term handles Larq-style ``pad_value=+-1``.
+
+The layer's result is the integer tensor in float32, in the memory format the model computes in, so the batch norms
+and poolings that follow run on the very same numbers as in the model. A layer whose input is real (the first
+convolution, ``binary_input=False``) is computed as the model computes it: ``F.conv2d`` of the real input with the
++-1 weights in float32.
+
+Every layer has two backends, equal bit for bit: ``"kernel"`` (the packed-bit path above, C kernel) and
+``"torch"`` (``F.conv2d`` / ``F.linear`` of ``sign(x)`` with the +-1 weights in float32, exact for the reason
+above).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchbop.deploy.xnor_kernel import pack_bytes, resolve_backend, xor_popcount
+from torchbop.quantizers import sign
+
+__all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "PackedBatchNorm"]
+
+
+def _weight_words(negative: Tensor) -> Tensor:
+    """Bool ``[O, ...]`` (``[O, kh, kw, C]`` or ``[O, K]``) to the kernel's int64 rows ``[O, words]``: the last
+    dimension padded to whole bytes, each row to whole words, with zero bits."""
+    c = negative.shape[-1]
+    if c % 8:
+        negative = F.pad(negative, (0, -c % 8))
+    rows = pack_bytes(negative).reshape(negative.shape[0], -1)
+    if rows.shape[1] % 8:
+        rows = F.pad(rows, (0, -rows.shape[1] % 8))
+    return rows.contiguous().view(torch.int64)
+
+
+class _PackedBinaryLayer(nn.Module):
+    """What both packed layers share: the backend, the +-1 weight, its packed rows and the optional bias."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, binary_input: bool, backend: str) -> None:
+        super().__init__()
+        self.training = False
+        self.binary_input = binary_input
+        self.backend = resolve_backend(backend) if binary_input else "torch"
+        # The float +-1 weight is what F.conv2d / F.linear need (torch backend, real input); the kernel needs rows.
+        if self.backend == "torch":
+            self.register_buffer("weight", weight.float())
+        else:
+            self.register_buffer("weight_words", self._words(weight < 0))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.fan_in = weight[0].numel()
+
+    def _words(self, negative: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> _PackedBinaryLayer:
+        if mode:
+            raise RuntimeError(f"{type(self).__name__} is for inference only (eval mode)")
+        return super().train(False)
+
+
+class PackedBinaryConv2d(_PackedBinaryLayer):
+    """``BinaryConv2d`` for inference: see the module docstring.
+
+    Args:
+        weight: the +-1 weight ``[O, C, kh, kw]`` (float).
+        bias: ``[O]`` or None.
+        stride, padding, dilation: as the model's layer (``padding`` an int pair or ``"same"``/``"valid"``).
+        pad: the layer's padding as ``[left, right, top, bottom]`` (``nn.Conv2d._reversed_padding_repeated_twice``).
+        pad_value: what the binarized input is padded with (0, the default, or +-1).
+        binary_input: False for a first layer that takes real input.
+        memory_format: the model's memory format; outputs are made in it.
+        backend: ``"kernel"``, ``"torch"`` or ``"auto"``.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, *, stride: tuple[int, int],
+                 padding: tuple[int, int] | str, dilation: tuple[int, int], pad: tuple[int, int, int, int],
+                 pad_value: float = 0.0, binary_input: bool = True,
+                 memory_format: torch.memory_format = torch.channels_last, backend: str = "auto") -> None:
+        self.kernel_size = tuple(weight.shape[2:])
+        self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
+        super().__init__(weight, bias, binary_input, backend)
+        self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
+        self.pad, self.pad_value, self.memory_format = tuple(pad), float(pad_value), memory_format
+        # the kernel backend computes the border term of each new input size from the +-1 weight
+        self.register_buffer("weight_sum_source", weight.float() if self.backend == "kernel" else None)
+        self._border: dict[tuple[int, int], Tensor] = {}
+
+    def _words(self, negative: Tensor) -> Tensor:
+        return _weight_words(negative.permute(0, 2, 3, 1))  # [O, kh, kw, C]: the im2col row order
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, binary_input={self.binary_input}, backend={self.backend}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.backend == "torch":
+            return self._forward_float(x if not self.binary_input else sign(x))
+        return self._forward_packed(x)
+
+    def _forward_float(self, x: Tensor) -> Tensor:
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        if self.pad_value != 0.0:  # as BinaryConv2d: conv(pad(x, v)) = conv(pad(x, 0)) + conv(pad(0, v))
+            border = F.pad(x.new_zeros(x.shape[-3:]), self.pad, value=self.pad_value)
+            out = out + F.conv2d(border, self.weight, None, self.stride, 0, self.dilation)
+        return out
+
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        left, right, top, bottom = self.pad
+        return (h + top + bottom - dh * (kh - 1) - 1) // sh + 1, (w + left + right - dw * (kw - 1) - 1) // sw + 1
+
+    def _base(self, h: int, w: int) -> Tensor:
+        """``K + (pad_value - 1) * (sum of W over the padded positions)`` per output position: float ``[Ho, Wo, O]``.
+
+        The kernel reads a padded position as +1; the model pads with ``pad_value``.
+        """
+        key = (h, w)
+        if key not in self._border:
+            indicator = F.pad(torch.zeros(1, self.in_channels, h, w), self.pad, value=1.0)
+            padded_sum = F.conv2d(indicator, self.weight_sum_source, None, self.stride, 0, self.dilation)[0]
+            base = (self.pad_value - 1.0) * padded_sum + self.fan_in  # exact: small integers
+            self._border[key] = base.permute(1, 2, 0).contiguous()
+        return self._border[key]
+
+    def _forward_packed(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        ho, wo = self._out_size(h, w)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        left, right, top, bottom = self.pad
+        negative = (x < 0).permute(0, 2, 3, 1)  # [N, H, W, C]; a view when x is channels_last
+        if c % 8:
+            negative = F.pad(negative, (0, -c % 8))
+        pixels = pack_bytes(negative)  # [N, H, W, C / 8]
+        if any(self.pad):
+            pixels = F.pad(pixels, (0, 0, left, right, top, bottom))  # zero bytes: +1, corrected by _base
+        cb = pixels.shape[-1]
+        sn, sh_, sw_, _ = pixels.stride()
+        patches = pixels.as_strided((n, ho, wo, kh, kw, cb), (sn, sh_ * sh, sw_ * sw, sh_ * dh, sw_ * dw, 1))
+        row_bytes = kh * kw * cb
+        rows = torch.zeros(n * ho * wo, row_bytes + (-row_bytes % 8), dtype=torch.uint8)
+        rows[:, :row_bytes].unflatten(-1, (kh, kw, cb)).copy_(patches.reshape(n * ho * wo, kh, kw, cb))
+        differ = xor_popcount(rows.view(torch.int64), self.weight_words, "kernel")  # [N Ho Wo, O]
+        out = differ.view(n, ho, wo, self.out_channels).float().mul_(-2.0).add_(self._base(h, w))
+        out = out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        return out.contiguous(memory_format=self.memory_format)
+
+
+class PackedBinaryLinear(_PackedBinaryLayer):
+    """``BinaryLinear`` for inference: ``weight`` +-1 ``[O, K]``, optional ``bias``; see the module docstring."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, *, binary_input: bool = True,
+                 backend: str = "auto") -> None:
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        super().__init__(weight, bias, binary_input, backend)
+
+    def _words(self, negative: Tensor) -> Tensor:
+        return _weight_words(negative)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"binary_input={self.binary_input}, backend={self.backend}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.backend == "torch":
+            return F.linear(x if not self.binary_input else sign(x), self.weight, self.bias)
+        n, k = x.shape
+        negative = x < 0
+        if k % 64:
+            negative = F.pad(negative, (0, -k % 64))
+        rows = pack_bytes(negative).view(torch.int64).view(n, -1)
+        out = xor_popcount(rows, self.weight_words, "kernel").float().mul_(-2.0).add_(self.fan_in)
+        return out if self.bias is None else out + self.bias
+
+
+class PackedBatchNorm(nn.Module):
+    """Batch norm in eval mode, kept exactly: ``F.batch_norm`` with the model's running statistics, ``eps`` and
+    optional affine ``weight`` / ``bias``, the very call ``nn.BatchNorm{1,2}d.eval()`` makes."""
+
+    def __init__(self, running_mean: Tensor, running_var: Tensor, weight: Tensor | None, bias: Tensor | None,
+                 eps: float) -> None:
+        super().__init__()
+        self.num_features, self.eps = running_mean.numel(), float(eps)
+        for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                            ("bias", bias)):
+            self.register_buffer(name, None if value is None else value.detach().clone())
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
