@@ -22,7 +22,7 @@ Example:
     >>> a = pack_rows(torch.tensor([[True, False, True]]))  # (-1, +1, -1)
     >>> b = pack_rows(torch.tensor([[True, True, False], [False, True, False]]))
     >>> xor_popcount(a, b, backend="torch")
-    tensor([[2, 1]], dtype=torch.int32)
+    tensor([[2, 3]], dtype=torch.int32)
 """
 
 from __future__ import annotations
