@@ -1,10 +1,12 @@
-"""The ``torchbop`` command: ``train``, ``experiment`` and ``report``.
+"""The ``torchbop`` command: ``train``, ``experiment``, ``report``, ``summary`` and ``export``.
 
 ::
 
     torchbop train --recipe mnist [--epochs 3] [--set key=value ...]
     torchbop experiment approximation --profile quick --jobs 2
     torchbop report --profile quick
+    torchbop summary --recipe cifar10 | --checkpoint RUN_DIR_OR_CKPT
+    torchbop export RUN_DIR_OR_CKPT -o model.tbop [--overwrite]
 
 Errors: a mistake in the input (a recipe that does not exist, a bad value, a missing data folder, a corrupt
 checkpoint, hardware that is not there) is a :class:`~torchbop.errors.UserError`; ``main`` prints its message on
@@ -36,15 +38,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 
 from torchbop.data import fetch_datasets
 from torchbop.data.fetch import missing_files
 from torchbop.data.paths import describe_data_dir, resolve_data_dir
+from torchbop.deploy import export, summary
 from torchbop.errors import UserError, blame_user
 from torchbop.experiments import runner
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import EXPERIMENTS
 from torchbop.experiments.report import build_report
+from torchbop.models import create_model
 from torchbop.training.checkpoints import load_checkpoint
 from torchbop.training.config import PRECISIONS, TrainConfig, apply_overrides, available_recipes, load_recipe
 from torchbop.training.run_folder import checkpoint_of
@@ -142,7 +147,10 @@ def _config_of_checkpoint(resume: str) -> TrainConfig:
     """The configuration stored in the checkpoint ``--resume`` names, without its folder (``out``): a resumed run
     continues in the folder it is resumed from, wherever that run started."""
     path, _ = checkpoint_of(resume)
-    checkpoint = load_checkpoint(path)
+    return _stored_config(path, load_checkpoint(path))
+
+
+def _stored_config(path: Any, checkpoint: dict[str, Any]) -> TrainConfig:
     stored = checkpoint.get("hyper_parameters", {}).get("config")
     if not isinstance(stored, dict):
         raise UserError(f"{path}: not a torchbop training checkpoint (no stored configuration); give --recipe too")
@@ -157,7 +165,7 @@ def _run_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     result = train(config, overwrite=args.overwrite)
-    if not result.pop("is_global_zero"):
+    if rank_zero_only.rank != 0:  # under DDP every process returns here; one prints
         return 0
     if result.get("already_finished"):
         print(f"{result['out_dir']}: this run has already finished ({result['epochs']} epochs, test accuracy "
@@ -252,6 +260,81 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# summary, export
+# ----------------------------------------------------------------------------------------------------------------
+#: One image of each dataset, as the models take it: [channels, height, width].
+INPUT_SHAPES = {"mnist": [1, 28, 28], "fashion-mnist": [1, 28, 28], "cifar10": [3, 32, 32]}
+
+
+def _add_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help=f"the model of a recipe ({', '.join(available_recipes())}) or a .yaml "
+                                         "path")
+    source.add_argument("--checkpoint", help="a trained model: a run folder (its checkpoints/last.ckpt) or a "
+                                             ".ckpt file")
+    _add_shared(parser, "--width", "--set")
+
+
+def _model_of_recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig]:
+    with blame_user(ValueError, OSError):
+        config = load_recipe(args.recipe)
+    with blame_user(ValueError, what="--set"):
+        config = apply_overrides(config, args.overrides)
+    if args.width is not None:
+        config = config.replace(model_kwargs={**config.model_kwargs, "width": args.width})
+    with blame_user(ValueError, TypeError, what=f"model {config.model} {config.model_kwargs}"):
+        return create_model(config.model, mode=config.mode, **config.model_kwargs), config
+
+
+def _trained_model(source: str) -> tuple[Any, TrainConfig, Any]:
+    """``(model with the checkpoint's weights, its config, checkpoint path)`` of a run folder or ``.ckpt`` file."""
+    path, _ = checkpoint_of(source)
+    checkpoint = load_checkpoint(path)
+    config = _stored_config(path, checkpoint)
+    with blame_user(ValueError, TypeError, what=f"{path}: model {config.model} {config.model_kwargs}"):
+        model = create_model(config.model, mode=config.mode, **config.model_kwargs)
+    state = {key[len("model."):]: value for key, value in checkpoint.get("state_dict", {}).items()
+             if key.startswith("model.")}
+    with blame_user(RuntimeError, what=f"{path}: the stored weights do not fit {config.model}"):
+        model.load_state_dict(state)
+    return model.eval(), config, path
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        if args.width is not None or args.overrides:
+            raise UserError("--width and --set change a recipe's model; a checkpoint's model is what was trained")
+        model, config, _ = _trained_model(args.checkpoint)
+    else:
+        model, config = _model_of_recipe(args)
+    print(f"{config.model} {config.model_kwargs or ''} on {config.dataset} {INPUT_SHAPES[config.dataset]}".strip())
+    print(summary(model, INPUT_SHAPES[config.dataset]))
+    return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT",
+                        help="a run folder (its checkpoints/last.ckpt is used) or a .ckpt file")
+    parser.add_argument("-o", "--output", required=True, help="the packed file to write (e.g. model.tbop)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    if os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"{args.output}: already exists; choose another output file or pass --overwrite")
+    model, config, path = _trained_model(args.source)
+    source = {"checkpoint": str(path), "model": config.model, "model_kwargs": config.model_kwargs,
+              "mode": config.mode, "dataset": config.dataset}
+    with blame_user(ValueError, what=f"{path}: {config.model}"):
+        written = export(model, args.output, input_shape=INPUT_SHAPES[config.dataset], overwrite=args.overwrite,
+                         source=source)
+    size = written.stat().st_size
+    fp32 = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    print(f"wrote {written}: {size:,} bytes; the model's fp32 weights: {fp32:,} bytes ({fp32 / size:.1f}x)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
@@ -260,6 +343,10 @@ COMMANDS: dict[str, Command] = {
                           _run_experiment),
     "report": Command("gather experiment results into reports/<profile>/REPORT.md", _add_report_arguments,
                       _run_report),
+    "summary": Command("per-layer parameters, 1-bit memory and MACs of a recipe's or a checkpoint's model",
+                       _add_summary_arguments, _run_summary),
+    "export": Command("write a trained model as a packed 1-bit file (torchbop.load_packed reads it)",
+                      _add_export_arguments, _run_export),
 }
 
 

@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent(
 
     sys.path.insert(0, {conftest_dir!r})
     from conftest import make_synthetic
+    from lightning.pytorch.utilities import rank_zero_only
     from torchbop.training import TrainConfig, train
 
 
@@ -44,7 +45,7 @@ SCRIPT = textwrap.dedent(
         config = TrainConfig(epochs=2, batch_size=32, gamma=1e-2, threshold=1e-6, accelerator="cpu", devices=2,
                              strategy="ddp", progress_bar=False, limit_train_batches=3, out={out!r})
         result = train(config, data=data, loggers=False, callbacks=[SaveWeights()])
-        name = "result_zero.txt" if result["is_global_zero"] else f"result_{{os.getpid()}}.txt"
+        name = "result_zero.txt" if rank_zero_only.rank == 0 else f"result_{{os.getpid()}}.txt"
         (Path({out!r}) / name).write_text(f"{{result['world_size']}} {{result['global_step']}} {{result['test_acc']}}")
     """
 )

@@ -70,6 +70,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchbop.metrics import FlipCounter
+from torchbop.models import create_model
+from torchbop.nn import clip_latent_weights_, named_binary_layers, split_binary_params
+from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer
 from torchbop.training.config import TrainConfig
 
 __all__ = ["BinaryClassifier", "StepDecay", "build_model", "loss_and_accuracy"]
@@ -110,8 +114,6 @@ def loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 def build_model(config: TrainConfig) -> nn.Module:
     """``create_model(config.model, mode=config.mode, **config.model_kwargs)``."""
-    from torchbop.models import create_model
-
     return create_model(config.model, mode=config.mode, **config.model_kwargs)
 
 
@@ -198,10 +200,6 @@ class BinaryClassifier(L.LightningModule):
     # optimizer, schedule, flips
     # ------------------------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        from torchbop.metrics import FlipCounter
-        from torchbop.nn import named_binary_layers, split_binary_params
-        from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer
-
         cfg = self.config
         decay = StepDecay(cfg.gamma_decay, cfg.gamma_decay_every)
         binary, other = split_binary_params(self.model)
@@ -250,8 +248,6 @@ class BinaryClassifier(L.LightningModule):
             counter.before_step()
         optimizer.step(closure=optimizer_closure)
         if self.config.mode == "latent":
-            from torchbop.nn import clip_latent_weights_
-
             clip_latent_weights_(self.model)
         if counter is not None:
             counter.after_step()  # device tensors only; logged in on_train_batch_end at the steps Lightning writes

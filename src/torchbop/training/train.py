@@ -114,7 +114,7 @@ def train(
     started = time.perf_counter()
     folder = resolve_run_folder(config, overwrite=overwrite, claim=rank_zero_only.rank == 0)
     if (summary := finished_summary(config, folder)) is not None:
-        return {**summary, "already_finished": True, "is_global_zero": True}
+        return {**summary, "already_finished": True}
     requested = config.precision
     precision_line = describe_resolution(requested, config.accelerator)
     config = config.replace(out=str(folder.path), precision=resolve_precision(requested, config.accelerator))
@@ -226,7 +226,6 @@ def train(
     }
     if trainer.is_global_zero:
         write_summary(out / "summary.json", result)
-    result["is_global_zero"] = trainer.is_global_zero
     return result
 
 
