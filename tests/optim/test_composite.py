@@ -54,10 +54,19 @@ class TestRouting:
             CompositeOptimizer(Bop(binary), torch.optim.Adam(other[:-1]), model=model)
 
     def test_frozen_param_may_stay_unclaimed(self):
+        """A frozen parameter needs no optimizer: accepted, left unchanged by training, the others trained."""
         model = small_bnn()
         binary, other = split_binary_params(model)
         model[3].bias.requires_grad_(False)
-        CompositeOptimizer(Bop(binary), torch.optim.Adam([p for p in other if p.requires_grad]), model=model)
+        opt = CompositeOptimizer(Bop(binary, gamma=0.05, threshold=1e-4),
+                                 torch.optim.Adam([p for p in other if p.requires_grad], lr=0.01), model=model)
+        claimed = {id(p) for group in opt.param_groups for p in group["params"]}
+        assert id(model[3].bias) not in claimed and len(claimed) == len(binary) + len(other) - 1
+        before = copy.deepcopy(model.state_dict())
+        train(model, opt, steps=3, seed=0)
+        after = model.state_dict()
+        assert torch.equal(after["3.bias"], before["3.bias"])
+        assert not torch.equal(after["1.bias"], before["1.bias"])  # Adam moved the trainable shift
 
     def test_sub_optimizer_without_parameters(self):
         model = small_bnn()
