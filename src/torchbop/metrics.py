@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from torchbop.nn import named_binary_layers
+from torchbop.optim import Bop
 
 __all__ = ["FlipCounter", "count_sign_flips", "log_flip_ratio"]
 
@@ -115,8 +116,6 @@ class FlipCounter:
     def _owned_by_bop(self, weight: Tensor) -> bool:
         if self.optimizer is None:
             return False
-        from torchbop.optim import Bop  # local import: metrics must not require optim at import time
-
         children = getattr(self.optimizer, "optimizers", [self.optimizer])
         return any(isinstance(o, Bop) and any(p is weight for g in o.param_groups for p in g["params"])
                    for o in children)

@@ -27,6 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from torchbop.data import DeviceLoader, class_balanced_split, load_cifar10, load_mnist
 from torchbop.errors import UserError
 from torchbop.training.config import TrainConfig
 
@@ -37,8 +38,6 @@ Split = tuple[torch.Tensor, torch.Tensor]
 
 def load_split(config: TrainConfig, train: bool, download: bool = False) -> Split:
     """``(uint8 images [N, C, H, W], int64 labels [N])`` of the config's dataset from disk."""
-    from torchbop.data import load_cifar10, load_mnist
-
     if config.dataset == "cifar10":
         return load_cifar10(config.data_dir, train=train, download=download)
     return load_mnist(config.data_dir, train=train, variant=config.dataset, download=download)
@@ -95,8 +94,6 @@ class BinaryDataModule(L.LightningDataModule):
             train, test = load_split(cfg, train=True), load_split(cfg, train=False)
         train, test = _with_channels(train), _with_channels(test)
         if cfg.protocol == "reproduction":
-            from torchbop.data import class_balanced_split
-
             train_idx, val_idx = class_balanced_split(train[1], val_fraction=cfg.val_fraction, seed=cfg.seed)
             val = (train[0][val_idx], train[1][val_idx])
             train = (train[0][train_idx], train[1][train_idx])
@@ -109,8 +106,6 @@ class BinaryDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------------------
     def _loader(self, split: Split, *, train: bool) -> Any:
-        from torchbop.data import DeviceLoader
-
         cfg = self.config
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
