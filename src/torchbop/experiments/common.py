@@ -11,15 +11,18 @@ import torch
 from torch import nn
 
 from torchbop.data import DeviceLoader, load_cifar10, load_mnist
+from torchbop.errors import UserError
 from torchbop.experiments.spec import RunContext
 from torchbop.nn import binary_parameters, named_binary_layers
 from torchbop.training import TrainConfig, train
+from torchbop.training.checkpoints import load_checkpoint
 from torchbop.training.history import History
 from torchbop.training.module import build_model
+from torchbop.training.precision import resolve_precision
 from torchbop.training.subset import seeded_subset
 
 __all__ = ["load_data", "evaluate", "stored_train_config", "run_config", "seeded_model", "train_run",
-           "train_stored_run", "set_weight_quantizers", "freeze_binary_weights"]
+           "resumable_checkpoint", "train_stored_run", "set_weight_quantizers", "freeze_binary_weights"]
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -104,17 +107,57 @@ def seeded_model(config: TrainConfig) -> nn.Module:
 def train_run(config: TrainConfig, data: dict[str, Split], model: nn.Module, *, per_step: bool = False,
               log: Callable[[str], Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``torchbop.training.train`` on in-memory ``data`` without loggers, recording a
-    :class:`~torchbop.training.history.History`; returns ``(result, history.as_dict())``."""
+    :class:`~torchbop.training.history.History`; returns ``(result, history.as_dict())``.
+
+    The run continues from its folder's last checkpoint (``config.out``: the run's scratch folder, one per run key)
+    when an earlier attempt, killed, left one written under the same configuration (:func:`resumable_checkpoint`):
+    the engine resumes bit-exactly, ``model`` ends with the weights and the History with the records of an
+    uninterrupted run. Otherwise the run starts afresh, over whatever files an earlier attempt left there.
+    """
     history = History(per_step=per_step, log=log)
-    # A run that is not stored yet starts afresh, also over the files of an earlier attempt that was killed.
-    result = train(config, data=data, model=model, callbacks=[history], loggers=False, overwrite=True)
+    folder = Path(config.out)
+    step = resumable_checkpoint(config)
+    if step is None:
+        result = train(config, data=data, model=model, callbacks=[history], loggers=False, overwrite=True)
+    else:
+        if log is not None:
+            log(f"resuming from step {step}: {folder / 'checkpoints' / 'last.ckpt'} (an interrupted attempt's)")
+        # The run's stored record, not train()'s summary.json, says that a run is done. Without the summary, a
+        # checkpoint that has finished training is restored (weights into ``model``, History) and tested again.
+        (folder / "summary.json").unlink(missing_ok=True)
+        result = train(config.replace(resume=str(folder)), data=data, model=model, callbacks=[history], loggers=False)
+        # A run resumed after its last epoch validates nothing in this process: its last validation is the History's.
+        validated = [row for row in history.epochs if "val_loss" in row]
+        if validated:
+            result = {**{k: validated[-1][k] for k in ("val_acc", "val_loss") if k in validated[-1]}, **result}
     return {k: v for k, v in result.items() if k in RESULT_KEYS}, history.as_dict()
+
+
+def resumable_checkpoint(config: TrainConfig) -> int | None:
+    """The global step of ``config.out``'s ``checkpoints/last.ckpt`` when it is intact and was written by a run of
+    ``config`` (the same fields but :data:`LOCAL_FIELDS` and ``resume``, with ``precision`` as it resolves on this
+    machine), else None."""
+    path = Path(config.out) / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = load_checkpoint(path)
+    except UserError:  # truncated or not a checkpoint: start afresh
+        return None
+    stored = checkpoint.get("hyper_parameters", {}).get("config")
+    expected = config.replace(precision=resolve_precision(config.precision, config.accelerator)).to_dict()
+    ignored = (*LOCAL_FIELDS, "resume")
+    if not isinstance(stored, dict) or ({k: v for k, v in stored.items() if k not in ignored}
+                                        != {k: v for k, v in expected.items() if k not in ignored}):
+        return None
+    return int(checkpoint.get("global_step", 0))
 
 
 def train_stored_run(params: dict[str, Any], ctx: RunContext, dataset: str, *,
                      per_step: bool = False) -> tuple[dict, dict, dict]:
     """A run whose ``params`` hold ``subset``, ``test_subset`` and the stored ``train`` config: loads the data and
-    trains the config's model in the run's folder; returns ``(result, history, data)``."""
+    trains the config's model in the run's folder (continuing a killed attempt, see :func:`train_run`); returns
+    ``(result, history, data)``."""
     data = load_data(dataset, ctx.data_dir, params["subset"], params["test_subset"])
     config = run_config(params["train"], ctx.run_dir)
     result, history = train_run(config, data, seeded_model(config), per_step=per_step, log=ctx.log)

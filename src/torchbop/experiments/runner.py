@@ -12,6 +12,19 @@ A run's key is a hash of its experiment, the experiment's ``VERSION`` and its ``
 is skipped, whatever invocation or profile override planned it. Runs go to ``jobs`` spawned processes with
 ``cores // jobs`` torch threads each; every worker writes its record itself (atomically), so a crash or Ctrl-C loses
 only the runs in flight.
+
+**Killed runs continue.** A run executes in its own scratch folder ``runs/<key>/`` (``RunContext.run_dir``), which
+outlives a killed invocation. The training runs of an experiment (``common.train_run``) continue there from the last
+checkpoint the next time the experiment is invoked, and end with the result an uninterrupted run has; what a run
+computes outside ``torchbop.training.train`` (arbitrary-lr's Theorem-1 check, approximation's batch-norm retraining)
+starts again from its beginning.
+
+**Concurrent invocations.** Two invocations of an experiment on the same results folder share the work: a run is
+executed only under its lock (:class:`~torchbop.experiments.run_lock.RunLock`, an OS file lock beside the record that
+a killed process releases at once), taken by the worker that executes it. A run locked by another invocation is left
+to it ("running in another invocation") and waited for once everything else is done: if that invocation stores it,
+its record is used (counted under ``elsewhere`` in the manifest); if it fails or is killed, this invocation runs it.
+So each invocation ends with every run of its plan stored (or failed here), and each run is executed once.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import os
 import shutil
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +47,7 @@ import torch
 from torchbop.experiments.plots import save_figure
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import get_experiment
+from torchbop.experiments.run_lock import RunLock
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.store import environment, jsonable, read_json, write_csv, write_json
 
@@ -50,7 +65,7 @@ def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = 
         >>> configure("quick", "cifar10", {"retrain_epochs": 1})
         Traceback (most recent call last):
         ...
-        ValueError: cifar10 has no setting 'retrain_epochs' (its settings: protocol, seeds, epochs, width, subset, test_subset, gamma_decay_every)
+        ValueError: cifar10 has no setting 'retrain_epochs' (its settings: protocol, seeds, epochs, width, subset, test_subset, gamma_decay_every, precision)
     """
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
@@ -134,7 +149,8 @@ def run_experiment(
     """Run ``config``'s plan (skipping runs already stored), then write the manifest, summary, tables and figure.
 
     Returns the manifest. Failed runs are listed under ``"failed"`` (with their tracebacks in the log); the summary
-    then covers the runs that succeeded.
+    then covers the runs that succeeded. Runs that another invocation holds are waited for at the end (see the module
+    docstring); ``"elsewhere"`` counts those it stored.
     """
     if jobs < 1:
         raise ValueError(f"Invalid jobs value: {jobs} (expected >= 1)")
@@ -152,40 +168,52 @@ def run_experiment(
 
     started = time.time()
     failed: list[str] = []
+    counts = {"done": 0, "elsewhere": 0}
     # module.execute travels to spawned workers by reference (module and name), like any top-level function
     tasks = [dict(execute=module.execute, keep_run_dir=module.KEEP_RUN_DIR, experiment=experiment, label=s.label,
                   params=s.params, key=k, version=module.VERSION, run_dir=str(out / "runs" / k),
                   record_path=str(out / "runs" / f"{k}.json"), data_dir=data_dir, verbose=verbose) for s, k in todo]
-    done = 0
+    finished = 0
 
-    def report(task: dict[str, Any], record: dict[str, Any] | None, error: str | None) -> None:
-        nonlocal done
-        done += 1
-        if error is not None:
+    def report(task: dict[str, Any], outcome: str, record: dict[str, Any] | None, error: str | None) -> bool:
+        """Log a run's outcome; False when the run is held by another invocation and is to be waited for."""
+        nonlocal finished
+        if outcome == "busy":
+            log(f"  [{task['label']}] running in another invocation: waiting for it once the other runs are done")
+            return False
+        finished += 1
+        if outcome == "failed":
             failed.append(task["label"])
-            log(f"[{done}/{len(tasks)}] {task['label']}: FAILED\n{error}")
-        else:
-            log(f"[{done}/{len(tasks)}] {task['label']}: {module.describe(record['result'])} "
-                f"({record['wall_time_s']:.0f} s; {time.time() - started:.0f} s elapsed)")
+            log(f"[{finished}/{len(tasks)}] {task['label']}: FAILED\n{error}")
+            return True
+        counts[outcome] += 1
+        where = f"{record['wall_time_s']:.0f} s" if outcome == "done" else "run by another invocation"
+        log(f"[{finished}/{len(tasks)}] {task['label']}: {module.describe(record['result'])} "
+            f"({where}; {time.time() - started:.0f} s elapsed)")
+        return True
 
     if jobs == 1 or len(tasks) <= 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            for task in tasks:
-                record, error = _execute_safely(task)
-                report(task, record, error)
+            queue = deque((task, False) for task in tasks)  # (task, wait for its lock)
+            while queue:
+                task, wait = queue.popleft()
+                if not report(task, *_claim_and_execute(task, wait)):
+                    queue.append((task, True))
         finally:
             torch.set_num_threads(previous)
     else:
         context = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                                     initargs=(threads,)) as pool:
-            futures = {pool.submit(_execute_safely, task): task for task in tasks}
+            futures = {pool.submit(_claim_and_execute, task, False): task for task in tasks}
             try:
-                for future in cf.as_completed(futures):
-                    record, error = future.result()
-                    report(futures[future], record, error)
+                while futures:
+                    future = next(cf.as_completed(futures))
+                    task = futures.pop(future)
+                    if not report(task, *future.result()):  # queued behind every run not yet started
+                        futures[pool.submit(_claim_and_execute, task, True)] = task
             except KeyboardInterrupt:  # stop now; finished runs are stored, the rest runs next time
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -197,8 +225,9 @@ def run_experiment(
         "config": jsonable(dataclasses.asdict(config)),
         "paper_config": jsonable(dataclasses.asdict(configure("paper", experiment))),
         "runs": [{"label": s.label, "key": k} for s, k in keyed],
-        "executed": len(tasks) - len(failed),
+        "executed": counts["done"],
         "skipped": len(keyed) - len(tasks),
+        "elsewhere": counts["elsewhere"],
         "failed": failed,
         "wall_time_s": time.time() - started,
         "compute_time_s": sum(r["wall_time_s"] for r in records),
@@ -208,20 +237,24 @@ def run_experiment(
     }
     write_json(out / "manifest.json", manifest)
     write_outputs(experiment, out, records, config)
-    log(f"{experiment}: {manifest['executed']} run, {manifest['skipped']} skipped, {len(failed)} failed in "
-        f"{manifest['wall_time_s']:.0f} s; results in {out}")
+    elsewhere = f"{counts['elsewhere']} run by another invocation, " if counts["elsewhere"] else ""
+    log(f"{experiment}: {manifest['executed']} run, {manifest['skipped']} skipped, {elsewhere}{len(failed)} failed "
+        f"in {manifest['wall_time_s']:.0f} s; results in {out}")
     return manifest
 
 
 def write_outputs(experiment: str, out: Path, records: list[dict[str, Any]], config: Any) -> dict[str, Any]:
-    """summary.json, one CSV per table and figure.png, from the records alone."""
+    """summary.json, one CSV per table and figure.png, from the records alone; each file is replaced atomically, so
+    two invocations finishing at once leave complete files."""
     module = get_experiment(experiment)
     summary = module.summarize(records, config)
     write_json(out / "summary.json", summary)
     for name, rows in summary.get("tables", {}).items():
         write_csv(out / f"{name}.csv", rows)
     if records:
-        save_figure(module.plot, records, summary, config, out / "figure.png")
+        partial = out / f".figure.{os.getpid()}.png"
+        save_figure(module.plot, records, summary, config, partial)
+        os.replace(partial, out / "figure.png")
     return summary
 
 
@@ -238,11 +271,23 @@ def _init_worker(threads: int) -> None:
     quiet_lightning()
 
 
-def _execute_safely(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        return _execute(**task), None
-    except Exception:  # one failed run must not take the others down
-        return None, traceback.format_exc()
+def _claim_and_execute(task: dict[str, Any], wait: bool) -> tuple[str, dict[str, Any] | None, str | None]:
+    """Execute ``task`` under its run's lock: ``(outcome, record, traceback)``, the outcome being ``"done"`` (run
+    here), ``"elsewhere"`` (another process stored it meanwhile), ``"failed"`` or ``"busy"`` (locked by another
+    process; only without ``wait``)."""
+    record_path = Path(task["record_path"])
+    with RunLock(record_path.with_suffix(".lock")) as lock:
+        if not lock.acquire(wait=wait):
+            return "busy", None, None
+        if record_path.is_file():
+            lock.done()
+            return "elsewhere", read_json(record_path), None
+        try:
+            record = _execute(**task)
+        except Exception:  # one failed run must not take the others down
+            return "failed", None, traceback.format_exc()
+        lock.done()
+        return "done", record, None
 
 
 def _execute(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any]], keep_run_dir: bool,

@@ -58,13 +58,16 @@ def read_json(path: Path) -> Any:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` (one column per key seen) atomically, like :func:`write_json`."""
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with open(path, "w", newline="") as f:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(jsonable(rows))
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

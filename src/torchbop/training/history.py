@@ -19,6 +19,10 @@ model without binary layers), ``train_acc`` and ``train_loss`` of the training b
 The numbers are the ones the module logs (``train_*_epoch``, ``train_*_step``, ``val_*``) and its flip counter.
 Records are kept on every process; under DDP they are rank 0's view of the epoch means and counts, which the module
 makes global.
+
+A History travels with the run's checkpoints (Lightning's callback ``state_dict``): a run resumed from a checkpoint,
+also one written in the middle of an epoch, ends with the records an uninterrupted run has, the epochs and steps
+before the resume included.
 """
 
 from __future__ import annotations
@@ -46,14 +50,34 @@ class History(L.Callback):
         self.steps: dict[str, list[float]] = {"pi_t": [], "train_acc": [], "train_loss": []}
         self._log = log
         self._val: dict[str, float] = {}
+        self._epoch = -1  # the epoch being trained (Lightning's current_epoch)
         self._steps_in_epoch = 0
         self._rate = math.nan
+        self._resumed_epoch: int | None = None  # the epoch a checkpoint interrupted, until it starts again
 
     def as_dict(self) -> dict[str, Any]:
         """``{"epochs": [...]}``, plus ``"steps"`` with ``per_step``: JSON-able."""
         return {"epochs": self.epochs, **({"steps": self.steps} if self.per_step else {})}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything recorded so far and the current epoch's counts: plain data, saved in every checkpoint."""
+        return {"epochs": [dict(row) for row in self.epochs], "steps": {k: list(v) for k, v in self.steps.items()},
+                "val": dict(self._val), "epoch": self._epoch, "steps_in_epoch": self._steps_in_epoch,
+                "rate": self._rate}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = [dict(row) for row in state_dict["epochs"]]
+        self.steps = {k: list(v) for k, v in state_dict["steps"].items()}
+        self._val = dict(state_dict["val"])
+        self._epoch = self._resumed_epoch = state_dict["epoch"]
+        self._steps_in_epoch = state_dict["steps_in_epoch"]
+        self._rate = state_dict["rate"]
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        resumed, self._resumed_epoch = self._resumed_epoch, None
+        if resumed == trainer.current_epoch:
+            return  # resumed in the middle of this epoch: its steps and rate so far come from the checkpoint
+        self._epoch = trainer.current_epoch
         self._steps_in_epoch = 0
         self._rate = float(trainer.optimizers[0].param_groups[0]["lr"])  # Bop keeps gamma as its groups' "lr"
 
