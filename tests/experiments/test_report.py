@@ -6,7 +6,7 @@ import json
 import shutil
 
 from torchbop.experiments import approximation, arbitrary_lr, cifar10
-from torchbop.experiments.report import at_published_scale, build_report
+from torchbop.experiments.report import at_published_scale, build_report, scale_differences
 
 
 def test_report_from_smoke_results(smoke_results, tmp_path):
@@ -21,6 +21,8 @@ def test_report_from_smoke_results(smoke_results, tmp_path):
     assert "0.9663" in text and "91.30%" in text  # published numbers beside ours
     assert "**reproduced**" in text  # the exact Theorem-1 check does not need the published scale
     assert "**not run at scale**" in text  # everything else ran below it
+    # each claim below the published scale names the settings that make it so
+    assert "**not run at scale** (epochs 2 (published 500); width 0.0625 (published 1); subset 200 (published all)" in text
     env = json.loads((smoke_results / "smoke" / "cifar10" / "manifest.json").read_text())["environment"]
     assert f"| machine | {env['cpu']}, {env['cores']} cores" in text  # the machine is stated
 
@@ -38,6 +40,10 @@ def test_published_scale_detection():
     assert at_published_scale("approximation", dict(paper, datasets=["mnist", "cifar10"]), paper)
     assert not at_published_scale("approximation", dict(paper, subset=6000), paper)
     assert not at_published_scale("approximation", dict(paper, seeds=3), paper)
+    assert scale_differences("approximation", dict(paper, seeds=3, precision="auto"), dict(paper, precision="32")) \
+        == ["seeds 3 (published 10)"]  # the precision does not define the scale
+    assert scale_differences("hyperparameters", {"epochs": 100, "width": 0.125, "smooth_std": 1.0},
+                             {"epochs": 100, "width": 1.0, "smooth_std": 100.0}) == ["width 0.125 (published 1)"]
 
 
 def _table1(binary, real, retrained):

@@ -59,7 +59,8 @@ NAME = "arbitrary-lr"
 TITLE = "Figure 1 and Theorem 1: the arbitrary learning rate (report 3.1.2)"
 VERSION = 1
 KEEP_RUN_DIR = False
-NOT_SCALE = frozenset({"theorem_steps", "theorem_factor", "control_factor", "theorem_lr"})  # the exact check's
+#: the exact check's settings, and the precision
+NOT_SCALE = frozenset({"theorem_steps", "theorem_factor", "control_factor", "theorem_lr", "precision"})
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Config:
 #: The settings at each profile (torchbop.experiments.profiles names them).
 CONFIGS = {
     "paper": Config(),
+    "cpu": Config(precision="auto"),  # the paper's scale: 5 x 100 epochs of MNIST, about 3 CPU-hours
     "quick": Config(seeds=2, epochs=3, subset=6000, test_subset=5000, theorem_steps=300, precision="auto"),
     "smoke": Config(seeds=1, epochs=1, subset=256, test_subset=256, theorem_steps=12),
 }

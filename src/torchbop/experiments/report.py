@@ -20,7 +20,7 @@ from torchbop.experiments.runner import config_from_dict, experiment_dir
 from torchbop.experiments.store import load_manifest, load_records
 from torchbop.experiments.verdicts import Verdict
 
-__all__ = ["build_report", "at_published_scale"]
+__all__ = ["build_report", "at_published_scale", "scale_differences"]
 
 
 def at_published_scale(experiment: str, config: dict[str, Any], paper: dict[str, Any]) -> bool:
@@ -32,8 +32,20 @@ def at_published_scale(experiment: str, config: dict[str, Any], paper: dict[str,
         ...                    {"epochs": 500, "protocol": "original"})
         True
     """
+    return not scale_differences(experiment, config, paper)
+
+
+def scale_differences(experiment: str, config: dict[str, Any], paper: dict[str, Any]) -> list[str]:
+    """The settings that define the scale and differ from the paper profile's, as ``"width 0.125 (published 1)"``.
+
+    Example:
+        >>> scale_differences("cifar10", {"epochs": 4, "width": 0.125, "protocol": "reproduction"},
+        ...                   {"epochs": 500, "width": 1.0, "protocol": "original"})
+        ['epochs 4 (published 500)', 'width 0.125 (published 1)']
+    """
     ignore = get_experiment(experiment).NOT_SCALE
-    return all(config.get(k) == v for k, v in paper.items() if k not in ignore)
+    return [f"{k} {_fmt(k, config.get(k))} (published {_fmt(k, v)})" for k, v in paper.items()
+            if k not in ignore and config.get(k) != v]
 
 
 def build_report(profile: str, results_root: str | Path = "results", reports_root: str | Path = "reports") -> Path:
@@ -75,12 +87,12 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
         config = config_from_dict(experiment, manifest["config"])
         summary = module.summarize(records, config)
         figure = save_figure(module.plot, records, summary, config, out / f"{experiment}.png")
-        scale_ok = at_published_scale(experiment, manifest["config"], manifest["paper_config"])
+        below = scale_differences(experiment, manifest["config"], manifest["paper_config"])
         claims = module.verdicts(summary)
-        sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, scale_ok), "",
+        sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, below), "",
                      *module.results(summary), "", f"![{experiment}]({figure.name})", "",
-                     *_verdict_table(claims, scale_ok), ""]
-        summary_rows += [f"| {v.claim} | {_outcome(v, scale_ok)} | {v.measured} |" for v in claims]
+                     *_verdict_table(claims, below), ""]
+        summary_rows += [f"| {v.claim} | {_outcome(v, below, detail=False)} | {v.measured} |" for v in claims]
         span += run_span(records)
         compute += sum(r["wall_time_s"] for r in records)
     lines += ["## Verdicts at a glance", "", "| claim | verdict | ours |", "|---|---|---|", *summary_rows, "",
@@ -92,7 +104,7 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
     return path
 
 
-def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], scale_ok: bool) -> list[str]:
+def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below: list[str]) -> list[str]:
     config, paper = manifest["config"], manifest["paper_config"]
     env = manifest["environment"]
     rows = ["| setting | ours | `paper` profile (the published scale) |", "|---|---|---|"]
@@ -110,7 +122,7 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], scale_
         f"| machine | {machine}; torch {env['torch']} | |",
         f"| code | {env.get('git') or 'unknown'} (finished {manifest['finished_at']}) | |",
     ]
-    scale = "at the published scale" if scale_ok else "**below the published scale**"
+    scale = "at the published scale" if not below else f"**below the published scale** ({', '.join(below)})"
     return [f"Scale: {scale}.", "", *rows]
 
 
@@ -131,12 +143,15 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _verdict_table(claims: list[Verdict], scale_ok: bool) -> list[str]:
+def _verdict_table(claims: list[Verdict], below: list[str]) -> list[str]:
     return ["| claim | criterion | ours | verdict |", "|---|---|---|---|",
-            *(f"| {v.claim} | {v.criterion} | {v.measured} | {_outcome(v, scale_ok)} |" for v in claims)]
+            *(f"| {v.claim} | {v.criterion} | {v.measured} | {_outcome(v, below)} |" for v in claims)]
 
 
-def _outcome(verdict: Verdict, scale_ok: bool) -> str:
-    """``**outcome**``, with the indication when the run was below the published scale."""
-    outcome = verdict.outcome(scale_ok)
-    return f"**{outcome}**" + (f" ({verdict.indication()})" if outcome == "not run at scale" else "")
+def _outcome(verdict: Verdict, below: list[str], detail: bool = True) -> str:
+    """``**outcome**``; below the published scale, the indication at this scale (and with ``detail``, which settings
+    differ from the published ones)."""
+    outcome = verdict.outcome(at_scale=not below)
+    if outcome != "not run at scale":
+        return f"**{outcome}**"
+    return f"**{outcome}** (" + (f"{'; '.join(below)}: " if detail else "") + f"{verdict.indication()})"
