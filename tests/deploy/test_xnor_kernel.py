@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchbop.deploy.xnor_kernel import kernel_available, pack_bytes, pack_rows, resolve_backend, xor_popcount
+from torchbop.deploy.xnor_kernel import (binary_dot, kernel_available, pack_bytes, pack_rows, resolve_backend,
+                                          xor_popcount)
 
 
 def random_words(rows: int, words: int, seed: int) -> torch.Tensor:
@@ -53,3 +54,20 @@ def test_empty_and_bad_operands():
         xor_popcount(torch.zeros(2, 2, dtype=torch.int32), torch.zeros(2, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="Invalid backend"):
         resolve_backend("cuda")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m, n, period", [(12, 5, 3), (9, 130, 1), (1, 3, 1), (40, 6, 8)])
+def test_binary_dot_kernel_equals_torch(m, n, period, threads):
+    a, b = random_words(m, 3, seed=m), random_words(n, 3, seed=n)
+    base = torch.randint(-50, 200, (period, n), generator=torch.Generator().manual_seed(period)).float()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = binary_dot(a, b, base, backend="kernel")
+    finally:
+        torch.set_num_threads(before)
+    expected = base.repeat(m // period, 1) - 2 * xor_popcount(a, b, backend="torch").float()
+    assert torch.equal(got, expected) and torch.equal(binary_dot(a, b, base, backend="torch"), expected)
+    with pytest.raises(ValueError, match="base"):
+        binary_dot(a, b, base[:, :1], backend="kernel")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchbop.deploy.xnor_kernel import pack_bytes, resolve_backend, xor_popcount
+from torchbop.deploy.xnor_kernel import binary_dot, pack_bytes, resolve_backend
 from torchbop.quantizers import sign
 
 __all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "PackedBatchNorm"]
@@ -126,7 +126,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         return (h + top + bottom - dh * (kh - 1) - 1) // sh + 1, (w + left + right - dw * (kw - 1) - 1) // sw + 1
 
     def _base(self, h: int, w: int) -> Tensor:
-        """``K + (pad_value - 1) * (sum of W over the padded positions)`` per output position: float ``[Ho, Wo, O]``.
+        """``K + (pad_value - 1) * (sum of W over the padded positions)`` per output position: float ``[Ho Wo, O]``.
 
         The kernel reads a padded position as +1; the model pads with ``pad_value``.
         """
@@ -135,7 +135,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
             indicator = F.pad(torch.zeros(1, self.in_channels, h, w), self.pad, value=1.0)
             padded_sum = F.conv2d(indicator, self.weight_sum_source, None, self.stride, 0, self.dilation)[0]
             base = (self.pad_value - 1.0) * padded_sum + self.fan_in  # exact: small integers
-            self._border[key] = base.permute(1, 2, 0).contiguous()
+            self._border[key] = base.permute(1, 2, 0).reshape(-1, self.out_channels).contiguous()
         return self._border[key]
 
     def _forward_packed(self, x: Tensor) -> Tensor:
@@ -155,9 +155,8 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         row_bytes = kh * kw * cb
         rows = torch.zeros(n * ho * wo, row_bytes + (-row_bytes % 8), dtype=torch.uint8)
         rows[:, :row_bytes].unflatten(-1, (kh, kw, cb)).copy_(patches.reshape(n * ho * wo, kh, kw, cb))
-        differ = xor_popcount(rows.view(torch.int64), self.weight_words, "kernel")  # [N Ho Wo, O]
-        out = differ.view(n, ho, wo, self.out_channels).float().mul_(-2.0).add_(self._base(h, w))
-        out = out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+        out = binary_dot(rows.view(torch.int64), self.weight_words, self._base(h, w), "kernel")  # [N Ho Wo, O]
+        out = out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out.contiguous(memory_format=self.memory_format)
@@ -170,6 +169,7 @@ class PackedBinaryLinear(_PackedBinaryLayer):
                  backend: str = "auto") -> None:
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         super().__init__(weight, bias, binary_input, backend)
+        self.register_buffer("base", torch.full((1, self.out_features), float(self.in_features)))
 
     def _words(self, negative: Tensor) -> Tensor:
         return _weight_words(negative)
@@ -186,7 +186,7 @@ class PackedBinaryLinear(_PackedBinaryLayer):
         if k % 64:
             negative = F.pad(negative, (0, -k % 64))
         rows = pack_bytes(negative).view(torch.int64).view(n, -1)
-        out = xor_popcount(rows, self.weight_words, "kernel").float().mul_(-2.0).add_(self.fan_in)
+        out = binary_dot(rows, self.weight_words, self.base, "kernel")
         return out if self.bias is None else out + self.bias
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["xor_popcount", "kernel_available", "pack_rows", "pack_bytes", "BACKENDS"]
+__all__ = ["xor_popcount", "binary_dot", "kernel_available", "pack_rows", "pack_bytes", "BACKENDS"]
 
 #: ``"kernel"`` (the C kernel), ``"torch"`` (pure torch) and ``"auto"`` (the kernel where it builds, else torch).
 BACKENDS = ("auto", "kernel", "torch")
@@ -49,15 +49,25 @@ _SOURCE = r"""
 #include <stdint.h>
 #include <pthread.h>
 
-/* C[i, j] = sum_k popcount(A[i, k] ^ B[j, k]) for i in [r0, r1), j in [c0, c1); A: [M, K], B: [N, K], C: [M, N]. */
-static void block(const uint64_t *A, const uint64_t *B, int32_t *C, int64_t N, int64_t K,
-                  int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    int64_t i = r0;
-    for (; i + 4 <= r1; i += 4) {
-        const uint64_t *a0 = A + i * K, *a1 = a0 + K, *a2 = a1 + K, *a3 = a2 + K;
-        int64_t j = c0;
-        for (; j + 2 <= c1; j += 2) {
-            const uint64_t *b0 = B + j * K, *b1 = b0 + K;
+/* out[i, j] for i in [r0, r1), j in [c0, c1) from the count s = sum_k popcount(A[i, k] ^ B[j, k]):
+   counts (int32, when base is 0) or base[i % period, j] - 2 s (float32). A: [M, K] words, B: [N, K]. */
+typedef struct {
+    const uint64_t *A, *B; void *out; const float *base; int64_t period, N, K, r0, r1, c0, c1;
+} job_t;
+
+static inline void put(const job_t *t, int64_t i, int64_t j, int64_t s) {
+    if (t->base) ((float *)t->out)[i * t->N + j] = t->base[(i % t->period) * t->N + j] - 2.0f * (float)s;
+    else ((int32_t *)t->out)[i * t->N + j] = (int32_t)s;
+}
+
+static void block(const job_t *t) {
+    const int64_t K = t->K;
+    int64_t i = t->r0;
+    for (; i + 4 <= t->r1; i += 4) {
+        const uint64_t *a0 = t->A + i * K, *a1 = a0 + K, *a2 = a1 + K, *a3 = a2 + K;
+        int64_t j = t->c0;
+        for (; j + 2 <= t->c1; j += 2) {
+            const uint64_t *b0 = t->B + j * K, *b1 = b0 + K;
             int64_t s00 = 0, s01 = 0, s10 = 0, s11 = 0, s20 = 0, s21 = 0, s30 = 0, s31 = 0;
             for (int64_t k = 0; k < K; k++) {
                 uint64_t x0 = a0[k], x1 = a1[k], x2 = a2[k], x3 = a3[k], w0 = b0[k], w1 = b1[k];
@@ -66,60 +76,58 @@ static void block(const uint64_t *A, const uint64_t *B, int32_t *C, int64_t N, i
                 s20 += __builtin_popcountll(x2 ^ w0); s21 += __builtin_popcountll(x2 ^ w1);
                 s30 += __builtin_popcountll(x3 ^ w0); s31 += __builtin_popcountll(x3 ^ w1);
             }
-            int32_t *c = C + i * N + j;
-            c[0] = s00; c[1] = s01; c[N] = s10; c[N + 1] = s11;
-            c[2 * N] = s20; c[2 * N + 1] = s21; c[3 * N] = s30; c[3 * N + 1] = s31;
+            put(t, i, j, s00); put(t, i, j + 1, s01); put(t, i + 1, j, s10); put(t, i + 1, j + 1, s11);
+            put(t, i + 2, j, s20); put(t, i + 2, j + 1, s21); put(t, i + 3, j, s30); put(t, i + 3, j + 1, s31);
         }
-        for (; j < c1; j++) {
-            const uint64_t *b0 = B + j * K;
+        for (; j < t->c1; j++) {
+            const uint64_t *b0 = t->B + j * K;
             int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
             for (int64_t k = 0; k < K; k++) {
                 s0 += __builtin_popcountll(a0[k] ^ b0[k]); s1 += __builtin_popcountll(a1[k] ^ b0[k]);
                 s2 += __builtin_popcountll(a2[k] ^ b0[k]); s3 += __builtin_popcountll(a3[k] ^ b0[k]);
             }
-            C[i * N + j] = s0; C[(i + 1) * N + j] = s1; C[(i + 2) * N + j] = s2; C[(i + 3) * N + j] = s3;
+            put(t, i, j, s0); put(t, i + 1, j, s1); put(t, i + 2, j, s2); put(t, i + 3, j, s3);
         }
     }
-    for (; i < r1; i++) {
-        const uint64_t *a0 = A + i * K;
-        for (int64_t j = c0; j < c1; j++) {
-            const uint64_t *b0 = B + j * K;
+    for (; i < t->r1; i++) {
+        const uint64_t *a0 = t->A + i * K;
+        for (int64_t j = t->c0; j < t->c1; j++) {
+            const uint64_t *b0 = t->B + j * K;
             int64_t s = 0;
             for (int64_t k = 0; k < K; k++) s += __builtin_popcountll(a0[k] ^ b0[k]);
-            C[i * N + j] = s;
+            put(t, i, j, s);
         }
     }
 }
 
-typedef struct { const uint64_t *A, *B; int32_t *C; int64_t N, K, r0, r1, c0, c1; } job_t;
-
-static void *run_job(void *arg) {
-    job_t *j = (job_t *)arg;
-    block(j->A, j->B, j->C, j->N, j->K, j->r0, j->r1, j->c0, j->c1);
-    return 0;
-}
+static void *run_job(void *arg) { block((const job_t *)arg); return 0; }
 
 /* Splits the rows (or, for fewer than 8 rows per thread, the columns) over `threads` threads. */
-int xor_popcount(const uint64_t *A, const uint64_t *B, int32_t *C, int64_t M, int64_t N, int64_t K,
-                 int64_t threads) {
+int xor_popcount(const uint64_t *A, const uint64_t *B, void *out, const float *base, int64_t period,
+                 int64_t M, int64_t N, int64_t K, int64_t threads) {
     if (threads > 64) threads = 64;
     int by_rows = M >= 8 * threads;
     int64_t extent = by_rows ? M : N;
     if (threads > extent) threads = extent;
-    if (threads <= 1) { block(A, B, C, N, K, 0, M, 0, N); return 0; }
-    pthread_t ids[64];
     job_t jobs[64];
+    if (threads <= 1) {
+        job_t all = {A, B, out, base, period, N, K, 0, M, 0, N};
+        block(&all);
+        return 0;
+    }
+    pthread_t ids[64];
     int64_t step = (extent + threads - 1) / threads;
     if (by_rows) step = (step + 3) / 4 * 4;
     int started = 0;
     for (int64_t t = 0; t < threads; t++) {
         int64_t lo = t * step, hi = lo + step < extent ? lo + step : extent;
         if (lo >= hi) break;
-        job_t job = {A, B, C, N, K, by_rows ? lo : 0, by_rows ? hi : M, by_rows ? 0 : lo, by_rows ? N : hi};
+        job_t job = {A, B, out, base, period, N, K, by_rows ? lo : 0, by_rows ? hi : M, by_rows ? 0 : lo,
+                     by_rows ? N : hi};
         jobs[t] = job;
         if (t == 0) continue;  /* the calling thread takes the first share */
         if (pthread_create(&ids[t], 0, run_job, &jobs[t]) != 0) return 1;
-        started = t;
+        started = (int)t;
     }
     run_job(&jobs[0]);
     for (int t = 1; t <= started; t++) pthread_join(ids[t], 0);
@@ -165,7 +173,7 @@ def _load() -> ctypes.CDLL:
             subprocess.run([compiler, *flags, str(source), "-o", str(built)], check=True, capture_output=True)
             os.replace(built, library)  # atomic: a concurrent process sees no file or a whole one
     lib = ctypes.CDLL(str(library))
-    lib.xor_popcount.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4
+    lib.xor_popcount.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5
     lib.xor_popcount.restype = ctypes.c_int
     return lib
 
@@ -220,30 +228,56 @@ def pack_rows(bits: Tensor) -> Tensor:
 # The product
 
 
+def _check_operands(a: Tensor, b: Tensor) -> None:
+    if a.dtype != torch.int64 or b.dtype != torch.int64 or a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"xor_popcount needs int64 [M, K] and [N, K], got {a.dtype} {tuple(a.shape)} and "
+                         f"{b.dtype} {tuple(b.shape)}")
+
+
+def _run_kernel(a: Tensor, b: Tensor, out: Tensor, base: Tensor | None) -> Tensor:
+    a, b = a.contiguous(), b.contiguous()
+    if out.numel():
+        lib = _library()
+        assert lib is not None  # resolve_backend checked it
+        period = 1 if base is None else base.shape[0]
+        status = lib.xor_popcount(a.data_ptr(), b.data_ptr(), out.data_ptr(),
+                                  None if base is None else base.data_ptr(), period, a.shape[0], b.shape[0],
+                                  a.shape[1], max(1, torch.get_num_threads()))
+        if status != 0:
+            raise RuntimeError("xor_popcount: could not start its threads")
+    return out
+
+
 def xor_popcount(a: Tensor, b: Tensor, backend: str = "auto") -> Tensor:
     """``out[i, j] = popcount(a[i] ^ b[j])`` summed over the words: int32 ``[M, N]`` from int64 ``[M, K]``, ``[N, K]``.
 
     Args:
-        a: packed rows (:func:`pack_rows`), int64, contiguous.
+        a: packed rows (:func:`pack_rows`), int64.
         b: packed rows of the other operand, int64, same number of words.
         backend: ``"kernel"``, ``"torch"`` or ``"auto"`` (see the module docstring).
     """
-    if a.dtype != torch.int64 or b.dtype != torch.int64 or a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"xor_popcount needs int64 [M, K] and [N, K], got {a.dtype} {tuple(a.shape)} and "
-                         f"{b.dtype} {tuple(b.shape)}")
+    _check_operands(a, b)
     if resolve_backend(backend) == "torch":
         return _xor_popcount_torch(a, b)
-    a, b = a.contiguous(), b.contiguous()
-    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32)
-    if out.numel() == 0:
-        return out
-    lib = _library()
-    assert lib is not None  # resolve_backend checked it
-    status = lib.xor_popcount(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.shape[0], b.shape[0], a.shape[1],
-                              max(1, torch.get_num_threads()))
-    if status != 0:
-        raise RuntimeError("xor_popcount: could not start its threads")
-    return out
+    return _run_kernel(a, b, torch.empty(a.shape[0], b.shape[0], dtype=torch.int32), None)
+
+
+def binary_dot(a: Tensor, b: Tensor, base: Tensor, backend: str = "auto") -> Tensor:
+    """``base[i % P, j] - 2 * xor_popcount(a, b)[i, j]`` in float32 ``[M, N]``, for ``base`` float32 ``[P, N]``.
+
+    With ``base`` = the number of real bit positions ``K`` this is the +-1 dot product of the rows; a ``base`` that
+    varies with ``i % P`` adds a per-position term (a convolution's border, ``P`` = output positions per image). The
+    kernel writes it in the same pass as the counts (exact: integers far below 2**24).
+    """
+    _check_operands(a, b)
+    if base.dtype != torch.float32 or base.dim() != 2 or base.shape[1] != b.shape[0] or a.shape[0] % base.shape[0]:
+        raise ValueError(f"binary_dot needs a float32 base [P, {b.shape[0]}] with P dividing {a.shape[0]}, got "
+                         f"{base.dtype} {tuple(base.shape)}")
+    if resolve_backend(backend) == "torch":
+        counts = _xor_popcount_torch(a, b).float()
+        return base.repeat(a.shape[0] // base.shape[0], 1) - 2 * counts
+    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float32)
+    return _run_kernel(a, b, out, base.contiguous())
 
 
 def _unpack(words: Tensor) -> Tensor:
