@@ -53,6 +53,19 @@ class TestEquations:
             opt.step()
             assert opt.state[w]["exp_avg"].item() == expected
 
+    @pytest.mark.parametrize("nonfinite", ["mask", "skip"])
+    def test_m_from_a_first_gradient_with_nonfinite_entries(self, nonfinite):
+        """m_init="grad": the non-finite entries of the first gradient start m at 0, not at inf/nan."""
+        w = torch.nn.Parameter(torch.ones(4))
+        opt = Bop([w], gamma=0.25, threshold=10.0, m_init="grad", nonfinite=nonfinite)
+        w.grad = torch.tensor([1.0, float("nan"), float("inf"), -2.0])
+        opt.step()
+        m = opt.state[w]["exp_avg"]
+        assert torch.isfinite(m).all() and m[1] == 0 and m[2] == 0
+        w.grad = torch.ones(4)
+        opt.step()
+        assert torch.isfinite(opt.state[w]["exp_avg"]).all() and torch.isfinite(w).all()
+
     def test_weights_move_towards_a_target(self):
         target = binary(64, seed=1)
         w = torch.nn.Parameter(binary(64, seed=2))

@@ -253,7 +253,9 @@ class Bop(Optimizer):
         # m lives in fp32 (or wider) whatever the parameter's dtype, so bf16 training keeps Bop's state in fp32
         m_dtype = torch.promote_types(p.dtype, torch.float32)
         if group["m_init"] == "grad":
-            state["exp_avg"] = p.grad.detach().to(m_dtype, copy=True)
+            # the first gradient; its non-finite entries (kept or skipped by nonfinite="mask"/"skip") start at 0
+            grad = p.grad.detach().to(m_dtype, copy=True)
+            state["exp_avg"] = grad.masked_fill_(~torch.isfinite(grad), 0.0)
         else:
             state["exp_avg"] = torch.zeros_like(p, dtype=m_dtype, memory_format=torch.preserve_format)
 
