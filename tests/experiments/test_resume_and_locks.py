@@ -9,24 +9,28 @@ the process SIGKILL itself right after that optimizer step (a checkpoint of a st
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from torchbop.experiments import configure, registry, run_experiment
-from torchbop.experiments.common import (load_data, run_config, seeded_model, stored_train_config, train_run,
-                                         train_stored_run)
+from torchbop.experiments.common import (load_data, resumable_checkpoint, run_config, seeded_model,
+                                         stored_train_config, train_run, train_stored_run)
 from torchbop.experiments.run_lock import RunLock
 from torchbop.experiments.spec import RunContext, RunSpec
+from torchbop.experiments.store import jsonable
 from torchbop.training import TrainConfig
 from torchbop.training.checkpoints import load_checkpoint
+from torchbop.training.history import History
 
 HERE = Path(__file__).resolve().parent
 #: Measured, not computed: they differ between an interrupted and an uninterrupted run.
@@ -121,49 +125,88 @@ def without_timing(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in TIMING}
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
-def test_a_killed_run_continues_mid_epoch_and_ends_as_an_uninterrupted_one(tmp_path, data_dir, monkeypatch):
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
-    code, out = finish(invoke(killed, data_dir, kill_at_step=5))  # 8 steps an epoch: killed in the first
+def test_a_killed_invocation_continues_mid_epoch_and_ends_as_an_uninterrupted_run(tmp_path, data_dir, uninterrupted):
+    code, out = finish(invoke(tmp_path, data_dir, kill_at_step=5))  # 8 steps an epoch: killed in the first
     assert code == -signal.SIGKILL, out
-    folder = killed / "smoke" / Resumable.NAME
+    folder = tmp_path / "smoke" / Resumable.NAME
     (run_dir,) = [p for p in (folder / "runs").iterdir() if p.is_dir()]
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4  # mid-epoch, not stored
     assert records(folder) == {}
 
-    code, out = finish(invoke(killed, data_dir))
+    code, out = finish(invoke(tmp_path, data_dir))
     assert code == 0, out
     assert out.count("started") == 1 and out.index("resuming from step 4") < out.index("epoch 1/2:"), out
-    monkeypatch.setitem(registry.EXPERIMENTS, Resumable.NAME, Resumable)
-    run_experiment(Resumable.NAME, configure("smoke", Resumable.NAME), profile="smoke", results_root=reference,
-                   data_dir=str(data_dir), threads=1, verbose=False, log=lambda message: None)
-    (resumed,), (expected,) = records(folder).values(), records(reference / "smoke" / Resumable.NAME).values()
-    assert resumed["key"] == expected["key"]
-    assert without_timing(resumed["result"]) == without_timing(expected["result"])  # bit-exact: the same floats
-    history = resumed["result"]["history"]
-    assert [row["epoch"] for row in history["epochs"]] == [1, 2] and len(history["steps"]["pi_t"]) == 16
+    (record,) = records(folder).values()
+    assert record["key"] == run_dir.name
+    _, _, expected, expected_history, _ = uninterrupted
+    assert without_timing(record["result"]) == jsonable({**expected, "history": expected_history})  # bit-exact
+    assert len(record["result"]["history"]["steps"]["pi_t"]) == 16  # the steps before the kill included
     assert not run_dir.exists()  # a stored run's scratch folder is removed
 
 
-@pytest.mark.realdata
-def test_a_finished_but_unstored_training_run_restores_its_model_and_history(tmp_path, data_dir):
-    # killed after train() finished but before the run's record was written (in an experiment's later phase)
-    (spec,) = Resumable.plan(Resumable.Config(epochs=1))
-    config = run_config(spec.params["train"], tmp_path / "run")
+class Interrupted(Exception):
+    """Stands for a kill in-process: Lightning writes no checkpoint on an exception, so the files are a killed run's."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    """``(config, data, result, history, weights)`` of :class:`Resumable`'s run trained without interruption."""
+    (spec,) = Resumable.plan(Resumable.Config())
+    config = run_config(spec.params["train"], tmp_path_factory.mktemp("uninterrupted"))
     data = load_data("mnist", str(data_dir), 256, 128)
-    runs = []
-    for attempt in ("fresh", "resumed at its end"):
-        model = seeded_model(config)
-        result, history = train_run(config, data, model, per_step=True)
-        runs.append((without_timing(result), history, model.state_dict()))
-    (result, history, weights), (again, history_again, weights_again) = runs
-    assert again == result and history_again == history and len(history["steps"]["pi_t"]) == 8
-    assert all(weights[name].equal(weights_again[name]) for name in weights)  # the trained weights, not the initial
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests (conftest's one_thread): float sums depend on the number of threads
+    try:
+        result, history = train_run(config, data, model := seeded_model(config), per_step=True)
+    finally:
+        torch.set_num_threads(threads)
+    return config, data, without_timing(result), history, {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.realdata
+@pytest.mark.parametrize("stop_at_step, resumed_at", [(3, 2), (9, 8)], ids=["mid-epoch", "after-an-epoch"])
+def test_a_resumed_run_ends_with_the_uninterrupted_result_weights_and_history(tmp_path, uninterrupted, monkeypatch,
+                                                                               stop_at_step, resumed_at):
+    reference, data, expected, expected_history, expected_weights = uninterrupted
+    config = reference.replace(out=str(tmp_path / "run"))
+    record = History.on_train_batch_end
+
+    def stop(self, trainer, *args):
+        record(self, trainer, *args)
+        if trainer.global_step == stop_at_step:
+            raise Interrupted
+
+    monkeypatch.setattr(History, "on_train_batch_end", stop)
+    with pytest.raises(Interrupted):
+        train_run(config, data, seeded_model(config), per_step=True)
+    monkeypatch.undo()
+    assert resumable_checkpoint(config) == resumed_at
+    assert resumable_checkpoint(config.replace(lr=config.lr * 2)) is None  # another configuration starts afresh
+    lines = []
+    result, history = train_run(config, data, model := seeded_model(config), per_step=True, log=lines.append)
+    assert lines[0].startswith(f"resuming from step {resumed_at}")
+    assert without_timing(result) == expected and history == expected_history
+    assert [n for n, v in expected_weights.items() if not model.state_dict()[n].equal(v)] == []
+
+
+@pytest.mark.realdata
+def test_a_finished_but_unstored_training_run_restores_its_model_and_history(tmp_path, uninterrupted):
+    # killed after train() finished, before the run's record was written (in an experiment's later phase)
+    reference, data, expected, expected_history, expected_weights = uninterrupted
+    shutil.copytree(reference.out, tmp_path / "run")
+    config = reference.replace(out=str(tmp_path / "run"))
+    result, history = train_run(config, data, model := seeded_model(config), per_step=True)
+    assert without_timing(result) == expected and history == expected_history
+    assert [n for n, v in expected_weights.items() if not model.state_dict()[n].equal(v)] == []  # trained, not initial
+
+
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_two_concurrent_invocations_share_the_runs(tmp_path, data_dir):
-    first, second = (invoke(tmp_path, data_dir, experiment="arbitrary-lr") for _ in range(2))
+    # as a user would: the same command twice at once, one of them with two worker processes
+    first, second = (invoke(tmp_path, data_dir, *args, experiment="arbitrary-lr") for args in (["--jobs", "2"], []))
     outputs = []
     for process in (first, second):
         code, out = finish(process)
@@ -181,12 +224,63 @@ def test_two_concurrent_invocations_share_the_runs(tmp_path, data_dir):
     assert not list((folder / "runs").glob("*.lock")) and not [p for p in (folder / "runs").iterdir() if p.is_dir()]
 
 
+@pytest.fixture
+def toy(monkeypatch):
+    """The toy experiment of ``toy_experiment.py`` (no data, milliseconds a run), registered."""
+    spec = importlib.util.spec_from_file_location("toy_experiment", HERE / "toy_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "toy_experiment", module)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", module)
+    return module
+
+
+class TestRunnerLocks:
+    """One invocation, with one run's lock held by "another process" (a second open file of its lock here)."""
+
+    def run(self, tmp_path, toy, when_busy):
+        config = configure("smoke", "toy")
+        spec = toy.plan(config)[0]
+        key = spec.key(toy.VERSION)
+        runs = tmp_path / "smoke" / "toy" / "runs"
+        holder = RunLock(runs / f"{key}.lock")
+        assert holder.acquire()
+        lines = []
+
+        def log(line: str) -> None:
+            lines.append(line)
+            if "running in another invocation" in line:
+                when_busy(holder, runs / f"{key}.json", spec)
+
+        manifest = run_experiment("toy", config, profile="smoke", results_root=tmp_path, verbose=False, log=log)
+        holder.release()
+        return manifest, lines, json.loads((runs / f"{key}.json").read_text())
+
+    def test_a_run_held_elsewhere_is_waited_for_and_its_record_used(self, tmp_path, toy):
+        def store_elsewhere(holder, record, spec):
+            record.write_text(json.dumps({"key": record.stem, "params": spec.params, "result": {"flips": -1},
+                                          "wall_time_s": 0}))
+            holder.done()
+
+        manifest, lines, record = self.run(tmp_path, toy, store_elsewhere)
+        assert (manifest["executed"], manifest["elsewhere"], manifest["failed"]) == (5, 1, [])
+        assert record["result"] == {"flips": -1}  # not run again here
+        assert any("tau0-seed0: -1 flips (run by another invocation" in line for line in lines)
+        assert lines[-1].startswith("toy: 5 run, 0 skipped, 1 run by another invocation, 0 failed")
+
+    def test_a_run_whose_holder_died_unstored_is_run_here(self, tmp_path, toy):
+        manifest, lines, record = self.run(tmp_path, toy, lambda holder, record, spec: holder.release())
+        assert (manifest["executed"], manifest["elsewhere"], manifest["failed"]) == (6, 0, [])
+        assert record["result"]["flips"] >= 0 and not list((tmp_path / "smoke/toy/runs").glob("*.lock"))
+
+
 class TestRunLock:
     def test_one_holder_at_a_time_and_released_when_the_holder_dies(self, tmp_path):
         path = tmp_path / "run.lock"
-        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                                   "from torchbop.experiments.run_lock import RunLock; RunLock(sys.argv[2]).acquire();"
-                                   " print('held', flush=True); time.sleep(60)", str(HERE), str(path)],
+        # another process holding the same kind of lock (plain fcntl: no torch to import)
+        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                                   "fcntl.flock(os.open(sys.argv[1], os.O_RDWR | os.O_CREAT), fcntl.LOCK_EX); "
+                                   "print('held', flush=True); time.sleep(60)", str(path)],
                                   stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline() == "held\n"
         with RunLock(path) as lock:
