@@ -115,7 +115,7 @@ def train_run(config: TrainConfig, data: dict[str, Split], model: nn.Module, *, 
     uninterrupted run. Otherwise the run starts afresh, over whatever files an earlier attempt left there.
     """
     history = History(per_step=per_step, log=log)
-    folder = Path(config.out)
+    folder = config.out_dir
     step = resumable_checkpoint(config)
     if step is None:
         result = train(config, data=data, model=model, callbacks=[history], loggers=False, overwrite=True)
@@ -137,7 +137,7 @@ def resumable_checkpoint(config: TrainConfig) -> int | None:
     """The global step of ``config.out``'s ``checkpoints/last.ckpt`` when it is intact and was written by a run of
     ``config`` (the same fields but :data:`LOCAL_FIELDS` and ``resume``, with ``precision`` as it resolves on this
     machine), else None."""
-    path = Path(config.out) / "checkpoints" / "last.ckpt"
+    path = config.out_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():
         return None
     try:
