@@ -31,6 +31,7 @@ from torchbop.experiments.store import jsonable
 from torchbop.training import TrainConfig
 from torchbop.training.checkpoints import load_checkpoint
 from torchbop.training.history import History
+from torchbop.training.precision import resolve_precision
 
 HERE = Path(__file__).resolve().parent
 #: Measured, not computed: they differ between an interrupted and an uninterrupted run.
@@ -87,6 +88,7 @@ def cli(argv: list[str], kill_at_step: int | None = None) -> int:
     """``torchbop`` with :class:`Resumable` registered; with ``kill_at_step``, SIGKILL after that training step."""
     from torchbop.cli import main
     from torchbop.training.history import History
+from torchbop.training.precision import resolve_precision
 
     registry.EXPERIMENTS[Resumable.NAME] = Resumable
     if kill_at_step is not None:
@@ -183,7 +185,6 @@ def test_a_resumed_run_ends_with_the_uninterrupted_result_weights_and_history(tm
         train_run(config, data, seeded_model(config), per_step=True)
     monkeypatch.undo()
     assert resumable_checkpoint(config) == resumed_at
-    assert resumable_checkpoint(config.replace(lr=config.lr * 2)) is None  # another configuration starts afresh
     lines = []
     result, history = train_run(config, data, model := seeded_model(config), per_step=True, log=lines.append)
     assert lines[0].startswith(f"resuming from step {resumed_at}")
@@ -200,6 +201,24 @@ def test_a_finished_but_unstored_training_run_restores_its_model_and_history(tmp
     result, history = train_run(config, data, model := seeded_model(config), per_step=True)
     assert without_timing(result) == expected and history == expected_history
     assert [n for n, v in expected_weights.items() if not model.state_dict()[n].equal(v)] == []  # trained, not initial
+
+
+@pytest.mark.realdata
+def test_only_an_intact_checkpoint_of_the_same_configuration_with_a_history_is_resumed(tmp_path, uninterrupted):
+    reference = uninterrupted[0]
+    shutil.copytree(reference.out, tmp_path / "run")
+    config = reference.replace(out=str(tmp_path / "run"))
+    assert resumable_checkpoint(config) == 16
+    same = resolve_precision("auto", config.accelerator) == config.precision  # "32" here: "auto" resolves to it
+    assert resumable_checkpoint(config.replace(precision="auto")) == (16 if same else None)
+    assert resumable_checkpoint(config.replace(lr=config.lr * 2)) is None  # another configuration
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = load_checkpoint(path)
+    del checkpoint["callbacks"]["History"]
+    torch.save(checkpoint, path)
+    assert resumable_checkpoint(config) is None  # written without a History (before it travelled with checkpoints)
+    path.write_bytes(b"truncated")
+    assert resumable_checkpoint(config) is None
 
 
 @pytest.mark.slow

@@ -134,9 +134,9 @@ def train_run(config: TrainConfig, data: dict[str, Split], model: nn.Module, *, 
 
 
 def resumable_checkpoint(config: TrainConfig) -> int | None:
-    """The global step of ``config.out``'s ``checkpoints/last.ckpt`` when it is intact and was written by a run of
+    """The global step of ``config.out``'s ``checkpoints/last.ckpt`` when it is intact, was written by a run of
     ``config`` (the same fields but :data:`LOCAL_FIELDS` and ``resume``, with ``precision`` as it resolves on this
-    machine), else None."""
+    machine) and holds a :class:`History` (the epochs before it), else None."""
     path = config.out_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():
         return None
@@ -150,6 +150,8 @@ def resumable_checkpoint(config: TrainConfig) -> int | None:
     if not isinstance(stored, dict) or ({k: v for k, v in stored.items() if k not in ignored}
                                         != {k: v for k, v in expected.items() if k not in ignored}):
         return None
+    if History().state_key not in checkpoint.get("callbacks", {}):
+        return None  # written without a History: resumed, the run would lose the epochs before the checkpoint
     return int(checkpoint.get("global_step", 0))
 
 
