@@ -87,8 +87,6 @@ class Resumable:
 def cli(argv: list[str], kill_at_step: int | None = None) -> int:
     """``torchbop`` with :class:`Resumable` registered; with ``kill_at_step``, SIGKILL after that training step."""
     from torchbop.cli import main
-    from torchbop.training.history import History
-from torchbop.training.precision import resolve_precision
 
     registry.EXPERIMENTS[Resumable.NAME] = Resumable
     if kill_at_step is not None:
