@@ -26,12 +26,15 @@ test: install
 
 # `make demo`: the paper's four experiments at the quick profile (under 15 minutes on a 2-core CPU), then the report
 # reports/quick/REPORT.md. Runs already in results/quick are reused. PROFILE=paper runs the published scale (days).
+# PROFILE=cpu is the published scale where a CPU allows it (about 10 CPU-hours; killed runs resume when run again):
+#   make demo PROFILE=cpu JOBS=1 THREADS=1 EXPERIMENTS="cifar10 arbitrary-lr hyperparameters approximation"
 PROFILE ?= quick
 JOBS ?= 2
-EXPERIMENTS := approximation arbitrary-lr hyperparameters cifar10
+THREADS ?=
+EXPERIMENTS ?= approximation arbitrary-lr hyperparameters cifar10
 
 demo: install
-	for e in $(EXPERIMENTS); do $(VENV)/bin/torchbop experiment $$e --profile $(PROFILE) --jobs $(JOBS) --download || exit 1; done
+	for e in $(EXPERIMENTS); do $(VENV)/bin/torchbop experiment $$e --profile $(PROFILE) --jobs $(JOBS) $(if $(THREADS),--threads $(THREADS)) --download || exit 1; done
 	$(VENV)/bin/torchbop report --profile $(PROFILE)
 
 # The MNIST BNN trained with Bop from one command; extra flags through DEMO_ARGS="--epochs 1".

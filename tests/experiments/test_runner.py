@@ -114,3 +114,19 @@ def test_parallel_jobs_match_a_serial_run(tmp_path, data_dir, smoke_results):
         b = json.loads((smoke_results / "smoke/approximation/runs" / f"{run['key']}.json").read_text())
         assert a["result"]["binary"] == b["result"]["binary"]  # seeded: a worker process gives the same numbers
         assert a["result"]["real_retrained"] == b["result"]["real_retrained"]
+
+
+def test_records_of_the_same_key_are_reused_across_profiles(tmp_path):
+    """cpu shares Table 1 with paper: a record stored under a key by one profile serves the other."""
+    from torchbop.experiments.runner import reuse_records
+    from torchbop.experiments.store import read_json, write_json
+
+    module = EXPERIMENTS["approximation"]
+    keys = [spec.key(module.VERSION) for spec in module.plan(configure("paper", "approximation"))]
+    write_json(tmp_path / "paper" / "approximation" / "runs" / f"{keys[0]}.json", {"key": keys[0], "result": 1})
+    (tmp_path / "quick" / "approximation" / "runs").mkdir(parents=True)
+    (tmp_path / "quick" / "approximation" / "runs" / f"{keys[1]}.json").write_text("{truncated")  # unreadable
+    assert reuse_records(tmp_path, "cpu", "approximation", keys) == 1
+    assert read_json(tmp_path / "cpu" / "approximation" / "runs" / f"{keys[0]}.json") == {"key": keys[0], "result": 1}
+    assert not (tmp_path / "cpu" / "approximation" / "runs" / f"{keys[1]}.json").exists()
+    assert reuse_records(tmp_path, "cpu", "approximation", keys) == 0  # already there: nothing copied twice

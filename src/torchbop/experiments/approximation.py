@@ -18,6 +18,9 @@ Procedure, as in the report's Larq script: the MNIST BNN (``padding="valid"``, t
 after every step, batch size 32 (Keras' default: the script passes none). Retraining uses a fresh Adam at the same
 learning rate over the batch-norm shifts only. Fashion-MNIST uses the same network; CIFAR-10 uses BinaryNet
 (``variant="original"``, ``width``) in latent mode. The seed sets the initialization and the batch order.
+
+A killed invocation resumes the latent-weight training from its last checkpoint; the batch-norm retraining that
+follows it (a plain loop) starts again from its beginning.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ step the signs of all binary weights of A and B are compared; the result is the 
 over all steps, which must be 0 (powers of two make the scaling exact in floating point). A control repeats the
 comparison with the usual BNN setup (clipping to [-1, 1], STE saturating at 1) and a factor that puts B's weights
 beyond the clip, where the theorem's assumption fails: its count should be positive, showing the check can fail.
+
+A killed invocation resumes the Figure-1 runs from their last checkpoint; a killed Theorem-1 check (a plain loop,
+minutes long) starts again from its first step.
 """
 
 from __future__ import annotations

@@ -130,6 +130,29 @@ def experiment_dir(results_root: str | os.PathLike[str], profile: str, experimen
     return Path(results_root) / profile / experiment
 
 
+def reuse_records(results_root: str | os.PathLike[str], profile: str, experiment: str, keys: list[str]) -> int:
+    """Copy into ``profile``'s folder the records of ``keys`` that another profile of the same results root stored.
+
+    A key covers the experiment, its version and every value the run depends on, so a record stored under the same
+    key by another profile is the same run (the ``cpu`` profile shares Table 1 and Figure 1 with ``paper``). Returns
+    how many were copied.
+    """
+    runs = experiment_dir(results_root, profile, experiment) / "runs"
+    copied = 0
+    for key in keys:
+        if (runs / f"{key}.json").is_file():
+            continue
+        for other in sorted(Path(results_root).glob(f"*/{experiment}/runs/{key}.json")):
+            try:
+                record = read_json(other)
+            except (OSError, ValueError):
+                continue  # unreadable: the run is done again here
+            write_json(runs / f"{key}.json", record)
+            copied += 1
+            break
+    return copied
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # running
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,10 +184,12 @@ def run_experiment(
     for spec in module.plan(config):
         unique.setdefault(spec.key(module.VERSION), spec)
     keyed = [(spec, key) for key, spec in unique.items()]
+    reused = reuse_records(results_root, profile, experiment, [k for _, k in keyed])
     todo = [(s, k) for s, k in keyed if not (out / "runs" / f"{k}.json").is_file()]
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    log(f"{experiment} ({profile}): {len(keyed)} runs, {len(keyed) - len(todo)} already done, {len(todo)} to run "
-        f"with {jobs} job(s) x {threads} thread(s) -> {out}")
+    log(f"{experiment} ({profile}): {len(keyed)} runs, {len(keyed) - len(todo)} already done"
+        + (f" ({reused} stored by another profile)" if reused else "")
+        + f", {len(todo)} to run with {jobs} job(s) x {threads} thread(s) -> {out}")
 
     started = time.time()
     failed: list[str] = []
