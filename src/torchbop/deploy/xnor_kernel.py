@@ -321,6 +321,8 @@ def _check_operands(a: Tensor, b: Tensor) -> None:
 
 
 def _run_kernel(a: Tensor, b: Tensor, out: Tensor, base: Tensor | None) -> Tensor:
+    if a.device.type != "cpu" or b.device.type != "cpu" or (base is not None and base.device.type != "cpu"):
+        raise ValueError("the XNOR-popcount kernel runs on CPU tensors only; use backend='torch' on other devices")
     a, b = a.contiguous(), b.contiguous()
     if out.numel():
         lib = _library()
