@@ -186,37 +186,39 @@ static void run(const job_t *t) {
     block(t);
 }
 
-static void *run_job(void *arg) { run((const job_t *)arg); return 0; }
+/* Work shared by the threads: chunks of rows (or of columns) taken in turn from an atomic counter, so that a
+   thread the OS delays leaves its share to the others. */
+typedef struct { job_t job; int64_t next, chunk, extent; int by_rows; } shared_t;
+
+static void *worker(void *arg) {
+    shared_t *sh = (shared_t *)arg;
+    for (;;) {
+        int64_t lo = __atomic_fetch_add(&sh->next, sh->chunk, __ATOMIC_RELAXED);
+        if (lo >= sh->extent) return 0;
+        int64_t hi = lo + sh->chunk < sh->extent ? lo + sh->chunk : sh->extent;
+        job_t part = sh->job;
+        if (sh->by_rows) { part.r0 = lo; part.r1 = hi; } else { part.c0 = lo; part.c1 = hi; }
+        run(&part);
+    }
+}
 
 /* Splits the rows (or, for fewer than 8 rows per thread, the columns) over `threads` threads. */
 int xor_popcount(const uint64_t *A, const uint64_t *B, void *out, const float *base, int64_t period,
                  int64_t M, int64_t N, int64_t K, int64_t threads) {
+    job_t all = {A, B, out, base, period, N, K, 0, M, 0, N};
     if (threads > 64) threads = 64;
     int by_rows = M >= 8 * threads;
-    int64_t extent = by_rows ? M : N;
-    if (threads > extent) threads = extent;
-    job_t jobs[64];
-    if (threads <= 1) {
-        job_t all = {A, B, out, base, period, N, K, 0, M, 0, N};
-        run(&all);
-        return 0;
-    }
+    int64_t extent = by_rows ? M : N, align = by_rows ? 4 : 2;
+    if (threads > extent / align) threads = extent / align;
+    if (threads <= 1) { run(&all); return 0; }
+    int64_t chunk = (extent / (8 * threads) + align - 1) / align * align;  /* about 8 chunks per thread */
+    shared_t sh = {all, 0, chunk < align ? align : chunk, extent, by_rows};
     pthread_t ids[64];
-    int64_t step = (extent + threads - 1) / threads;
-    if (by_rows) step = (step + 3) / 4 * 4;
     int started = 0;
-    for (int64_t t = 0; t < threads; t++) {
-        int64_t lo = t * step, hi = lo + step < extent ? lo + step : extent;
-        if (lo >= hi) break;
-        job_t job = {A, B, out, base, period, N, K, by_rows ? lo : 0, by_rows ? hi : M, by_rows ? 0 : lo,
-                     by_rows ? N : hi};
-        jobs[t] = job;
-        if (t == 0) continue;  /* the calling thread takes the first share */
-        if (pthread_create(&ids[t], 0, run_job, &jobs[t]) != 0) return 1;
-        started = (int)t;
-    }
-    run_job(&jobs[0]);
-    for (int t = 1; t <= started; t++) pthread_join(ids[t], 0);
+    for (; started < threads - 1; started++)
+        if (pthread_create(&ids[started], 0, worker, &sh) != 0) break;
+    worker(&sh);  /* the calling thread works too; it alone finishes everything if no thread started */
+    for (int t = 0; t < started; t++) pthread_join(ids[t], 0);
     return 0;
 }
 """
