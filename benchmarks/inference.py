@@ -8,10 +8,11 @@ What is timed: ``model(x)`` on a batch of images in [-1, 1] under ``torch.infere
 
 Both compute the same predictions (checked on each batch before timing). Method: for each (threads, batch size),
 one warm-up call of each, then ``--rounds`` rounds, each timing both once in alternating order (interleaved, so
-that both see the same machine load), ``time.perf_counter`` around ``--calls`` calls; images/s from the median
+that both see the same machine load), ``time.perf_counter`` around a number of calls; images/s from the median
 round (``--clock cpu``: CPU time of the process instead, for a machine shared with other jobs; with 2 threads it
-counts both threads' time, so images/s is then per CPU-second). Weights are random (+-1) and the batch norms get statistics from one train-mode pass: speed does not depend
-on the values. Prints the torch version, CPU, then per row images/s of both and the ratio, then the size of the
+counts both threads' time, so images/s is then per CPU-second). The number of calls is chosen so that one timing
+lasts about 0.3 s. Weights are random (+-1) and the batch norms get statistics from one train-mode pass: speed does
+not depend on the values. Prints the torch version, CPU, then per row images/s of both and the ratio, then the size of the
 packed file against ``torch.save(model.state_dict())``.
 
     python benchmarks/inference.py [--model binarynet|mnist_bnn] [--width 1.0] [--batches 1 64] [--threads 1 2]

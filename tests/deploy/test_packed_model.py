@@ -115,8 +115,8 @@ class TestRealImages:
         torch.manual_seed(3)
         model = MnistBNN()
         binary, other = split_binary_params(model)
-        optimizer = CompositeOptimizer(Bop(binary, gamma=1e-2, threshold=1e-6, fused=False), torch.optim.Adam(other, lr=0.01),
-                                       model=model)
+        bop = Bop(binary, gamma=1e-2, threshold=1e-6, fused=False)
+        optimizer = CompositeOptimizer(bop, torch.optim.Adam(other, lr=0.01), model=model)
         for start in range(0, 200, 50):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(images[start:start + 50]), labels[start:start + 50]).backward()

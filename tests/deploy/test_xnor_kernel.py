@@ -1,30 +1,17 @@
-"""The XNOR-popcount product: the C kernel equals the pure-torch reference, and bits are packed as documented."""
+"""The XNOR-popcount product: the C kernel equals the pure-torch reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from torchbop.deploy.xnor_kernel import (binary_dot, kernel_available, pack_bytes, pack_rows, resolve_backend,
-                                          xor_popcount)
+from torchbop.deploy.bit_layout import pack_rows
+from torchbop.deploy.xnor_kernel import binary_dot, kernel_available, resolve_backend, xor_popcount
 
 
 def random_words(rows: int, words: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(-2**63, 2**63 - 1, (rows, words), generator=g, dtype=torch.int64)
-
-
-def test_pack_bytes_bit_order():
-    bits = torch.zeros(2, 16, dtype=torch.bool)
-    bits[0, 0] = bits[0, 9] = bits[1, 7] = bits[1, 15] = True
-    assert pack_bytes(bits).tolist() == [[1, 2], [128, 128]]
-    assert pack_bytes(torch.ones(8, dtype=torch.bool)).tolist() == [255]
-
-
-def test_pack_rows_pads_to_words_with_zero_bits():
-    words = pack_rows(torch.ones(3, 70, dtype=torch.bool))
-    assert words.shape == (3, 2) and words.dtype == torch.int64
-    assert words[:, 0].tolist() == [-1] * 3 and words[:, 1].tolist() == [0b111111] * 3
 
 
 def test_torch_reference_counts_differing_bits():

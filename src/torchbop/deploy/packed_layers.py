@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchbop.deploy.xnor_kernel import binary_dot, pack_bytes, resolve_backend
+from torchbop.deploy.bit_layout import im2col_rows, pack_bytes, pack_rows, pack_signs
+from torchbop.deploy.xnor_kernel import binary_dot, resolve_backend
 from torchbop.quantizers import sign
 
 __all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "PackedBatchNorm"]
@@ -139,23 +140,11 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         return self._border[key]
 
     def _forward_packed(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         ho, wo = self._out_size(h, w)
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        left, right, top, bottom = self.pad
-        negative = (x < 0).permute(0, 2, 3, 1)  # [N, H, W, C]; a view when x is channels_last
-        if c % 8:
-            negative = F.pad(negative, (0, -c % 8))
-        pixels = pack_bytes(negative)  # [N, H, W, C / 8]
-        if any(self.pad):
-            pixels = F.pad(pixels, (0, 0, left, right, top, bottom))  # zero bytes: +1, corrected by _base
-        cb = pixels.shape[-1]
-        sn, sh_, sw_, _ = pixels.stride()
-        patches = pixels.as_strided((n, ho, wo, kh, kw, cb), (sn, sh_ * sh, sw_ * sw, sh_ * dh, sw_ * dw, 1))
-        row_bytes = kh * kw * cb
-        rows = torch.zeros(n * ho * wo, row_bytes + (-row_bytes % 8), dtype=torch.uint8)
-        rows[:, :row_bytes].unflatten(-1, (kh, kw, cb)).copy_(patches.reshape(n * ho * wo, kh, kw, cb))
-        out = binary_dot(rows.view(torch.int64), self.weight_words, self._base(h, w), "kernel")  # [N Ho Wo, O]
+        pixels = pack_signs(x, self.pad, backend="kernel")  # zero bytes (+1) in the padding, corrected by _base
+        rows = im2col_rows(pixels, self.kernel_size, self.stride, self.dilation, backend="kernel")
+        out = binary_dot(rows, self.weight_words, self._base(h, w), "kernel")  # [N Ho Wo, O]
         out = out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
@@ -181,12 +170,7 @@ class PackedBinaryLinear(_PackedBinaryLayer):
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "torch":
             return F.linear(x if not self.binary_input else sign(x), self.weight, self.bias)
-        n, k = x.shape
-        negative = x < 0
-        if k % 64:
-            negative = F.pad(negative, (0, -k % 64))
-        rows = pack_bytes(negative).view(torch.int64).view(n, -1)
-        out = binary_dot(rows, self.weight_words, self.base, "kernel")
+        out = binary_dot(pack_rows(x < 0), self.weight_words, self.base, "kernel")
         return out if self.bias is None else out + self.bias
 
 

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 
 from torchbop.deploy.packed_format import read_packed, write_packed
 from torchbop.deploy.packed_layers import PackedBatchNorm, PackedBinaryConv2d, PackedBinaryLinear
-from torchbop.deploy.xnor_kernel import pack_bytes, resolve_backend
+from torchbop.deploy.bit_layout import pack_bytes
+from torchbop.deploy.xnor_kernel import resolve_backend
 from torchbop.errors import UserError
 from torchbop.models.memory_format import to_channels_last
 from torchbop.nn import BinaryConv2d, BinaryLinear

@@ -21,6 +21,7 @@ Two implementations, equal bit for bit (``tests/deploy/test_xnor_kernel.py``):
 :func:`kernel_available` says whether the C kernel builds here (a C compiler on the ``PATH`` as ``cc``/``gcc``).
 
 Example:
+    >>> from torchbop.deploy.bit_layout import pack_rows
     >>> a = pack_rows(torch.tensor([[True, False, True]]))  # (-1, +1, -1)
     >>> b = pack_rows(torch.tensor([[True, True, False], [False, True, False]]))
     >>> xor_popcount(a, b, backend="torch")
@@ -42,13 +43,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["xor_popcount", "binary_dot", "kernel_available", "pack_rows", "pack_bytes", "BACKENDS"]
+__all__ = ["xor_popcount", "binary_dot", "kernel_available", "library", "resolve_backend", "BACKENDS"]
 
 #: ``"kernel"`` (the C kernel), ``"torch"`` (pure torch) and ``"auto"`` (the kernel where it builds, else torch).
 BACKENDS = ("auto", "kernel", "torch")
 
 _SOURCE = r"""
 #include <stdint.h>
+#include <string.h>
 #include <pthread.h>
 
 /* out[i, j] for i in [r0, r1), j in [c0, c1) from the count s = sum_k popcount(A[i, k] ^ B[j, k]):
@@ -186,6 +188,68 @@ static void run(const job_t *t) {
     block(t);
 }
 
+/* Sign bits of float32 NHWC pixels, 8 channels to a byte (bit i of byte b: channel 8 b + i is < 0; -0.0 and NaN
+   are not), written into the interior of a zeroed [N, Hp, Wp, Cb] buffer at (top, left). */
+static void pack_pixels(const float *x, int64_t count, int64_t C, uint8_t *out, int64_t Cb) {
+    for (int64_t p = 0; p < count; p++) {
+        const float *px = x + p * C;
+        uint8_t *o = out + p * Cb;
+        for (int64_t b = 0; b * 8 < C; b++) {
+            unsigned v = 0;
+            for (int64_t i = 0; i < 8 && b * 8 + i < C; i++) v |= (unsigned)(px[b * 8 + i] < 0.0f) << i;
+            o[b] = (uint8_t)v;
+        }
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static void pack_pixels_avx2(const float *x, int64_t count, int64_t C,
+                                                            uint8_t *out, int64_t Cb) {
+    const __m256 zero = _mm256_setzero_ps();
+    const int64_t C8 = C / 8 * 8;
+    for (int64_t p = 0; p < count; p++) {
+        const float *px = x + p * C;
+        uint8_t *o = out + p * Cb;
+        for (int64_t c = 0; c < C8; c += 8)
+            o[c / 8] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(px + c), zero, _CMP_LT_OQ));
+        if (C8 < C) {
+            unsigned v = 0;
+            for (int64_t i = 0; C8 + i < C; i++) v |= (unsigned)(px[C8 + i] < 0.0f) << i;
+            o[C8 / 8] = (uint8_t)v;
+        }
+    }
+}
+#endif
+
+void pack_signs(const float *x, uint8_t *out, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Hp, int64_t Wp,
+                int64_t top, int64_t left, int64_t Cb) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *row = x + ((n * H + h) * W) * C;
+            uint8_t *dest = out + ((n * Hp + h + top) * Wp + left) * Cb;
+#ifdef HAVE_AVX2_PATH
+            if (__builtin_cpu_supports("avx2")) { pack_pixels_avx2(row, W, C, dest, Cb); continue; }
+#endif
+            pack_pixels(row, W, C, dest, Cb);
+        }
+}
+
+/* im2col of packed pixels [N, Hp, Wp, Cb]: row (n, ho, wo) of `rows` (row_bytes apart) is the Cb bytes of each
+   kernel position (kh, kw) in turn. */
+void im2col_bytes(const uint8_t *pixels, uint8_t *rows, int64_t N, int64_t Hp, int64_t Wp, int64_t Cb, int64_t Ho,
+                  int64_t Wo, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                  int64_t row_bytes) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t ho = 0; ho < Ho; ho++)
+            for (int64_t wo = 0; wo < Wo; wo++) {
+                uint8_t *row = rows + ((n * Ho + ho) * Wo + wo) * row_bytes;
+                for (int64_t kh = 0; kh < KH; kh++) {
+                    const uint8_t *src = pixels + ((n * Hp + ho * sh + kh * dh) * Wp + wo * sw) * Cb;
+                    for (int64_t kw = 0; kw < KW; kw++, row += Cb) memcpy(row, src + kw * dw * Cb, Cb);
+                }
+            }
+}
+
 /* Work shared by the threads: chunks of rows (or of columns) taken in turn from an atomic counter, so that a
    thread the OS delays leaves its share to the others. */
 typedef struct { job_t job; int64_t next, chunk, extent; int by_rows; } shared_t;
@@ -263,6 +327,19 @@ def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(library))
     lib.xor_popcount.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5
     lib.xor_popcount.restype = ctypes.c_int
+    lib.pack_signs.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 9
+    lib.pack_signs.restype = None
+    lib.im2col_bytes.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 13
+    lib.im2col_bytes.restype = None
+    return lib
+
+
+def library() -> ctypes.CDLL:
+    """The loaded C library (after :func:`resolve_backend` said ``"kernel"``): ``xor_popcount``, ``pack_signs``,
+    ``im2col_bytes``."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"the XNOR-popcount kernel could not be built ({_build_error()}); use backend='torch'")
     return lib
 
 
@@ -288,31 +365,6 @@ def resolve_backend(backend: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Packing
-
-
-def pack_bytes(bits: Tensor) -> Tensor:
-    """Bool ``[..., 8k]`` to uint8 ``[..., k]``, 8 bits to a byte, element ``8i + j`` at bit ``j`` (LSB first).
-
-    Each group of 8 bools is read as one little-endian 64-bit word of 0/1 bytes, and one multiplication gathers its
-    bytes' low bits into the top byte: three passes over an eighth of the elements.
-    """
-    if bits.shape[-1] % 8:
-        raise ValueError(f"pack_bytes needs a last dimension divisible by 8, got {tuple(bits.shape)}")
-    if bits.dtype != torch.bool:
-        raise TypeError(f"pack_bytes needs a bool tensor, got {bits.dtype}")
-    words = bits.contiguous().view(torch.uint8).view(torch.int64)  # little-endian: byte j of a word = element j
-    return ((words * 0x0102040810204080) >> 56).bitwise_and_(0xFF).to(torch.uint8)
-
-
-def pack_rows(bits: Tensor) -> Tensor:
-    """Bool ``[M, K]`` to int64 words ``[M, ceil(K / 64)]``, padded with zero bits: the kernel's operand layout."""
-    m, k = bits.shape
-    padded = torch.nn.functional.pad(bits, (0, -k % 64)) if k % 64 else bits
-    return pack_bytes(padded).view(torch.int64).view(m, -1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # The product
 
 
@@ -327,8 +379,7 @@ def _run_kernel(a: Tensor, b: Tensor, out: Tensor, base: Tensor | None) -> Tenso
         raise ValueError("the XNOR-popcount kernel runs on CPU tensors only; use backend='torch' on other devices")
     a, b = a.contiguous(), b.contiguous()
     if out.numel():
-        lib = _library()
-        assert lib is not None  # resolve_backend checked it
+        lib = library()
         period = 1 if base is None else base.shape[0]
         status = lib.xor_popcount(a.data_ptr(), b.data_ptr(), out.data_ptr(),
                                   None if base is None else base.data_ptr(), period, a.shape[0], b.shape[0],
