@@ -61,3 +61,18 @@ def test_binary_dot_kernel_equals_torch(m, n, period, threads):
     assert torch.equal(got, expected) and torch.equal(binary_dot(a, b, base, backend="torch"), expected)
     with pytest.raises(ValueError, match="base"):
         binary_dot(a, b, base[:, :1], backend="kernel")
+
+
+@pytest.mark.parametrize("m, n, k", [(2048, 256, 18), (8, 16384, 64), (1003, 131, 67)])
+def test_threads_split_large_products(m, n, k):
+    """Threads start from 4M word pairs on (rows, or columns for few rows); the split changes nothing."""
+    a, b = random_words(m, k, seed=1), random_words(n, k, seed=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = xor_popcount(a, b, backend="kernel")
+        torch.set_num_threads(3)
+        assert torch.equal(xor_popcount(a, b, backend="kernel"), one)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[:5, :7], xor_popcount(a[:5], b[:7], backend="torch"))

@@ -271,6 +271,10 @@ int xor_popcount(const uint64_t *A, const uint64_t *B, void *out, const float *b
                  int64_t M, int64_t N, int64_t K, int64_t threads) {
     job_t all = {A, B, out, base, period, N, K, 0, M, 0, N};
     if (threads > 64) threads = 64;
+    /* a thread per 4M word pairs at least (a millisecond or two): below that, starting threads costs more than it
+       saves, and on a busy machine a thread that is not scheduled at once delays the whole call */
+    int64_t enough = M * N * K / ((int64_t)1 << 22);
+    if (threads > enough) threads = enough;
     int by_rows = M >= 8 * threads;
     int64_t extent = by_rows ? M : N, align = by_rows ? 4 : 2;
     if (threads > extent / align) threads = extent / align;
