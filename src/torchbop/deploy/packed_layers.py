@@ -98,8 +98,8 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         super().__init__(weight, bias, binary_input, backend)
         self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
         self.pad, self.pad_value, self.memory_format = tuple(pad), float(pad_value), memory_format
-        # the kernel backend computes the border term of each new input size from the +-1 weight
-        self.register_buffer("weight_sum_source", weight.float() if self.backend == "kernel" else None)
+        # the kernel backend computes the border term of each new input size from the +-1 weight (int8: 1 byte each)
+        self.register_buffer("weight_sum_source", weight.to(torch.int8) if self.backend == "kernel" else None)
         self._border: dict[tuple[int, int], Tensor] = {}
 
     def _words(self, negative: Tensor) -> Tensor:
@@ -134,7 +134,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         key = (h, w)
         if key not in self._border:
             indicator = F.pad(torch.zeros(1, self.in_channels, h, w), self.pad, value=1.0)
-            padded_sum = F.conv2d(indicator, self.weight_sum_source, None, self.stride, 0, self.dilation)[0]
+            padded_sum = F.conv2d(indicator, self.weight_sum_source.float(), None, self.stride, 0, self.dilation)[0]
             base = (self.pad_value - 1.0) * padded_sum + self.fan_in  # exact: small integers
             self._border[key] = base.permute(1, 2, 0).reshape(-1, self.out_channels).contiguous()
         return self._border[key]
