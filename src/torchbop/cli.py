@@ -307,7 +307,8 @@ def _run_summary(args: argparse.Namespace) -> int:
         model, config, _ = _trained_model(args.checkpoint)
     else:
         model, config = _model_of_recipe(args)
-    print(f"{config.model} {config.model_kwargs or ''} on {config.dataset} {INPUT_SHAPES[config.dataset]}".strip())
+    kwargs = f" {config.model_kwargs}" if config.model_kwargs else ""
+    print(f"{config.model}{kwargs}, mode {config.mode}, on {config.dataset} images {INPUT_SHAPES[config.dataset]}")
     print(summary(model, INPUT_SHAPES[config.dataset]))
     return 0
 
