@@ -76,3 +76,18 @@ def test_threads_split_large_products(m, n, k):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one[:5, :7], xor_popcount(a[:5], b[:7], backend="torch"))
+
+
+def test_kernels_are_cached_only_in_a_private_folder(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from torchbop.deploy import xnor_kernel
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    private = xnor_kernel._cache_folder()
+    assert private.parent == tmp_path and not private.stat().st_mode & 0o077
+    assert xnor_kernel._cache_folder() == private
+    os.chmod(private, 0o777)  # writable by others: a planted library could be loaded from it
+    other = xnor_kernel._cache_folder()
+    assert other != private and not other.stat().st_mode & 0o077

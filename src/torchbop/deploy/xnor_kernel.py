@@ -7,14 +7,15 @@ operands (to fill a word) agree and cost nothing.
 
 Two implementations, equal bit for bit (``tests/deploy/test_xnor_kernel.py``):
 
-- ``"kernel"``: ~150 lines of C (no torch headers, so ``cc -O3`` builds it in well under a second), loaded with
-  ``ctypes`` and run on ``torch.get_num_threads()`` POSIX threads. A 4 x 2 register block of rows against filters:
-  where the CPU has AVX2 (checked at run time), XOR and per-byte popcount by table lookup (``vpshufb``) on 256 bits
-  at a time; elsewhere 64-bit XOR + ``popcount``. The scalar block alone is 3-4.5x faster than fp32 ``torch.mm`` of
+- ``"kernel"``: ~250 lines of C (the product, and sign packing and im2col for :mod:`~torchbop.deploy.bit_layout`;
+  no torch headers, so ``cc -O3`` builds it in well under a second), loaded with ``ctypes``; the product runs on
+  ``torch.get_num_threads()`` POSIX threads (a thread per 4M word pairs at least). A 4 x 2 register block of rows
+  against filters: where the CPU has AVX2 (checked at run time), XOR and per-byte popcount by table lookup
+  (``vpshufb``) on 256 bits at a time; elsewhere 64-bit XOR + ``popcount``. The scalar block alone is 3-4.5x faster than fp32 ``torch.mm`` of
   the same +-1 matrices on a 2-core AVX2 CPU, the AVX2 block another 1.6-1.9x (``torch._int_mm`` on that CPU was
   30x *slower* than fp32, and the int8 convolutions of ``torch.ao`` are deprecated and reached 1.7x). The library
-  goes to a per-user temporary folder named by the hash of its source and flags, written atomically, so concurrent
-  processes share one build.
+  goes to a private per-user temporary folder (mode 0o700, refused if others can write to it), named by the hash
+  of its source and flags and written atomically, so concurrent processes share one build.
 - ``"torch"``: unpack to {0, 1} floats and ``a @ (1 - b).T + (1 - a) @ b.T``; exact, as float32 sums of 0/1 terms
   are exact below 2**24. The reference the kernel is tested against.
 
@@ -312,16 +313,31 @@ def _library() -> ctypes.CDLL | None:
 _build_errors: list[str] = []
 
 
+def _cache_folder() -> Path:
+    """A folder for built kernels that only this user can write: ``$TMPDIR/torchbop-kernels-<uid>``, made with mode
+    0o700, or, if that path is someone else's or writable by others (a library planted there would be loaded), a
+    fresh private temporary folder (the kernel is then built again by each process)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"torchbop-kernels-{uid if uid is not None else 0}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        private = folder.is_dir() and not folder.is_symlink() and (uid is None or info.st_uid == uid) \
+            and not info.st_mode & 0o022
+    except OSError:
+        private = False
+    return folder if private else Path(tempfile.mkdtemp(prefix="torchbop-kernels-"))
+
+
 def _load() -> ctypes.CDLL:
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise OSError("no C compiler (cc, gcc or clang) on the PATH")
     flags = _flags()
     digest = hashlib.sha256((_SOURCE + " ".join(flags) + platform.machine()).encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / f"torchbop-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    folder = _cache_folder()
     library = folder / f"xor_popcount-{digest}.so"
     if not library.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as work:
             source = Path(work) / "xor_popcount.c"
             source.write_text(_SOURCE)
