@@ -77,7 +77,7 @@ CONFIGS = {
     "paper": Config(),
     "cpu": Config(),  # the paper's scale: 10 seeds x (6 + 6) epochs of MNIST, about 2.5 CPU-hours
     "quick": Config(datasets=("mnist", "fashion-mnist", "cifar10"), seeds=3, epochs=2, retrain_epochs=2, width=0.125,
-                    subset=6000, test_subset=5000, precision="auto"),
+                    subset=6000, test_subset=5000),
     "smoke": Config(seeds=2, epochs=1, retrain_epochs=1, subset=256, test_subset=256),
 }
 

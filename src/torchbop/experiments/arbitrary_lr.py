@@ -87,8 +87,8 @@ class Config:
 #: The settings at each profile (torchbop.experiments.profiles names them).
 CONFIGS = {
     "paper": Config(),
-    "cpu": Config(precision="auto"),  # the paper's scale: 5 x 100 epochs of MNIST, about 3 CPU-hours
-    "quick": Config(seeds=2, epochs=3, subset=6000, test_subset=5000, theorem_steps=300, precision="auto"),
+    "cpu": Config(),  # the paper's scale: 5 x 100 epochs of MNIST, about 3 CPU-hours
+    "quick": Config(seeds=2, epochs=3, subset=6000, test_subset=5000, theorem_steps=300),
     "smoke": Config(seeds=1, epochs=1, subset=256, test_subset=256, theorem_steps=12),
 }
 

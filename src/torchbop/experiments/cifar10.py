@@ -61,8 +61,8 @@ class Config:
 CONFIGS = {
     "paper": Config(),
     # 500 epochs at full width need a GPU: on a CPU, the quick scale
-    "cpu": Config(epochs=4, width=0.125, subset=5000, test_subset=2000, gamma_decay_every=2, precision="auto"),
-    "quick": Config(epochs=4, width=0.125, subset=5000, test_subset=2000, gamma_decay_every=2, precision="auto"),
+    "cpu": Config(epochs=4, width=0.125, subset=5000, test_subset=2000, gamma_decay_every=2),
+    "quick": Config(epochs=4, width=0.125, subset=5000, test_subset=2000, gamma_decay_every=2),
     "smoke": Config(epochs=2, width=0.0625, subset=200, test_subset=200, gamma_decay_every=1),
 }
 

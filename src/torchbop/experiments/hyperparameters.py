@@ -63,8 +63,8 @@ class Config:
 CONFIGS = {
     "paper": Config(),
     # the published length and data (100 epochs of all 50,000 images, batch 100) at width 1/8: about 3-4 CPU-hours
-    "cpu": Config(width=0.125, precision="auto"),
-    "quick": Config(epochs=4, width=0.125, subset=5000, test_subset=2000, smooth_std=10.0, precision="auto"),
+    "cpu": Config(width=0.125),
+    "quick": Config(epochs=4, width=0.125, subset=5000, test_subset=2000, smooth_std=10.0),
     "smoke": Config(epochs=1, width=0.0625, subset=300, test_subset=200, smooth_std=1.0),
 }
 RECIPE = "cifar10_hyperparams"

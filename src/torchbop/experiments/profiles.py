@@ -9,10 +9,9 @@ the tests. A command line changes single fields (``--epochs 3``, ``--set retrain
 
 Conventions the experiments' settings share: ``subset`` and ``test_subset`` keep the first N images of a fixed (seed 0)
 random permutation of the training and test sets, the same images for every seed and configuration (``None``: the
-whole set). ``precision`` is the ``TrainConfig.precision`` of the training runs: ``quick`` and ``cpu`` use ``"auto"``
-(bf16-mixed where the hardware runs bf16 natively: parity with fp32 was shown at this scale, the MNIST recipe over 3
-seeds and BinaryNet at 1/8 width on CIFAR-10); ``paper`` keeps ``"32"``, as parity has not been shown at the
-published scale; ``smoke`` keeps ``"32"`` so that tests compute the same numbers on every machine.
+whole set). ``precision`` is the ``TrainConfig.precision`` of the training runs: ``"32"`` in every profile until bf16-mixed
+has shown parity with fp32 (``--set precision=auto`` opts in: bf16-mixed where the hardware runs bf16 natively,
+resolved when the runs are planned, so that the key says what ran).
 
 Example:
     >>> list(PROFILES)
