@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from torchbop.experiments import arbitrary_lr
 from torchbop.experiments.store import load_manifest, load_records
 
 
@@ -57,6 +58,12 @@ def test_arbitrary_lr(smoke_results):
     assert check["flips_total"] > 0
     assert check["differing_total"] == 0
     assert control["differing_total"] > 0
+    # the ablation of configurations 2 and 3: Theorem 1's setting at lr 1 stays equal; scaling batch norm's lr breaks it
+    ablation = summary["ablation"]
+    assert list(ablation) == list(arbitrary_lr.ABLATION)
+    assert ablation["power-of-two factor only (Theorem 1's setting)"]["first_difference_step"] is None
+    assert ablation["batch norm's lr scaled too"]["differing_at_end"] > 0
+    assert [row["change"] for row in summary["tables"]["ablation"]] == list(arbitrary_lr.ABLATION)
 
 
 def test_hyperparameters(smoke_results):

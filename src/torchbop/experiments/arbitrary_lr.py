@@ -28,6 +28,14 @@ over all steps, which must be 0 (powers of two make the scaling exact in floatin
 comparison with the usual BNN setup (clipping to [-1, 1], STE saturating at 1) and a factor that puts B's weights
 beyond the clip, where the theorem's assumption fails: its count should be positive, showing the check can fail.
 
+**Why configurations 2 and 3 can differ.** They differ from Theorem 1's setting in three ways: the factor 0.01 is
+not a power of two (the scaled run rounds differently), the latent weights are clipped and the STE saturates (both
+depend on the weights' magnitude), and one optimizer trains batch norm at the configuration's learning rate (1 in
+configuration 2, 0.01 in 3), which the theorem does not scale. The ablation runs the lockstep comparison from
+configuration 2 (Glorot uniform, SGD lr 1) against its scaled copy with one of the three changed at a time
+(:data:`ABLATION`), and once with all three (Figure 1 as run): the first step at which a binary weight differs and
+how many differ at the end show which difference breaks the equality.
+
 A killed invocation resumes the Figure-1 runs from their last checkpoint; a killed Theorem-1 check (a plain loop,
 minutes long) starts again from its first step.
 """
@@ -104,6 +112,17 @@ CONFIGURATIONS: dict[str, tuple[str, str, float, str, float]] = {
 IDENTICAL, ALIKE = 0.01, 0.02
 
 
+INF = float("inf")
+#: The ablation of Figure 1's configurations 2 and 3: name -> (factor, ste_clip, clip_latent, batch norm lr scaled).
+ABLATION = {
+    "power-of-two factor only (Theorem 1's setting)": (2.0**-7, INF, False, False),
+    "factor 0.01 (not a power of two)": (0.01, INF, False, False),
+    "clipping + saturating STE": (2.0**-7, 1.0, True, False),
+    "batch norm's lr scaled too": (2.0**-7, INF, False, True),
+    "all three (Figure 1 as run)": (0.01, 1.0, True, True),
+}
+
+
 def datasets(cfg: Config) -> tuple[str, ...]:
     return ("mnist",)
 
@@ -125,15 +144,21 @@ def plan(cfg: Config) -> list[RunSpec]:
                                             "clip_latent": False}))
     specs.append(RunSpec(NAME, "theorem1-control", {**common, "factor": cfg.control_factor, "ste_clip": 1.0,
                                                     "clip_latent": True}))
+    lr2 = CONFIGURATIONS["2"][4]  # configuration 2's learning rate: the unscaled run
+    for name, (factor, ste_clip, clip_latent, bn_scaled) in ABLATION.items():
+        specs.append(RunSpec(NAME, f"ablation: {name}", {
+            **common, "kind": "ablation", "name": name, "lr": lr2, "factor": factor, "ste_clip": ste_clip,
+            "clip_latent": clip_latent, "bn_lr_scaled": bn_scaled}))
     return specs
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    if params["kind"] == "theorem":
+    if params["kind"] in ("theorem", "ablation"):
         data = load_data("mnist", ctx.data_dir, params["subset"], None)
         return theorem1_check(data["train"], steps=params["steps"], factor=params["factor"], lr=params["lr"],
                               ste_clip=float(params["ste_clip"]), clip_latent=params["clip_latent"],
-                              batch_size=params["batch_size"], seed=params["seed"], scheme=params["scheme"])
+                              batch_size=params["batch_size"], seed=params["seed"], scheme=params["scheme"],
+                              bn_lr_scaled=params.get("bn_lr_scaled", False))
     data = load_data("mnist", ctx.data_dir, params["subset"], params["test_subset"])
     config = run_config(params["train"], ctx.run_dir)
     model = seeded_model(config)
@@ -146,8 +171,12 @@ def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 
 def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, factor: float, lr: float,
                    ste_clip: float = float("inf"), clip_latent: bool = False, batch_size: int = 32, seed: int = 0,
-                   scheme: str = "glorot_uniform") -> dict[str, Any]:
+                   scheme: str = "glorot_uniform", bn_lr_scaled: bool = False) -> dict[str, Any]:
     """Train runs A (scale 1) and B (scale ``factor``) in lockstep; count binary weights whose signs differ.
+
+    B's latent weights start at ``factor`` times A's and train at ``factor`` times A's lr ``lr``; batch norm trains
+    at ``lr`` in both runs, or with ``bn_lr_scaled`` at ``factor * lr`` in B (as one optimizer for every parameter
+    does in Figure 1).
 
     Returns ``differing_total`` (summed over steps; 0 when the trajectories agree bit for bit), ``differing_max``,
     ``first_difference_step`` (None when none), ``flips_total`` (sign changes in run A: the trajectory is not
@@ -160,8 +189,9 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
         init_binary_weights_(model, scheme, scale=scale, generator=torch.Generator().manual_seed(seed))
         set_weight_quantizers(model, lambda: SteSign(clip_value=ste_clip))
         binary, other = split_binary_params(model, modes=("latent",))
-        # only the latent weights' learning rate is scaled: batch norm trains identically in both runs
-        optimizer = torch.optim.SGD([{"params": binary, "lr": lr * scale}, {"params": other, "lr": lr}])
+        # the latent weights' learning rate is scaled; batch norm's only with bn_lr_scaled
+        optimizer = torch.optim.SGD([{"params": binary, "lr": lr * scale},
+                                     {"params": other, "lr": lr * (scale if bn_lr_scaled else 1.0)}])
         return model, optimizer
 
     runs = [make(1.0), make(factor)]
@@ -202,11 +232,17 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     compare; and the Theorem-1 counts."""
     curves: dict[str, list[list[float]]] = {}
     theorem: dict[str, Any] = {}
+    ablation: dict[str, Any] = {}
     for record in records:
         params, result = record["params"], record["result"]
         if params["kind"] == "theorem":
             name = "control" if params["clip_latent"] else "check"
             theorem[name] = {k: v for k, v in result.items() if k not in ("differing", "flips")}
+            continue
+        if params["kind"] == "ablation":
+            ablation[params["name"]] = {"first_difference_step": result["first_difference_step"],
+                                        "differing_at_end": result["differing"][-1], "steps": result["steps"],
+                                        "binary_weights": result["binary_weights"]}
             continue
         curves.setdefault(params["configuration"], []).append([e.get("val_acc", float("nan"))
                                                                for e in result["history"]])
@@ -221,8 +257,10 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
 
     gaps = {f"{a}-{b}": gap(a, b) for a, b in (("2", "3"), ("1", "4"), ("1", "2"), ("1", "3"), ("4", "5"))}
     finals = {name: curve[-1] for name, curve in mean_curves.items() if curve}
+    ablation = {name: ablation[name] for name in ABLATION if name in ablation}
     return {"curves": mean_curves, "final_test_acc": finals, "max_gaps": gaps, "theorem1": theorem,
-            "tables": {"figure1": rows}}
+            "ablation": ablation,
+            "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]}}
 
 
 def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> None:
@@ -239,7 +277,7 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
     left.legend(fontsize=7)
 
     theorem = {("control" if r["params"]["clip_latent"] else "check"): r["result"] for r in records
-               if r["params"]["kind"] == "theorem"}
+               if r["params"]["kind"] == "theorem"}  # the ablation runs are in the report's table
     for i, (name, result) in enumerate(sorted(theorem.items())):
         steps = range(1, len(result["differing"]) + 1)
         what = ("no clipping, STE without saturation" if name == "check" else "clipping + saturating STE")
@@ -300,4 +338,13 @@ def results(summary: dict[str, Any]) -> list[str]:
     rows = ["| configuration | final test accuracy (seed mean) |", "|---|---|"]
     rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} |" for k, v in summary["final_test_acc"].items()]
     gaps = ", ".join(f"{k}: {v:.4f}" for k, v in summary["max_gaps"].items() if v is not None)
-    return rows + ["", f"Largest gap between seed-mean accuracy curves over the epochs: {gaps}."]
+    rows += ["", f"Largest gap between seed-mean accuracy curves over the epochs: {gaps}."]
+    ablation = summary.get("ablation", {})
+    if ablation:
+        rows += ["", "Why configurations 2 and 3 differ: configuration 2 (SGD lr 1) against its scaled copy in "
+                 "lockstep, one difference from Theorem 1's setting at a time:", "",
+                 "| what differs from Theorem 1's setting | first step with a differing binary weight | "
+                 "differing at the last step |", "|---|---|---|"]
+        rows += [f"| {name} | {a['first_difference_step'] or 'none'} | {a['differing_at_end']:,} of "
+                 f"{a['binary_weights']:,} (step {a['steps']}) |" for name, a in ablation.items()]
+    return rows
