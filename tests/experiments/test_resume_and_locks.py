@@ -241,7 +241,8 @@ def test_two_concurrent_invocations_share_the_runs(tmp_path, data_dir):
     folder = tmp_path / "smoke" / "arbitrary-lr"
     manifest = json.loads((folder / "manifest.json").read_text())
     stored = records(folder)
-    assert sorted(stored) == sorted(run["key"] for run in manifest["runs"]) and len(stored) == 7
+    planned = registry.get_experiment("arbitrary-lr").plan(configure("smoke", "arbitrary-lr"))
+    assert sorted(stored) == sorted(run["key"] for run in manifest["runs"]) and len(stored) == len(planned) == 12
     assert all(r["result"] and r["key"] == key for key, r in stored.items())
     executed = [[line.split()[1].rstrip(":") for line in out.splitlines()
                  if line.startswith("[") and "run by another invocation" not in line] for out in outputs]

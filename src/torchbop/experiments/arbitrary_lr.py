@@ -145,8 +145,8 @@ def plan(cfg: Config) -> list[RunSpec]:
     specs.append(RunSpec(NAME, "theorem1-control", {**common, "factor": cfg.control_factor, "ste_clip": 1.0,
                                                     "clip_latent": True}))
     lr2 = CONFIGURATIONS["2"][4]  # configuration 2's learning rate: the unscaled run
-    for name, (factor, ste_clip, clip_latent, bn_scaled) in ABLATION.items():
-        specs.append(RunSpec(NAME, f"ablation: {name}", {
+    for i, (name, (factor, ste_clip, clip_latent, bn_scaled)) in enumerate(ABLATION.items()):
+        specs.append(RunSpec(NAME, f"ablation{i + 1}", {
             **common, "kind": "ablation", "name": name, "lr": lr2, "factor": factor, "ste_clip": ste_clip,
             "clip_latent": clip_latent, "bn_lr_scaled": bn_scaled}))
     return specs
