@@ -1,8 +1,9 @@
 """fp32 against bf16-mixed test accuracy of one recipe over several seeds: the parity check behind ``precision: auto``.
 
 Each (seed, precision) is one ``torchbop train`` run, started one after another (never in parallel) in
-``OUT/<recipe>-w<width>-e<epochs>/<precision>-seed<seed>/``; a run whose ``summary.json`` exists is not run again, so
-an interrupted check continues where it stopped. The table gives each seed's test accuracy in both precisions, the
+``OUT/<recipe>-w<width>-e<epochs>/<precision>-seed<seed>/``; a run whose ``summary.json`` exists is not run again and
+a killed one resumes from its last checkpoint (``torchbop train --resume``), so an interrupted check continues where
+it stopped. The table gives each seed's test accuracy in both precisions, the
 means and the mean difference (bf16 - fp32) in percentage points, with the training images/s of each run.
 
     python benchmarks/precision_parity.py --recipe mnist --seeds 0,1,2 --out /tmp/parity
@@ -41,13 +42,16 @@ def run(args: argparse.Namespace, precision: str, seed: int) -> None:
     out = run_dir(args, precision, seed)
     if (out / "summary.json").is_file():
         return
-    command = [sys.executable, "-m", "torchbop.cli", "train", "--recipe", args.recipe, "--seed", str(seed),
-               "--precision", precision, "--no-progress", "--out", str(out), "--overwrite"]
-    if args.width is not None:
-        command += ["--width", str(args.width)]
-    if args.epochs is not None:
-        command += ["--epochs", str(args.epochs)]
-    command += args.extra
+    if (out / "checkpoints" / "last.ckpt").is_file():  # killed earlier: continue where it stopped
+        command = [sys.executable, "-m", "torchbop.cli", "train", "--resume", str(out), "--no-progress"]
+    else:
+        command = [sys.executable, "-m", "torchbop.cli", "train", "--recipe", args.recipe, "--seed", str(seed),
+                   "--precision", precision, "--no-progress", "--out", str(out), "--overwrite"]
+        if args.width is not None:
+            command += ["--width", str(args.width)]
+        if args.epochs is not None:
+            command += ["--epochs", str(args.epochs)]
+        command += args.extra
     print("$", " ".join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, env=os.environ.copy())
