@@ -33,7 +33,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchbop.atomic_file import atomic_write
 from torchbop.errors import UserError
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "DTYPES", "write_packed", "read_packed"]
@@ -89,17 +89,8 @@ def write_packed(path: str | os.PathLike[str], header: dict[str, Any], tensors: 
             "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
     text = json.dumps(full, separators=(",", ":")).encode()
     blob = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(text)) + text + payload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(blob)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as file:
+        file.write(blob)
 
 
 def read_packed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor]]:

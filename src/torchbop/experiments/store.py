@@ -9,11 +9,12 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from torchbop.atomic_file import atomic_write
 
 __all__ = ["jsonable", "write_json", "read_json", "write_csv", "load_manifest", "load_records", "environment"]
 
@@ -45,12 +46,9 @@ def jsonable(value: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(jsonable(obj), f, indent=1, allow_nan=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -62,12 +60,10 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(jsonable(rows))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from torchbop.atomic_file import atomic_write
 from torchbop.training.checkpoints import load_checkpoint
 
 __all__ = ["FlipEarlyStopping", "AtomicCheckpointIO", "RNGState", "Throughput", "WallClockBudget"]
@@ -79,29 +79,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj, path)`` such that ``path`` holds either its old content or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """``torch.save(obj, path)`` such that ``path`` holds either its old content or the complete new one, durably."""
+    with atomic_write(path, "wb", durable=True) as f:
+        torch.save(obj, f)
 
 
 class RNGState(L.Callback):

@@ -20,11 +20,11 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchbop.atomic_file import atomic_write
 from torchbop.errors import UserError
 from torchbop.training.checkpoints import epochs_completed, load_checkpoint
 from torchbop.training.config import TrainConfig
@@ -149,13 +149,6 @@ def strict_json(value: Any) -> Any:
 
 def write_summary(path: Path, result: dict[str, Any]) -> None:
     """Write ``result`` as strict JSON to ``path`` atomically (a temporary file renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 import time
 from argparse import Namespace
 from collections.abc import Mapping
@@ -47,6 +46,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from torchbop.atomic_file import atomic_write
 
 __all__ = ["RunCSVLogger", "RunTensorBoardLogger", "ContinueLogs", "run_loggers", "read_metrics"]
 
@@ -160,19 +161,10 @@ class RunCSVLogger(Logger):
             self.path.unlink()
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.FILE}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self._keys)
-                writer.writeheader()
-                writer.writerows({key: row.get(key, "") for key in self._keys} for row in rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._keys)
+            writer.writeheader()
+            writer.writerows({key: row.get(key, "") for key in self._keys} for row in rows)
 
 
 class RunTensorBoardLogger(TensorBoardLogger):
