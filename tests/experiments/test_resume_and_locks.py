@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -244,8 +245,9 @@ def test_two_concurrent_invocations_share_the_runs(tmp_path, data_dir):
     planned = registry.get_experiment("arbitrary-lr").plan(configure("smoke", "arbitrary-lr"))
     assert sorted(stored) == sorted(run["key"] for run in manifest["runs"]) and len(stored) == len(planned) == 12
     assert all(r["result"] and r["key"] == key for key, r in stored.items())
-    executed = [[line.split()[1].rstrip(":") for line in out.splitlines()
-                 if line.startswith("[") and "run by another invocation" not in line] for out in outputs]
+    # "[k/n] label: ..." lines, found anywhere: a worker's stderr shares the pipe and may land mid-line
+    executed = [[label for label, rest in re.findall(r"\[\d+/\d+\] ([\w.-]+): ([^\n]*)", out)
+                 if "run by another invocation" not in rest] for out in outputs]
     assert sorted(executed[0] + executed[1]) == sorted(run["label"] for run in manifest["runs"])  # each run once
     assert not list((folder / "runs").glob("*.lock")) and not [p for p in (folder / "runs").iterdir() if p.is_dir()]
 
