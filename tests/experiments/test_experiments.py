@@ -48,9 +48,13 @@ def test_approximation(smoke_results):
 def test_arbitrary_lr(smoke_results):
     _, records, summary, _ = stored(smoke_results, "arbitrary-lr")
     figure = [r for r in records if r["params"]["kind"] == "figure"]
-    assert sorted({r["params"]["configuration"] for r in figure}) == ["1", "2", "3", "4", "5"]
+    assert sorted({r["params"]["configuration"] for r in figure}) == ["1", "2", "2b", "3", "4", "5"]
     lrs = {r["params"]["configuration"]: r["params"]["train"]["lr"] for r in figure}
-    assert lrs == {"1": 0.01, "2": 1.0, "3": 0.01, "4": 0.01, "5": 0.01}
+    assert lrs == {"1": 0.01, "2": 1.0, "2b": 1.0, "3": 0.01, "4": 0.01, "5": 0.01}
+    # the control 2b: configuration 2 with batch norm at configuration 3's lr; the paper's five keep one lr
+    other_lrs = {r["params"]["configuration"]: r["params"]["train"].get("other_lr") for r in figure}
+    assert other_lrs == {"1": None, "2": None, "2b": 0.01, "3": None, "4": None, "5": None}
+    assert summary["max_gaps"]["2b-3"] is not None
     three = next(r for r in figure if r["params"]["configuration"] == "3")["result"]
     two = next(r for r in figure if r["params"]["configuration"] == "2")["result"]
     assert three["initial_latent_abs_mean"] == pytest.approx(0.01 * two["initial_latent_abs_mean"], rel=1e-5)

@@ -76,6 +76,7 @@ class TestKeys:
         module = EXPERIMENTS[experiment]
         for profile in PROFILES:
             keys = list(dict.fromkeys(spec.key(module.VERSION) for spec in module.plan(configure(profile, experiment))))
+            # the order is the plan's (which runs first); a run added to a plan is added here
             assert keys == RUN_KEYS[experiment][profile], f"{experiment} at {profile}: run keys changed"
 
     def test_jsonable_is_strict_json(self):

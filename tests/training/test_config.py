@@ -70,6 +70,8 @@ class TestOverrides:
             ("gamma_decay=2", r"Invalid gamma_decay value"),
             ("epochs", r"expected key=value"),
             ("foo.bar=1", r"Unknown config key\(s\): foo.bar"),
+            ("other_lr=0.01", r"other_lr applies to mode 'latent' only"),
+            ("other_lr=-1", r"Invalid other_lr value: -1"),
         ],
     )
     def test_errors(self, override, error):

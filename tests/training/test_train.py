@@ -193,6 +193,24 @@ def test_latent_with_frozen_binary_weights(tiny_config, synthetic):
     assert len(rec.optimizer.state) == len([p for p in model.parameters() if p.requires_grad])
 
 
+def test_latent_other_lr_trains_batch_norm_at_its_own_rate(tiny_config, synthetic):
+    """other_lr: the latent weights at lr, every other parameter at other_lr (0 here: batch norm stays where it
+    started while the latent weights move)."""
+    from torchbop.models import MnistBNN
+
+    model = MnistBNN(mode="latent")
+    latent_ids = {id(w) for _, w in named_binary_parameters(model)}
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rec = Recorder()
+    train(tiny_config(mode="latent", optimizer="sgd", lr=1.0, other_lr=0.0, epochs=1, limit_train_batches=3),
+          data=synthetic, model=model, callbacks=[rec], loggers=False)
+    assert rec.rates == [[1.0, 0.0]]
+    groups = rec.optimizer.param_groups
+    assert {id(p) for p in groups[0]["params"]} == latent_ids and not latent_ids & {id(p) for p in groups[1]["params"]}
+    for name, p in rec.module.model.named_parameters():
+        assert torch.equal(p, start[name]) != (id(p) in latent_ids), name
+
+
 def test_training_without_validation_writes_last_checkpoint_only(tiny_config, synthetic):
     # no validation: no "best" checkpoint, and no clash between two unmonitored checkpoint callbacks
     result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=0), data=synthetic, loggers=False)

@@ -76,6 +76,8 @@ class TrainConfig:
     gamma_decay: float = 1.0  # multiply gamma (latent mode: lr) by this every gamma_decay_every epochs
     gamma_decay_every: int | None = None  # epochs; None: constant
     lr: float = 0.01  # Adam/SGD learning rate: the non-binary parameters (mode bop) or all of them (mode latent)
+    # mode latent: the learning rate of the non-binary parameters (batch norm), a second param group; None: lr
+    other_lr: float | None = None
     momentum: float = 0.0  # SGD only
     early_stop_flip_epochs: int | None = None  # stop after this many consecutive epochs without a single flip
     test_weights: str = "last"  # "last": weights at the end | "best": lowest validation loss (reproduction)
@@ -115,14 +117,17 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"Invalid {key} value: {getattr(self, key)} (expected a positive integer)")
-        for key in ("gamma", "threshold", "sigma", "lr", "momentum"):
-            if getattr(self, key) < 0:
+        for key in ("gamma", "threshold", "sigma", "lr", "momentum", "other_lr"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ValueError(f"Invalid {key} value: {getattr(self, key)} (expected >= 0)")
         _check_devices(self.devices)
         if not 0.0 < self.gamma_decay <= 1.0:
             raise ValueError(f"Invalid gamma_decay value: {self.gamma_decay} (expected a number in (0, 1])")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"Invalid val_fraction value: {self.val_fraction} (expected a number in (0, 1))")
+        if self.other_lr is not None and self.mode != "latent":
+            raise ValueError(f"other_lr applies to mode 'latent' only (in mode {self.mode!r}, lr is already the "
+                             "non-binary parameters' learning rate); remove other_lr")
         if self.test_weights == "best" and self.protocol == "original":
             raise ValueError("test_weights='best' with protocol 'original' would pick the weights on the test set; "
                              "use protocol 'reproduction' (a held-out validation split) or test_weights='last'")

@@ -6,7 +6,8 @@ The module owns the three things Lightning needs and the model does not:
   ``train_acc_step``/``train_acc_epoch``; ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``);
 * the optimizer: Bop (or Bop2ndOrder) for the binary weights and Adam for everything else, joined into one
   ``CompositeOptimizer`` because Lightning's automatic optimization takes a single optimizer; in latent mode one
-  Adam/SGD over all parameters, with the latent weights clipped to [-1, 1] after every step;
+  Adam/SGD over all parameters (with ``other_lr``, two param groups: batch norm at its own rate), with the latent
+  weights clipped to [-1, 1] after every step;
 * the gamma schedule: a ``LambdaLR`` over the composite with one lambda per param group. Bop keeps gamma in its groups
   under ``"lr"``, so the staircase decays gamma while Adam's groups keep a constant factor 1. It steps once per epoch.
   (In latent mode it decays the learning rate of the one optimizer.)
@@ -227,6 +228,9 @@ class BinaryClassifier(L.LightningModule):
         else:
             self._flipper = None
             params = [p for p in self.model.parameters() if p.requires_grad]
+            if cfg.other_lr is not None:  # two groups: the latent weights at lr, the rest at other_lr
+                latent, rest = split_binary_params(self.model, modes=("latent",))
+                params = [{"params": latent}, {"params": rest, "lr": cfg.other_lr}]
             if cfg.optimizer == "adam":
                 optimizer = torch.optim.Adam(params, lr=cfg.lr, **({"fused": True} if fused else {}))
             else:
