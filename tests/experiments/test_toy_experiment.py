@@ -56,3 +56,33 @@ def test_toy_experiment_is_planned_run_and_reported(toy, tmp_path, capsys):
     assert f"| {toy.TITLE} | **not run at scale** ({verdict.indication()}) | {verdict.measured} |" in text
     assert (reports / "smoke" / "toy.png").is_file()
     assert text.count("not run at scale** (no results)") == 4  # the paper's four have no results here
+
+
+def test_a_report_made_while_an_invocation_runs_or_after_it_was_killed(toy, tmp_path, monkeypatch):
+    # the manifest is written when the invocation starts: a report of a long profile shows the runs stored so far,
+    # says the invocation has not finished, and gives no verdict from part of the runs
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    execute, calls = toy.execute, []
+
+    def killed_at_the_third_run(params, ctx):
+        calls.append(params)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return execute(params, ctx)
+
+    monkeypatch.setattr(toy, "execute", killed_at_the_third_run)
+    argv = ["experiment", "toy", "--profile", "smoke", "--results-dir", str(results), "--quiet"]
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        main(argv)
+    manifest = json.loads((results / "smoke" / "toy" / "manifest.json").read_text())
+    assert manifest["finished_at"] is None and len(manifest["runs"]) == 6 and manifest["started_at"]
+    assert main(["report", "--profile", "smoke", "--results-dir", str(results), "--out", str(reports)]) == 0
+    text = (reports / "smoke" / "REPORT.md").read_text()
+    assert "2 of 6 runs stored so far" in text and "not finished" in text
+
+    monkeypatch.setattr(toy, "execute", execute)
+    assert main(argv) == 0  # the next invocation runs the other four and finishes
+    manifest = json.loads((results / "smoke" / "toy" / "manifest.json").read_text())
+    assert manifest["finished_at"] and (manifest["executed"], manifest["skipped"]) == (4, 2)
+    assert main(["report", "--profile", "smoke", "--results-dir", str(results), "--out", str(reports)]) == 0
+    assert "runs stored so far" not in (reports / "smoke" / "REPORT.md").read_text()

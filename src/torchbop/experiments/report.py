@@ -88,6 +88,8 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
         summary = module.summarize(records, config)
         figure = save_figure(module.plot, records, summary, config, out / f"{experiment}.png")
         below = scale_differences(experiment, manifest["config"], manifest["paper_config"])
+        if len(records) < len(manifest["runs"]):  # a long profile still running: no verdict from part of the runs
+            below.append(f"{len(records)} of {len(manifest['runs'])} runs stored so far")
         claims = module.verdicts(summary)
         sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, below), "",
                      *module.results(summary), "", f"![{experiment}]({figure.name})", "",
@@ -118,12 +120,19 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
         f"| wall time (first run's start to last run's end) | {run_span(records) / 60:.1f} min | |",
         f"| wall time of the last invocation | {manifest['wall_time_s'] / 60:.1f} min "
         f"({manifest['executed']} run, {manifest['skipped']} cached; {env.get('jobs', 1)} job(s) x "
-        f"{env['torch_threads']} thread(s)) | |",
+        f"{env['torch_threads']} thread(s)) | |" if manifest.get("finished_at") else
+        f"| last invocation | in progress or stopped ({len(records)} of {len(manifest['runs'])} runs stored) | |",
         f"| machine | {machine}; torch {env['torch']} | |",
-        f"| code | {env.get('git') or 'unknown'} (finished {manifest['finished_at']}) | |",
+        f"| code | {env.get('git') or 'unknown'} ({_when(manifest)}) | |",
     ]
     scale = "at the published scale" if not below else f"**below the published scale** ({', '.join(below)})"
     return [f"Scale: {scale}.", "", *rows]
+
+
+def _when(manifest: dict[str, Any]) -> str:
+    if manifest.get("finished_at"):
+        return f"finished {manifest['finished_at']}"
+    return f"started {manifest.get('started_at', '?')}; not finished: still running, or stopped before its end"
 
 
 def run_span(records: list[dict[str, Any]]) -> float:

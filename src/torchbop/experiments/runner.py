@@ -4,7 +4,8 @@ An experiment is a module following :class:`~torchbop.experiments.spec.Experimen
 :mod:`~torchbop.experiments.registry`. Layout of ``results/<profile>/<experiment>/``::
 
     runs/<key>.json    one record per run: params, result, wall time, environment, code version
-    manifest.json      the last invocation: its config, the (label, key) of its runs, wall time, machine
+    manifest.json      the last invocation: its config, the (label, key) of its runs, wall time, machine; written
+                       when it starts (finished_at null) and again when it ends
     summary.json       summarize() of the manifest's runs; <table>.csv for each table
     figure.png         the experiment's plot(), from the records
 
@@ -194,6 +195,30 @@ def run_experiment(
     started = time.time()
     failed: list[str] = []
     counts = {"done": 0, "elsewhere": 0}
+
+    def manifest_now(finished: bool) -> dict[str, Any]:
+        stored = [read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
+        return {
+            "experiment": experiment,
+            "profile": profile,
+            "config": jsonable(dataclasses.asdict(config)),
+            "paper_config": jsonable(dataclasses.asdict(configure("paper", experiment))),
+            "runs": [{"label": s.label, "key": k} for s, k in keyed],
+            "executed": counts["done"],
+            "skipped": len(keyed) - len(todo),
+            "elsewhere": counts["elsewhere"],
+            "failed": failed,
+            "wall_time_s": time.time() - started,
+            "compute_time_s": sum(r["wall_time_s"] for r in stored),
+            "started_at": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
+            # None while the invocation runs (a report of a long profile then says so); stays None if it is killed
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z") if finished else None,
+            "command": command,
+            "environment": environment(threads=threads, jobs=jobs),
+        }
+
+    if todo:  # what a report made before this invocation ends reads: the plan, and that it is still running
+        write_json(out / "manifest.json", manifest_now(finished=False))
     # module.execute travels to spawned workers by reference (module and name), like any top-level function
     tasks = [dict(execute=module.execute, keep_run_dir=module.KEEP_RUN_DIR, experiment=experiment, label=s.label,
                   params=s.params, key=k, version=module.VERSION, run_dir=str(out / "runs" / k),
@@ -243,23 +268,8 @@ def run_experiment(
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
+    manifest = manifest_now(finished=True)
     records = [read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
-    manifest = {
-        "experiment": experiment,
-        "profile": profile,
-        "config": jsonable(dataclasses.asdict(config)),
-        "paper_config": jsonable(dataclasses.asdict(configure("paper", experiment))),
-        "runs": [{"label": s.label, "key": k} for s, k in keyed],
-        "executed": counts["done"],
-        "skipped": len(keyed) - len(tasks),
-        "elsewhere": counts["elsewhere"],
-        "failed": failed,
-        "wall_time_s": time.time() - started,
-        "compute_time_s": sum(r["wall_time_s"] for r in records),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "command": command,
-        "environment": environment(threads=threads, jobs=jobs),
-    }
     write_json(out / "manifest.json", manifest)
     write_outputs(experiment, out, records, config)
     elsewhere = f"{counts['elsewhere']} run by another invocation, " if counts["elsewhere"] else ""
