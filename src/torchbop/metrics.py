@@ -11,6 +11,10 @@ per layer and for the network, and stops training early when no weight flipped f
 pass that flips the weights, so counting costs nothing more), and otherwise compares the weights' signs before and
 after the step, which works for latent-weight training with any optimizer (the sign of a latent weight is its binary
 value; ``sign(0) = +1``).
+
+:func:`latent_at_clip` is the latent-weight counterpart: the fraction of latent weights at the clip (``|w| >= 1``),
+where the STE's saturation gives them no gradient and clipping holds them, the two parts of latent-weight training
+that depend on the weights' magnitude (and so break Theorem 1's scale invariance when they act).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch.optim import Optimizer
 from torchbop.nn import named_binary_layers
 from torchbop.optim import Bop
 
-__all__ = ["FlipCounter", "count_sign_flips", "log_flip_ratio"]
+__all__ = ["FlipCounter", "count_sign_flips", "latent_at_clip", "log_flip_ratio"]
 
 PI_EPS = 1e-9
 
@@ -52,6 +56,25 @@ def count_sign_flips(before: Tensor, after: Tensor) -> Tensor:
     if before.shape != after.shape:
         raise ValueError(f"shapes differ: {tuple(before.shape)} vs {tuple(after.shape)}")
     return torch.count_nonzero((before < 0) != (after < 0))
+
+
+@torch.no_grad()
+def latent_at_clip(model: nn.Module, clip_value: float = 1.0) -> float:
+    """Fraction of the latent weights of ``model``'s latent-mode binary layers with ``|w| >= clip_value``; NaN when
+    it has none.
+
+    Example:
+        >>> from torchbop.nn import BinaryLinear
+        >>> layer = BinaryLinear(2, 2, mode="latent")
+        >>> _ = layer.weight.data.copy_(torch.tensor([[1.0, -0.5], [-1.0, 0.25]]))
+        >>> latent_at_clip(layer)
+        0.5
+    """
+    weights = [layer.weight for _, layer in named_binary_layers(model) if layer.mode == "latent"]
+    total = sum(w.numel() for w in weights)
+    if total == 0:
+        return float("nan")
+    return sum(int(torch.count_nonzero(w.abs() >= clip_value)) for w in weights) / total
 
 
 class FlipCounter:

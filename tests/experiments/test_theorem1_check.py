@@ -26,3 +26,13 @@ def test_the_control_with_clipping_and_a_saturating_ste_finds_differences():
     result = theorem1_check(synthetic_mnist(), steps=10, factor=2.0**10, lr=0.01, ste_clip=1.0, clip_latent=True)
     assert result["differing_total"] > 0
     assert result["first_difference_step"] is not None
+
+
+def test_where_the_unscaled_runs_latent_weights_ended_is_reported():
+    # clipped: run A's latent weights stay within [-1, 1]; not clipped at lr 100, some grow beyond 1
+    clipped = theorem1_check(synthetic_mnist(), steps=10, factor=2.0**-7, lr=100.0, ste_clip=1.0, clip_latent=True)
+    free = theorem1_check(synthetic_mnist(), steps=10, factor=2.0**-7, lr=100.0)
+    assert clipped["latent_abs_max"] == 1.0 and 0 < clipped["latent_at_clip"] < 1
+    assert free["latent_abs_max"] > 1.0 and free["latent_at_clip"] > 0
+    small = theorem1_check(synthetic_mnist(), steps=10, factor=2.0**-7, lr=0.01)
+    assert small["latent_abs_max"] < 1.0 and small["latent_at_clip"] == 0

@@ -13,6 +13,7 @@ import torch
 from torchbop.nn import named_binary_parameters
 from torchbop.optim import Bop, CompositeOptimizer
 from torchbop.training import BinaryDataModule, train
+from torchbop.training.history import History
 
 
 class Recorder(L.Callback):
@@ -67,12 +68,14 @@ class TestSmoke:
 
     @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
     def test_latent(self, tiny_config, synthetic, optimizer):
-        rec = Recorder()
+        rec, history = Recorder(), History()
         lr = 0.01 if optimizer == "adam" else 1.0
         result = train(tiny_config(mode="latent", optimizer=optimizer, lr=lr, epochs=2), data=synthetic,
-                       callbacks=[rec], loggers=False)
+                       callbacks=[rec, history], loggers=False)
         latent = [w for _, w in named_binary_parameters(rec.module.model)]
         assert all(float(w.abs().max()) <= 1.0 for w in latent)  # clipped after every step
+        at_clip = sum(int((w.abs() == 1).sum()) for w in latent) / sum(w.numel() for w in latent)
+        assert history.epochs[-1]["latent_at_clip"] == at_clip
         assert any(bool(((w != 1) & (w != -1)).any()) for w in latent)  # real-valued, not binary
         assert type(rec.optimizer).__name__ == {"adam": "Adam", "sgd": "SGD"}[optimizer]
         assert all(n > 0 for n in rec.epoch_flips)  # sign changes of the latent weights are counted
@@ -209,6 +212,22 @@ def test_latent_other_lr_trains_batch_norm_at_its_own_rate(tiny_config, syntheti
     assert {id(p) for p in groups[0]["params"]} == latent_ids and not latent_ids & {id(p) for p in groups[1]["params"]}
     for name, p in rec.module.model.named_parameters():
         assert torch.equal(p, start[name]) != (id(p) in latent_ids), name
+
+
+def test_latent_weights_at_the_clip_are_recorded(tiny_config, synthetic):
+    """Latent weights started beyond the clip are clipped to +-1 at the first step; the History's latent_at_clip is
+    the fraction of weights at +-1 at the epoch's end (positive here, and below the third that started beyond)."""
+    from torchbop.models import MnistBNN
+
+    model = MnistBNN(mode="latent")
+    for _, w in named_binary_parameters(model):
+        w.data.uniform_(-1.5, 1.5)
+    history = History()
+    train(tiny_config(mode="latent", optimizer="sgd", lr=0.01, epochs=1, limit_train_batches=3), data=synthetic,
+          model=model, callbacks=[history], loggers=False)
+    latent = [w for _, w in named_binary_parameters(model)]
+    at_clip = sum(int((w.abs() == 1).sum()) for w in latent) / sum(w.numel() for w in latent)
+    assert history.epochs[-1]["latent_at_clip"] == at_clip and 0.05 < at_clip < 0.34
 
 
 def test_training_without_validation_writes_last_checkpoint_only(tiny_config, synthetic):

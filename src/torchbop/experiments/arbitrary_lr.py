@@ -59,6 +59,7 @@ from torchbop.experiments.common import (load_data, run_config, seeded_model, se
 from torchbop.experiments.plots import COLORS, scale_note
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict
+from torchbop.metrics import latent_at_clip
 from torchbop.models import MnistBNN
 from torchbop.nn import binary_parameters, clip_latent_weights_, init_binary_weights_, split_binary_params
 from torchbop.quantizers import SteSign
@@ -185,7 +186,9 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
 
     Returns ``differing_total`` (summed over steps; 0 when the trajectories agree bit for bit), ``differing_max``,
     ``first_difference_step`` (None when none), ``flips_total`` (sign changes in run A: the trajectory is not
-    trivially constant), and the per-step ``differing`` and ``flips`` lists.
+    trivially constant), ``latent_abs_max`` and ``latent_at_clip`` (run A's largest latent ``|w|`` and its fraction
+    of latent weights at ``|w| >= 1`` after the last step: below 1 and 0, clipping and the STE's saturation never
+    acted), and the per-step ``differing`` and ``flips`` lists.
     """
 
     def make(scale: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -220,9 +223,12 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
             if len(differing) == steps:
                 break
     first = next((i + 1 for i, d in enumerate(differing) if d), None)
+    reference = runs[0][0]  # where its latent weights ended: whether clipping and saturation could have acted
+    largest = max(float(w.detach().abs().max()) for w in binary_parameters(reference))
     return {"differing_total": sum(differing), "differing_max": max(differing), "first_difference_step": first,
             "flips_total": sum(flips), "steps": steps, "binary_weights": int(previous.numel()), "factor": factor,
-            "ste_clip": ste_clip, "clip_latent": clip_latent, "differing": differing, "flips": flips}
+            "ste_clip": ste_clip, "clip_latent": clip_latent, "latent_abs_max": largest,
+            "latent_at_clip": latent_at_clip(reference), "differing": differing, "flips": flips}
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -236,6 +242,7 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     """Per configuration: seed-mean test accuracy per epoch; the largest gaps between the curves the claims
     compare; and the Theorem-1 counts."""
     curves: dict[str, list[list[float]]] = {}
+    at_clip: dict[str, list[float]] = {}  # the fraction of latent weights at the clip after the last epoch
     theorem: dict[str, Any] = {}
     ablation: dict[str, Any] = {}
     for record in records:
@@ -247,10 +254,13 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         if params["kind"] == "ablation":
             ablation[params["name"]] = {"first_difference_step": result["first_difference_step"],
                                         "differing_at_end": result["differing"][-1], "steps": result["steps"],
-                                        "binary_weights": result["binary_weights"]}
+                                        "binary_weights": result["binary_weights"],
+                                        "latent_abs_max": result.get("latent_abs_max")}
             continue
         curves.setdefault(params["configuration"], []).append([e.get("val_acc", float("nan"))
                                                                for e in result["history"]])
+        if result["history"] and "latent_at_clip" in result["history"][-1]:
+            at_clip.setdefault(params["configuration"], []).append(result["history"][-1]["latent_at_clip"])
     mean_curves = {name: [statistics.fmean(v) for v in zip(*runs)] for name, runs in sorted(curves.items())}
     rows = [{"configuration": name, "description": CONFIGURATIONS[name][0], "epoch": i + 1, "test_acc": acc,
              "seeds": len(curves[name])} for name, curve in mean_curves.items() for i, acc in enumerate(curve)]
@@ -264,7 +274,9 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     gaps = {f"{a}-{b}": gap(a, b) for a, b in pairs}
     finals = {name: curve[-1] for name, curve in mean_curves.items() if curve}
     ablation = {name: ablation[name] for name in ABLATION if name in ablation}
-    return {"curves": mean_curves, "final_test_acc": finals, "max_gaps": gaps, "theorem1": theorem,
+    at_clip_means = {name: statistics.fmean(v) for name, v in sorted(at_clip.items())}
+    return {"curves": mean_curves, "final_test_acc": finals, "final_latent_at_clip": at_clip_means,
+            "max_gaps": gaps, "theorem1": theorem,
             "ablation": ablation,
             "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]}}
 
@@ -341,8 +353,12 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    rows = ["| configuration | final test accuracy (seed mean) |", "|---|---|"]
-    rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} |" for k, v in summary["final_test_acc"].items()]
+    at_clip = summary.get("final_latent_at_clip", {})
+    rows = ["| configuration | final test accuracy (seed mean) | latent weights at the clip (abs(w) >= 1) at the end |",
+            "|---|---|---|"]
+    rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} | "
+             + (f"{100 * at_clip[k]:.2f}%" if k in at_clip else "not recorded") + " |"
+             for k, v in summary["final_test_acc"].items()]
     gaps = ", ".join(f"{k}: {v:.4f}" for k, v in summary["max_gaps"].items() if v is not None)
     rows += ["", f"Largest gap between seed-mean accuracy curves over the epochs: {gaps}."]
     ablation = summary.get("ablation", {})
@@ -350,9 +366,12 @@ def results(summary: dict[str, Any]) -> list[str]:
         rows += ["", "Why configurations 2 and 3 differ: configuration 2 (SGD lr 1) against its scaled copy in "
                  "lockstep, one difference from Theorem 1's setting at a time:", "",
                  "| what differs from Theorem 1's setting | first step with a differing binary weight | "
-                 "differing at the last step |", "|---|---|---|"]
+                 "differing at the last step | largest latent abs(w) of the unscaled run at the end |",
+                 "|---|---|---|---|"]
         rows += [f"| {name} | {a['first_difference_step'] or 'none'} | {a['differing_at_end']:,} of "
-                 f"{a['binary_weights']:,} (step {a['steps']}) |" for name, a in ablation.items()]
+                 f"{a['binary_weights']:,} (step {a['steps']}) | "
+                 + ("not recorded" if a.get("latent_abs_max") is None else f"{a['latent_abs_max']:.3f}") + " |"
+                 for name, a in ablation.items()]
     control, figure = summary["max_gaps"].get("2b-3"), summary["max_gaps"].get("2-3")
     if control is not None and figure is not None:
         rows += ["", f"The same at full length: configuration 2 with batch norm at configuration 3's lr (2b) against "

@@ -10,8 +10,9 @@ Pass one to :func:`torchbop.training.train` and read it afterwards; nothing else
 ``epochs``: one dict per epoch with ``epoch`` (from 1), ``steps`` (optimizer steps in it), ``train_loss`` and
 ``train_acc`` (the epoch's means), ``val_loss`` and ``val_acc`` (when it validated), ``flips`` (binary weights that
 changed sign in the epoch) and ``flip_ratio`` (``flips / (binary weights x steps)``, the mean fraction of weights
-flipped per step) for a model with binary layers, and ``rate``: gamma (Bop; the learning rate in latent mode)
-during the epoch, before the epoch-end schedule step.
+flipped per step) for a model with binary layers, ``latent_at_clip`` (the fraction of latent weights at the clip,
+``|w| >= 1``, at the epoch's end: :func:`torchbop.metrics.latent_at_clip`) for latent-weight training, and
+``rate``: gamma (Bop; the learning rate in latent mode) during the epoch, before the epoch-end schedule step.
 
 ``steps`` (with ``per_step=True``): per optimizer step, ``pi_t`` (eq. 7 of the reproducibility report; NaN for a
 model without binary layers), ``train_acc`` and ``train_loss`` of the training batch.
@@ -32,6 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+
+from torchbop.metrics import latent_at_clip
 
 __all__ = ["History"]
 
@@ -108,6 +111,9 @@ class History(L.Callback):
         if counter is not None:
             row["flips"] = int(counter.epoch_total)
             row["flip_ratio"] = row["flips"] / max(1, counter.total_binary_params * self._steps_in_epoch)
+        at_clip = latent_at_clip(pl_module.model)
+        if not math.isnan(at_clip):  # latent weights: the fraction at the clip, |w| >= 1, at the epoch's end
+            row["latent_at_clip"] = at_clip
         row["rate"] = self._rate
         self.epochs.append(row)
         if self._log is not None:

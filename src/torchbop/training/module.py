@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchbop.metrics import FlipCounter
+from torchbop.metrics import FlipCounter, latent_at_clip
 from torchbop.models import create_model
 from torchbop.nn import clip_latent_weights_, named_binary_layers, split_binary_params
 from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer
@@ -341,6 +341,8 @@ class BinaryClassifier(L.LightningModule):
         if counter is not None:
             values["epoch_flips"] = _as_float(counter.epoch_total)
             values.update({f"epoch_flips/{k}": _as_float(v) for k, v in counter.epoch_flips.items()})
+            if self.config.mode == "latent":
+                values["latent_at_clip"] = latent_at_clip(self.model)
         self._log_once_per_epoch(values)
 
     # ------------------------------------------------------------------------------------------------------------
