@@ -228,6 +228,34 @@ def test_only_an_intact_checkpoint_of_the_same_configuration_with_a_history_is_r
     assert resumable_checkpoint(config) is None
 
 
+@pytest.mark.realdata
+def test_a_checkpoint_from_before_a_config_field_was_added_resumes(tmp_path, uninterrupted):
+    # a field added to TrainConfig since (other_lr, compile) is missing from an older checkpoint's config: at its
+    # default, the checkpoint is the same configuration's
+    reference = uninterrupted[0]
+    shutil.copytree(reference.out, tmp_path / "run")
+    config = reference.replace(out=str(tmp_path / "run"))
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = load_checkpoint(path)
+    del checkpoint["hyper_parameters"]["config"]["other_lr"]
+    torch.save(checkpoint, path)
+    assert resumable_checkpoint(config) == 16
+    assert resumable_checkpoint(config.replace(mode="latent", optimizer="sgd", other_lr=0.5)) is None
+
+
+@pytest.mark.realdata
+def test_an_unresumable_checkpoint_is_set_aside_not_overwritten(tmp_path, uninterrupted):
+    reference, data, expected, _, _ = uninterrupted
+    shutil.copytree(reference.out, tmp_path / "run")
+    old = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    config = reference.replace(out=str(tmp_path / "run"), lr=reference.lr * 2)  # another configuration
+    lines = []
+    train_run(config, data, seeded_model(config), log=lines.append)
+    (kept,) = tmp_path.glob("run.stale-*")
+    assert (kept / "checkpoints" / "last.ckpt").read_bytes() == old
+    assert any("not resuming" in line and str(kept) in line for line in lines)
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_two_concurrent_invocations_share_the_runs(tmp_path, data_dir):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,12 +114,14 @@ def train_run(config: TrainConfig, data: dict[str, Split], model: nn.Module, *, 
     The run continues from its folder's last checkpoint (``config.out``: the run's scratch folder, one per run key)
     when an earlier attempt, killed, left one written under the same configuration (:func:`resumable_checkpoint`):
     the engine resumes bit-exactly, ``model`` ends with the weights and the History with the records of an
-    uninterrupted run. Otherwise the run starts afresh, over whatever files an earlier attempt left there.
+    uninterrupted run. Otherwise the run starts afresh, over whatever files an earlier attempt left there, except its
+    checkpoints, which are moved beside the run's folder first (see :func:`_set_aside_checkpoints`).
     """
     history = History(per_step=per_step, log=log)
     folder = config.out_dir
     step = resumable_checkpoint(config)
     if step is None:
+        _set_aside_checkpoints(folder, log)
         result = train(config, data=data, model=model, callbacks=[history], loggers=False, overwrite=True)
     else:
         if log is not None:
@@ -133,10 +137,26 @@ def train_run(config: TrainConfig, data: dict[str, Split], model: nn.Module, *, 
     return {k: v for k, v in result.items() if k in RESULT_KEYS}, history.as_dict()
 
 
+def _set_aside_checkpoints(folder: Path, log: Callable[[str], Any] | None) -> None:
+    """Move ``folder``'s ``checkpoints/`` that cannot be resumed to ``<folder>.stale-<time>/checkpoints`` (beside
+    the run's scratch folder, which the runner deletes once the run is stored), so that starting afresh destroys no
+    hours of training a code change made unresumable."""
+    old = folder / "checkpoints"
+    if not (old / "last.ckpt").is_file():
+        return
+    kept = folder.parent / f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+    kept.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(old), str(kept / "checkpoints"))
+    if log is not None:
+        log(f"not resuming {old / 'last.ckpt'} (another configuration, no History, or unreadable): starting afresh; "
+            f"the old checkpoints are kept in {kept}")
+
+
 def resumable_checkpoint(config: TrainConfig) -> int | None:
     """The global step of ``config.out``'s ``checkpoints/last.ckpt`` when it is intact, was written by a run of
     ``config`` (the same fields but :data:`LOCAL_FIELDS` and ``resume``, with ``precision`` as it resolves on this
-    machine) and holds a :class:`History` (the epochs before it), else None."""
+    machine; a field the checkpoint's config lacks, added to :class:`TrainConfig` since, counts at its default) and
+    holds a :class:`History` (the epochs before it), else None."""
     path = config.out_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():
         return None
@@ -145,6 +165,8 @@ def resumable_checkpoint(config: TrainConfig) -> int | None:
     except UserError:  # truncated or not a checkpoint: start afresh
         return None
     stored = checkpoint.get("hyper_parameters", {}).get("config")
+    if isinstance(stored, dict):
+        stored = {**TrainConfig().to_dict(), **stored}
     expected = config.replace(precision=resolve_precision(config.precision, config.accelerator)).to_dict()
     ignored = (*LOCAL_FIELDS, "resume")
     if not isinstance(stored, dict) or ({k: v for k, v in stored.items() if k not in ignored}
