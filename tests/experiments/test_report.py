@@ -79,3 +79,14 @@ def test_cifar10_verdict_uses_the_protocols_published_number():
     assert accuracy.met and flips.met
     (accuracy, _) = cifar10.verdicts({"tables": {"figure3": [dict(row, test_acc=0.85)]}})
     assert accuracy.outcome(at_scale=True) == "not reproduced"
+
+
+def test_a_claim_of_an_unfinished_profile_is_pending_not_inconclusive():
+    from torchbop.experiments.report import _outcome
+    from torchbop.experiments.verdicts import Verdict
+
+    missing = Verdict("2 and 3 behave identically", "-", "configurations missing", met=None)
+    assert _outcome(missing, ["7 of 13 runs stored so far"]).startswith("**pending**")
+    assert _outcome(missing, []) == "**inconclusive**"  # every run stored: the check could not be evaluated
+    met = Verdict("theorem", "0 differing", "0", met=True, scale_independent=True)
+    assert _outcome(met, ["7 of 13 runs stored so far"]) == "**reproduced**"  # its own runs are all there

@@ -354,13 +354,18 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
 
 def results(summary: dict[str, Any]) -> list[str]:
     at_clip = summary.get("final_latent_at_clip", {})
-    rows = ["| configuration | final test accuracy (seed mean) | latent weights at the clip (abs(w) >= 1) at the end |",
-            "|---|---|---|"]
-    rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} | "
-             + (f"{100 * at_clip[k]:.2f}%" if k in at_clip else "not recorded") + " |"
-             for k, v in summary["final_test_acc"].items()]
+    rows = []
+    if summary["final_test_acc"]:
+        rows += ["| configuration | final test accuracy (seed mean) | latent weights at the clip (abs(w) >= 1) at the "
+                 "end |", "|---|---|---|"]
+        rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} | "
+                 + (f"{100 * at_clip[k]:.2f}%" if k in at_clip else "not recorded") + " |"
+                 for k, v in summary["final_test_acc"].items()]
+    else:
+        rows.append("No Figure-1 training run is stored yet.")
     gaps = ", ".join(f"{k}: {v:.4f}" for k, v in summary["max_gaps"].items() if v is not None)
-    rows += ["", f"Largest gap between seed-mean accuracy curves over the epochs: {gaps}."]
+    if gaps:
+        rows += ["", f"Largest gap between seed-mean accuracy curves over the epochs: {gaps}."]
     ablation = summary.get("ablation", {})
     if ablation:
         rows += ["", "Why configurations 2 and 3 differ: configuration 2 (SGD lr 1) against its scaled copy in "

@@ -72,7 +72,7 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
              "Verdicts: **reproduced** / **not reproduced** (criterion evaluated at the published scale), "
              "**not run at scale** (the run was smaller; the criterion's outcome at our scale is shown as an "
              "indication only; experiments without results are also marked so), **inconclusive** (the check could not "
-             "have failed).", ""]
+             "have failed), **pending** (a profile still running: the claim's runs are not all stored yet).", ""]
     summary_rows: list[str] = []
     sections: list[str] = []
     span = compute = 0.0
@@ -159,7 +159,9 @@ def _verdict_table(claims: list[Verdict], below: list[str]) -> list[str]:
 
 def _outcome(verdict: Verdict, below: list[str], detail: bool = True) -> str:
     """``**outcome**``; below the published scale, the indication at this scale (and with ``detail``, which settings
-    differ from the published ones)."""
+    differ from the published ones); a claim whose runs are still missing from an unfinished profile is pending."""
+    if verdict.met is None and any(b.endswith("runs stored so far") for b in below):
+        return "**pending** (its runs are not all stored yet)"
     outcome = verdict.outcome(at_scale=not below)
     if outcome != "not run at scale":
         return f"**{outcome}**"
