@@ -377,6 +377,12 @@ def results(summary: dict[str, Any]) -> list[str]:
                  f"{a['binary_weights']:,} (step {a['steps']}) | "
                  + ("not recorded" if a.get("latent_abs_max") is None else f"{a['latent_abs_max']:.3f}") + " |"
                  for name, a in ablation.items()]
+        clipped = ablation.get("clipping + saturating STE", {})
+        if clipped.get("latent_abs_max") is not None and clipped["latent_abs_max"] < 1:
+            rows += ["", f"In the clipping row the unscaled run's latent weights stayed below 1 (largest "
+                     f"{clipped['latent_abs_max']:.3f}): within {clipped['steps']} steps clipping and the STE's "
+                     "saturation never acted, so that row cannot show their effect; the Figure-1 runs' share of "
+                     "latent weights at the clip (table above) shows whether they act over the full length."]
     control, figure = summary["max_gaps"].get("2b-3"), summary["max_gaps"].get("2-3")
     if control is not None and figure is not None:
         rows += ["", f"The same at full length: configuration 2 with batch norm at configuration 3's lr (2b) against "
