@@ -90,3 +90,29 @@ def test_a_claim_of_an_unfinished_profile_is_pending_not_inconclusive():
     assert _outcome(missing, []) == "**inconclusive**"  # every run stored: the check could not be evaluated
     met = Verdict("theorem", "0 differing", "0", met=True, scale_independent=True)
     assert _outcome(met, ["7 of 13 runs stored so far"]) == "**reproduced**"  # its own runs are all there
+
+
+def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
+    import torch
+
+    from torchbop.experiments.progress import progress_table, runs_in_progress
+    from torchbop.training.history import History
+
+    manifest = {"runs": [{"label": "done", "key": "k1"}, {"label": "training", "key": "k2"},
+                         {"label": "waiting", "key": "k3"}, {"label": "corrupt", "key": "k4"}]}
+    history = History()
+    history.epochs = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.625}]
+    folder = tmp_path / "runs" / "k2" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"hyper_parameters": {"config": {"epochs": 100}}, "callbacks": {history.state_key: history.state_dict()}},
+               folder / "last.ckpt")
+    (tmp_path / "runs" / "k4" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "k4" / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    rows = runs_in_progress(tmp_path, manifest, [{"key": "k1"}])
+    assert [r["label"] for r in rows] == ["training", "waiting", "corrupt"]
+    assert (rows[0]["epochs_done"], rows[0]["epochs"], rows[0]["val_acc"]) == (2, 100, 0.625)
+    assert rows[1]["epochs_done"] == rows[2]["epochs_done"] == 0
+    lines = progress_table(rows)
+    assert "| training | training: 2 of 100 epochs | 0.6250 |" in lines
+    assert "| waiting | not started (or no epoch finished) | - |" in lines
+    assert progress_table([]) == []

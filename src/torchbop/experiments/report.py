@@ -15,6 +15,7 @@ from typing import Any
 from torchbop.errors import UserError
 from torchbop.experiments.plots import save_figure
 from torchbop.experiments.profiles import PROFILES
+from torchbop.experiments.progress import progress_table, runs_in_progress
 from torchbop.experiments.registry import EXPERIMENTS, get_experiment
 from torchbop.experiments.runner import config_from_dict, experiment_dir
 from torchbop.experiments.store import load_manifest, load_records
@@ -91,7 +92,9 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
         if len(records) < len(manifest["runs"]):  # a long profile still running: no verdict from part of the runs
             below.append(f"{len(records)} of {len(manifest['runs'])} runs stored so far")
         claims = module.verdicts(summary)
+        unfinished = progress_table(runs_in_progress(exp_dir, manifest, records))
         sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, below), "",
+                     *([*unfinished, ""] if unfinished else []),
                      *module.results(summary), "", f"![{experiment}]({figure.name})", "",
                      *_verdict_table(claims, below), ""]
         summary_rows += [f"| {v.claim} | {_outcome(v, below, detail=False)} | {v.measured} |" for v in claims]
