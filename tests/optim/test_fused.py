@@ -107,7 +107,7 @@ class TestAutomaticChoice:
             w.copy_(torch.where(flip, -w, w))
             return flip.sum()
 
-        monkeypatch.setattr(_fused, "compiled", lambda kernel: kernel)  # run it eagerly: no compilation needed
+        monkeypatch.setattr(_fused, "compiled", _fused.batched)  # run it eagerly: no compilation needed
         monkeypatch.setattr(bop_module, "_bop_kernel", lerp_kernel)
         w = binary_param(LARGE)
         opt = Bop([w])
@@ -160,3 +160,83 @@ class TestCompilations:
         set_grads(masked.param_groups[0]["params"], 9)
         masked.step()
         assert graphs["unique_graphs"] == after_first_steps
+
+
+@requires_compiler
+class TestBatchedCalls:
+    """One compiled call takes ``ARITY`` tensors; more make several calls, fewer are padded with scratch tensors."""
+
+    def sizes(self):
+        # more than two calls' worth; equal sizes side by side (the kernel was compiled on unequal ones), 2-D and 4-D
+        # shapes of one size, a channels-last tensor, and a tensor of two entries (the padding's size)
+        return [(LARGE,), (LARGE,), (64, 64), (LARGE + 1,), (2,), (7, 5, 11, 13), (5005,), (LARGE * 3,),
+                (13, 11, 7, 5), (LARGE,), (4099,), (LARGE + 3,), (9000,), (2, 4, 8, 64), (LARGE,), (6001,),
+                (LARGE * 2,), (4097,)]
+
+    def run(self, fused, nonfinite="raise", steps=3):
+        params = [binary_param(*shape, seed=i) for i, shape in enumerate(self.sizes())]
+        params[5] = nn.Parameter(params[5].detach().contiguous(memory_format=torch.channels_last))
+        opt = Bop(params, gamma=0.2, threshold=1e-4, fused=fused, nonfinite=nonfinite)
+        flips = []
+        for step in range(steps):
+            set_grads(params, step)
+            if nonfinite == "mask":
+                params[3].grad[::5] = float("nan")
+                params[10].grad[1] = float("inf")
+            opt.step()
+            flips.append([int(opt.state[p]["flips"]) for p in params])
+        return params, opt, flips
+
+    @pytest.mark.parametrize("nonfinite", ["raise", "mask"])
+    def test_any_number_of_tensors_bit_identical_to_the_eager_path(self, monkeypatch, nonfinite):
+        calls = []
+        real_runner = _fused.runner
+
+        def counting_runner(kernel, slot, scalars):
+            run = real_runner(kernel, slot, scalars)
+            return lambda slots, *s: (calls.append(len(slots)), run(slots, *s))[1]
+
+        self.run(True, nonfinite, steps=1)  # the kernel's check of its first use (one more call), if not done yet
+        monkeypatch.setattr(_fused, "runner", counting_runner)
+        fused, fused_opt, fused_flips = self.run(True, nonfinite)
+        eager, eager_opt, eager_flips = self.run(False, nonfinite)
+        assert len(self.sizes()) > 2 * _fused.ARITY
+        assert calls == [_fused.ARITY] * 3 * 3  # 18 tensors: three calls of ARITY slots per step
+        assert fused_flips == eager_flips and sum(map(sum, fused_flips)) > 0
+        for p, q in zip(fused, eager):
+            assert torch.equal(p, q)
+            assert torch.equal(fused_opt.state[p]["exp_avg"], eager_opt.state[q]["exp_avg"])
+            if nonfinite == "mask":
+                assert int(fused_opt.state[p]["nonfinite_entries"]) == int(eager_opt.state[q]["nonfinite_entries"])
+        assert int(fused_opt.state[fused[3]]["nonfinite_entries"]) == (3 * LARGE // 5 + 3 if nonfinite == "mask" else 0)
+
+    def test_padding_slots_do_not_touch_the_results(self):
+        """Two steps of one tensor, then of ARITY + 1: every result as the eager path's, whatever ran in the padding
+        slots in between."""
+        for n in (1, _fused.ARITY + 1):
+            params = [binary_param(LARGE + 16 * i, seed=i) for i in range(n)]
+            twins = [nn.Parameter(p.detach().clone()) for p in params]
+            fused, eager = Bop(params, gamma=0.3, fused=True), Bop(twins, gamma=0.3, fused=False)
+            for step in range(2):
+                set_grads(params, step)
+                set_grads(twins, step)
+                fused.step()
+                eager.step()
+            assert all(torch.equal(p, q) for p, q in zip(params, twins))
+            assert [int(fused.state[p]["flips"]) for p in params] == [int(eager.state[q]["flips"]) for q in twins]
+
+    def test_automatic_choice_puts_small_tensors_in_free_slots_only(self):
+        """fused=None: a small tensor rides along in a call made for a large one, never gets a call of its own."""
+
+        def leftover(sizes):
+            params = [binary_param(n, seed=i) for i, n in enumerate(sizes)]
+            set_grads(params, 0)
+            _, rest = _fused.apply(bop_module._bop_kernel, params, [p.grad for p in params],
+                                   [torch.zeros_like(p) for p in params], fused=None,
+                                   hyperparameters=lambda dtype: (0.1, *bop_module.flip_thresholds(0.0, "larq", dtype)))
+            return rest
+
+        assert leftover([LARGE, 100]) == []
+        assert leftover([100, 200]) == [0, 1]
+        assert leftover([LARGE] * _fused.ARITY + [100, 7]) == [8, 9]  # the one call is full
+        assert leftover([LARGE] * _fused.ARITY + [100, LARGE, 7]) == []  # the second call has free slots

@@ -2,12 +2,18 @@
 
 ``Bop`` and ``Bop2ndOrder`` write their whole step as one elementwise function of flattened tensors (in ``bop.py`` and
 ``bop2nd.py``); ``torch.compile`` turns it into a single loop that reads each input once and writes each output once.
-Three things keep that to one compilation per kernel, device and dtype combination for the life of the process:
+One compiled call runs it on :data:`ARITY` tensors at once (:func:`batched`: one loop per tensor in one generated
+program), so a step on BinaryNet's nine binary weights is two calls, not nine: on CPU a call costs tens of
+microseconds of Python, and on CUDA each call is a launch. Four things keep that to one compilation per kernel,
+device and dtype combination for the life of the process:
 
 * shapes are dynamic (``dynamic=True``) and the kernels see 1-D tensors that alias the parameters' memory (not views
   of them, which would specialize the kernel on each parameter's number of dimensions), so a new tensor size or rank
   reuses the kernel (a tensor of fewer than two entries, which ``torch.compile`` would specialize on, takes the eager
   path instead);
+* the kernel is compiled on an example whose :data:`ARITY` tensors all have different sizes (:func:`_example`), so
+  that the compiler assumes no two of them equal, and every call fills the slots it does not need with two-entry
+  scratch tensors of its own (:func:`_padding`): any number of tensors, in any sizes, reuses the compilation;
 * every hyperparameter (gamma, the threshold and tie rule, sigma, eps) is a one-entry tensor argument, never a Python
   number, so a scheduler that changes one does not recompile;
 * kernels always run under ``torch.no_grad()``, whatever the caller's grad mode. (A new thread count, set with
@@ -45,6 +51,9 @@ FUSED_DEVICE_TYPES = ("cpu", "cuda")
 # its parallelization from the sizes it first sees, parallelizes the loop as it should for real tensors.
 PROBE_SIZE = 1 << 16
 
+#: Tensors per compiled call (:func:`batched`); a step with more makes several calls, the last one padded.
+ARITY = 8
+
 # A compiled call costs, on CPU, as much as a dozen eager operations (Python wrappers, even without Dynamo's guards):
 # below this many entries the eager path is as fast, and the automatic choice (fused=None) leaves a tensor to it.
 AUTO_MIN_ENTRIES = {"cpu": 1 << 12}
@@ -52,39 +61,77 @@ AUTO_MIN_ENTRIES = {"cpu": 1 << 12}
 _support: dict[Hashable, str | None] = {}  # (kernel name, device type, dtypes...) -> None, or why not
 _warned: set[Hashable] = set()
 _runners: dict[tuple, Callable] = {}  # (kernel, threads, (device, dtype) of each argument) -> compiled callable
+_scratch: dict[tuple, tuple] = {}  # (device, dtype) of a slot's tensors -> padding slots (see _padding)
+
+
+@functools.cache
+def batched(kernel: Callable) -> Callable:
+    """``kernel`` on :data:`ARITY` tensors: ``batched(kernel)(slots, *scalars)`` computes
+    ``kernel(*slot, *scalars)`` for each tuple ``slot`` of ``slots`` and returns the results stacked (a tuple of
+    stacks when the kernel returns a tuple): entry ``j`` is slot ``j``'s."""
+
+    def run(slots: tuple[tuple[torch.Tensor, ...], ...], *scalars: torch.Tensor):
+        outs = [kernel(*slot, *scalars) for slot in slots]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(column) for column in zip(*outs))
+        return torch.stack(outs)
+
+    run.__name__ = run.__qualname__ = f"batched_{kernel.__name__}"
+    return run
 
 
 @functools.cache
 def compiled(kernel: Callable) -> Callable:
-    """``kernel`` compiled with dynamic shapes, one graph (``fullgraph=True``), eager PyTorch's numerics."""
+    """:func:`batched` ``kernel`` compiled with dynamic shapes, one graph (``fullgraph=True``), eager PyTorch's
+    numerics."""
     import torch._inductor.config
 
     known = torch._inductor.config.get_config_copy()  # older torch lacks some options: the probe then decides
     options = {key: value for key, value in _OPTIONS.items() if key in known}
-    return torch.compile(kernel, dynamic=True, fullgraph=True, options=options)
+    return torch.compile(batched(kernel), dynamic=True, fullgraph=True, options=options)
 
 
-def runner(kernel: Callable, args: tuple[torch.Tensor, ...]) -> Callable:
-    """The compiled ``kernel`` for arguments like ``args`` (their devices and dtypes, at this thread count).
+def runner(kernel: Callable, slot: tuple[torch.Tensor, ...], scalars: tuple[torch.Tensor, ...]) -> Callable:
+    """The compiled :func:`batched` ``kernel`` for slots like ``slot`` and these scalars (their devices and dtypes,
+    at this thread count), called as ``run(slots, *scalars)`` with :data:`ARITY` slots.
 
-    Where this torch can precompile (``torch.compile(...).aot_compile``), the result skips Dynamo's per-call frame
-    evaluation and guards, most of a call's cost on CPU (about 110 us down to 30 us on the 2-core development VM):
-    safe because everything those guards would check is in the key here, or fixed by :func:`apply` (1-D dense
-    tensors of at least two and fewer than 2**31 entries, no grad mode). Elsewhere it is the guarded compiled function.
+    It is compiled on :func:`_example` arguments, whose slots differ in size, never on a step's own (two equal sizes
+    there would be compiled as one). Where this torch can precompile (``torch.compile(...).aot_compile``), the result
+    skips Dynamo's per-call frame evaluation and guards, most of a call's cost on CPU (about 110 us down to 30 us on
+    the 2-core development VM): safe because everything those guards would check is in the key here, or fixed by
+    :func:`apply` (1-D dense tensors of at least two and fewer than 2**31 entries, no two sharing memory, no grad
+    mode). Elsewhere it is the guarded compiled function.
     """
-    key = (kernel, torch.get_num_threads(), *((a.device, a.dtype) for a in args))
+    key = (kernel, torch.get_num_threads(), *((a.device, a.dtype) for a in (*slot, *scalars)))
     run = _runners.get(key)
     if run is None:
         run = compiled(kernel)
         if hasattr(run, "aot_compile"):
             try:
-                precompiled = run.aot_compile((args, {}))
+                precompiled = run.aot_compile(((_example(slot), *scalars), {}))
                 precompiled.disable_guard_check()
                 run = precompiled
             except Exception:  # precompiling is newer and stricter than compiling: keep the guarded function
                 pass
         _runners[key] = run
     return run
+
+
+def _example(slot: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """:data:`ARITY` slots like ``slot`` for compiling: the tensors of slot ``j`` have ``PROBE_SIZE + 16 j`` entries,
+    so that no two slots share a size (a compiler that sees two equal sizes may assume them equal forever)."""
+    return tuple(tuple(torch.zeros(PROBE_SIZE + 16 * j, dtype=t.dtype, device=t.device) for t in slot)
+                 for j in range(ARITY))
+
+
+def _padding(slot: tuple[torch.Tensor, ...], count: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """``count`` slots of two-entry scratch tensors like ``slot``'s (devices, dtypes), to fill a call: the kernel
+    writes into them and their results are dropped. Made once per device and dtypes; every slot its own memory."""
+    key = tuple((t.device, t.dtype) for t in slot)
+    if key not in _scratch:
+        _scratch[key] = tuple(tuple(torch.zeros(2, dtype=t.dtype, device=t.device) for t in slot)
+                              for _ in range(ARITY - 1))
+    return _scratch[key][:count]
 
 
 def unavailable(key: tuple, probe: Callable[[], None]) -> str | None:
@@ -186,25 +233,46 @@ def worth_compiling(param: torch.Tensor, fused: bool | None) -> bool:
 def apply(kernel: Callable, params: list[torch.Tensor], grads: list[torch.Tensor], *states: list[torch.Tensor],
           hyperparameters: Callable[[torch.dtype], tuple], fused: bool | None = True) -> tuple[list, list[int]]:
     """Run the compiled ``kernel`` on each parameter: ``kernel(w, g, *states, *hyperparameters(dtype))`` on 1-D
-    aliases, the hyperparameters as one-entry tensors of the states' dtype. Returns the kernel's outputs (``None`` where
-    it did not run) and the indices of the parameters left to the eager path: those the kernel cannot take
-    (:func:`flat_views`) and, when ``fused`` is ``None`` (automatic), those too small to be worth a call."""
-    scalars: dict[tuple, tuple[torch.Tensor, ...]] = {}
+    aliases, the hyperparameters as one-entry tensors of the states' dtype, :data:`ARITY` parameters of the same
+    devices and dtypes per call. Returns the kernel's outputs (``None`` where it did not run) and the indices of the
+    parameters left to the eager path: those the kernel cannot take (:func:`flat_views`) and, when ``fused`` is
+    ``None`` (automatic), those too small to be worth a call (:func:`worth_compiling`) unless a call made for larger
+    ones has a padding slot free for them."""
     outputs: list = [None] * len(params)
     rest = []
+    batches: dict[tuple, list[tuple[int, tuple[torch.Tensor, ...]]]] = {}  # devices and dtypes -> (index, slot)
+    small = []  # automatic choice: too small to be worth a call of their own, but free to fill a padding slot
     with torch.no_grad():  # the grad mode is part of what a compiled kernel is specialized on
         for i, (w, g, *state) in enumerate(zip(params, grads, *states)):
-            flat = flat_views(w, g, *state) if worth_compiling(w, fused) else None
+            flat = flat_views(w, g, *state)
             if flat is None:
                 rest.append(i)
-                continue
-            key = (state[0].device, state[0].dtype)
-            if key not in scalars:
-                scalars[key] = _scalars(hyperparameters(key[1]), *key)
-            args = (*flat, *scalars[key])
-            outputs[i] = runner(kernel, args)(*args)
-            _increment_version([w, *state])  # the kernel wrote through aliases
+            elif worth_compiling(w, fused):
+                batches.setdefault(_slot_key(flat), []).append((i, flat))
+            else:
+                small.append((i, flat))
+        for i, flat in small:
+            members = batches.get(_slot_key(flat))
+            if members is not None and len(members) % ARITY:
+                members.append((i, flat))
+            else:
+                rest.append(i)
+        rest.sort()
+        for key, members in batches.items():
+            scalars = _scalars(hyperparameters(key[2][1]), *key[2])  # key[2]: the first state's device and dtype
+            for start in range(0, len(members), ARITY):
+                chunk = members[start:start + ARITY]
+                slots = tuple(slot for _, slot in chunk)
+                slots += _padding(slots[0], ARITY - len(slots))
+                result = runner(kernel, slots[0], scalars)(slots, *scalars)
+                for j, (i, _) in enumerate(chunk):
+                    outputs[i] = tuple(r[j] for r in result) if isinstance(result, tuple) else result[j]
+                    _increment_version([params[i], *(s[i] for s in states)])  # the kernel wrote through aliases
     return outputs, rest
+
+
+def _slot_key(slot: tuple[torch.Tensor, ...]) -> tuple:
+    return tuple((t.device, t.dtype) for t in slot)
 
 
 def _scalars(values: tuple, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

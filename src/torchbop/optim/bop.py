@@ -7,7 +7,7 @@ towards ``-w``).
 
 The layout follows ``torch.optim``: the :class:`Bop` class validates arguments and gathers tensors; the functional
 :func:`bop` dispatches to ``_single_tensor_bop`` (the readable reference, the specification), ``_fused_bop`` (one
-``torch.compile``-generated kernel per tensor, the default wherever it compiles) or ``_multi_tensor_bop`` (the eager
+``torch.compile``-generated loop per tensor, eight tensors per call, the default wherever it compiles) or ``_multi_tensor_bop`` (the eager
 path: plain PyTorch operations, in cache-sized chunks on CPU). All three are tested bit-identical.
 """
 
@@ -92,14 +92,15 @@ class Bop(Optimizer):
         and writes each weight's numbers. With the defaults (``fused=None``, ``foreach=None``) Bop chooses:
 
         * the **fused kernel**, one ``torch.compile``-generated loop per tensor that reads w, g and m once and
-          writes m and w, counting flips on the way: on CUDA, and on CPU where ``torch.compile`` can build a kernel.
+          writes m and w, counting flips on the way, eight tensors per call (BinaryNet's step is two calls): on
+          CUDA, and on CPU where ``torch.compile`` can build a kernel.
           Whether it can is decided once per process (and device type and dtypes): the kernel is compiled on a
           sample and compared bit for bit with the reference. It is compiled once per process, however gamma or
           tau are scheduled, groups added or tensor sizes changed: shapes are dynamic and hyperparameters are
           tensor arguments. At most two compilations per device, dtype combination and thread count: one for
           ``nonfinite="raise"`` and ``"skip"``, one for ``"mask"`` (Bop2ndOrder adds its own). On CPU, tensors
-          under 4096 entries take the eager path, where a compiled call costs more than it saves; the first step
-          that compiles takes seconds.
+          under 4096 entries take the eager path, where a compiled call costs more than it saves, unless a call
+          made for larger tensors has a slot free for them; the first step that compiles takes seconds.
         * the **eager path** where no kernel can be built (no C++ compiler, no Triton, ``torch.compile`` disabled),
           after one warning: plain PyTorch operations, float arithmetic only, in chunks that stay in the cache.
           ``fused=False`` chooses it explicitly (no warning); so does ``foreach=True``.
@@ -655,8 +656,9 @@ _PACK = 2**32
 
 
 def _fused_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False, fused=True):
-    """One compiled kernel call per tensor; a tensor the kernel cannot take (see ``flat_views``) or, with
-    ``fused=None``, one too small to be worth a call, goes to the eager path. Hyperparameters travel as
+    """The compiled kernel, one call per ``_fused.ARITY`` tensors; a tensor the kernel cannot take (see
+    ``flat_views``) or, with ``fused=None``, one too small to be worth a call (unless a call has a slot free for it),
+    goes to the eager path. Hyperparameters travel as
     tensors, so that a schedule never triggers a recompilation."""
     kernel = _bop_masked_kernel if mask_nonfinite else _bop_kernel
     outputs, rest = _fused.apply(

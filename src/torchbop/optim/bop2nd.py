@@ -43,8 +43,8 @@ class Bop2ndOrder(Bop):
         \end{aligned}
 
     Everything else (gamma as the group's ``lr``, ``tie_break``, ``nonfinite``, ``state[p]["flips"]``,
-    ``m_init``, the checks of every group's hyperparameters at every step, and ``fused``/``foreach``: by default one
-    compiled kernel per tensor wherever ``torch.compile`` works, else the eager path) is as in
+    ``m_init``, the checks of every group's hyperparameters at every step, and ``fused``/``foreach``: by default the
+    compiled kernel, eight tensors per call, wherever ``torch.compile`` works, else the eager path) is as in
     :class:`~torchbop.optim.Bop`; the kernel reads w, g, m and v once and writes m, v and w.
     There is no bias correction, as in the authors' code. At each step, besides gamma and the threshold, sigma must
     be in [0, 1] and eps in (0, inf]; ``nonfinite`` is ``"raise"`` or ``"skip"`` (no ``"mask"``).
@@ -220,8 +220,8 @@ def _bop2nd_kernel(w: Tensor, g: Tensor, m: Tensor, v: Tensor, gamma: Tensor, si
 
 
 def _fused_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break, fused=True):
-    """One compiled kernel call per tensor; a tensor the kernel cannot take (or, with ``fused=None``, too small to
-    be worth a call) goes to the eager path."""
+    """The compiled kernel, one call per ``_fused.ARITY`` tensors; a tensor the kernel cannot take (or, with
+    ``fused=None``, too small to be worth a call, unless a call has a slot free for it) goes to the eager path."""
     flips, rest = _fused.apply(
         _bop2nd_kernel, params, grads, exp_avgs, exp_avg_sqs, fused=fused,
         hyperparameters=lambda dtype: (gamma, sigma, eps, *flip_thresholds(float(threshold), tie_break, dtype)),
