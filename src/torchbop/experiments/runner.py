@@ -196,8 +196,10 @@ def run_experiment(
     failed: list[str] = []
     counts = {"done": 0, "elsewhere": 0}
 
-    def manifest_now(finished: bool) -> dict[str, Any]:
-        stored = [read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
+    def stored_records() -> list[dict[str, Any]]:
+        return [read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
+
+    def manifest_now(finished: bool, stored: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "experiment": experiment,
             "profile": profile,
@@ -218,7 +220,7 @@ def run_experiment(
         }
 
     if todo:  # what a report made before this invocation ends reads: the plan, and that it is still running
-        write_json(out / "manifest.json", manifest_now(finished=False))
+        write_json(out / "manifest.json", manifest_now(finished=False, stored=stored_records()))
     # module.execute travels to spawned workers by reference (module and name), like any top-level function
     tasks = [dict(execute=module.execute, keep_run_dir=module.KEEP_RUN_DIR, experiment=experiment, label=s.label,
                   params=s.params, key=k, version=module.VERSION, run_dir=str(out / "runs" / k),
@@ -268,8 +270,8 @@ def run_experiment(
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
-    manifest = manifest_now(finished=True)
-    records = [read_json(out / "runs" / f"{k}.json") for _, k in keyed if (out / "runs" / f"{k}.json").is_file()]
+    records = stored_records()
+    manifest = manifest_now(finished=True, stored=records)
     write_json(out / "manifest.json", manifest)
     write_outputs(experiment, out, records, config)
     elsewhere = f"{counts['elsewhere']} run by another invocation, " if counts["elsewhere"] else ""
