@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from torchbop.experiments import approximation, arbitrary_lr, cifar10
 from torchbop.experiments.report import at_published_scale, build_report, scale_differences
+from torchbop.experiments.runner import configure
 
 
 def test_report_from_smoke_results(smoke_results, tmp_path):
@@ -116,3 +119,25 @@ def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
     assert "| training | training: 2 of 100 epochs | 0.6250 |" in lines
     assert "| waiting | not started (or no epoch finished) | - |" in lines
     assert progress_table([]) == []
+
+
+def test_figure1_training_accuracy_gaps_and_test_noise():
+    """The full-length control's evidence: training-accuracy gaps between configurations, and how much each test
+    curve moves from epoch to epoch."""
+    def record(configuration, train, test):
+        history = [{"epoch": i + 1, "train_acc": a, "val_acc": b} for i, (a, b) in enumerate(zip(train, test))]
+        return {"params": {"kind": "figure", "configuration": configuration}, "result": {"history": history}}
+
+    records = [record("2", [0.90, 0.95, 0.97], [0.97, 0.98, 0.97]),
+               record("2b", [0.89, 0.94, 0.96], [0.90, 0.97, 0.80]),
+               record("3", [0.89, 0.945, 0.96], [0.95, 0.85, 0.96])]
+    summary = arbitrary_lr.summarize(records, configure("smoke", "arbitrary-lr"))
+    assert summary["train_gaps"]["2-3"] == {"epochs": 3, "mean": pytest.approx(0.025 / 3),
+                                            "max_abs": pytest.approx(0.01)}
+    assert summary["train_gaps"]["2b-3"]["mean"] == pytest.approx(-0.005 / 3)
+    assert summary["train_gaps"]["2b-3"]["max_abs"] == pytest.approx(0.005)
+    assert summary["test_noise"] == {"2": pytest.approx(0.01), "2b": pytest.approx(0.12),
+                                     "3": pytest.approx(0.105)}
+    text = "\n".join(arbitrary_lr.results(summary))
+    assert "| 2b vs 3 | 3 | -0.0017 | 0.0050 | 0.1200 / 0.1050 |" in text
+    assert "| 2 vs 3 | 3 | +0.0083 | 0.0100 | 0.0100 / 0.1050 |" in text

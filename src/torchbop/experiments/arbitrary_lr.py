@@ -36,7 +36,10 @@ configuration 2 (Glorot uniform, SGD lr 1) against its scaled copy with one of t
 (:data:`ABLATION`), and once with all three (Figure 1 as run): the first step at which a binary weight differs and
 how many differ at the end show which difference breaks the equality. At full length, configuration "2b" (not the
 paper's) trains configuration 2 with batch norm at configuration 3's lr (0.01): its accuracy curve against 3's shows
-what is left of the gap between 2 and 3 once batch norm's lr is the same.
+what is left of the gap between 2 and 3 once batch norm's lr is the same. The test accuracy of a single run can
+move by points from one epoch to the next (batch norm's running statistics trail the flipping weights), so the
+report also compares the training accuracy (batch statistics, averaged over the epoch: a smooth curve) and shows
+each test curve's epoch-to-epoch noise beside the gaps.
 
 A killed invocation resumes the Figure-1 runs from their last checkpoint; a killed Theorem-1 check (a plain loop,
 minutes long) starts again from its first step.
@@ -44,6 +47,7 @@ minutes long) starts again from its first step.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -242,6 +246,7 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     """Per configuration: seed-mean test accuracy per epoch; the largest gaps between the curves the claims
     compare; and the Theorem-1 counts."""
     curves: dict[str, list[list[float]]] = {}
+    train_curves: dict[str, list[list[float]]] = {}  # training accuracy (batch statistics): smooth, unlike the test's
     at_clip: dict[str, list[float]] = {}  # the fraction of latent weights at the clip after the last epoch
     theorem: dict[str, Any] = {}
     ablation: dict[str, Any] = {}
@@ -259,9 +264,12 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
             continue
         curves.setdefault(params["configuration"], []).append([e.get("val_acc", float("nan"))
                                                                for e in result["history"]])
+        train_curves.setdefault(params["configuration"], []).append([e.get("train_acc", float("nan"))
+                                                                     for e in result["history"]])
         if result["history"] and "latent_at_clip" in result["history"][-1]:
             at_clip.setdefault(params["configuration"], []).append(result["history"][-1]["latent_at_clip"])
     mean_curves = {name: [statistics.fmean(v) for v in zip(*runs)] for name, runs in sorted(curves.items())}
+    mean_train = {name: [statistics.fmean(v) for v in zip(*runs)] for name, runs in sorted(train_curves.items())}
     rows = [{"configuration": name, "description": CONFIGURATIONS[name][0], "epoch": i + 1, "test_acc": acc,
              "seeds": len(curves[name])} for name, curve in mean_curves.items() for i, acc in enumerate(curve)]
 
@@ -272,27 +280,55 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
 
     pairs = (("2", "3"), ("1", "4"), ("1", "2"), ("1", "3"), ("4", "5"), ("2b", "3"), ("2", "2b"))
     gaps = {f"{a}-{b}": gap(a, b) for a, b in pairs}
+    train_gaps = {f"{a}-{b}": _train_gap(mean_train[a], mean_train[b]) for a, b in pairs
+                  if a in mean_train and b in mean_train}
+    test_noise = {name: _epoch_noise(curve) for name, curve in mean_curves.items()}
     finals = {name: curve[-1] for name, curve in mean_curves.items() if curve}
     ablation = {name: ablation[name] for name in ABLATION if name in ablation}
     at_clip_means = {name: statistics.fmean(v) for name, v in sorted(at_clip.items())}
     return {"curves": mean_curves, "final_test_acc": finals, "final_latent_at_clip": at_clip_means,
-            "max_gaps": gaps, "theorem1": theorem,
+            "max_gaps": gaps, "train_curves": mean_train, "train_gaps": train_gaps, "test_noise": test_noise,
+            "theorem1": theorem,
             "ablation": ablation,
             "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]}}
 
 
+def _train_gap(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Training-accuracy curves ``a`` minus ``b`` over the epochs both have: the mean signed gap and the largest
+    absolute one. The training accuracy is measured with batch statistics over a whole epoch, so it moves smoothly;
+    the test accuracy, through batch norm's running statistics, can move by points from one epoch to the next."""
+    diffs = [x - y for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
+    if not diffs:
+        return {"epochs": 0, "mean": None, "max_abs": None}
+    return {"epochs": len(diffs), "mean": statistics.fmean(diffs), "max_abs": max(abs(d) for d in diffs)}
+
+
+def _epoch_noise(curve: list[float]) -> float | None:
+    """How much a test-accuracy curve moves from one epoch to the next: the median absolute change."""
+    steps = [abs(b - a) for a, b in zip(curve, curve[1:]) if not (math.isnan(a) or math.isnan(b))]
+    return statistics.median(steps) if steps else None
+
+
 def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> None:
-    left, right = fig.subplots(1, 2)
+    fig.set_size_inches(15, 4.4)
+    left, middle, right = fig.subplots(1, 3)
     styles = {"2": "-", "3": "--", "2b": ":"}
     for i, (name, curve) in enumerate(summary["curves"].items()):
         epochs = list(range(1, len(curve) + 1))
         left.plot(epochs, curve, marker="o", ms=3, ls=styles.get(name, "-"), color=COLORS[i],
                   label=f"{name}: {CONFIGURATIONS[name][0]}")
-    left.set_xlabel("epoch")
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+        train = summary.get("train_curves", {}).get(name)
+        if train:
+            middle.plot(range(1, len(train) + 1), train, ls=styles.get(name, "-"), color=COLORS[i], label=name)
     left.set_ylabel("test accuracy (mean over seeds)")
     left.set_title("Figure 1: five initializations / learning rates")
     left.legend(fontsize=7)
+    middle.set_ylabel("training accuracy, batch statistics (mean over seeds)")
+    middle.set_title("the same runs: training accuracy (smooth)")
+    middle.legend(fontsize=7)
+    for axes in (left, middle):
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     theorem = {("control" if r["params"]["clip_latent"] else "check"): r["result"] for r in records
                if r["params"]["kind"] == "theorem"}  # the ablation runs are in the report's table
@@ -386,6 +422,19 @@ def results(summary: dict[str, Any]) -> list[str]:
     control, figure = summary["max_gaps"].get("2b-3"), summary["max_gaps"].get("2-3")
     if control is not None and figure is not None:
         rows += ["", f"The same at full length: configuration 2 with batch norm at configuration 3's lr (2b) against "
-                 f"3: largest accuracy gap {control:.4f}, against {figure:.4f} for 2 against 3 (limit for "
+                 f"3: largest test-accuracy gap {control:.4f}, against {figure:.4f} for 2 against 3 (limit for "
                  f"\"identical\": {IDENTICAL})."]
+    train_gaps, noise = summary.get("train_gaps", {}), summary.get("test_noise", {})
+    shown = [(pair, train_gaps[pair]) for pair in ("2-3", "2b-3", "2-2b", "1-4", "4-5")
+             if train_gaps.get(pair, {}).get("mean") is not None]
+    if shown:
+        rows += ["", "Training accuracy (batch statistics, whole epochs: a smooth curve) against the test accuracy's "
+                 "epoch-to-epoch noise:", "",
+                 "| configurations | epochs compared | mean training-accuracy gap (first minus second) | "
+                 "largest training-accuracy gap | test accuracy's median change from one epoch to the next "
+                 "(first / second) |", "|---|---|---|---|---|"]
+        for pair, g in shown:
+            a, b = pair.split("-")
+            moves = " / ".join("-" if noise.get(c) is None else f"{noise[c]:.4f}" for c in (a, b))
+            rows.append(f"| {a} vs {b} | {g['epochs']} | {g['mean']:+.4f} | {g['max_abs']:.4f} | {moves} |")
     return rows
