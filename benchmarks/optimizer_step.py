@@ -10,7 +10,9 @@ checks inside the kernel instead. Bop2ndOrder's kernel reads w, g, m, v and writ
 
 Rows: ``Bop()`` is the default (``fused=None``: the compiled kernel where ``torch.compile`` works, which the first
 line of the output reports); ``Bop(fused=False)`` is the eager path the default falls back to without a compiler;
-the naive loop is the reference implementation, the snippet BNN code usually copies.
+the naive loop is the reference implementation, the snippet BNN code usually copies. Two rows take ``Bop()`` apart:
+its ``nonfinite="raise"`` check alone (one read of the gradients) and its fused kernel alone (the step without the
+check); on a machine whose reads are the limit, their sum is the floor of ``Bop()``.
 
     python benchmarks/optimizer_step.py [--rounds 20] [--threads N] [--device cpu|cuda] [--clock wall|cpu]
 
@@ -32,7 +34,7 @@ import torch
 
 from torchbop.optim import Bop, Bop2ndOrder
 from torchbop.optim import _fused
-from torchbop.optim.bop import _single_tensor_bop
+from torchbop.optim.bop import _fused_bop, _nonfinite_entries, _single_tensor_bop
 
 BASELINE = "SGD(momentum=0.9, foreach)"
 
@@ -72,6 +74,26 @@ def make_params(shapes, device, seed):
     return params
 
 
+class Part:
+    """One part of ``Bop()``'s step as something with a ``step()``: ``part(params, grads, exp_avgs)``."""
+
+    def __init__(self, params, part):
+        self.params, self.part = params, part
+        self.exp_avgs = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self):
+        self.part(self.params, [p.grad for p in self.params], self.exp_avgs)
+
+
+def check_alone(params, grads, exp_avgs):
+    _nonfinite_entries(grads, params[0].device)
+
+
+def kernel_alone(params, grads, exp_avgs):
+    _fused_bop(params, grads, exp_avgs, gamma=1e-4, threshold=1e-8, tie_break="larq", fused=None)
+
+
 def candidates(skip_fused: bool) -> dict[str, Callable]:
     rows: dict[str, Callable] = {
         BASELINE: lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=True),
@@ -81,6 +103,8 @@ def candidates(skip_fused: bool) -> dict[str, Callable]:
         "Bop(fused=False) (eager)": lambda ps: Bop(ps, fused=False),
     }
     if not skip_fused:
+        rows["  Bop(): the check alone"] = lambda ps: Part(ps, check_alone)
+        rows["  Bop(): the kernel alone"] = lambda ps: Part(ps, kernel_alone)
         rows["Bop(fused=True, nonfinite=mask)"] = lambda ps: Bop(ps, fused=True, nonfinite="mask")
     rows["Bop2ndOrder() (default)"] = lambda ps: Bop2ndOrder(ps)
     rows["Bop2ndOrder(fused=False) (eager)"] = lambda ps: Bop2ndOrder(ps, fused=False)
