@@ -240,3 +240,35 @@ class TestBatchedCalls:
         assert leftover([100, 200]) == [0, 1]
         assert leftover([LARGE] * _fused.ARITY + [100, 7]) == [8, 9]  # the one call is full
         assert leftover([LARGE] * _fused.ARITY + [100, LARGE, 7]) == []  # the second call has free slots
+
+    @pytest.mark.usefixtures("fresh_choice")
+    def test_without_precompiling_the_guarded_kernel_compiles_once(self, monkeypatch):
+        """Where ``aot_compile`` is missing or fails, the guarded compiled function runs: compiled once, on the
+        unequal example sizes, then reused by calls of any sizes (padding included), with the eager path's results."""
+        real = _fused.compiled
+
+        class Guarded:
+            def __init__(self, function):
+                self.function = function
+
+            def __call__(self, *args):
+                return self.function(*args)
+
+            def aot_compile(self, *args):
+                raise RuntimeError("no precompiling in this test")
+
+        monkeypatch.setattr(_fused, "compiled", lambda kernel: Guarded(real(kernel)))
+        graphs = torch._dynamo.utils.counters["stats"]
+        start = graphs["unique_graphs"]
+        self.run(True, steps=1)  # the first use compiles; then equal sizes side by side, and padding
+        # all sizes different now: a kernel compiled on the first step's sizes would have to be compiled again
+        params = [binary_param(LARGE + 3 * i, seed=i) for i in range(_fused.ARITY + 2)]
+        twins = [nn.Parameter(p.detach().clone()) for p in params]
+        fused, eager = Bop(params, gamma=0.2, fused=True), Bop(twins, gamma=0.2, fused=False)
+        for step in range(3):
+            set_grads(params, step)
+            set_grads(twins, step)
+            fused.step()
+            eager.step()
+        assert graphs["unique_graphs"] - start <= 1  # 0 if an earlier test compiled it the same way
+        assert all(torch.equal(p, q) for p, q in zip(params, twins))

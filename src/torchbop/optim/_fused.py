@@ -105,14 +105,14 @@ def runner(kernel: Callable, slot: tuple[torch.Tensor, ...], scalars: tuple[torc
     key = (kernel, torch.get_num_threads(), *((a.device, a.dtype) for a in (*slot, *scalars)))
     run = _runners.get(key)
     if run is None:
-        run = compiled(kernel)
-        if hasattr(run, "aot_compile"):
-            try:
-                precompiled = run.aot_compile(((_example(slot), *scalars), {}))
-                precompiled.disable_guard_check()
-                run = precompiled
-            except Exception:  # precompiling is newer and stricter than compiling: keep the guarded function
-                pass
+        run, example = compiled(kernel), (_example(slot), *scalars)
+        try:
+            precompiled = run.aot_compile((example, {}))
+            precompiled.disable_guard_check()
+            run = precompiled
+        except Exception:  # older torch, or precompiling (newer and stricter) failed: the guarded function,
+            with torch.no_grad():  # compiled here, on the example, so that later calls reuse that compilation
+                run(*example)
         _runners[key] = run
     return run
 
