@@ -141,3 +141,15 @@ def test_figure1_training_accuracy_gaps_and_test_noise():
     text = "\n".join(arbitrary_lr.results(summary))
     assert "| 2b vs 3 | 3 | -0.0017 | 0.0050 | 0.1200 / 0.1050 |" in text
     assert "| 2 vs 3 | 3 | +0.0083 | 0.0100 | 0.0100 / 0.1050 |" in text
+
+
+def test_figure1_plot_without_configuration_3(tmp_path):
+    """A profile part-way: the training-accuracy panel shows the curves until configuration 3 is stored."""
+    from torchbop.experiments.plots import save_figure
+
+    history = [{"epoch": i + 1, "train_acc": 0.5 + 0.1 * i, "val_acc": 0.6 + 0.1 * i} for i in range(3)]
+    records = [{"params": {"kind": "figure", "configuration": c}, "result": {"history": history}} for c in ("1", "2")]
+    config = configure("smoke", "arbitrary-lr")
+    summary = arbitrary_lr.summarize(records, config)
+    path = save_figure(arbitrary_lr.plot, records, summary, config, tmp_path / "figure.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -293,6 +293,27 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
             "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]}}
 
 
+def _plot_training_gaps(axes: Any, train: dict[str, list[float]], styles: dict[str, str]) -> None:
+    """Training accuracy of 2 and 2b minus 3's, per epoch (the full-length control); without 3, the curves."""
+    names = list(train)
+    if "3" in train and ("2" in train or "2b" in train):
+        for name in ("2", "2b"):
+            if name in train:
+                gaps = [a - b for a, b in zip(train[name], train["3"])]
+                axes.plot(range(1, len(gaps) + 1), gaps, ls=styles[name], color=COLORS[names.index(name)],
+                          label=f"{name} minus 3")
+        axes.axhline(0.0, color=COLORS[names.index("3")], ls=styles["3"], lw=1, label="3")
+        axes.set_ylabel("training accuracy minus configuration 3's")
+        axes.set_title("why 2 and 3 differ: training accuracy (smooth)")
+    else:
+        for name, curve in train.items():
+            axes.plot(range(1, len(curve) + 1), curve, ls=styles.get(name, "-"), color=COLORS[names.index(name)],
+                      label=name)
+        axes.set_ylabel("training accuracy, batch statistics (mean over seeds)")
+        axes.set_title("the same runs: training accuracy (smooth)")
+    axes.legend(fontsize=7)
+
+
 def _train_gap(a: list[float], b: list[float]) -> dict[str, Any]:
     """Training-accuracy curves ``a`` minus ``b`` over the epochs both have: the mean signed gap and the largest
     absolute one. The training accuracy is measured with batch statistics over a whole epoch, so it moves smoothly;
@@ -317,15 +338,10 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
         epochs = list(range(1, len(curve) + 1))
         left.plot(epochs, curve, marker="o", ms=3, ls=styles.get(name, "-"), color=COLORS[i],
                   label=f"{name}: {CONFIGURATIONS[name][0]}")
-        train = summary.get("train_curves", {}).get(name)
-        if train:
-            middle.plot(range(1, len(train) + 1), train, ls=styles.get(name, "-"), color=COLORS[i], label=name)
     left.set_ylabel("test accuracy (mean over seeds)")
     left.set_title("Figure 1: five initializations / learning rates")
     left.legend(fontsize=7)
-    middle.set_ylabel("training accuracy, batch statistics (mean over seeds)")
-    middle.set_title("the same runs: training accuracy (smooth)")
-    middle.legend(fontsize=7)
+    _plot_training_gaps(middle, summary.get("train_curves", {}), styles)
     for axes in (left, middle):
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
