@@ -162,6 +162,19 @@ class TestCompilations:
         assert graphs["unique_graphs"] == after_first_steps
 
 
+def fused_and_eager(sizes, steps, gamma):
+    """The same binary tensors (one per size) trained ``steps`` steps by ``Bop(fused=True)`` and by the eager path:
+    ``(params, optimizer)`` of each."""
+    params = [binary_param(n, seed=i) for i, n in enumerate(sizes)]
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    fused, eager = Bop(params, gamma=gamma, fused=True), Bop(twins, gamma=gamma, fused=False)
+    for step in range(steps):
+        for tensors, optimizer in ((params, fused), (twins, eager)):
+            set_grads(tensors, step)
+            optimizer.step()
+    return (params, fused), (twins, eager)
+
+
 @requires_compiler
 class TestBatchedCalls:
     """One compiled call takes ``ARITY`` tensors; more make several calls, fewer are padded with scratch tensors."""
@@ -214,14 +227,7 @@ class TestBatchedCalls:
         """Two steps of one tensor, then of ARITY + 1: every result as the eager path's, whatever ran in the padding
         slots in between."""
         for n in (1, _fused.ARITY + 1):
-            params = [binary_param(LARGE + 16 * i, seed=i) for i in range(n)]
-            twins = [nn.Parameter(p.detach().clone()) for p in params]
-            fused, eager = Bop(params, gamma=0.3, fused=True), Bop(twins, gamma=0.3, fused=False)
-            for step in range(2):
-                set_grads(params, step)
-                set_grads(twins, step)
-                fused.step()
-                eager.step()
+            (params, fused), (twins, eager) = fused_and_eager([LARGE + 16 * i for i in range(n)], steps=2, gamma=0.3)
             assert all(torch.equal(p, q) for p, q in zip(params, twins))
             assert [int(fused.state[p]["flips"]) for p in params] == [int(eager.state[q]["flips"]) for q in twins]
 
@@ -262,13 +268,7 @@ class TestBatchedCalls:
         start = graphs["unique_graphs"]
         self.run(True, steps=1)  # the first use compiles; then equal sizes side by side, and padding
         # all sizes different now: a kernel compiled on the first step's sizes would have to be compiled again
-        params = [binary_param(LARGE + 3 * i, seed=i) for i in range(_fused.ARITY + 2)]
-        twins = [nn.Parameter(p.detach().clone()) for p in params]
-        fused, eager = Bop(params, gamma=0.2, fused=True), Bop(twins, gamma=0.2, fused=False)
-        for step in range(3):
-            set_grads(params, step)
-            set_grads(twins, step)
-            fused.step()
-            eager.step()
+        (params, _), (twins, _) = fused_and_eager([LARGE + 3 * i for i in range(_fused.ARITY + 2)], steps=3,
+                                                  gamma=0.2)
         assert graphs["unique_graphs"] - start <= 1  # 0 if an earlier test compiled it the same way
         assert all(torch.equal(p, q) for p, q in zip(params, twins))
