@@ -127,7 +127,7 @@ def _example(slot: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], 
 def _padding(slot: tuple[torch.Tensor, ...], count: int) -> tuple[tuple[torch.Tensor, ...], ...]:
     """``count`` slots of two-entry scratch tensors like ``slot``'s (devices, dtypes), to fill a call: the kernel
     writes into them and their results are dropped. Made once per device and dtypes; every slot its own memory."""
-    key = tuple((t.device, t.dtype) for t in slot)
+    key = _slot_key(slot)
     if key not in _scratch:
         _scratch[key] = tuple(tuple(torch.zeros(2, dtype=t.dtype, device=t.device) for t in slot)
                               for _ in range(ARITY - 1))
@@ -243,20 +243,21 @@ def apply(kernel: Callable, params: list[torch.Tensor], grads: list[torch.Tensor
     batches: dict[tuple, list[tuple[int, tuple[torch.Tensor, ...]]]] = {}  # devices and dtypes -> (index, slot)
     small = []  # automatic choice: too small to be worth a call of their own, but free to fill a padding slot
     with torch.no_grad():  # the grad mode is part of what a compiled kernel is specialized on
-        for i, (w, g, *state) in enumerate(zip(params, grads, *states)):
-            flat = flat_views(w, g, *state)
+        for i, tensors in enumerate(zip(params, grads, *states)):
+            if not worth_compiling(tensors[0], fused):
+                small.append(i)
+            elif (flat := flat_views(*tensors)) is None:
+                rest.append(i)
+            else:
+                batches.setdefault(_slot_key(flat), []).append((i, flat))
+        for i in small:  # flattened only when a call has a slot free for them (same devices and dtypes)
+            tensors = (params[i], grads[i], *(s[i] for s in states))
+            members = batches.get(_slot_key(tensors))
+            flat = flat_views(*tensors) if members is not None and len(members) % ARITY else None
             if flat is None:
                 rest.append(i)
-            elif worth_compiling(w, fused):
-                batches.setdefault(_slot_key(flat), []).append((i, flat))
             else:
-                small.append((i, flat))
-        for i, flat in small:
-            members = batches.get(_slot_key(flat))
-            if members is not None and len(members) % ARITY:
                 members.append((i, flat))
-            else:
-                rest.append(i)
         rest.sort()
         for key, members in batches.items():
             scalars = _scalars(hyperparameters(key[2][1]), *key[2])  # key[2]: the first state's device and dtype
