@@ -1,15 +1,19 @@
-"""The fused path's machinery: the automatic choice, the fallback without a compiler, one compilation per kernel."""
+"""The fused path's machinery: the automatic choice, the fallback without a compiler, one compilation per kernel,
+kernels kept on disk for the next process."""
 
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from torchbop.optim import Bop, Bop2ndOrder, ThresholdScheduler, _fused
+from torchbop.optim import Bop, Bop2ndOrder, ThresholdScheduler, _fused, _kernel_cache
 
 bop_module = importlib.import_module("torchbop.optim.bop")  # the attribute torchbop.optim.bop is the function
 
@@ -31,8 +35,10 @@ def set_grads(params, seed):
 
 
 @pytest.fixture
-def fresh_choice(monkeypatch):
-    """Forget which kernels work, which were compiled and which warnings were given, for this test only."""
+def fresh_choice(monkeypatch, tmp_path):
+    """Forget which kernels work, which were compiled (in this process and on disk) and which warnings were given,
+    for this test only."""
+    monkeypatch.setattr(_kernel_cache, "directory", lambda: tmp_path / "kernels")
     monkeypatch.setattr(_fused, "_support", {})
     monkeypatch.setattr(_fused, "_runners", {})
     monkeypatch.setattr(_fused, "_warned", set())
@@ -272,3 +278,91 @@ class TestBatchedCalls:
                                                   gamma=0.2)
         assert graphs["unique_graphs"] - start <= 1  # 0 if an earlier test compiled it the same way
         assert all(torch.equal(p, q) for p, q in zip(params, twins))
+
+
+# Compiled kernels kept on disk: a new process loads what an earlier one compiled, and a bad file costs nothing.
+
+@pytest.fixture
+def kernels(monkeypatch, tmp_path):
+    """An empty kernel folder, and a process that has compiled nothing yet."""
+    folder = tmp_path / "kernels"
+    monkeypatch.setattr(_kernel_cache, "directory", lambda: folder)
+    monkeypatch.setattr(_fused, "_support", {})
+    monkeypatch.setattr(_fused, "_runners", {})
+    return folder
+
+
+def count_compilations(monkeypatch):
+    calls = []
+    real = _fused._compile
+    monkeypatch.setattr(_fused, "_compile", lambda *args: (calls.append(args[0].__name__), real(*args))[1])
+    return calls
+
+
+@requires_compiler
+def test_a_new_process_loads_the_kernel_instead_of_compiling_it(monkeypatch, kernels):
+    compilations = count_compilations(monkeypatch)
+    fused_and_eager([LARGE], steps=1, gamma=0.1)
+    assert compilations == ["_bop_kernel"] and len(list(kernels.glob("*.kernel"))) == 1
+
+    monkeypatch.setattr(_fused, "_support", {})  # what a new process knows: nothing, but the folder
+    monkeypatch.setattr(_fused, "_runners", {})
+    (params, fused), (twins, eager) = fused_and_eager([LARGE + 5, 3000, 2 * LARGE], steps=3, gamma=0.1)
+    assert compilations == ["_bop_kernel"]  # loaded, not compiled again
+    assert _fused._support[("bop", "cpu", torch.float32, torch.float32, torch.float32)] is None  # checked
+    assert all(torch.equal(p, q) for p, q in zip(params, twins))
+    assert [int(fused.state[p]["flips"]) for p in params] == [int(eager.state[q]["flips"]) for q in twins]
+    assert sum(int(fused.state[p]["flips"]) for p in params) > 0
+
+
+def test_an_unreadable_file_is_removed_and_the_kernel_compiled_again(kernels):
+    key = (_fused.batched, 2, (torch.device("cpu"), torch.float32))
+    path = _kernel_cache._path(key)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a kernel")
+    assert _kernel_cache.load(key) is None
+    assert not path.exists()
+
+
+def test_a_folder_that_cannot_be_written_costs_only_the_saving(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder would be")
+    monkeypatch.setattr(_kernel_cache, "directory", lambda: blocker / "kernels")
+
+    class Precompiled:
+        def save_compiled_function(self, path):
+            raise AssertionError("no folder to save into")
+
+    _kernel_cache.save((_fused.batched, 1), Precompiled())  # no exception
+    assert _kernel_cache.load((_fused.batched, 1)) is None
+
+
+def test_off_where_inductor_caches_are_off(monkeypatch, kernels):
+    import torch._inductor.config
+
+    saved = []
+
+    class Precompiled:
+        def save_compiled_function(self, path):
+            saved.append(path)
+
+    _kernel_cache.save((_fused.batched, 1), Precompiled())
+    assert len(saved) == 1
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
+    _kernel_cache.save((_fused.batched, 2), Precompiled())
+    assert len(saved) == 1 and _kernel_cache.load((_fused.batched, 1)) is None
+
+
+def test_file_names_follow_what_shapes_the_code_and_nothing_else():
+    cpu = torch.device("cpu")
+    key = (_fused.batched, 2, (cpu, torch.float32), 8)
+    names = {_kernel_cache._digest(k) for k in [key, (_fused.batched, 1, (cpu, torch.float32), 8),
+                                                (_fused.batched, 2, (cpu, torch.float64), 8),
+                                                (_fused.batched, 2, (cpu, torch.float32), 4),
+                                                (_fused.compiled, 2, (cpu, torch.float32), 8)]}
+    assert len(names) == 5
+    program = ("import torch; from torchbop.optim import _fused, _kernel_cache; "
+               "print(_kernel_cache._digest((_fused.batched, 2, (torch.device('cpu'), torch.float32), 8)))")
+    other = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert other.stdout.strip() == _kernel_cache._digest(key)  # the same name in another process

@@ -35,6 +35,8 @@ from typing import Callable, Hashable
 
 import torch
 
+from torchbop.optim import _kernel_cache
+
 # Triton (CUDA) contracts a * b + c into fused multiply-adds, divides approximately and flushes denormals unless told
 # otherwise; eager PyTorch does none of these, and the kernels must match it bit for bit. The C++ backend (CPU)
 # already compiles with -ffp-contract=off and IEEE division, so these options do not change its code.
@@ -100,21 +102,30 @@ def runner(kernel: Callable, slot: tuple[torch.Tensor, ...], scalars: tuple[torc
     skips Dynamo's per-call frame evaluation and guards, most of a call's cost on CPU (about 110 us down to 30 us on
     the 2-core development VM): safe because everything those guards would check is in the key here, or fixed by
     :func:`apply` (1-D dense tensors of at least two and fewer than 2**31 entries, no two sharing memory, no grad
-    mode). Elsewhere it is the guarded compiled function.
+    mode). Elsewhere it is the guarded compiled function. A precompiled kernel is kept on disk for the next process
+    (:mod:`torchbop.optim._kernel_cache`), which loads it instead of compiling it again.
     """
     key = (kernel, torch.get_num_threads(), *((a.device, a.dtype) for a in (*slot, *scalars)))
     run = _runners.get(key)
     if run is None:
-        run, example = compiled(kernel), (_example(slot), *scalars)
-        try:
-            precompiled = run.aot_compile((example, {}))
-            precompiled.disable_guard_check()
-            run = precompiled
-        except Exception:  # older torch, or precompiling (newer and stricter) failed: the guarded function,
-            with torch.no_grad():  # compiled here, on the example, so that later calls reuse that compilation
-                run(*example)
-        _runners[key] = run
+        stored_as = (*key, ARITY, PROBE_SIZE)
+        run = _runners[key] = _kernel_cache.load(stored_as) or _compile(kernel, (_example(slot), *scalars), stored_as)
     return run
+
+
+def _compile(kernel: Callable, example: tuple, stored_as: tuple) -> Callable:
+    """:func:`compiled` ``kernel``, precompiled on ``example`` and saved under ``stored_as`` where this torch can,
+    else the guarded function, compiled on ``example``."""
+    run = compiled(kernel)
+    try:
+        precompiled = run.aot_compile((example, {}))
+    except Exception:  # older torch, or precompiling (newer and stricter) failed: the guarded function,
+        with torch.no_grad():  # compiled here, on the example, so that later calls reuse that compilation
+            run(*example)
+        return run
+    _kernel_cache.save(stored_as, precompiled)
+    precompiled.disable_guard_check()
+    return precompiled
 
 
 def _example(slot: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
