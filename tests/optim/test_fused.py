@@ -337,7 +337,7 @@ def test_a_folder_that_cannot_be_written_costs_only_the_saving(monkeypatch, tmp_
     assert _kernel_cache.load((_fused.batched, 1)) is None
 
 
-def test_off_where_inductor_caches_are_off(monkeypatch, kernels):
+def test_off_where_inductor_caches_are_off(kernels):
     import torch._inductor.config
 
     saved = []
@@ -348,9 +348,9 @@ def test_off_where_inductor_caches_are_off(monkeypatch, kernels):
 
     _kernel_cache.save((_fused.batched, 1), Precompiled())
     assert len(saved) == 1
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
-    _kernel_cache.save((_fused.batched, 2), Precompiled())
-    assert len(saved) == 1 and _kernel_cache.load((_fused.batched, 1)) is None
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _kernel_cache.save((_fused.batched, 2), Precompiled())
+        assert len(saved) == 1 and _kernel_cache.load((_fused.batched, 1)) is None
 
 
 def test_file_names_follow_what_shapes_the_code_and_nothing_else():
