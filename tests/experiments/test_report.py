@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -153,3 +154,19 @@ def test_figure1_plot_without_configuration_3(tmp_path):
     summary = arbitrary_lr.summarize(records, config)
     path = save_figure(arbitrary_lr.plot, records, summary, config, tmp_path / "figure.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compute_time_counts_every_invocation_of_a_resumed_run(smoke_results, tmp_path):
+    """A run resumed after a kill: its record's ``compute_time_s`` (all invocations) and ``started_at`` (the first
+    one's start), not the last invocation's ``wall_time_s``, make the report's times."""
+    results = tmp_path / "results"
+    shutil.copytree(smoke_results / "smoke" / "cifar10", results / "smoke" / "cifar10")
+    (path,) = (results / "smoke" / "cifar10" / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    finished = datetime.strptime(record["finished_at"], "%Y-%m-%d %H:%M:%S %z")
+    record.update(compute_time_s=3000.0 + record["wall_time_s"],
+                  started_at=(finished - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S %z"))
+    path.write_text(json.dumps(record))
+    text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
+    assert f"| compute time (sum over runs) | {record['compute_time_s'] / 60:.1f} min |" in text
+    assert "| wall time (first run's start to last run's end) | 120.0 min |" in text

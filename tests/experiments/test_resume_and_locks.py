@@ -29,6 +29,7 @@ from torchbop.cli import main
 from torchbop.experiments import configure, registry, run_experiment
 from torchbop.experiments.common import (load_data, resumable_checkpoint, run_config, seeded_model,
                                          stored_train_config, train_run, train_stored_run)
+from torchbop.experiments.run_clock import RunClock
 from torchbop.experiments.run_lock import RunLock
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.store import jsonable
@@ -92,6 +93,7 @@ def cli(argv: list[str], kill_at_step: int | None = None) -> int:
     """``torchbop`` with :class:`Resumable` registered; with ``kill_at_step``, SIGKILL after that training step."""
     registry.EXPERIMENTS[Resumable.NAME] = Resumable
     if kill_at_step is not None:
+        RunClock.INTERVAL_S = 0.2  # the run's clock on disk when the kill comes
         record = History.on_train_batch_end
 
         def on_train_batch_end(self, trainer, *args):
@@ -141,6 +143,8 @@ def test_a_killed_invocation_continues_mid_epoch_and_ends_as_an_uninterrupted_ru
     (run_dir,) = [p for p in (folder / "runs").iterdir() if p.is_dir()]
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4  # mid-epoch, not stored
     assert records(folder) == {}
+    killed = json.loads((run_dir / RunClock.FILE).read_text())
+    assert killed["elapsed_s"] > 0
 
     # invoked again: the same command, in this process (a second subprocess would only add its imports)
     monkeypatch.setitem(registry.EXPERIMENTS, Resumable.NAME, Resumable)
@@ -152,6 +156,9 @@ def test_a_killed_invocation_continues_mid_epoch_and_ends_as_an_uninterrupted_ru
     _, _, expected, expected_history, _ = uninterrupted
     assert without_timing(record["result"]) == jsonable({**expected, "history": expected_history})  # bit-exact
     assert len(record["result"]["history"]["steps"]["pi_t"]) == 16  # the steps before the kill included
+    # its time: the killed invocation's (up to the clock's last write) and this one's
+    assert record["compute_time_s"] >= killed["elapsed_s"] + 0.9 * record["wall_time_s"]
+    assert record["started_at"] == killed["started_at"]
     assert not run_dir.exists()  # a stored run's scratch folder is removed
 
 

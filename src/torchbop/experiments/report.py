@@ -18,7 +18,7 @@ from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.progress import progress_table, runs_in_progress
 from torchbop.experiments.registry import EXPERIMENTS, get_experiment
 from torchbop.experiments.runner import config_from_dict, experiment_dir
-from torchbop.experiments.store import load_manifest, load_records
+from torchbop.experiments.store import compute_time_s, load_manifest, load_records
 from torchbop.experiments.verdicts import Verdict
 
 __all__ = ["build_report", "at_published_scale", "scale_differences"]
@@ -99,7 +99,7 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
                      *_verdict_table(claims, below), ""]
         summary_rows += [f"| {v.claim} | {_outcome(v, below, detail=False)} | {v.measured} |" for v in claims]
         span += run_span(records)
-        compute += sum(r["wall_time_s"] for r in records)
+        compute += sum(map(compute_time_s, records))
     lines += ["## Verdicts at a glance", "", "| claim | verdict | ours |", "|---|---|---|", *summary_rows, "",
               f"Time: {compute / 60:.1f} min of compute over all runs; {span / 60:.1f} min of wall time from the "
               "first run's start to the last run's end, summed over the experiments (runs in parallel overlap).",
@@ -116,10 +116,13 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
     for key, value in config.items():
         rows.append(f"| {key} | {_fmt(key, value)} | {_fmt(key, paper.get(key))} |")
     machine = f"{env['cpu']}, {env['cores']} cores" + (f", {env['cuda']}" if env.get("cuda") else "")
-    compute = sum(r["wall_time_s"] for r in records)
+    compute = sum(map(compute_time_s, records))
+    uncounted = sum("compute_time_s" not in r for r in records)
     rows += [
         f"| runs | {len(records)} of {len(manifest['runs'])} planned | |",
-        f"| compute time (sum over runs) | {compute / 60:.1f} min | |",
+        f"| compute time (sum over runs) | {compute / 60:.1f} min"
+        + (f" ({uncounted} run(s) stored before runs kept a clock: their last invocation only)" if uncounted else "")
+        + " | |",
         f"| wall time (first run's start to last run's end) | {run_span(records) / 60:.1f} min | |",
         f"| wall time of the last invocation | {manifest['wall_time_s'] / 60:.1f} min "
         f"({manifest['executed']} run, {manifest['skipped']} cached; {env.get('jobs', 1)} job(s) x "
@@ -139,10 +142,16 @@ def _when(manifest: dict[str, Any]) -> str:
 
 
 def run_span(records: list[dict[str, Any]]) -> float:
-    """Seconds from the earliest run's start to the latest run's end (each start = its end minus its wall time)."""
-    ends = [datetime.strptime(r["finished_at"], "%Y-%m-%d %H:%M:%S %z").timestamp() for r in records]
-    starts = [end - r["wall_time_s"] for end, r in zip(ends, records)]
+    """Seconds from the earliest run's start to the latest run's end: a run starts when its first invocation began
+    (``started_at``; in records without it, its end minus its last invocation's wall time)."""
+    ends = [_timestamp(r["finished_at"]) for r in records]
+    starts = [_timestamp(r["started_at"]) if "started_at" in r else end - r["wall_time_s"]
+              for end, r in zip(ends, records)]
     return max(ends) - min(starts) if records else 0.0
+
+
+def _timestamp(when: str) -> float:
+    return datetime.strptime(when, "%Y-%m-%d %H:%M:%S %z").timestamp()
 
 
 def _fmt(key: str, value: Any) -> str:

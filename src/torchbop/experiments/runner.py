@@ -48,9 +48,10 @@ import torch
 from torchbop.experiments.plots import save_figure
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import get_experiment
+from torchbop.experiments.run_clock import RunClock
 from torchbop.experiments.run_lock import RunLock
 from torchbop.experiments.spec import RunContext, RunSpec
-from torchbop.experiments.store import environment, jsonable, read_json, write_csv, write_json
+from torchbop.experiments.store import compute_time_s, environment, jsonable, read_json, write_csv, write_json
 
 __all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", "write_outputs", "quiet_lightning"]
 
@@ -211,7 +212,7 @@ def run_experiment(
             "elsewhere": counts["elsewhere"],
             "failed": failed,
             "wall_time_s": time.time() - started,
-            "compute_time_s": sum(r["wall_time_s"] for r in stored),
+            "compute_time_s": sum(map(compute_time_s, stored)),
             "started_at": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
             # None while the invocation runs (a report of a long profile then says so); stays None if it is killed
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z") if finished else None,
@@ -240,6 +241,8 @@ def run_experiment(
             return True
         counts[outcome] += 1
         where = f"{record['wall_time_s']:.0f} s" if outcome == "done" else "run by another invocation"
+        if outcome == "done" and compute_time_s(record) > record["wall_time_s"] + 1:  # resumed
+            where += f", {compute_time_s(record):.0f} s over all its invocations"
         log(f"[{finished}/{len(tasks)}] {task['label']}: {module.describe(record['result'])} "
             f"({where}; {time.time() - started:.0f} s elapsed)")
         return True
@@ -334,10 +337,12 @@ def _execute(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any]],
     if verbose:
         print(f"  [{label}] started", flush=True)
     started = time.perf_counter()
-    result = execute(params, ctx)
+    with RunClock(Path(run_dir)) as clock:  # counts the time of earlier, killed invocations of this run too
+        result = execute(params, ctx)
     record = {
         "experiment": experiment, "label": label, "key": key, "version": version, "params": jsonable(params),
         "result": jsonable(result), "wall_time_s": time.perf_counter() - started,
+        "compute_time_s": clock.elapsed_s(), "started_at": clock.started_at,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "environment": environment(),
     }
     write_json(Path(record_path), record)

@@ -16,7 +16,8 @@ import torch
 
 from torchbop.atomic_file import atomic_write
 
-__all__ = ["jsonable", "write_json", "read_json", "write_csv", "load_manifest", "load_records", "environment"]
+__all__ = ["jsonable", "write_json", "read_json", "write_csv", "load_manifest", "load_records", "compute_time_s",
+           "environment"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -29,6 +30,13 @@ def load_records(out: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The stored records of the manifest's runs, in plan order (missing ones left out)."""
     paths = [Path(out) / "runs" / f"{run['key']}.json" for run in manifest["runs"]]
     return [read_json(p) for p in paths if p.is_file()]
+
+
+def compute_time_s(record: dict[str, Any]) -> float:
+    """Seconds a stored run took over all the invocations that worked on it (:class:`~torchbop.experiments.run_clock
+    .RunClock`). Records stored before runs kept that count have only their last invocation's ``wall_time_s``, less
+    than the whole for a run that was resumed."""
+    return record.get("compute_time_s", record["wall_time_s"])
 
 
 def jsonable(value: Any) -> Any:

@@ -1,0 +1,83 @@
+"""``RunClock``: the time one run has taken over every invocation that worked on it.
+
+A long run that is killed and resumed (see :mod:`torchbop.experiments.runner`) spends time in several processes; its
+record should say how long it took in all, not only how long the last invocation ran. While a run executes, its
+clock writes the time spent so far to ``elapsed.json`` in the run's folder (atomically, every ``interval_s`` seconds
+and at the end), so a process killed without warning loses at most ``interval_s`` of the count; the next invocation
+of the run starts from that file. Time that a killed invocation spent after its last checkpoint is counted: it was
+spent, even if the run had to do that work again.
+
+``elapsed.json``: ``{"elapsed_s": seconds over all invocations so far, "started_at": when the first one began}``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from torchbop.experiments.store import read_json, write_json
+
+__all__ = ["RunClock"]
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+
+
+class RunClock:
+    """Counts a run's time across invocations; use as ``with RunClock(run_dir) as clock: ...; clock.elapsed_s()``.
+
+    Args:
+        run_dir: the run's folder (created when the clock first writes).
+        interval_s: seconds between two writes of ``elapsed.json`` while the run executes (default
+            :attr:`INTERVAL_S`).
+    """
+
+    FILE = "elapsed.json"
+    INTERVAL_S = 30.0
+
+    def __init__(self, run_dir: Path, interval_s: float | None = None) -> None:
+        self.path = Path(run_dir) / self.FILE
+        self.interval_s = interval_s or self.INTERVAL_S
+        earlier = _read(self.path)
+        self.earlier_s: float = earlier.get("elapsed_s", 0.0)
+        self.started_at: str = earlier.get("started_at") or time.strftime(TIME_FORMAT)
+        self._started = time.perf_counter()
+        self._ended: float | None = None
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._keep_writing, name="RunClock", daemon=True)
+
+    def __enter__(self) -> RunClock:
+        self._started = time.perf_counter()
+        self._writer.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._writer.join()
+        self._ended = time.perf_counter()
+        self._write()  # also after a failure: the next attempt at the run counts this one's time
+
+    def elapsed_s(self) -> float:
+        """Seconds spent on the run: by earlier invocations, and by this one so far (until the ``with`` block ended)."""
+        return self.earlier_s + (self._ended or time.perf_counter()) - self._started
+
+    def _keep_writing(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, {"elapsed_s": self.elapsed_s(), "started_at": self.started_at})
+        except OSError:  # the run's folder was removed (a finished run) or cannot be written: only the count suffers
+            pass
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """What an earlier invocation wrote, or nothing (none ran, or its file cannot be read)."""
+    try:
+        data = read_json(path)
+        return {"elapsed_s": float(data["elapsed_s"]), "started_at": str(data["started_at"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

@@ -1,0 +1,43 @@
+"""A run's clock: the time of every invocation that worked on the run, kept on disk while it runs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from torchbop.experiments.run_clock import RunClock
+
+
+def test_written_while_running_and_continued_by_the_next_invocation(tmp_path):
+    run_dir = tmp_path / "run"
+    with RunClock(run_dir, interval_s=0.05) as first:
+        time.sleep(0.3)
+        on_disk = json.loads((run_dir / RunClock.FILE).read_text())  # what a kill now would leave
+        assert 0.05 <= on_disk["elapsed_s"] <= 0.3
+    assert first.elapsed_s() >= 0.3
+    assert first.elapsed_s() == json.loads((run_dir / RunClock.FILE).read_text())["elapsed_s"]
+    time.sleep(0.1)
+    assert first.elapsed_s() == json.loads((run_dir / RunClock.FILE).read_text())["elapsed_s"]  # stopped with the block
+
+    with RunClock(run_dir, interval_s=10) as second:
+        time.sleep(0.1)
+    assert second.earlier_s == first.elapsed_s()
+    assert second.elapsed_s() >= first.elapsed_s() + 0.1
+    assert second.started_at == first.started_at  # the run began with the first invocation
+
+
+def test_an_unreadable_file_starts_the_count_afresh(tmp_path):
+    (tmp_path / RunClock.FILE).write_text('{"elapsed_s": ')
+    with RunClock(tmp_path) as clock:
+        pass
+    assert clock.earlier_s == 0.0 and 0 <= clock.elapsed_s() < 1.0
+
+
+def test_a_failed_attempt_counts_for_the_next(tmp_path):
+    try:
+        with RunClock(tmp_path / "run"):
+            time.sleep(0.1)
+            raise RuntimeError("the run failed")
+    except RuntimeError:
+        pass
+    assert RunClock(tmp_path / "run").earlier_s >= 0.1
