@@ -112,13 +112,14 @@ def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
                folder / "last.ckpt")
     (tmp_path / "runs" / "k4" / "checkpoints").mkdir(parents=True)
     (tmp_path / "runs" / "k4" / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    (tmp_path / "runs" / "k2" / "elapsed.json").write_text('{"elapsed_s": 750.0, "started_at": "x"}')  # its clock
     rows = runs_in_progress(tmp_path, manifest, [{"key": "k1"}])
     assert [r["label"] for r in rows] == ["training", "waiting", "corrupt"]
     assert (rows[0]["epochs_done"], rows[0]["epochs"], rows[0]["val_acc"]) == (2, 100, 0.625)
     assert rows[1]["epochs_done"] == rows[2]["epochs_done"] == 0
     lines = progress_table(rows)
-    assert "| training | training: 2 of 100 epochs | 0.6250 |" in lines
-    assert "| waiting | not started (or no epoch finished) | - |" in lines
+    assert "| training | training: 2 of 100 epochs | 0.6250 | 12.5 min |" in lines
+    assert "| waiting | not started (or no epoch finished) | - | - |" in lines
     assert progress_table([]) == []
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from torchbop.experiments.store import read_json, write_json
 
-__all__ = ["RunClock"]
+__all__ = ["RunClock", "time_spent"]
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
@@ -72,6 +72,11 @@ class RunClock:
             write_json(self.path, {"elapsed_s": self.elapsed_s(), "started_at": self.started_at})
         except OSError:  # the run's folder was removed (a finished run) or cannot be written: only the count suffers
             pass
+
+
+def time_spent(run_dir: Path) -> float | None:
+    """Seconds spent on the run in ``run_dir`` so far, as its clock last wrote them (``None``: nothing written)."""
+    return _read(Path(run_dir) / RunClock.FILE).get("elapsed_s")
 
 
 def _read(path: Path) -> dict[str, Any]:
