@@ -110,7 +110,8 @@ def _device_signature(device: torch.device) -> str:
     """What of ``device`` the generated code depends on: the vector instruction set of a CPU, the model of a GPU."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda {torch.cuda.get_device_name(index)} {torch.cuda.get_device_capability(index)} {torch.version.cuda}"
+        name, capability = torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+        return f"cuda {name} {capability} {torch.version.cuda}"
     if device.type == "cpu":
         try:
             from torch._inductor.cpu_vec_isa import pick_vec_isa
