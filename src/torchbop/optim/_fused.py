@@ -109,7 +109,10 @@ def runner(kernel: Callable, slot: tuple[torch.Tensor, ...], scalars: tuple[torc
     run = _runners.get(key)
     if run is None:
         stored_as = (*key, ARITY, PROBE_SIZE)
-        run = _runners[key] = _kernel_cache.load(stored_as) or _compile(kernel, (_example(slot), *scalars), stored_as)
+        run = _kernel_cache.load(stored_as)
+        if run is None:
+            run = _compile(kernel, (_example(slot), *scalars), stored_as)
+        _runners[key] = run
     return run
 
 

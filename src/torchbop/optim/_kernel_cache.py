@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import platform
 import sys
 import tempfile
@@ -35,8 +34,8 @@ def directory() -> Path:
     """Where the kernels are kept: the ``torchbop`` folder of Inductor's cache directory."""
     try:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
-    except ImportError:  # another torch layout: Inductor's default place
-        return Path(tempfile.gettempdir()) / f"torchinductor_{os.getuid()}" / "torchbop"
+    except ImportError:  # another torch layout
+        return Path(tempfile.gettempdir()) / "torchbop_kernels"
     return Path(cache_dir()) / "torchbop"
 
 
