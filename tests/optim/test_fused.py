@@ -41,6 +41,7 @@ def fresh_choice(monkeypatch, tmp_path):
     monkeypatch.setattr(_kernel_cache, "directory", lambda: tmp_path / "kernels")
     monkeypatch.setattr(_fused, "_support", {})
     monkeypatch.setattr(_fused, "_runners", {})
+    monkeypatch.setattr(_fused, "_loaded", {})
     monkeypatch.setattr(_fused, "_warned", set())
 
 
@@ -289,6 +290,8 @@ def kernels(monkeypatch, tmp_path):
     monkeypatch.setattr(_kernel_cache, "directory", lambda: folder)
     monkeypatch.setattr(_fused, "_support", {})
     monkeypatch.setattr(_fused, "_runners", {})
+    monkeypatch.setattr(_fused, "_loaded", {})
+    monkeypatch.setattr(_fused, "_warned", set())
     return folder
 
 
@@ -312,6 +315,30 @@ def test_a_new_process_loads_the_kernel_instead_of_compiling_it(monkeypatch, ker
     assert _fused._support[("bop", "cpu", torch.float32, torch.float32, torch.float32)] is None  # checked
     assert all(torch.equal(p, q) for p, q in zip(params, twins))
     assert [int(fused.state[p]["flips"]) for p in params] == [int(eager.state[q]["flips"]) for q in twins]
+    assert sum(int(fused.state[p]["flips"]) for p in params) > 0
+
+
+@requires_compiler
+def test_a_loaded_kernel_that_fails_its_check_is_removed_and_compiled_afresh(monkeypatch, kernels):
+    """A file that loads but computes something else (stale, damaged) must not send the process, and every later
+    one, to the eager path: it is removed, the kernel compiled and checked again, with no warning."""
+    compilations = count_compilations(monkeypatch)
+    removed = []
+    real_load, real_remove = _kernel_cache.load, _kernel_cache.remove
+
+    def wrong_once(key):  # the first load returns a kernel that skips the update and flips nothing
+        if removed:
+            return real_load(key)
+        return lambda slots, *scalars: torch.zeros(len(slots), dtype=torch.int64)
+
+    monkeypatch.setattr(_kernel_cache, "load", wrong_once)
+    monkeypatch.setattr(_kernel_cache, "remove", lambda key: (removed.append(key), real_remove(key)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (params, fused), (twins, eager) = fused_and_eager([LARGE, 2 * LARGE], steps=2, gamma=0.1)
+    assert len(removed) == 1 and compilations == ["_bop_kernel"]
+    assert _fused._support[("bop", "cpu", torch.float32, torch.float32, torch.float32)] is None
+    assert all(torch.equal(p, q) for p, q in zip(params, twins))
     assert sum(int(fused.state[p]["flips"]) for p in params) > 0
 
 

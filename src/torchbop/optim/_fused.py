@@ -64,6 +64,7 @@ _support: dict[Hashable, str | None] = {}  # (kernel name, device type, dtypes..
 _warned: set[Hashable] = set()
 _runners: dict[tuple, Callable] = {}  # (kernel, threads, (device, dtype) of each argument) -> compiled callable
 _scratch: dict[tuple, tuple] = {}  # (device, dtype) of a slot's tensors -> padding slots (see _padding)
+_loaded: dict[tuple, tuple] = {}  # runner key -> its file's key, for kernels loaded from disk and not yet checked
 
 
 @functools.cache
@@ -112,6 +113,8 @@ def runner(kernel: Callable, slot: tuple[torch.Tensor, ...], scalars: tuple[torc
         run = _kernel_cache.load(stored_as)
         if run is None:
             run = _compile(kernel, (_example(slot), *scalars), stored_as)
+        else:
+            _loaded[key] = stored_as
         _runners[key] = run
     return run
 
@@ -158,13 +161,32 @@ def unavailable(key: tuple, probe: Callable[[], None]) -> str | None:
         return _support[key]
     reason = _environment_problem(key[1])
     if reason is None:
-        try:
-            with torch.no_grad():
-                probe()
-        except Exception as exc:  # any failure to build or match means: use the eager path
-            reason = _describe(exc)
+        reason = _probe(probe)
+        if reason is not None and _forget_loaded():  # a kernel loaded from disk failed: compile it afresh, once
+            reason = _probe(probe)
+    _loaded.clear()  # those the probe ran have passed it
     _support[key] = reason
     return reason
+
+
+def _probe(probe: Callable[[], None]) -> str | None:
+    try:
+        with torch.no_grad():
+            probe()
+    except Exception as exc:  # any failure to build or match means: use the eager path
+        return _describe(exc)
+    return None
+
+
+def _forget_loaded() -> bool:
+    """Drop the kernels loaded from disk and not yet checked, from this process and from the disk; whether there
+    were any. (A stale or damaged file must not send every later process to the eager path.)"""
+    for key, stored_as in _loaded.items():
+        _runners.pop(key, None)
+        _kernel_cache.remove(stored_as)
+    found = bool(_loaded)
+    _loaded.clear()
+    return found
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,7 +11,8 @@ torch build and Python version, the machine's architecture and vector instructio
 ``torchbop.optim``, the kernel, its arguments' devices and dtypes, the thread count, and Inductor's configuration.
 Files are written atomically, so processes that compile at the same time only waste work. A file that cannot be
 read is removed and the kernel compiled again. A loaded kernel is still checked, bit for bit, against the reference
-implementation before its first use (:func:`torchbop.optim._fused.unavailable`), as a freshly compiled one is.
+implementation before its first use (:func:`torchbop.optim._fused.unavailable`), as a freshly compiled one is; one
+that fails that check is removed too, and the kernel compiled afresh and checked again.
 
 Setting ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` (Inductor's switch for all its caches) turns this off too.
 """
@@ -59,10 +60,15 @@ def load(key: tuple) -> Callable | None:
         run = torch.compiler.load_compiled_function(io.BytesIO(data))
         run.disable_guard_check()
     except Exception:  # unreadable (truncated, another torch's format): remove it; the caller compiles again
-        with contextlib.suppress(OSError):
-            path.unlink()
+        remove(key)
         return None
     return run
+
+
+def remove(key: tuple) -> None:
+    """Forget the kernel saved under ``key`` (one that failed to load, or failed its check after loading)."""
+    with contextlib.suppress(OSError):
+        _path(key).unlink()
 
 
 def save(key: tuple, run: Callable) -> None:
