@@ -48,16 +48,19 @@ def test_approximation(smoke_results):
 def test_arbitrary_lr(smoke_results):
     _, records, summary, _ = stored(smoke_results, "arbitrary-lr")
     figure = [r for r in records if r["params"]["kind"] == "figure"]
-    assert sorted({r["params"]["configuration"] for r in figure}) == ["1", "2", "2b", "3", "4", "5"]
+    assert sorted({r["params"]["configuration"] for r in figure}) == ["1", "2", "2b", "3", "4", "4k", "5"]
     lrs = {r["params"]["configuration"]: r["params"]["train"]["lr"] for r in figure}
-    assert lrs == {"1": 0.01, "2": 1.0, "2b": 1.0, "3": 0.01, "4": 0.01, "5": 0.01}
+    assert lrs == {"1": 0.01, "2": 1.0, "2b": 1.0, "3": 0.01, "4": 0.01, "4k": 0.01, "5": 0.01}
     # the control 2b: configuration 2 with batch norm at configuration 3's lr; the paper's five keep one lr
     other_lrs = {r["params"]["configuration"]: r["params"]["train"].get("other_lr") for r in figure}
-    assert other_lrs == {"1": None, "2": None, "2b": 0.01, "3": None, "4": None, "5": None}
-    assert summary["max_gaps"]["2b-3"] is not None
-    three = next(r for r in figure if r["params"]["configuration"] == "3")["result"]
-    two = next(r for r in figure if r["params"]["configuration"] == "2")["result"]
-    assert three["initial_latent_abs_mean"] == pytest.approx(0.01 * two["initial_latent_abs_mean"], rel=1e-5)
+    assert other_lrs == {"1": None, "2": None, "2b": 0.01, "3": None, "4": None, "4k": None, "5": None}
+    assert summary["max_gaps"]["2b-3"] is not None and summary["max_gaps"]["1-4k"] is not None
+    result = {r["params"]["configuration"]: r["result"] for r in figure}
+    assert result["3"]["initial_latent_abs_mean"] == pytest.approx(0.01 * result["2"]["initial_latent_abs_mean"],
+                                                                   rel=1e-5)
+    # the control 4k: Keras's random_uniform range, U(-0.05, 0.05), against 4's U(-1, 1): mean abs 0.025 and 0.5
+    assert result["4k"]["initial_latent_abs_mean"] == pytest.approx(0.025, rel=0.05)
+    assert result["4"]["initial_latent_abs_mean"] == pytest.approx(0.5, rel=0.05)
     check, control = summary["theorem1"]["check"], summary["theorem1"]["control"]
     assert check["flips_total"] > 0
     assert check["differing_total"] == 0

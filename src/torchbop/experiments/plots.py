@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["COLORS", "save_figure", "scale_note", "mean_curve"]
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#e377c2"]
 
 
 def save_figure(draw: Callable[[Figure, list, dict, Any], None], records: list[dict[str, Any]],
