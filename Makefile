@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# One worker per CPU core (the tests run one thread each); a test file stays on one worker, so that its fixtures are
+# built once. Plain `pytest` runs the same tests in one process.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # `make demo`: the paper's four experiments at the quick profile (under 15 minutes on a 2-core CPU), then the report
 # reports/quick/REPORT.md. Runs already in results/quick are reused. PROFILE=paper runs the published scale (days).
