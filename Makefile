@@ -28,7 +28,7 @@ test: install
 
 # `make demo`: the paper's four experiments at the quick profile (under 15 minutes on a 2-core CPU), then the report
 # reports/quick/REPORT.md. Runs already in results/quick are reused. PROFILE=paper runs the published scale (days).
-# PROFILE=cpu is the published scale where a CPU allows it (about 19 CPU-hours on 2 cores; killed runs resume when run again):
+# PROFILE=cpu is the published scale where a CPU allows it (about 20 CPU-hours on 2 cores; killed runs resume when run again):
 #   make demo PROFILE=cpu JOBS=1 THREADS=1 EXPERIMENTS="cifar10 arbitrary-lr hyperparameters approximation"
 PROFILE ?= quick
 JOBS ?= 2

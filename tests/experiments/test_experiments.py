@@ -48,13 +48,21 @@ def test_approximation(smoke_results):
 def test_arbitrary_lr(smoke_results):
     _, records, summary, _ = stored(smoke_results, "arbitrary-lr")
     figure = [r for r in records if r["params"]["kind"] == "figure"]
-    assert sorted({r["params"]["configuration"] for r in figure}) == ["1", "2", "2b", "3", "4", "4k", "5"]
+    assert sorted({r["params"]["configuration"] for r in figure}) == ["1", "2", "2b", "3", "3p", "4", "4k", "5"]
     lrs = {r["params"]["configuration"]: r["params"]["train"]["lr"] for r in figure}
-    assert lrs == {"1": 0.01, "2": 1.0, "2b": 1.0, "3": 0.01, "4": 0.01, "4k": 0.01, "5": 0.01}
-    # the control 2b: configuration 2 with batch norm at configuration 3's lr; the paper's five keep one lr
+    assert lrs == {"1": 0.01, "2": 1.0, "2b": 1.0, "3": 0.01, "3p": 2.0**-7, "4": 0.01, "4k": 0.01, "5": 0.01}
+    # the controls 2b (configuration 2 with batch norm at configuration 3's lr) and 3p (2b scaled by 2^-7) keep
+    # batch norm at 0.01; the paper's five train everything at one lr
     other_lrs = {r["params"]["configuration"]: r["params"]["train"].get("other_lr") for r in figure}
-    assert other_lrs == {"1": None, "2": None, "2b": 0.01, "3": None, "4": None, "4k": None, "5": None}
+    assert other_lrs == {"1": None, "2": None, "2b": 0.01, "3": None, "3p": 0.01, "4": None, "4k": None, "5": None}
     assert summary["max_gaps"]["2b-3"] is not None and summary["max_gaps"]["1-4k"] is not None
+    # Theorem 1 through the whole training pipeline: 3p repeats 2b to the last bit while no latent weight of 2b
+    # reaches the clip (none does in the smoke run's few steps)
+    history = {r["params"]["configuration"]: r["result"]["history"] for r in figure}
+    assert history["2b"][-1]["latent_at_clip"] == 0.0 and history["2b"][-1]["flips"] > 0
+    metrics = arbitrary_lr.EXACT_METRICS
+    assert [[e[k] for k in metrics] for e in history["3p"]] == [[e[k] for k in metrics] for e in history["2b"]]
+    assert summary["same_epochs"]["2b-3p"] == {"same": 1, "epochs": 1, "seeds": 1}
     result = {r["params"]["configuration"]: r["result"] for r in figure}
     assert result["3"]["initial_latent_abs_mean"] == pytest.approx(0.01 * result["2"]["initial_latent_abs_mean"],
                                                                    rel=1e-5)
@@ -96,3 +104,15 @@ def test_cifar10(smoke_results):
     assert all(row["flip_ratio"] >= 0 for row in result["history"])
     assert record["params"]["train"]["batch_size"] == 50 and record["params"]["train"]["augment"] is True
     assert summary["tables"]["figure3"][0]["published"] == 0.913
+
+
+def test_same_epochs_counts_leading_exact_agreement_over_every_seed():
+    epoch = {"train_acc": 0.5, "train_loss": 1.0, "val_acc": 0.5, "val_loss": 1.0, "flips": 10, "rate": 1.0}
+    other = {**epoch, "rate": 2.0**-7, "latent_at_clip": 0.5}  # differs only where it must
+    later = {**epoch, "flips": 11}
+    histories = {("2b", 0): [epoch, epoch, epoch], ("3p", 0): [other, other, later],
+                 ("2b", 1): [epoch, epoch, epoch], ("3p", 1): [other, {**epoch, "val_acc": 0.5 + 1e-9}, epoch]}
+    assert arbitrary_lr._same_epochs(histories, "2b", "3p") == {"same": 1, "epochs": 3, "seeds": 2}
+    del histories["3p", 1]
+    assert arbitrary_lr._same_epochs(histories, "2b", "3p") == {"same": 2, "epochs": 3, "seeds": 1}
+    assert arbitrary_lr._same_epochs(histories, "2b", "4k") is None

@@ -278,7 +278,7 @@ def test_two_concurrent_invocations_share_the_runs(tmp_path, data_dir):
     manifest = json.loads((folder / "manifest.json").read_text())
     stored = records(folder)
     planned = registry.get_experiment("arbitrary-lr").plan(configure("smoke", "arbitrary-lr"))
-    assert sorted(stored) == sorted(run["key"] for run in manifest["runs"]) and len(stored) == len(planned) == 14
+    assert sorted(stored) == sorted(run["key"] for run in manifest["runs"]) and len(stored) == len(planned) == 15
     assert all(r["result"] and r["key"] == key for key, r in stored.items())
     # "[k/n] label: ..." lines, found anywhere: a worker's stderr shares the pipe and may land mid-line
     executed = [[label for label, rest in re.findall(r"\[\d+/\d+\] ([\w.-]+): ([^\n]*)", out)

@@ -36,7 +36,11 @@ configuration 2 (Glorot uniform, SGD lr 1) against its scaled copy with one of t
 (:data:`ABLATION`), and once with all three (Figure 1 as run): the first step at which a binary weight differs and
 how many differ at the end show which difference breaks the equality. At full length, configuration "2b" (not the
 paper's) trains configuration 2 with batch norm at configuration 3's lr (0.01): its accuracy curve against 3's shows
-what is left of the gap between 2 and 3 once batch norm's lr is the same. The test accuracy of a single run can
+what is left of the gap between 2 and 3 once batch norm's lr is the same; configuration "3p" is 2b scaled by
+2^-7 (initial latent weights and their lr; batch norm at 0.01), which Theorem 1 makes equal to 2b to the last bit
+until clipping acts on 2b (3p's weights are 128 times smaller and are not clipped). 2b against 3p separates the
+factor 0.01's rounding from clipping at full length: the report gives for how many epochs their recorded metrics are
+exactly equal. The test accuracy of a single run can
 move by points from one epoch to the next (batch norm's running statistics trail the flipping weights), so the
 report also compares the training accuracy (batch statistics, averaged over the epoch: a smooth curve) and shows
 each test curve's epoch-to-epoch noise beside the gaps.
@@ -110,19 +114,21 @@ class Config:
 #: The settings at each profile (torchbop.experiments.profiles names them).
 CONFIGS = {
     "paper": Config(),
-    "cpu": Config(),  # the paper's scale: 7 x 100 epochs of MNIST (with 2b, 4k), about 9 CPU-hours (26 ms a step)
+    "cpu": Config(),  # the paper's scale: 8 x 100 epochs of MNIST (with 2b, 3p, 4k), about 11 CPU-hours (26 ms a step)
     "quick": Config(seeds=2, epochs=3, subset=6000, test_subset=5000, theorem_steps=300),
     "smoke": Config(seeds=1, epochs=1, subset=256, test_subset=256, theorem_steps=12),
 }
 
-#: name -> (description, init scheme, init scale, optimizer, lr, batch norm's lr: None is lr). "2b" and "4k" are
-#: not the paper's: configuration 2 with batch norm at configuration 3's lr, the full-length control of the ablation
-#: below, and configuration 4 with Keras's default uniform range (see the module docstring).
+#: name -> (description, init scheme, init scale, optimizer, lr, batch norm's lr: None is lr). "2b", "3p" and "4k"
+#: are not the paper's: configuration 2 with batch norm at configuration 3's lr and 2b scaled by a power of two (the
+#: full-length controls of the ablation below), and configuration 4 with Keras's default uniform range (see the
+#: module docstring).
 CONFIGURATIONS: dict[str, tuple[str, str, float, str, float, float | None]] = {
     "1": ("Glorot normal, SGD lr 0.01", "glorot_normal", 1.0, "sgd", 0.01, None),
     "2": ("Glorot uniform, SGD lr 1", "glorot_uniform", 1.0, "sgd", 1.0, None),
     "2b": ("control: 2 with batch norm at lr 0.01", "glorot_uniform", 1.0, "sgd", 1.0, 0.01),
     "3": ("Glorot uniform x0.01, SGD lr 0.01", "glorot_uniform", 0.01, "sgd", 0.01, None),
+    "3p": ("control: 2b scaled by 2^-7 (init and lr)", "glorot_uniform", 2.0**-7, "sgd", 2.0**-7, 0.01),
     "4": ("uniform U(-1,1), SGD lr 0.01", "uniform", 1.0, "sgd", 0.01, None),
     "5": ("uniform U(-1,1), Adam lr 0.01", "uniform", 1.0, "adam", 0.01, None),
     "4k": ("control: 4 with Keras's random_uniform, U(-0.05,0.05)", "uniform", 0.05, "sgd", 0.01, None),
@@ -258,6 +264,7 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     curves: dict[str, list[list[float]]] = {}
     train_curves: dict[str, list[list[float]]] = {}  # training accuracy (batch statistics): smooth, unlike the test's
     at_clip: dict[str, list[float]] = {}  # the fraction of latent weights at the clip after the last epoch
+    histories: dict[tuple[str, int], list[dict[str, Any]]] = {}  # (configuration, seed) -> per-epoch metrics
     theorem: dict[str, Any] = {}
     ablation: dict[str, Any] = {}
     for record in records:
@@ -276,6 +283,7 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
                                                                for e in result["history"]])
         train_curves.setdefault(params["configuration"], []).append([e.get("train_acc", float("nan"))
                                                                      for e in result["history"]])
+        histories[params["configuration"], params.get("seed", 0)] = result["history"]
         if result["history"] and "latent_at_clip" in result["history"][-1]:
             at_clip.setdefault(params["configuration"], []).append(result["history"][-1]["latent_at_clip"])
     mean_curves = {name: [statistics.fmean(v) for v in zip(*runs)] for name, runs in sorted(curves.items())}
@@ -288,23 +296,52 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
             return None
         return max(abs(x - y) for x, y in zip(mean_curves[a], mean_curves[b]))
 
-    pairs = (("2", "3"), ("1", "4"), ("1", "2"), ("1", "3"), ("4", "5"), ("2b", "3"), ("2", "2b"), ("1", "4k"))
+    pairs = (("2", "3"), ("1", "4"), ("1", "2"), ("1", "3"), ("4", "5"), ("2b", "3"), ("2", "2b"), ("1", "4k"),
+             ("2b", "3p"))
     gaps = {f"{a}-{b}": gap(a, b) for a, b in pairs}
     train_gaps = {f"{a}-{b}": _train_gap(mean_train[a], mean_train[b]) for a, b in pairs
                   if a in mean_train and b in mean_train}
     test_noise = {name: _epoch_noise(curve) for name, curve in mean_curves.items()}
+    same_epochs = {f"{a}-{b}": _same_epochs(histories, a, b) for a, b in EXACT_PAIRS}
     finals = {name: curve[-1] for name, curve in mean_curves.items() if curve}
     ablation = {name: ablation[name] for name in ABLATION if name in ablation}
     at_clip_means = {name: statistics.fmean(v) for name, v in sorted(at_clip.items())}
     return {"curves": mean_curves, "final_test_acc": finals, "final_latent_at_clip": at_clip_means,
             "max_gaps": gaps, "train_curves": mean_train, "train_gaps": train_gaps, "test_noise": test_noise,
+            "same_epochs": {pair: n for pair, n in same_epochs.items() if n is not None},
             "theorem1": theorem,
             "ablation": ablation,
             "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]}}
 
 
+#: Pairs that Theorem 1 makes equal bit for bit (a power-of-two factor) until clipping or the STE's saturation acts.
+EXACT_PAIRS = (("2b", "3p"),)
+#: The per-epoch metrics compared exactly: the learning rate and the share of latent weights at the clip differ by
+#: construction.
+EXACT_METRICS = ("train_acc", "train_loss", "val_acc", "val_loss", "flips")
+
+
+def _same_epochs(histories: dict[tuple[str, int], list[dict[str, Any]]], a: str, b: str) -> dict[str, int] | None:
+    """For how many leading epochs configurations ``a`` and ``b`` recorded exactly the same metrics
+    (:data:`EXACT_METRICS`), the fewest over the seeds both have; ``None`` without a common seed."""
+    seeds = sorted(seed for name, seed in histories if name == a and (b, seed) in histories)
+    if not seeds:
+        return None
+    counts = []
+    for seed in seeds:
+        ours, theirs = histories[a, seed], histories[b, seed]
+        same = 0
+        for x, y in zip(ours, theirs):
+            if any(x.get(k) != y.get(k) for k in EXACT_METRICS):
+                break
+            same += 1
+        counts.append(same)
+    return {"same": min(counts), "epochs": min(min(len(histories[a, s]), len(histories[b, s])) for s in seeds),
+            "seeds": len(seeds)}
+
+
 #: The full-length controls' comparisons: configuration -> the configuration it should track.
-REFERENCES = {"2": "3", "2b": "3", "4": "1", "4k": "1"}
+REFERENCES = {"2": "3", "2b": "3", "3p": "2b", "4": "1", "4k": "1"}
 
 
 def _plot_training_gaps(axes: Any, train: dict[str, list[float]], styles: dict[str, str]) -> None:
@@ -348,7 +385,7 @@ def _epoch_noise(curve: list[float]) -> float | None:
 def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> None:
     fig.set_size_inches(15, 4.4)
     left, middle, right = fig.subplots(1, 3)
-    styles = {"2": "-", "3": "--", "2b": ":", "4k": ":"}
+    styles = {"2": "-", "3": "--", "2b": ":", "3p": "-.", "4k": ":"}
     for i, (name, curve) in enumerate(summary["curves"].items()):
         epochs = list(range(1, len(curve) + 1))
         left.plot(epochs, curve, marker="o", ms=3, ls=styles.get(name, "-"), color=COLORS[i],
@@ -455,13 +492,20 @@ def results(summary: dict[str, Any]) -> list[str]:
         rows += ["", f"The same at full length: configuration 2 with batch norm at configuration 3's lr (2b) against "
                  f"3: largest test-accuracy gap {control:.4f}, against {figure:.4f} for 2 against 3 (limit for "
                  f"\"identical\": {IDENTICAL})."]
+    exact, power = summary.get("same_epochs", {}).get("2b-3p"), summary["max_gaps"].get("2b-3p")
+    if exact is not None and power is not None:
+        rows += ["", f"The same pair at a power-of-two factor (2b against 3p, 2b scaled by 2^-7): per-epoch metrics "
+                 f"({', '.join(EXACT_METRICS)}) equal to the last bit for {exact['same']} of {exact['epochs']} epochs "
+                 f"({exact['seeds']} seed(s)); largest test-accuracy gap {power:.4f}. Theorem 1 makes the two runs "
+                 "equal until an update would carry a latent weight of 2b past 1: 2b clips it, 3p's copy (2^-7 times "
+                 "smaller) is not clipped. Equal to the end means that clipping never changed the trajectory."]
     control, figure = summary["max_gaps"].get("1-4k"), summary["max_gaps"].get("1-4")
     if control is not None and figure is not None:
         rows += ["", f"Configuration 4 with Keras's uniform range U(-0.05, 0.05) (4k) against 1: largest "
                  f"test-accuracy gap {control:.4f}, against {figure:.4f} for 4 (U(-1, 1)) against 1 (limit for "
                  f"\"alike\": {ALIKE})."]
     train_gaps, noise = summary.get("train_gaps", {}), summary.get("test_noise", {})
-    shown = [(pair, train_gaps[pair]) for pair in ("2-3", "2b-3", "2-2b", "1-4", "1-4k", "4-5")
+    shown = [(pair, train_gaps[pair]) for pair in ("2-3", "2b-3", "2b-3p", "2-2b", "1-4", "1-4k", "4-5")
              if train_gaps.get(pair, {}).get("mean") is not None]
     if shown:
         rows += ["", "Training accuracy (batch statistics, whole epochs: a smooth curve) against the test accuracy's "

@@ -26,7 +26,7 @@ __all__ = ["PROFILES"]
 PROFILES: dict[str, str] = {
     "paper": "the published scale (paper and reproducibility report)",
     "cpu": "the published scale where a CPU allows it: Table 1 and Figure 1 as published, Figure 2 at the published "
-           "length and data with BinaryNet at width 1/8, Figure 3 at the quick scale (about 19 CPU-hours on a 2-core "
+           "length and data with BinaryNet at width 1/8, Figure 3 at the quick scale (about 20 CPU-hours on a 2-core "
            "AVX2 machine)",
     "quick": "the whole suite in under 15 minutes on a 2-core CPU: subsets, 1/8 width, 2-4 epochs, 1-3 seeds",
     "smoke": "seconds per experiment, for tests: tiny subsets, 1/16 width, 1-2 epochs",
