@@ -6,6 +6,7 @@ import json
 import time
 
 from torchbop.experiments.run_clock import RunClock
+from torchbop.experiments.store import parse_time_stamp, time_stamp
 
 
 def test_written_while_running_and_continued_by_the_next_invocation(tmp_path):
@@ -41,3 +42,11 @@ def test_a_failed_attempt_counts_for_the_next(tmp_path):
     except RuntimeError:
         pass
     assert RunClock(tmp_path / "run").earlier_s >= 0.1
+
+
+def test_time_stamps_keep_the_second_and_the_utc_offset():
+    moment = 1_800_000_000.75
+    stamp = time_stamp(moment)
+    assert parse_time_stamp(stamp) == 1_800_000_000  # whole seconds, the same moment in any time zone
+    assert stamp[-5] in "+-" and stamp[-4:].isdigit()
+    assert abs(parse_time_stamp(time_stamp()) - time.time()) < 2

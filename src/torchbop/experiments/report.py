@@ -8,7 +8,6 @@ claim a verdict computed by :mod:`torchbop.experiments.verdicts` with its criter
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.progress import progress_table, runs_in_progress
 from torchbop.experiments.registry import EXPERIMENTS, get_experiment
 from torchbop.experiments.runner import config_from_dict, experiment_dir
-from torchbop.experiments.store import compute_time_s, load_manifest, load_records
+from torchbop.experiments.store import compute_time_s, load_manifest, load_records, parse_time_stamp
 from torchbop.experiments.verdicts import Verdict
 
 __all__ = ["build_report", "at_published_scale", "scale_differences"]
@@ -144,14 +143,10 @@ def _when(manifest: dict[str, Any]) -> str:
 def run_span(records: list[dict[str, Any]]) -> float:
     """Seconds from the earliest run's start to the latest run's end: a run starts when its first invocation began
     (``started_at``; in records without it, its end minus its last invocation's wall time)."""
-    ends = [_timestamp(r["finished_at"]) for r in records]
-    starts = [_timestamp(r["started_at"]) if "started_at" in r else end - r["wall_time_s"]
+    ends = [parse_time_stamp(r["finished_at"]) for r in records]
+    starts = [parse_time_stamp(r["started_at"]) if "started_at" in r else end - r["wall_time_s"]
               for end, r in zip(ends, records)]
     return max(ends) - min(starts) if records else 0.0
-
-
-def _timestamp(when: str) -> float:
-    return datetime.strptime(when, "%Y-%m-%d %H:%M:%S %z").timestamp()
 
 
 def _fmt(key: str, value: Any) -> str:

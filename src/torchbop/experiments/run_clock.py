@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchbop.experiments.store import read_json, write_json
+from torchbop.experiments.store import read_json, time_stamp, write_json
 
 __all__ = ["RunClock", "time_spent"]
-
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
 
 class RunClock:
@@ -41,7 +39,7 @@ class RunClock:
         self.interval_s = interval_s or self.INTERVAL_S
         earlier = _read(self.path)
         self.earlier_s: float = earlier.get("elapsed_s", 0.0)
-        self.started_at: str = earlier.get("started_at") or time.strftime(TIME_FORMAT)
+        self.started_at: str = earlier.get("started_at") or time_stamp()
         self._started = time.perf_counter()
         self._ended: float | None = None
         self._stop = threading.Event()

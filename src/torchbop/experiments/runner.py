@@ -51,7 +51,8 @@ from torchbop.experiments.registry import get_experiment
 from torchbop.experiments.run_clock import RunClock
 from torchbop.experiments.run_lock import RunLock
 from torchbop.experiments.spec import RunContext, RunSpec
-from torchbop.experiments.store import compute_time_s, environment, jsonable, read_json, write_csv, write_json
+from torchbop.experiments.store import (compute_time_s, environment, jsonable, read_json, time_stamp, write_csv,
+                                        write_json)
 
 __all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", "write_outputs", "quiet_lightning"]
 
@@ -213,9 +214,9 @@ def run_experiment(
             "failed": failed,
             "wall_time_s": time.time() - started,
             "compute_time_s": sum(map(compute_time_s, stored)),
-            "started_at": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
+            "started_at": time_stamp(started),
             # None while the invocation runs (a report of a long profile then says so); stays None if it is killed
-            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z") if finished else None,
+            "finished_at": time_stamp() if finished else None,
             "command": command,
             "environment": environment(threads=threads, jobs=jobs),
         }
@@ -343,7 +344,7 @@ def _execute(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any]],
         "experiment": experiment, "label": label, "key": key, "version": version, "params": jsonable(params),
         "result": jsonable(result), "wall_time_s": time.perf_counter() - started,
         "compute_time_s": clock.elapsed_s(), "started_at": clock.started_at,
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "environment": environment(),
+        "finished_at": time_stamp(), "environment": environment(),
     }
     write_json(Path(record_path), record)
     if not keep_run_dir:

@@ -9,6 +9,8 @@ import math
 import os
 import platform
 import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,20 @@ import torch
 from torchbop.atomic_file import atomic_write
 
 __all__ = ["jsonable", "write_json", "read_json", "write_csv", "load_manifest", "load_records", "compute_time_s",
-           "environment"]
+           "environment", "TIME_FORMAT", "time_stamp", "parse_time_stamp"]
+
+#: How records and manifests store a moment (``started_at``, ``finished_at``): local time with its UTC offset.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+
+
+def time_stamp(seconds: float | None = None) -> str:
+    """``seconds`` since the epoch (default: now) as :data:`TIME_FORMAT`."""
+    return time.strftime(TIME_FORMAT, time.localtime(seconds))
+
+
+def parse_time_stamp(stamp: str) -> float:
+    """The inverse of :func:`time_stamp`: seconds since the epoch."""
+    return datetime.strptime(stamp, TIME_FORMAT).timestamp()
 
 
 # ----------------------------------------------------------------------------------------------------------------
