@@ -171,3 +171,42 @@ def test_compute_time_counts_every_invocation_of_a_resumed_run(smoke_results, tm
     text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
     assert f"| compute time (sum over runs) | {record['compute_time_s'] / 60:.1f} min |" in text
     assert "| wall time (first run's start to last run's end) | 120.0 min |" in text
+    assert record["cpu_time_s"] is not None and record["cpu_time_s"] > 0  # this run counted its CPU time
+    assert f"| CPU time (sum over runs) | {record['cpu_time_s'] / 60:.1f} min |" in text
+
+
+def test_cpu_time_of_runs_begun_before_it_was_counted_is_not_guessed(smoke_results, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(smoke_results / "smoke" / "approximation", results / "smoke" / "approximation")
+    paths = sorted((results / "smoke" / "approximation" / "runs").glob("*.json"))
+    assert len(paths) >= 2
+    records = [json.loads(p.read_text()) for p in paths]
+    records[0]["cpu_time_s"] = None
+    paths[0].write_text(json.dumps(records[0]))
+    counted = sum(r["cpu_time_s"] for r in records[1:])
+    text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
+    assert (f"| CPU time (sum over runs) | {counted / 60:.1f} min over {len(paths) - 1} of {len(paths)} runs (the "
+            "others began before runs counted CPU time) |") in text
+    for record in records:
+        record.pop("cpu_time_s")  # records stored before runs counted CPU time
+    for path, record in zip(paths, records):
+        path.write_text(json.dumps(record))
+    text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
+    assert "| CPU time (sum over runs) | not counted (runs begun before runs counted CPU time) |" in text
+
+
+def test_an_experiment_planned_but_without_a_stored_run_is_pending(smoke_results, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(smoke_results / "smoke" / "cifar10", results / "smoke" / "cifar10")
+    planned = results / "smoke" / "hyperparameters"
+    (planned / "runs").mkdir(parents=True)
+    manifest = json.loads((smoke_results / "smoke" / "hyperparameters" / "manifest.json").read_text())
+    (planned / "manifest.json").write_text(json.dumps({**manifest, "finished_at": None}))  # its first invocation runs
+    text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
+    runs = len(manifest["runs"])
+    assert f"| Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2) | **pending** (0 of {runs} runs " \
+           "stored) | - |" in text
+    assert text.count("not run at scale** (no results)") == 2  # approximation and arbitrary-lr: nothing planned
+    section = text.split("## Figure 2")[1].split("## Figure 3")[0]
+    assert "not finished: still running" in section
+    assert section.count("| not started (or no epoch finished) | - | - |") == runs

@@ -17,7 +17,7 @@ from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.progress import progress_table, runs_in_progress
 from torchbop.experiments.registry import EXPERIMENTS, get_experiment
 from torchbop.experiments.runner import config_from_dict, experiment_dir
-from torchbop.experiments.store import compute_time_s, load_manifest, load_records, parse_time_stamp
+from torchbop.experiments.store import compute_time_s, cpu_time_s, load_manifest, load_records, parse_time_stamp
 from torchbop.experiments.verdicts import Verdict
 
 __all__ = ["build_report", "at_published_scale", "scale_differences"]
@@ -76,8 +76,16 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
     summary_rows: list[str] = []
     sections: list[str] = []
     span = compute = 0.0
+    all_records: list[dict[str, Any]] = []
     for experiment, module in EXPERIMENTS.items():
         exp_dir, manifest, records = stored[experiment]
+        if not records and manifest:  # planned, none stored yet: where its runs stand
+            unfinished = progress_table(runs_in_progress(exp_dir, manifest, records))
+            sections += [f"## {module.TITLE}", "",
+                         f"**pending**: 0 of {len(manifest['runs'])} runs stored in `{exp_dir}` ({_when(manifest)}).",
+                         "", *unfinished, ""]
+            summary_rows.append(f"| {module.TITLE} | **pending** (0 of {len(manifest['runs'])} runs stored) | - |")
+            continue
         if not records:
             sections += [f"## {module.TITLE}", "",
                          f"**not run at scale**: no results in `{exp_dir}` (run `torchbop experiment {experiment} "
@@ -99,9 +107,11 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
         summary_rows += [f"| {v.claim} | {_outcome(v, below, detail=False)} | {v.measured} |" for v in claims]
         span += run_span(records)
         compute += sum(map(compute_time_s, records))
+        all_records += records
     lines += ["## Verdicts at a glance", "", "| claim | verdict | ours |", "|---|---|---|", *summary_rows, "",
-              f"Time: {compute / 60:.1f} min of compute over all runs; {span / 60:.1f} min of wall time from the "
-              "first run's start to the last run's end, summed over the experiments (runs in parallel overlap).",
+              f"Time: {compute / 60:.1f} min of compute over all runs (each run's wall-clock time, summed); CPU time "
+              f"{_cpu_time(all_records)}; {span / 60:.1f} min of wall time from the first run's start to the last "
+              "run's end, summed over the experiments (runs in parallel overlap).",
               "", *sections]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
@@ -122,6 +132,7 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
         f"| compute time (sum over runs) | {compute / 60:.1f} min"
         + (f" ({uncounted} run(s) stored before runs kept a clock: their last invocation only)" if uncounted else "")
         + " | |",
+        f"| CPU time (sum over runs) | {_cpu_time(records)} | |",
         f"| wall time (first run's start to last run's end) | {run_span(records) / 60:.1f} min | |",
         f"| wall time of the last invocation | {manifest['wall_time_s'] / 60:.1f} min "
         f"({manifest['executed']} run, {manifest['skipped']} cached; {env.get('jobs', 1)} job(s) x "
@@ -132,6 +143,16 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
     ]
     scale = "at the published scale" if not below else f"**below the published scale** ({', '.join(below)})"
     return [f"Scale: {scale}.", "", *rows]
+
+
+def _cpu_time(records: list[dict[str, Any]]) -> str:
+    """The CPU time of the runs that counted it from their start, and how many did."""
+    counted = [t for t in map(cpu_time_s, records) if t is not None]
+    if not counted:
+        return "not counted (runs begun before runs counted CPU time)"
+    total = f"{sum(counted) / 60:.1f} min"
+    return total if len(counted) == len(records) else (f"{total} over {len(counted)} of {len(records)} runs (the "
+                                                       "others began before runs counted CPU time)")
 
 
 def _when(manifest: dict[str, Any]) -> str:

@@ -343,7 +343,7 @@ def _execute(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any]],
     record = {
         "experiment": experiment, "label": label, "key": key, "version": version, "params": jsonable(params),
         "result": jsonable(result), "wall_time_s": time.perf_counter() - started,
-        "compute_time_s": clock.elapsed_s(), "started_at": clock.started_at,
+        "compute_time_s": clock.elapsed_s(), "cpu_time_s": clock.cpu_s(), "started_at": clock.started_at,
         "finished_at": time_stamp(), "environment": environment(),
     }
     write_json(Path(record_path), record)

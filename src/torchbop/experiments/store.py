@@ -19,7 +19,7 @@ import torch
 from torchbop.atomic_file import atomic_write
 
 __all__ = ["jsonable", "write_json", "read_json", "write_csv", "load_manifest", "load_records", "compute_time_s",
-           "environment", "TIME_FORMAT", "time_stamp", "parse_time_stamp"]
+           "cpu_time_s", "environment", "TIME_FORMAT", "time_stamp", "parse_time_stamp"]
 
 #: How records and manifests store a moment (``started_at``, ``finished_at``): local time with its UTC offset.
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S %z"
@@ -52,6 +52,12 @@ def compute_time_s(record: dict[str, Any]) -> float:
     .RunClock`). Records stored before runs kept that count have only their last invocation's ``wall_time_s``, less
     than the whole for a run that was resumed."""
     return record.get("compute_time_s", record["wall_time_s"])
+
+
+def cpu_time_s(record: dict[str, Any]) -> float | None:
+    """CPU seconds a stored run took over all its invocations (:meth:`~torchbop.experiments.run_clock.RunClock
+    .cpu_s`); ``None`` for a run that began before runs counted CPU time."""
+    return record.get("cpu_time_s")
 
 
 def jsonable(value: Any) -> Any:
