@@ -27,8 +27,15 @@ def test_report_from_smoke_results(smoke_results, tmp_path):
     assert "**not run at scale**" in text  # everything else ran below it
     # each claim below the published scale names the settings that make it so
     assert "**not run at scale** (epochs 2 (published 500); width 0.0625 (published 1); subset 200 (published all)" in text
-    env = json.loads((smoke_results / "smoke" / "cifar10" / "manifest.json").read_text())["environment"]
+    manifest = json.loads((smoke_results / "smoke" / "cifar10" / "manifest.json").read_text())
+    env = manifest["environment"]
     assert f"| machine | {env['cpu']}, {env['cores']} cores" in text  # the machine is stated
+    # below the published scale, the scale line also names the settings that are as published
+    same = [k for k, v in manifest["paper_config"].items()
+            if k not in cifar10.NOT_SCALE and manifest["config"][k] == v]
+    assert same and all(k not in ("epochs", "width", "subset") for k in same)
+    scale_line = next(line for line in text.split("## Figure 3")[1].splitlines() if line.startswith("Scale:"))
+    assert scale_line.endswith(f"; as published: {', '.join(same)}.")
 
 
 def test_missing_experiments_are_marked_not_run(smoke_results, tmp_path):

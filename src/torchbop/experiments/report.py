@@ -142,6 +142,10 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
         f"| code | {env.get('git') or 'unknown'} ({_when(manifest)}) | |",
     ]
     scale = "at the published scale" if not below else f"**below the published scale** ({', '.join(below)})"
+    same = [k for k, v in paper.items() if k not in get_experiment(manifest["experiment"]).NOT_SCALE
+            and config.get(k) == v]
+    if below and same:  # e.g. "published length and data, width 1/8": what is as published, too
+        scale += f"; as published: {', '.join(same)}"
     return [f"Scale: {scale}.", "", *rows]
 
 
