@@ -116,3 +116,5 @@ def test_same_epochs_counts_leading_exact_agreement_over_every_seed():
     del histories["3p", 1]
     assert arbitrary_lr._same_epochs(histories, "2b", "3p") == {"same": 2, "epochs": 3, "seeds": 1}
     assert arbitrary_lr._same_epochs(histories, "2b", "4k") is None
+    unrecorded = {k: v for k, v in epoch.items() if k != "flips"}  # a metric neither run recorded proves nothing
+    assert arbitrary_lr._same_epochs({("a", 0): [unrecorded], ("b", 0): [unrecorded]}, "a", "b")["same"] == 0

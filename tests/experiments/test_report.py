@@ -150,6 +150,28 @@ def test_figure1_training_accuracy_gaps_and_test_noise():
     text = "\n".join(arbitrary_lr.results(summary))
     assert "| 2b vs 3 | 3 | -0.0017 | 0.0050 | 0.1200 / 0.1050 |" in text
     assert "| 2 vs 3 | 3 | +0.0083 | 0.0100 | 0.0100 / 0.1050 |" in text
+    # the decomposition of 2 against 3, the pairs stored (3p is not): equal epochs and the largest test gap
+    assert "| 2 vs 2b | batch norm's lr: 1 against 0.01 | 0 of 3 | 0.1700 |" in text
+    assert "| 2 vs 3 | all three (Figure 1 as run) | 0 of 3 | 0.1300 |" in text
+    assert "| 2b vs 3p |" not in text
+
+
+def test_figure1_decomposition_counts_the_epochs_equal_to_the_last_bit():
+    def record(configuration, flips):
+        history = [{"epoch": i + 1, "train_acc": 0.9, "train_loss": 0.3, "val_acc": 0.95, "val_loss": 0.2,
+                    "flips": f, "rate": {"2b": 1.0, "3p": 2.0**-7}.get(configuration, 0.01)}
+                   for i, f in enumerate(flips)]
+        return {"params": {"kind": "figure", "configuration": configuration, "seed": 0},
+                "result": {"history": history}}
+
+    records = [record("2b", [5, 6, 7, 8]), record("3p", [5, 6, 7, 9]), record("3", [5, 4, 7, 8])]
+    summary = arbitrary_lr.summarize(records, configure("smoke", "arbitrary-lr"))
+    assert summary["same_epochs"] == {"2b-3p": {"same": 3, "epochs": 4, "seeds": 1},
+                                      "3p-3": {"same": 1, "epochs": 4, "seeds": 1}}
+    text = "\n".join(arbitrary_lr.results(summary))
+    assert "| 2b vs 3p | clipping: 2b's latent weights are clipped at 1, 3p's (2^-7 times 2b's) never reach it | 3 of 4 " \
+           "| 0.0000 |" in text
+    assert "| 3p vs 3 | the factor: 2^-7 (exact in floating point) against 0.01 (rounds) | 1 of 4 | 0.0000 |" in text
 
 
 def test_figure1_plot_without_configuration_3(tmp_path):

@@ -38,9 +38,10 @@ how many differ at the end show which difference breaks the equality. At full le
 paper's) trains configuration 2 with batch norm at configuration 3's lr (0.01): its accuracy curve against 3's shows
 what is left of the gap between 2 and 3 once batch norm's lr is the same; configuration "3p" is 2b scaled by
 2^-7 (initial latent weights and their lr; batch norm at 0.01), which Theorem 1 makes equal to 2b to the last bit
-until clipping acts on 2b (3p's weights are 128 times smaller and are not clipped). 2b against 3p separates the
-factor 0.01's rounding from clipping at full length: the report gives for how many epochs their recorded metrics are
-exactly equal. The test accuracy of a single run can
+until clipping acts on 2b (3p's weights are 128 times smaller and are not clipped). At full length, 2 against 2b
+differ in batch norm's lr only, 2b against 3p in clipping only, 3p against 3 in the factor only (2^-7, exact, against
+0.01, which rounds; neither is ever clipped): :data:`DECOMPOSITION`. The report gives for how many epochs each pair's
+recorded metrics are exactly equal, and its largest test-accuracy gap. The test accuracy of a single run can
 move by points from one epoch to the next (batch norm's running statistics trail the flipping weights), so the
 report also compares the training accuracy (batch statistics, averaged over the epoch: a smooth curve) and shows
 each test curve's epoch-to-epoch noise beside the gaps.
@@ -297,7 +298,7 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         return max(abs(x - y) for x, y in zip(mean_curves[a], mean_curves[b]))
 
     pairs = (("2", "3"), ("1", "4"), ("1", "2"), ("1", "3"), ("4", "5"), ("2b", "3"), ("2", "2b"), ("1", "4k"),
-             ("2b", "3p"))
+             ("2b", "3p"), ("3p", "3"))
     gaps = {f"{a}-{b}": gap(a, b) for a, b in pairs}
     train_gaps = {f"{a}-{b}": _train_gap(mean_train[a], mean_train[b]) for a, b in pairs
                   if a in mean_train and b in mean_train}
@@ -314,8 +315,17 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
             "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]}}
 
 
-#: Pairs that Theorem 1 makes equal bit for bit (a power-of-two factor) until clipping or the STE's saturation acts.
-EXACT_PAIRS = (("2b", "3p"),)
+#: Configurations 2 and 3 differ from Theorem 1's setting in three ways; the full-length controls 2b and 3p take
+#: them one at a time: (pair, what differs between its two runs). 3p never reaches the clip (its latent weights are
+#: 2^-7 times 2b's, which are clipped at 1), nor does 3; the STE passes the gradient at abs(w) <= 1, so with clipping
+#: at 1 it never saturates.
+DECOMPOSITION = (
+    (("2", "2b"), "batch norm's lr: 1 against 0.01"),
+    (("2b", "3p"), "clipping: 2b's latent weights are clipped at 1, 3p's (2^-7 times 2b's) never reach it"),
+    (("3p", "3"), "the factor: 2^-7 (exact in floating point) against 0.01 (rounds)"),
+    (("2", "3"), "all three (Figure 1 as run)"),
+)
+EXACT_PAIRS = tuple(pair for pair, _ in DECOMPOSITION)
 #: The per-epoch metrics compared exactly: the learning rate and the share of latent weights at the clip differ by
 #: construction.
 EXACT_METRICS = ("train_acc", "train_loss", "val_acc", "val_loss", "flips")
@@ -332,7 +342,7 @@ def _same_epochs(histories: dict[tuple[str, int], list[dict[str, Any]]], a: str,
         ours, theirs = histories[a, seed], histories[b, seed]
         same = 0
         for x, y in zip(ours, theirs):
-            if any(x.get(k) != y.get(k) for k in EXACT_METRICS):
+            if any(k not in x or k not in y or x[k] != y[k] for k in EXACT_METRICS):  # unrecorded is not equal
                 break
             same += 1
         counts.append(same)
@@ -341,12 +351,12 @@ def _same_epochs(histories: dict[tuple[str, int], list[dict[str, Any]]], a: str,
 
 
 #: The full-length controls' comparisons: configuration -> the configuration it should track.
-REFERENCES = {"2": "3", "2b": "3", "3p": "2b", "4": "1", "4k": "1"}
+REFERENCES = {"2": "2b", "2b": "3p", "3": "3p", "4": "1", "4k": "1"}
 
 
 def _plot_training_gaps(axes: Any, train: dict[str, list[float]], styles: dict[str, str]) -> None:
-    """Training accuracy of 2 and 2b minus 3's, of 4 and 4k minus 1's, per epoch (the full-length controls); with
-    none of those pairs, the curves."""
+    """Training accuracy minus the reference's per epoch (:data:`REFERENCES`: one of configurations 2 and 3's
+    differences at a time, and 4 and 4k against 1); with none of those pairs, the curves."""
     names = list(train)
     pairs = [(name, ref) for name, ref in REFERENCES.items() if name in train and ref in train]
     if pairs:
@@ -487,25 +497,14 @@ def results(summary: dict[str, Any]) -> list[str]:
                      f"{clipped['latent_abs_max']:.3f}): within {clipped['steps']} steps clipping and the STE's "
                      "saturation never acted, so that row cannot show their effect; the Figure-1 runs' share of "
                      "latent weights at the clip (table above) shows whether they act over the full length."]
-    control, figure = summary["max_gaps"].get("2b-3"), summary["max_gaps"].get("2-3")
-    if control is not None and figure is not None:
-        rows += ["", f"The same at full length: configuration 2 with batch norm at configuration 3's lr (2b) against "
-                 f"3: largest test-accuracy gap {control:.4f}, against {figure:.4f} for 2 against 3 (limit for "
-                 f"\"identical\": {IDENTICAL})."]
-    exact, power = summary.get("same_epochs", {}).get("2b-3p"), summary["max_gaps"].get("2b-3p")
-    if exact is not None and power is not None:
-        rows += ["", f"The same pair at a power-of-two factor (2b against 3p, 2b scaled by 2^-7): per-epoch metrics "
-                 f"({', '.join(EXACT_METRICS)}) equal to the last bit for {exact['same']} of {exact['epochs']} epochs "
-                 f"({exact['seeds']} seed(s)); largest test-accuracy gap {power:.4f}. Theorem 1 makes the two runs "
-                 "equal until an update would carry a latent weight of 2b past 1: 2b clips it, 3p's copy (2^-7 times "
-                 "smaller) is not clipped. Equal to the end means that clipping never changed the trajectory."]
+    rows += _decomposition_rows(summary)
     control, figure = summary["max_gaps"].get("1-4k"), summary["max_gaps"].get("1-4")
     if control is not None and figure is not None:
         rows += ["", f"Configuration 4 with Keras's uniform range U(-0.05, 0.05) (4k) against 1: largest "
                  f"test-accuracy gap {control:.4f}, against {figure:.4f} for 4 (U(-1, 1)) against 1 (limit for "
                  f"\"alike\": {ALIKE})."]
     train_gaps, noise = summary.get("train_gaps", {}), summary.get("test_noise", {})
-    shown = [(pair, train_gaps[pair]) for pair in ("2-3", "2b-3", "2b-3p", "2-2b", "1-4", "1-4k", "4-5")
+    shown = [(pair, train_gaps[pair]) for pair in ("2-2b", "2b-3p", "3p-3", "2-3", "2b-3", "1-4", "1-4k", "4-5")
              if train_gaps.get(pair, {}).get("mean") is not None]
     if shown:
         rows += ["", "Training accuracy (batch statistics, whole epochs: a smooth curve) against the test accuracy's "
@@ -518,3 +517,25 @@ def results(summary: dict[str, Any]) -> list[str]:
             moves = " / ".join("-" if noise.get(c) is None else f"{noise[c]:.4f}" for c in (a, b))
             rows.append(f"| {a} vs {b} | {g['epochs']} | {g['mean']:+.4f} | {g['max_abs']:.4f} | {moves} |")
     return rows
+
+
+def _decomposition_rows(summary: dict[str, Any]) -> list[str]:
+    """The table of :data:`DECOMPOSITION`: for each pair stored, the epochs its runs agree to the last bit and the
+    largest test-accuracy gap."""
+    gaps, same = summary["max_gaps"], summary.get("same_epochs", {})
+    rows = []
+    for (a, b), what in DECOMPOSITION:
+        key = f"{a}-{b}"
+        if gaps.get(key) is None:
+            continue
+        equal = f"{same[key]['same']} of {same[key]['epochs']}" if key in same else "-"
+        rows.append(f"| {a} vs {b} | {what} | {equal} | {gaps[key]:.4f} |")
+    if not rows:
+        return []
+    return ["", "Configurations 2 and 3 differ from Theorem 1's setting in three ways; the full-length controls 2b "
+            "(2 with batch norm at lr 0.01) and 3p (2b scaled by 2^-7) take them one at a time. Equal epochs: "
+            f"epochs whose {', '.join(EXACT_METRICS)} agree to the last bit (Theorem 1 makes a pair that differs "
+            "only in a power-of-two factor agree until something else acts). Limit for \"identical\": "
+            f"{IDENTICAL}.", "",
+            "| runs | what differs between them | equal epochs | largest test-accuracy gap |", "|---|---|---|---|",
+            *rows]
