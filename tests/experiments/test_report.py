@@ -125,8 +125,8 @@ def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
     assert (rows[0]["epochs_done"], rows[0]["epochs"], rows[0]["val_acc"]) == (2, 100, 0.625)
     assert rows[1]["epochs_done"] == rows[2]["epochs_done"] == 0
     lines = progress_table(rows)
-    assert "| training | training: 2 of 100 epochs | 0.6250 | 12.5 min |" in lines
-    assert "| waiting | not started (or no epoch finished) | - | - |" in lines
+    assert "| training | training: 2 of 100 epochs | 0.6250 | 12.5 min | 612.5 min |" in lines  # 6.25 min an epoch
+    assert "| waiting | not started (or no epoch finished) | - | - | - |" in lines
     assert progress_table([]) == []
 
 
@@ -238,4 +238,4 @@ def test_an_experiment_planned_but_without_a_stored_run_is_pending(smoke_results
     assert text.count("not run at scale** (no results)") == 2  # approximation and arbitrary-lr: nothing planned
     section = text.split("## Figure 2")[1].split("## Figure 3")[0]
     assert "not finished: still running" in section
-    assert section.count("| not started (or no epoch finished) | - | - |") == runs
+    assert section.count("| not started (or no epoch finished) | - | - | - |") == runs

@@ -49,17 +49,23 @@ def runs_in_progress(exp_dir: Path, manifest: dict[str, Any], records: list[dict
 
 
 def progress_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown lines for :func:`runs_in_progress`'s rows (none when every run is stored)."""
+    """Markdown lines for :func:`runs_in_progress`'s rows (none when every run is stored); the time left assumes
+    the pace so far (the time so far over the epochs done), which counts killed attempts and sharing the cores."""
     if not rows:
         return []
     lines = ["Runs not stored yet (from their last checkpoints):", "",
-             "| run | progress | last validation accuracy | time so far |", "|---|---|---|---|"]
+             "| run | progress | last validation accuracy | time so far | time left at its pace so far |",
+             "|---|---|---|---|---|"]
     for row in rows:
         spent = "-" if row.get("time_s") is None else f"{row['time_s'] / 60:.1f} min"
         if row["epochs_done"]:
             total = f" of {row['epochs']}" if row["epochs"] else ""
             acc = "-" if row["val_acc"] is None else f"{row['val_acc']:.4f}"
-            lines.append(f"| {row['label']} | training: {row['epochs_done']}{total} epochs | {acc} | {spent} |")
+            left = "-"
+            if row["epochs"] and row.get("time_s") is not None:  # the time so far also counts killed attempts
+                left = f"{row['time_s'] / row['epochs_done'] * (row['epochs'] - row['epochs_done']) / 60:.1f} min"
+            progress = f"training: {row['epochs_done']}{total} epochs"
+            lines.append(f"| {row['label']} | {progress} | {acc} | {spent} | {left} |")
         else:
-            lines.append(f"| {row['label']} | not started (or no epoch finished) | - | {spent} |")
+            lines.append(f"| {row['label']} | not started (or no epoch finished) | - | {spent} | - |")
     return lines
