@@ -368,7 +368,7 @@ def _plot_training_gaps(axes: Any, train: dict[str, list[float]], styles: dict[s
                       label=f"{name} minus {ref}")
         axes.axhline(0.0, color="gray", lw=1)
         axes.set_ylabel("training accuracy minus the reference's")
-        axes.set_title("the controls: training accuracy minus the reference's")
+        axes.set_title("pairs compared: training accuracy minus the reference's")
     else:
         for name, curve in train.items():
             axes.plot(range(1, len(curve) + 1), curve, ls=styles.get(name, "-"), color=COLORS[names.index(name)],
@@ -400,7 +400,7 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
     styles = {"2": "-", "3": "--", "2b": ":", "3p": "-.", "4k": ":"}
     names = list(summary["curves"])  # a configuration has one colour in both panels
     for name, curve in summary["curves"].items():
-        if name not in PAPER_CONFIGURATIONS:  # the controls are in the middle panel, as differences
+        if name not in PAPER_CONFIGURATIONS:  # the controls appear in the middle panel, as differences
             continue
         epochs = list(range(1, len(curve) + 1))
         left.plot(epochs, curve, marker="o", ms=3, ls=styles.get(name, "-"), color=COLORS[names.index(name)],
