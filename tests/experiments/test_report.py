@@ -156,6 +156,20 @@ def test_figure1_training_accuracy_gaps_and_test_noise():
     assert "| 2b vs 3p |" not in text
 
 
+def test_figure1_gaps_show_the_median_beside_the_largest():
+    """One epoch's spike decides the largest gap; the median and the count of large gaps say whether it is typical."""
+    def record(configuration, test):
+        history = [{"epoch": i + 1, "train_acc": 0.9, "val_acc": v} for i, v in enumerate(test)]
+        return {"params": {"kind": "figure", "configuration": configuration}, "result": {"history": history}}
+
+    records = [record("1", [0.90, 0.92, 0.93, 0.94, 0.95]), record("4k", [0.91, 0.92, 0.70, 0.945, 0.96])]
+    summary = arbitrary_lr.summarize(records, configure("smoke", "arbitrary-lr"))
+    assert summary["max_gaps"]["1-4k"] == pytest.approx(0.23)
+    assert summary["gap_spread"]["1-4k"] == {"epochs": 5, "median": pytest.approx(0.01), "above": 1}
+    text = "\n".join(arbitrary_lr.results(summary))
+    assert "| 1 vs 4k | 0.2300 | 0.0100 | 1 of 5 |" in text
+
+
 def test_figure1_decomposition_counts_the_epochs_equal_to_the_last_bit():
     def record(configuration, flips):
         history = [{"epoch": i + 1, "train_acc": 0.9, "train_loss": 0.3, "val_acc": 0.95, "val_loss": 0.2,
