@@ -141,7 +141,10 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
         f"| machine | {machine}; torch {env['torch']} | |",
         f"| code | {env.get('git') or 'unknown'} ({_when(manifest)}) | |",
     ]
+    below, pending = _split_pending(below)
     scale = "at the published scale" if not below else f"**below the published scale** ({', '.join(below)})"
+    if pending:
+        scale += f" ({', '.join(pending)})" if not below else f"; {', '.join(pending)}"
     same = [k for k, v in paper.items() if k not in get_experiment(manifest["experiment"]).NOT_SCALE
             and config.get(k) == v]
     if below and same:  # e.g. "published length and data, width 1/8": what is as published, too
@@ -189,12 +192,19 @@ def _verdict_table(claims: list[Verdict], below: list[str]) -> list[str]:
             *(f"| {v.claim} | {v.criterion} | {v.measured} | {_outcome(v, below)} |" for v in claims)]
 
 
+def _split_pending(below: list[str]) -> tuple[list[str], list[str]]:
+    """The settings below the published scale, apart from an unfinished profile's "k of n runs stored so far"."""
+    pending = [b for b in below if b.endswith("runs stored so far")]
+    return [b for b in below if b not in pending], pending
+
+
 def _outcome(verdict: Verdict, below: list[str], detail: bool = True) -> str:
     """``**outcome**``; below the published scale, the indication at this scale (and with ``detail``, which settings
     differ from the published ones); a claim whose runs are still missing from an unfinished profile is pending."""
-    if verdict.met is None and any(b.endswith("runs stored so far") for b in below):
+    below, pending = _split_pending(below)
+    if verdict.met is None and pending:
         return "**pending** (its runs are not all stored yet)"
-    outcome = verdict.outcome(at_scale=not below)
+    outcome = verdict.outcome(at_scale=not below)  # a claim with a measure has its runs: the others' wait is not scale
     if outcome != "not run at scale":
         return f"**{outcome}**"
     return f"**{outcome}** (" + (f"{'; '.join(below)}: " if detail else "") + f"{verdict.indication()})"
