@@ -258,3 +258,19 @@ def test_an_experiment_planned_but_without_a_stored_run_is_pending(smoke_results
     section = text.split("## Figure 2")[1].split("## Figure 3")[0]
     assert "not finished: still running" in section
     assert section.count("| not started (or no epoch finished) | - | - | - |") == runs
+
+
+def test_figure2_claims_wait_for_every_planned_point():
+    """One stored run of five: a single point cannot be "strictly decreasing"; the claims have no verdict yet."""
+    from torchbop.experiments import hyperparameters
+
+    config = configure("smoke", "hyperparameters")
+    sweeps = {"gamma": [(g, t) for s, g, t in hyperparameters.grid(config) if s == "gamma"],
+              "tau": [(g, t) for s, g, t in hyperparameters.grid(config) if s == "tau"]}
+    row = {"gamma": 1e-2, "threshold": 1e-6, "mean_pi_t": -5.0, "train_acc_noise": 0.05}
+    claims = hyperparameters.verdicts({"sweeps": sweeps, "tables": {"figure2": [row]}})
+    assert len(claims) == 3 and all(v.met is None for v in claims)
+    rows = [dict(row, gamma=g, threshold=t, mean_pi_t=-5.0 - 2 * i - 10 * t * 1e5, train_acc_noise=0.05 - 0.01 * i)
+            for i, (g, t) in enumerate(sorted({(g, t) for _, g, t in hyperparameters.grid(config)}, reverse=True))]
+    claims = hyperparameters.verdicts({"sweeps": sweeps, "tables": {"figure2": rows}})
+    assert [v.met is not None for v in claims] == [True, True, True]  # every point stored: each claim is decided

@@ -130,7 +130,9 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         for key in runs[0]:
             row[key] = statistics.fmean(r[key] for r in runs)
         rows.append(row)
-    return {"smooth_std": std, "tables": {"figure2": rows}}
+    sweeps = {"gamma": [(g, t) for sweep, g, t in grid(config) if sweep == "gamma"],
+              "tau": [(g, t) for sweep, g, t in grid(config) if sweep == "tau"]}  # the planned points: all must be in
+    return {"smooth_std": std, "sweeps": sweeps, "tables": {"figure2": rows}}
 
 
 def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> None:
@@ -192,18 +194,26 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
             met = None
         return Verdict(claim, what, shown, met)
 
-    gammas = sorted({g for g, _ in rows}, reverse=True)
-    fixed_tau = _most_common([t for _, t in rows])
-    fixed_gamma = _most_common([g for g, _ in rows])
-    by_gamma = [(g, fixed_tau) for g in gammas if (g, fixed_tau) in rows]
-    by_tau = sorted([(fixed_gamma, t) for g, t in rows if g == fixed_gamma], key=lambda p: p[1])
+    if "sweeps" in summary:  # the planned points, present or not: a claim with runs missing has no verdict yet
+        by_gamma = sorted((tuple(p) for p in summary["sweeps"]["gamma"]), reverse=True)
+        by_tau = sorted((tuple(p) for p in summary["sweeps"]["tau"]), key=lambda p: p[1])
+        fixed_tau, fixed_gamma = by_gamma[0][1], by_tau[0][0]
+    else:  # a summary without its plan: the points it has
+        gammas = sorted({g for g, _ in rows}, reverse=True)
+        fixed_tau = _most_common([t for _, t in rows])
+        fixed_gamma = _most_common([g for g, _ in rows])
+        by_gamma = [(g, fixed_tau) for g in gammas if (g, fixed_tau) in rows]
+        by_tau = sorted([(fixed_gamma, t) for g, t in rows if g == fixed_gamma], key=lambda p: p[1])
     out.append(ordered("Figure 2: a higher adaptivity rate gamma gives more flips", by_gamma, "mean_pi_t",
                        f"mean pi_t strictly decreasing from the highest to the lowest gamma (tau {fixed_tau:g})",
                        "gamma"))
     out.append(ordered("Figure 2: a higher threshold tau gives fewer flips", by_tau, "mean_pi_t",
                        f"mean pi_t strictly decreasing from the lowest to the highest tau (gamma {fixed_gamma:g})",
                        "tau"))
-    if len(by_gamma) >= 2 and len(by_tau) >= 2:
+    if any(p not in rows for p in by_gamma + by_tau):
+        out.append(Verdict("Figure 2: high gamma or low tau makes training noisy, low gamma or high tau stable", "-",
+                           "missing runs", None))
+    elif len(by_gamma) >= 2 and len(by_tau) >= 2:
         noisy = [by_gamma[0], by_tau[0]]
         calm = [by_gamma[-1], by_tau[-1]]
         pairs = [(rows[a]["train_acc_noise"], rows[b]["train_acc_noise"]) for a, b in zip(noisy, calm)]
