@@ -194,16 +194,10 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
             met = None
         return Verdict(claim, what, shown, met)
 
-    if "sweeps" in summary:  # the planned points, present or not: a claim with runs missing has no verdict yet
-        by_gamma = sorted((tuple(p) for p in summary["sweeps"]["gamma"]), reverse=True)
-        by_tau = sorted((tuple(p) for p in summary["sweeps"]["tau"]), key=lambda p: p[1])
-        fixed_tau, fixed_gamma = by_gamma[0][1], by_tau[0][0]
-    else:  # a summary without its plan: the points it has
-        gammas = sorted({g for g, _ in rows}, reverse=True)
-        fixed_tau = _most_common([t for _, t in rows])
-        fixed_gamma = _most_common([g for g, _ in rows])
-        by_gamma = [(g, fixed_tau) for g in gammas if (g, fixed_tau) in rows]
-        by_tau = sorted([(fixed_gamma, t) for g, t in rows if g == fixed_gamma], key=lambda p: p[1])
+    # the planned points, present or not: a claim with runs missing has no verdict yet
+    by_gamma = sorted((tuple(p) for p in summary["sweeps"]["gamma"]), reverse=True)
+    by_tau = sorted((tuple(p) for p in summary["sweeps"]["tau"]), key=lambda p: p[1])
+    fixed_tau, fixed_gamma = by_gamma[0][1], by_tau[0][0]
     out.append(ordered("Figure 2: a higher adaptivity rate gamma gives more flips", by_gamma, "mean_pi_t",
                        f"mean pi_t strictly decreasing from the highest to the lowest gamma (tau {fixed_tau:g})",
                        "gamma"))
@@ -225,10 +219,6 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
             f"tau {by_tau[0][1]:g}: {pairs[1][0]:.4f} vs tau {by_tau[-1][1]:g}: {pairs[1][1]:.4f}",
             all(a > b for a, b in pairs)))
     return out
-
-
-def _most_common(values: list[float]) -> float:
-    return max(set(values), key=values.count)
 
 
 def results(summary: dict[str, Any]) -> list[str]:
