@@ -105,7 +105,13 @@ def test_a_claim_of_an_unfinished_profile_is_pending_not_inconclusive():
     failed = Verdict("2 and 3 behave identically", "gap <= 0.01", "0.27", met=False)
     assert _outcome(failed, ["14 of 15 runs stored so far"]) == "**not reproduced**"
     assert _outcome(failed, ["width 0.125 (published 1)", "14 of 15 runs stored so far"]).startswith(
-        "**not run at scale** (width 0.125 (published 1): ")
+        "**not run at scale** (width 0.125 (published 1), all else as published: ")
+    # the summary names one or two departures (Figure 2 at the published length, width 1/8), not a long list
+    assert _outcome(failed, ["width 0.125 (published 1)"], detail=False) == (
+        "**not run at scale** (width 0.125 (published 1), all else as published: criterion not met at this scale)")
+    many = ["epochs 4 (published 500)", "width 0.125 (published 1)", "subset 5000 (published all)"]
+    assert _outcome(failed, many, detail=False) == "**not run at scale** (criterion not met at this scale)"
+    assert _outcome(failed, many).startswith("**not run at scale** (epochs 4 (published 500); width")
 
 
 def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):

@@ -53,7 +53,8 @@ def test_toy_experiment_is_planned_run_and_reported(toy, tmp_path, capsys):
     assert "| tau | mean flips | seeds |" in text  # the module's results table
     summary = json.loads((out / "summary.json").read_text())
     (verdict,) = toy.verdicts(summary)
-    assert f"| {toy.TITLE} | **not run at scale** ({verdict.indication()}) | {verdict.measured} |" in text
+    departures = "seeds 2 (published 3); steps 8 (published 50), all else as published"
+    assert f"| {toy.TITLE} | **not run at scale** ({departures}: {verdict.indication()}) | {verdict.measured} |" in text
     assert (reports / "smoke" / "toy.png").is_file()
     assert text.count("not run at scale** (no results)") == 4  # the paper's four have no results here
 

@@ -443,7 +443,10 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
     right.set_xlabel("optimizer step")
     right.set_ylabel("binary weights that differ between the runs")
     right.set_title("Theorem 1: scaled init + lr, exact comparison")
-    right.legend(fontsize=7, loc="upper left")
+    if theorem:
+        right.legend(fontsize=7, loc="upper left")
+    else:  # a profile still running: the panel says so instead of an empty legend
+        right.text(0.5, 0.5, "Theorem 1's runs not stored yet", ha="center", va="center", transform=right.transAxes)
     fig.suptitle(f"Arbitrary learning rate ({scale_note(config)})", fontsize=10)
 
 

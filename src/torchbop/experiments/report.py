@@ -199,12 +199,15 @@ def _split_pending(below: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _outcome(verdict: Verdict, below: list[str], detail: bool = True) -> str:
-    """``**outcome**``; below the published scale, the indication at this scale (and with ``detail``, which settings
-    differ from the published ones); a claim whose runs are still missing from an unfinished profile is pending."""
+    """``**outcome**``; below the published scale, the indication at this scale and which settings differ from the
+    published ones (without ``detail``, only where they are at most two: then all else is as published, which the
+    summary says too); a claim whose runs are still missing from an unfinished profile is pending."""
     below, pending = _split_pending(below)
     if verdict.met is None and pending:
         return "**pending** (its runs are not all stored yet)"
     outcome = verdict.outcome(at_scale=not below)  # a claim with a measure has its runs: the others' wait is not scale
     if outcome != "not run at scale":
         return f"**{outcome}**"
-    return f"**{outcome}** (" + (f"{'; '.join(below)}: " if detail else "") + f"{verdict.indication()})"
+    few = len(below) <= 2  # e.g. Figure 2 at "published length and data, width 1/8": say so even in the summary
+    named = f"{'; '.join(below)}" + (", all else as published" if few else "") if detail or few else ""
+    return f"**{outcome}** (" + (f"{named}: " if named else "") + f"{verdict.indication()})"
