@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from torchbop.experiments import approximation, arbitrary_lr, cifar10
+from torchbop.experiments import approximation, arbitrary_lr, cifar10, hyperparameters
 from torchbop.experiments.report import at_published_scale, build_report, scale_differences
 from torchbop.experiments.runner import configure
 
@@ -209,6 +209,26 @@ def test_figure1_plot_without_configuration_3(tmp_path):
     summary = arbitrary_lr.summarize(records, config)
     path = save_figure(arbitrary_lr.plot, records, summary, config, tmp_path / "figure.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figure2_plot_names_the_curves_still_to_come():
+    """A profile part-way: each panel lists the (gamma, tau) points not stored yet; no empty legend."""
+    from matplotlib.figure import Figure
+
+    config = configure("smoke", "hyperparameters")
+    gamma, tau = max(config.gammas), config.fixed_threshold
+    steps = {"pi_t": [-5.0] * 20, "train_acc": [0.3] * 20}
+    records = [{"params": {"gamma": gamma, "threshold": tau},
+                "result": {"steps": steps, "history": [{"steps": 10, "val_acc": 0.25}, {"steps": 10, "val_acc": 0.3}]}}]
+    fig = Figure()
+    hyperparameters.plot(fig, records, {}, config)
+    (gamma_top, tau_top), (gamma_bottom, tau_bottom) = fig.axes[:2], fig.axes[2:]
+    gamma_notes, tau_notes = [t.get_text() for t in gamma_top.texts], [t.get_text() for t in tau_top.texts]
+    others = [f"gamma {g:g}" for g in sorted(config.gammas, reverse=True) if g != gamma]
+    assert gamma_notes == [f"not stored yet: {', '.join(others)}"]
+    assert tau_notes == [f"not stored yet: {', '.join(f'tau {t:g}' for t in sorted(config.thresholds))}"]
+    assert gamma_top.get_legend() is not None and tau_top.get_legend() is None and tau_bottom.get_legend() is None
+    assert len(gamma_bottom.lines) == 2  # training curve and validation points
 
 
 def test_compute_time_counts_every_invocation_of_a_resumed_run(smoke_results, tmp_path):

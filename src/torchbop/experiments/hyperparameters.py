@@ -145,11 +145,13 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
     for col, sweep in enumerate(("gamma", "tau")):
         points = sorted(((g, t) for s, g, t in grid(config) if s == sweep),  # gamma high -> low, tau low -> high
                         key=lambda p: -p[0] if sweep == "gamma" else p[1])
+        missing = []
         for i, (gamma, tau) in enumerate(points):
             results = by_point.get((gamma, tau))
-            if not results:
-                continue
             label = f"gamma {gamma:g}" if sweep == "gamma" else f"tau {tau:g}"
+            if not results:
+                missing.append(label)
+                continue
             pi = mean_curve([r["steps"]["pi_t"] for r in results])
             acc = mean_curve([r["steps"]["train_acc"] for r in results])
             steps = range(1, len(pi) + 1)
@@ -163,7 +165,11 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
         axes[1, col].set_ylabel("accuracy")
         axes[1, col].set_xlabel("optimizer step")
         for ax in axes[:, col]:
-            ax.legend(fontsize=7)
+            if ax.lines:
+                ax.legend(fontsize=7)
+        if missing:  # a profile still running: say which curves are to come instead of leaving them out silently
+            axes[0, col].text(0.5, 0.04, f"not stored yet: {', '.join(missing)}", ha="center", fontsize=8,
+                              color="gray", transform=axes[0, col].transAxes)
     fig.suptitle(f"Figure 2, Bop hyperparameters on BinaryNet / CIFAR-10 (Gaussian smoothing std {std:g} steps; "
                  f"{scale_note(config)})", fontsize=10)
 
