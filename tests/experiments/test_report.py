@@ -97,14 +97,14 @@ def test_a_claim_of_an_unfinished_profile_is_pending_not_inconclusive():
     from torchbop.experiments.verdicts import Verdict
 
     missing = Verdict("2 and 3 behave identically", "-", "configurations missing", met=None)
-    assert _outcome(missing, ["7 of 13 runs stored so far"]).startswith("**pending**")
+    assert _outcome(missing, [], "7 of 13 runs stored so far").startswith("**pending**")
     assert _outcome(missing, []) == "**inconclusive**"  # every run stored: the check could not be evaluated
     met = Verdict("theorem", "0 differing", "0", met=True, scale_independent=True)
-    assert _outcome(met, ["7 of 13 runs stored so far"]) == "**reproduced**"  # its own runs are all there
+    assert _outcome(met, [], "7 of 13 runs stored so far") == "**reproduced**"  # its own runs are all there
     # a claim whose runs are stored at the published scale has its verdict while other runs (controls) still run
     failed = Verdict("2 and 3 behave identically", "gap <= 0.01", "0.27", met=False)
-    assert _outcome(failed, ["14 of 15 runs stored so far"]) == "**not reproduced**"
-    assert _outcome(failed, ["width 0.125 (published 1)", "14 of 15 runs stored so far"]).startswith(
+    assert _outcome(failed, [], "14 of 15 runs stored so far") == "**not reproduced**"
+    assert _outcome(failed, ["width 0.125 (published 1)"], "14 of 15 runs stored so far").startswith(
         "**not run at scale** (width 0.125 (published 1), all else as published: ")
     # the summary names one or two departures (Figure 2 at the published length, width 1/8), not a long list
     assert _outcome(failed, ["width 0.125 (published 1)"], detail=False) == (

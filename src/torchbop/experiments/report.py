@@ -96,15 +96,16 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
         summary = module.summarize(records, config)
         figure = save_figure(module.plot, records, summary, config, out / f"{experiment}.png")
         below = scale_differences(experiment, manifest["config"], manifest["paper_config"])
-        if len(records) < len(manifest["runs"]):  # a long profile still running: no verdict from part of the runs
-            below.append(f"{len(records)} of {len(manifest['runs'])} runs stored so far")
+        # a long profile still running: claims whose runs are missing wait (pending), the others get their verdicts
+        pending = (f"{len(records)} of {len(manifest['runs'])} runs stored so far"
+                   if len(records) < len(manifest["runs"]) else None)
         claims = module.verdicts(summary)
         unfinished = progress_table(runs_in_progress(exp_dir, manifest, records))
-        sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, below), "",
+        sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, below, pending), "",
                      *([*unfinished, ""] if unfinished else []),
                      *module.results(summary), "", f"![{experiment}]({figure.name})", "",
-                     *_verdict_table(claims, below), ""]
-        summary_rows += [f"| {v.claim} | {_outcome(v, below, detail=False)} | {v.measured} |" for v in claims]
+                     *_verdict_table(claims, below, pending), ""]
+        summary_rows += [f"| {v.claim} | {_outcome(v, below, pending, detail=False)} | {v.measured} |" for v in claims]
         span += run_span(records)
         compute += sum(map(compute_time_s, records))
         all_records += records
@@ -118,7 +119,8 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
     return path
 
 
-def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below: list[str]) -> list[str]:
+def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below: list[str],
+                 pending: str | None) -> list[str]:
     config, paper = manifest["config"], manifest["paper_config"]
     env = manifest["environment"]
     rows = ["| setting | ours | `paper` profile (the published scale) |", "|---|---|---|"]
@@ -141,10 +143,9 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
         f"| machine | {machine}; torch {env['torch']} | |",
         f"| code | {env.get('git') or 'unknown'} ({_when(manifest)}) | |",
     ]
-    below, pending = _split_pending(below)
     scale = "at the published scale" if not below else f"**below the published scale** ({', '.join(below)})"
     if pending:
-        scale += f" ({', '.join(pending)})" if not below else f"; {', '.join(pending)}"
+        scale += f"; {pending}" if below else f" ({pending})"
     same = [k for k, v in paper.items() if k not in get_experiment(manifest["experiment"]).NOT_SCALE
             and config.get(k) == v]
     if below and same:  # e.g. "published length and data, width 1/8": what is as published, too
@@ -187,27 +188,23 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _verdict_table(claims: list[Verdict], below: list[str]) -> list[str]:
+def _verdict_table(claims: list[Verdict], below: list[str], pending: str | None) -> list[str]:
     return ["| claim | criterion | ours | verdict |", "|---|---|---|---|",
-            *(f"| {v.claim} | {v.criterion} | {v.measured} | {_outcome(v, below)} |" for v in claims)]
+            *(f"| {v.claim} | {v.criterion} | {v.measured} | {_outcome(v, below, pending)} |" for v in claims)]
 
 
-def _split_pending(below: list[str]) -> tuple[list[str], list[str]]:
-    """The settings below the published scale, apart from an unfinished profile's "k of n runs stored so far"."""
-    pending = [b for b in below if b.endswith("runs stored so far")]
-    return [b for b in below if b not in pending], pending
-
-
-def _outcome(verdict: Verdict, below: list[str], detail: bool = True) -> str:
+def _outcome(verdict: Verdict, below: list[str], pending: str | None = None, detail: bool = True) -> str:
     """``**outcome**``; below the published scale, the indication at this scale and which settings differ from the
     published ones (without ``detail``, only where they are at most two: then all else is as published, which the
-    summary says too); a claim whose runs are still missing from an unfinished profile is pending."""
-    below, pending = _split_pending(below)
+    summary says too); a claim whose runs are still missing from an unfinished profile (``pending``: how many runs
+    are stored so far) is pending."""
     if verdict.met is None and pending:
         return "**pending** (its runs are not all stored yet)"
     outcome = verdict.outcome(at_scale=not below)  # a claim with a measure has its runs: the others' wait is not scale
     if outcome != "not run at scale":
         return f"**{outcome}**"
     few = len(below) <= 2  # e.g. Figure 2 at "published length and data, width 1/8": say so even in the summary
-    named = f"{'; '.join(below)}" + (", all else as published" if few else "") if detail or few else ""
-    return f"**{outcome}** (" + (f"{named}: " if named else "") + f"{verdict.indication()})"
+    if not (detail or few):
+        return f"**{outcome}** ({verdict.indication()})"
+    named = "; ".join(below) + (", all else as published" if few else "")
+    return f"**{outcome}** ({named}: {verdict.indication()})"
