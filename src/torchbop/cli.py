@@ -250,11 +250,14 @@ def _check_data(names: tuple[str, ...], data_dir: str | None, *, download: bool)
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     _add_shared(parser, "--profile", "--results-dir")
     parser.add_argument("--out", default="reports", help="reports root: writes <out>/<profile>/REPORT.md")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="build every section from the results, even where they no longer hold all the runs a "
+                             "section of the existing report was built from (by default such a section is kept)")
 
 
 def _run_report(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    path = build_report(args.profile, results_root=args.results_dir, reports_root=args.out)
+    path = build_report(args.profile, results_root=args.results_dir, reports_root=args.out, rebuild=args.rebuild)
     print(f"wrote {path} ({time.perf_counter() - started:.1f} s)")
     return 0
 

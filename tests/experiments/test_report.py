@@ -300,3 +300,60 @@ def test_figure2_claims_wait_for_every_planned_point():
             for i, (g, t) in enumerate(sorted({(g, t) for _, g, t in hyperparameters.grid(config)}, reverse=True))]
     claims = hyperparameters.verdicts({"sweeps": sweeps, "tables": {"figure2": rows}})
     assert [v.met is not None for v in claims] == [True, True, True]  # every point stored: each claim is decided
+
+
+def _section_text(text, title, next_title=None):
+    section = text.split(f"## {title}")[1]
+    return section.split(f"## {next_title}")[0] if next_title else section
+
+
+def test_a_section_whose_runs_are_gone_is_kept_with_its_figure(smoke_results, tmp_path):
+    """Results lost after a report was built: the next report keeps each section (and its figure and summary rows)
+    whose runs are not all stored any more, says so, and rebuilds only on request."""
+    reports = tmp_path / "reports"
+    full = build_report("smoke", results_root=smoke_results, reports_root=reports).read_text()
+    figure = (reports / "smoke" / "hyperparameters.png").read_bytes()
+    saved = json.loads((reports / "smoke" / "sections" / "hyperparameters.json").read_text())
+    assert len(saved["runs"]) == saved["planned"] > 1 and saved["lines"][0].startswith("## Figure 2")
+
+    results = tmp_path / "results"  # only cifar10 survives, and hyperparameters lost one run
+    shutil.copytree(smoke_results / "smoke" / "cifar10", results / "smoke" / "cifar10")
+    shutil.copytree(smoke_results / "smoke" / "hyperparameters", results / "smoke" / "hyperparameters")
+    (results / "smoke" / "hyperparameters" / "runs" / f"{saved['runs'][0]}.json").unlink()
+    (reports / "smoke" / "hyperparameters.png").write_bytes(figure + b"unchanged")  # a rebuild would overwrite it
+    logged = []
+    text = build_report("smoke", results_root=results, reports_root=reports, rebuild=False,
+                        log=logged.append).read_text()
+    assert [line.split(" section")[0] for line in logged] == ["kept the approximation", "kept the arbitrary-lr",
+                                                              "kept the hyperparameters"]
+    assert f"holds {saved['planned'] - 1} of the {saved['planned']} runs it was built from" in logged[2]
+    assert (reports / "smoke" / "hyperparameters.png").read_bytes() == figure + b"unchanged"
+    for title, after in (("Table 1", "Figure 1"), ("Figure 1", "Figure 2"), ("Figure 2", "Figure 3")):
+        kept, before = _section_text(text, title, after), _section_text(full, title, after)
+        heading, rest = before.split("\n\n", 1)
+        assert kept.startswith(f"{heading}\n\n*Kept from the report generated ") and kept.endswith(rest)
+    kept = _section_text(text, "Figure 2", "Figure 3")
+    assert f"holds {saved['planned'] - 1} of those runs now.*\n\nRuns not stored yet" in kept  # and where they stand
+    assert "*Kept from" not in _section_text(text, "Figure 3")  # its runs are all there: rebuilt
+    assert text.split("## Verdicts at a glance")[1].split("Time:")[0] == \
+        full.split("## Verdicts at a glance")[1].split("Time:")[0]  # the summary keeps the kept sections' rows
+    assert text.split("Time: ")[1].split("\n")[0] == full.split("Time: ")[1].split("\n")[0]
+
+    text = build_report("smoke", results_root=results, reports_root=reports, rebuild=True, log=logged.append).read_text()
+    assert "*Kept from" not in text and text.count("not run at scale** (no results)") == 2
+    assert "**pending** (its runs are not all stored yet)" in _section_text(text, "Figure 2", "Figure 3")
+    assert len(json.loads((reports / "smoke" / "sections" / "hyperparameters.json").read_text())["runs"]) == \
+        saved["planned"] - 1  # the rebuilt section now records what it was built from
+
+
+def test_an_unreadable_saved_section_stops_the_report_before_it_writes(smoke_results, tmp_path):
+    from torchbop.errors import UserError
+
+    reports = tmp_path / "reports"
+    path = build_report("smoke", results_root=smoke_results, reports_root=reports)
+    before = path.read_text()
+    section = reports / "smoke" / "sections" / "cifar10.json"
+    section.write_text(section.read_text()[:100])  # truncated
+    with pytest.raises(UserError, match=r"sections/cifar10\.json: not a report section .* Restore it with git"):
+        build_report("smoke", results_root=smoke_results, reports_root=reports)
+    assert path.read_text() == before

@@ -2,20 +2,24 @@
 
 Reads ``results/<profile>/<experiment>/`` only (manifest and run records; never trains), recomputes each summary
 and figure from the records, states the scale every experiment ran at beside the published one, and gives every
-claim a verdict computed by :mod:`torchbop.experiments.verdicts` with its criterion.
+claim a verdict computed by :mod:`torchbop.experiments.verdicts` with its criterion. Each experiment's section is
+also saved beside the report, and kept when its runs are no longer all stored
+(:mod:`~torchbop.experiments.report_section`): a report never forgets what it showed because results were lost.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from torchbop.atomic_file import atomic_write
 from torchbop.errors import UserError
 from torchbop.experiments.plots import save_figure
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.progress import progress_table, runs_in_progress
 from torchbop.experiments.registry import EXPERIMENTS, get_experiment
+from torchbop.experiments.report_section import ReportSection, load_section, save_section
 from torchbop.experiments.runner import config_from_dict, experiment_dir
 from torchbop.experiments.store import compute_time_s, cpu_time_s, load_manifest, load_records, parse_time_stamp
 from torchbop.experiments.verdicts import Verdict
@@ -48,39 +52,57 @@ def scale_differences(experiment: str, config: dict[str, Any], paper: dict[str, 
             if k not in ignore and config.get(k) != v]
 
 
-def build_report(profile: str, results_root: str | Path = "results", reports_root: str | Path = "reports") -> Path:
+def build_report(profile: str, results_root: str | Path = "results", reports_root: str | Path = "reports",
+                 rebuild: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write ``<reports_root>/<profile>/REPORT.md`` and one PNG per experiment with results; return the path.
 
+    Each experiment's section is built from its stored runs and saved under ``sections/`` beside the report
+    (:mod:`~torchbop.experiments.report_section`). Where the results no longer hold every run a saved section was
+    built from (a lost or partly copied results folder), the saved section and its figure are kept as they are and
+    marked so, unless ``rebuild``; ``log`` names each kept section.
+
     Raises:
-        UserError: no experiment of ``profile`` has results; nothing is written (a committed report stays as it is).
+        UserError: no experiment of ``profile`` has results, or a saved section is unreadable; nothing is written
+            (a committed report stays as it is).
     """
-    stored = {}  # experiment -> (its results folder, manifest, records)
+    out = Path(reports_root) / profile
+    stored = {}  # experiment -> (its results folder, manifest, records, its saved section)
     for experiment in EXPERIMENTS:
         exp_dir = experiment_dir(results_root, profile, experiment)
         manifest = load_manifest(exp_dir)
-        stored[experiment] = exp_dir, manifest, load_records(exp_dir, manifest) if manifest else []
-    if not any(records for _, _, records in stored.values()):
+        stored[experiment] = (exp_dir, manifest, load_records(exp_dir, manifest) if manifest else [],
+                              load_section(out, experiment))
+    if not any(records for _, _, records, _ in stored.values()):
         raise UserError(f"no results in {Path(results_root) / profile}: run `torchbop experiment NAME --profile "
                         f"{profile}` first (or give --results-dir). Nothing was written.")
-    out = Path(reports_root) / profile
     out.mkdir(parents=True, exist_ok=True)
     description = PROFILES.get(profile, "custom")
     lines = [f"# torchbop reproduction report: profile `{profile}`", "",
              f"Profile `{profile}`: {description}. Generated {time.strftime('%Y-%m-%d %H:%M')} by "
              f"`torchbop report --profile {profile}` from `{Path(results_root) / profile}`; every number below is "
-             "recomputed from the stored run records.", "",
+             "recomputed from the stored run records, except in a section kept from an earlier report because its "
+             "runs are no longer all stored (it says so under its heading).", "",
              "Verdicts: **reproduced** / **not reproduced** (criterion evaluated at the published scale), "
              "**not run at scale** (the run was smaller; the criterion's outcome at our scale is shown as an "
              "indication only; experiments without results are also marked so), **inconclusive** (the check could not "
              "have failed), **pending** (a profile still running: the claim's runs are not all stored yet).", ""]
+    built: list[ReportSection] = []
     summary_rows: list[str] = []
     sections: list[str] = []
-    span = compute = 0.0
-    all_records: list[dict[str, Any]] = []
     for experiment, module in EXPERIMENTS.items():
-        exp_dir, manifest, records = stored[experiment]
+        exp_dir, manifest, records, saved = stored[experiment]
+        unfinished = progress_table(runs_in_progress(exp_dir, manifest, records)) if manifest else []
+        if saved and not (rebuild or saved.covered_by({r["key"] for r in records})):
+            held = sum(r["key"] in saved.runs for r in records)
+            log(f"kept the {experiment} section of {out / 'REPORT.md'}: {exp_dir} holds {held} of the "
+                f"{len(saved.runs)} runs it was built from (--rebuild builds it from what is there)")
+            note = (f"*Kept from the report generated {saved.generated} from `{saved.source}` ({len(saved.runs)} of "
+                    f"{saved.planned} runs stored then): `{exp_dir}` holds {held} of those runs now.*")
+            sections += [*saved.lines[:2], note, "", *([*unfinished, ""] if unfinished else []), *saved.lines[2:], ""]
+            summary_rows += saved.summary_rows
+            built.append(saved)
+            continue
         if not records and manifest:  # planned, none stored yet: where its runs stand
-            unfinished = progress_table(runs_in_progress(exp_dir, manifest, records))
             sections += [f"## {module.TITLE}", "",
                          f"**pending**: 0 of {len(manifest['runs'])} runs stored in `{exp_dir}` ({_when(manifest)}).",
                          "", *unfinished, ""]
@@ -92,31 +114,45 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
                          f"--profile {profile}`).", ""]
             summary_rows.append(f"| {module.TITLE} | **not run at scale** (no results) | - |")
             continue
-        config = config_from_dict(experiment, manifest["config"])
-        summary = module.summarize(records, config)
-        figure = save_figure(module.plot, records, summary, config, out / f"{experiment}.png")
-        below = scale_differences(experiment, manifest["config"], manifest["paper_config"])
-        # a long profile still running: claims whose runs are missing wait (pending), the others get their verdicts
-        pending = (f"{len(records)} of {len(manifest['runs'])} runs stored so far"
-                   if len(records) < len(manifest["runs"]) else None)
-        claims = module.verdicts(summary)
-        unfinished = progress_table(runs_in_progress(exp_dir, manifest, records))
-        sections += [f"## {module.TITLE}", "", *_scale_table(manifest, records, below, pending), "",
-                     *([*unfinished, ""] if unfinished else []),
-                     *module.results(summary), "", f"![{experiment}]({figure.name})", "",
-                     *_verdict_table(claims, below, pending), ""]
-        summary_rows += [f"| {v.claim} | {_outcome(v, below, pending, detail=False)} | {v.measured} |" for v in claims]
-        span += run_span(records)
-        compute += sum(map(compute_time_s, records))
-        all_records += records
+        section = _build_section(experiment, exp_dir, manifest, records, unfinished, out)
+        save_section(out, section)
+        sections += [*section.lines, ""]
+        summary_rows += section.summary_rows
+        built.append(section)
+    cpu = _cpu_time(sum(s.cpu_s for s in built), sum(s.cpu_counted for s in built), sum(len(s.runs) for s in built))
     lines += ["## Verdicts at a glance", "", "| claim | verdict | ours |", "|---|---|---|", *summary_rows, "",
-              f"Time: {compute / 60:.1f} min of compute over all runs (each run's wall-clock time, summed); CPU time "
-              f"{_cpu_time(all_records)}; {span / 60:.1f} min of wall time from the first run's start to the last "
-              "run's end, summed over the experiments (runs in parallel overlap).",
+              f"Time: {sum(s.compute_s for s in built) / 60:.1f} min of compute over all runs (each run's wall-clock "
+              f"time, summed); CPU time {cpu}; {sum(s.span_s for s in built) / 60:.1f} min of wall time from the "
+              "first run's start to the last run's end, summed over the experiments (runs in parallel overlap).",
               "", *sections]
     path = out / "REPORT.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _build_section(experiment: str, exp_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]],
+                   unfinished: list[str], out: Path) -> ReportSection:
+    """The section of one experiment from its stored runs; writes its figure to ``out``."""
+    module = EXPERIMENTS[experiment]
+    config = config_from_dict(experiment, manifest["config"])
+    summary = module.summarize(records, config)
+    figure = save_figure(module.plot, records, summary, config, out / f"{experiment}.png")
+    below = scale_differences(experiment, manifest["config"], manifest["paper_config"])
+    # a long profile still running: claims whose runs are missing wait (pending), the others get their verdicts
+    pending = (f"{len(records)} of {len(manifest['runs'])} runs stored so far"
+               if len(records) < len(manifest["runs"]) else None)
+    claims = module.verdicts(summary)
+    cpu = [t for t in map(cpu_time_s, records) if t is not None]
+    return ReportSection(
+        experiment=experiment, generated=time.strftime("%Y-%m-%d %H:%M"), source=str(exp_dir),
+        runs=[r["key"] for r in records], planned=len(manifest["runs"]),
+        lines=[f"## {module.TITLE}", "", *_scale_table(manifest, records, below, pending), "",
+               *([*unfinished, ""] if unfinished else []),
+               *module.results(summary), "", f"![{experiment}]({figure.name})", "",
+               *_verdict_table(claims, below, pending)],
+        summary_rows=[f"| {v.claim} | {_outcome(v, below, pending, detail=False)} | {v.measured} |" for v in claims],
+        compute_s=sum(map(compute_time_s, records)), span_s=run_span(records), cpu_s=sum(cpu), cpu_counted=len(cpu))
 
 
 def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below: list[str],
@@ -129,12 +165,13 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
     machine = f"{env['cpu']}, {env['cores']} cores" + (f", {env['cuda']}" if env.get("cuda") else "")
     compute = sum(map(compute_time_s, records))
     uncounted = sum("compute_time_s" not in r for r in records)
+    cpu = [t for t in map(cpu_time_s, records) if t is not None]
     rows += [
         f"| runs | {len(records)} of {len(manifest['runs'])} planned | |",
         f"| compute time (sum over runs) | {compute / 60:.1f} min"
         + (f" ({uncounted} run(s) stored before runs kept a clock: their last invocation only)" if uncounted else "")
         + " | |",
-        f"| CPU time (sum over runs) | {_cpu_time(records)} | |",
+        f"| CPU time (sum over runs) | {_cpu_time(sum(cpu), len(cpu), len(records))} | |",
         f"| wall time (first run's start to last run's end) | {run_span(records) / 60:.1f} min | |",
         f"| wall time of the last invocation | {manifest['wall_time_s'] / 60:.1f} min "
         f"({manifest['executed']} run, {manifest['skipped']} cached; {env.get('jobs', 1)} job(s) x "
@@ -153,14 +190,13 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
     return [f"Scale: {scale}.", "", *rows]
 
 
-def _cpu_time(records: list[dict[str, Any]]) -> str:
-    """The CPU time of the runs that counted it from their start, and how many did."""
-    counted = [t for t in map(cpu_time_s, records) if t is not None]
+def _cpu_time(total_s: float, counted: int, runs: int) -> str:
+    """The CPU time of the runs that counted it from their start (``counted`` of ``runs``), and how many did."""
     if not counted:
         return "not counted (runs begun before runs counted CPU time)"
-    total = f"{sum(counted) / 60:.1f} min"
-    return total if len(counted) == len(records) else (f"{total} over {len(counted)} of {len(records)} runs (the "
-                                                       "others began before runs counted CPU time)")
+    total = f"{total_s / 60:.1f} min"
+    return total if counted == runs else (f"{total} over {counted} of {runs} runs (the others began before runs "
+                                          "counted CPU time)")
 
 
 def _when(manifest: dict[str, Any]) -> str:
