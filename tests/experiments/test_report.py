@@ -357,3 +357,24 @@ def test_an_unreadable_saved_section_stops_the_report_before_it_writes(smoke_res
     with pytest.raises(UserError, match=r"sections/cifar10\.json: not a report section .* Restore it with git"):
         build_report("smoke", results_root=smoke_results, reports_root=reports)
     assert path.read_text() == before
+
+
+def test_runs_stored_after_a_kept_section_are_shown_beneath_it(smoke_results, tmp_path):
+    """A section built from runs A-D; later the results hold E (new) but not A: the section is kept, and E's results
+    are shown under it, marked as not part of its verdicts."""
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    shutil.copytree(smoke_results / "smoke" / "hyperparameters", results / "smoke" / "hyperparameters")
+    runs = results / "smoke" / "hyperparameters" / "runs"
+    first, last = sorted(runs.glob("*.json"))[0], sorted(runs.glob("*.json"))[-1]
+    held_back = last.read_text()
+    last.unlink()
+    build_report("smoke", results_root=results, reports_root=reports)
+    first.unlink()
+    last.write_text(held_back)
+    text = build_report("smoke", results_root=results, reports_root=reports, log=lambda _: None).read_text()
+    section = _section_text(text, "Figure 2", "Figure 3")
+    label = json.loads(held_back)["label"]
+    assert f"Runs stored since, not in this section's tables, figure or verdicts (1: {label}):" in section
+    since = section.split("Runs stored since")[1].split("\n\n")[1].splitlines()
+    gamma, tau = json.loads(held_back)["params"]["gamma"], json.loads(held_back)["params"]["threshold"]
+    assert len(since) == 3 and since[2].startswith(f"| {gamma:g} | {tau:g} | ")  # header, rule, its one row

@@ -98,7 +98,9 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
                 f"{len(saved.runs)} runs it was built from (--rebuild builds it from what is there)")
             note = (f"*Kept from the report generated {saved.generated} from `{saved.source}` ({len(saved.runs)} of "
                     f"{saved.planned} runs stored then): `{exp_dir}` holds {held} of those runs now.*")
-            sections += [*saved.lines[:2], note, "", *([*unfinished, ""] if unfinished else []), *saved.lines[2:], ""]
+            sections += [*saved.lines[:2], note, "", *([*unfinished, ""] if unfinished else []),
+                         *_stored_since(experiment, manifest, [r for r in records if r["key"] not in saved.runs]),
+                         *saved.lines[2:], ""]
             summary_rows += saved.summary_rows
             built.append(saved)
             continue
@@ -129,6 +131,16 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _stored_since(experiment: str, manifest: dict[str, Any] | None, records: list[dict[str, Any]]) -> list[str]:
+    """Under a kept section: the results of the runs stored since it was built, which it cannot include."""
+    if not records or not manifest:
+        return []
+    module = EXPERIMENTS[experiment]
+    summary = module.summarize(records, config_from_dict(experiment, manifest["config"]))
+    return [f"Runs stored since, not in this section's tables, figure or verdicts ({len(records)}: "
+            f"{', '.join(r['label'] for r in records)}):", "", *module.results(summary), ""]
 
 
 def _build_section(experiment: str, exp_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]],
