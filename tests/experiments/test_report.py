@@ -339,7 +339,8 @@ def test_a_section_whose_runs_are_gone_is_kept_with_its_figure(smoke_results, tm
         full.split("## Verdicts at a glance")[1].split("Time:")[0]  # the summary keeps the kept sections' rows
     assert text.split("Time: ")[1].split("\n")[0] == full.split("Time: ")[1].split("\n")[0]
 
-    text = build_report("smoke", results_root=results, reports_root=reports, rebuild=True, log=logged.append).read_text()
+    text = build_report("smoke", results_root=results, reports_root=reports, rebuild=True,
+                        log=logged.append).read_text()
     assert "*Kept from" not in text and text.count("not run at scale** (no results)") == 2
     assert "**pending** (its runs are not all stored yet)" in _section_text(text, "Figure 2", "Figure 3")
     assert len(json.loads((reports / "smoke" / "sections" / "hyperparameters.json").read_text())["runs"]) == \
@@ -359,22 +360,25 @@ def test_an_unreadable_saved_section_stops_the_report_before_it_writes(smoke_res
     assert path.read_text() == before
 
 
-def test_runs_stored_after_a_kept_section_are_shown_beneath_it(smoke_results, tmp_path):
-    """A section built from runs A-D; later the results hold E (new) but not A: the section is kept, and E's results
-    are shown under it, marked as not part of its verdicts."""
+def test_the_runs_stored_now_are_shown_beneath_a_kept_section(smoke_results, tmp_path):
+    """A section built from runs A-D; later the results hold B-E (E new, A lost): the section is kept, and the
+    results of B-E are shown under it, E named as new, marked as not part of its verdicts."""
     results, reports = tmp_path / "results", tmp_path / "reports"
     shutil.copytree(smoke_results / "smoke" / "hyperparameters", results / "smoke" / "hyperparameters")
-    runs = results / "smoke" / "hyperparameters" / "runs"
-    first, last = sorted(runs.glob("*.json"))[0], sorted(runs.glob("*.json"))[-1]
-    held_back = last.read_text()
-    last.unlink()
+    paths = sorted((results / "smoke" / "hyperparameters" / "runs").glob("*.json"))
+    held_back = json.loads(paths[-1].read_text())
+    paths[-1].unlink()
     build_report("smoke", results_root=results, reports_root=reports)
-    first.unlink()
-    last.write_text(held_back)
+    paths[0].unlink()
+    paths[-1].write_text(json.dumps(held_back))
     text = build_report("smoke", results_root=results, reports_root=reports, log=lambda _: None).read_text()
     section = _section_text(text, "Figure 2", "Figure 3")
-    label = json.loads(held_back)["label"]
-    assert f"Runs stored since, not in this section's tables, figure or verdicts (1: {label}):" in section
-    since = section.split("Runs stored since")[1].split("\n\n")[1].splitlines()
-    gamma, tau = json.loads(held_back)["params"]["gamma"], json.loads(held_back)["params"]["threshold"]
-    assert len(since) == 3 and since[2].startswith(f"| {gamma:g} | {tau:g} | ")  # header, rule, its one row
+    now = len(paths) - 1
+    assert (f"Stored in the results now ({now} run(s), 1 of them not in this section: {held_back['label']}), "
+            "recomputed from their records; not part of this section's figure or verdicts:") in section
+    table = section.split("Stored in the results now")[1].split("\n\n")[1].splitlines()
+    points = {(json.loads(p.read_text())["params"]["gamma"], json.loads(p.read_text())["params"]["threshold"])
+              for p in paths[1:]}
+    assert len(table) == 2 + len(points)  # header, rule, one row per (gamma, tau) stored now
+    gamma, tau = held_back["params"]["gamma"], held_back["params"]["threshold"]
+    assert any(row.startswith(f"| {gamma:g} | {tau:g} | ") for row in table[2:])

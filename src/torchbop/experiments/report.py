@@ -99,7 +99,7 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
             note = (f"*Kept from the report generated {saved.generated} from `{saved.source}` ({len(saved.runs)} of "
                     f"{saved.planned} runs stored then): `{exp_dir}` holds {held} of those runs now.*")
             sections += [*saved.lines[:2], note, "", *([*unfinished, ""] if unfinished else []),
-                         *_stored_since(experiment, manifest, [r for r in records if r["key"] not in saved.runs]),
+                         *_stored_now(experiment, manifest, records, saved),
                          *saved.lines[2:], ""]
             summary_rows += saved.summary_rows
             built.append(saved)
@@ -133,14 +133,18 @@ def build_report(profile: str, results_root: str | Path = "results", reports_roo
     return path
 
 
-def _stored_since(experiment: str, manifest: dict[str, Any] | None, records: list[dict[str, Any]]) -> list[str]:
-    """Under a kept section: the results of the runs stored since it was built, which it cannot include."""
+def _stored_now(experiment: str, manifest: dict[str, Any] | None, records: list[dict[str, Any]],
+                saved: ReportSection) -> list[str]:
+    """Under a kept section: the results of the runs stored now, recomputed from their records (reruns of the
+    section's own runs beside it show whether they reproduce; new runs are named)."""
     if not records or not manifest:
         return []
     module = EXPERIMENTS[experiment]
     summary = module.summarize(records, config_from_dict(experiment, manifest["config"]))
-    return [f"Runs stored since, not in this section's tables, figure or verdicts ({len(records)}: "
-            f"{', '.join(r['label'] for r in records)}):", "", *module.results(summary), ""]
+    new = [r["label"] for r in records if r["key"] not in saved.runs]
+    return [f"Stored in the results now ({len(records)} run(s), {len(new)} of them not in this section"
+            + (f": {', '.join(new)}" if new else "") + "), recomputed from their records; not part of this section's "
+            "figure or verdicts:", "", *module.results(summary), ""]
 
 
 def _build_section(experiment: str, exp_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]],
