@@ -29,7 +29,9 @@ def test_report_from_smoke_results(smoke_results, tmp_path):
     assert "**not run at scale** (epochs 2 (published 500); width 0.0625 (published 1); subset 200 (published all)" in text
     manifest = json.loads((smoke_results / "smoke" / "cifar10" / "manifest.json").read_text())
     env = manifest["environment"]
-    assert f"| machine | {env['cpu']}, {env['cores']} cores" in text  # the machine is stated
+    # the machine is stated, with the vector instructions its kernels use (they decide how a run rounds)
+    assert f"| machine | {env['cpu']} ({env['cpu_capability']}), {env['cores']} cores" in text
+    assert env["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "NO AVX", "ZVECTOR", "VSX", "SVE256")
     # below the published scale, the scale line also names the settings that are as published
     same = [k for k, v in manifest["paper_config"].items()
             if k not in cifar10.NOT_SCALE and manifest["config"][k] == v]

@@ -178,7 +178,8 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
     rows = ["| setting | ours | `paper` profile (the published scale) |", "|---|---|---|"]
     for key, value in config.items():
         rows.append(f"| {key} | {_fmt(key, value)} | {_fmt(key, paper.get(key))} |")
-    machine = f"{env['cpu']}, {env['cores']} cores" + (f", {env['cuda']}" if env.get("cuda") else "")
+    machine = (f"{env['cpu']}" + (f" ({env['cpu_capability']})" if env.get("cpu_capability") else "")
+               + f", {env['cores']} cores" + (f", {env['cuda']}" if env.get("cuda") else ""))
     compute = sum(map(compute_time_s, records))
     uncounted = sum("compute_time_s" not in r for r in records)
     cpu = [t for t in map(cpu_time_s, records) if t is not None]

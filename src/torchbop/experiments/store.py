@@ -103,6 +103,8 @@ def environment(threads: int | None = None, jobs: int | None = None) -> dict[str
     env: dict[str, Any] = {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__,
+        # the vector instructions torch's CPU kernels use (AVX2, AVX512): the same run rounds differently on each
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads() if threads is None else threads,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git": _git_version(),
