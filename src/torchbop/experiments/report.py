@@ -159,7 +159,7 @@ def _build_section(experiment: str, exp_dir: Path, manifest: dict[str, Any], rec
     pending = (f"{len(records)} of {len(manifest['runs'])} runs stored so far"
                if len(records) < len(manifest["runs"]) else None)
     claims = module.verdicts(summary)
-    cpu = [t for t in map(cpu_time_s, records) if t is not None]
+    cpu_s, cpu_counted = _counted_cpu_time(records)
     return ReportSection(
         experiment=experiment, generated=time.strftime("%Y-%m-%d %H:%M"), source=str(exp_dir),
         runs=[r["key"] for r in records], planned=len(manifest["runs"]),
@@ -168,7 +168,8 @@ def _build_section(experiment: str, exp_dir: Path, manifest: dict[str, Any], rec
                *module.results(summary), "", f"![{experiment}]({figure.name})", "",
                *_verdict_table(claims, below, pending)],
         summary_rows=[f"| {v.claim} | {_outcome(v, below, pending, detail=False)} | {v.measured} |" for v in claims],
-        compute_s=sum(map(compute_time_s, records)), span_s=run_span(records), cpu_s=sum(cpu), cpu_counted=len(cpu))
+        compute_s=sum(map(compute_time_s, records)), span_s=run_span(records), cpu_s=cpu_s,
+        cpu_counted=cpu_counted)
 
 
 def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below: list[str],
@@ -182,13 +183,12 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
                + f", {env['cores']} cores" + (f", {env['cuda']}" if env.get("cuda") else ""))
     compute = sum(map(compute_time_s, records))
     uncounted = sum("compute_time_s" not in r for r in records)
-    cpu = [t for t in map(cpu_time_s, records) if t is not None]
     rows += [
         f"| runs | {len(records)} of {len(manifest['runs'])} planned | |",
         f"| compute time (sum over runs) | {compute / 60:.1f} min"
         + (f" ({uncounted} run(s) stored before runs kept a clock: their last invocation only)" if uncounted else "")
         + " | |",
-        f"| CPU time (sum over runs) | {_cpu_time(sum(cpu), len(cpu), len(records))} | |",
+        f"| CPU time (sum over runs) | {_cpu_time(*_counted_cpu_time(records), len(records))} | |",
         f"| wall time (first run's start to last run's end) | {run_span(records) / 60:.1f} min | |",
         f"| wall time of the last invocation | {manifest['wall_time_s'] / 60:.1f} min "
         f"({manifest['executed']} run, {manifest['skipped']} cached; {env.get('jobs', 1)} job(s) x "
@@ -205,6 +205,12 @@ def _scale_table(manifest: dict[str, Any], records: list[dict[str, Any]], below:
     if below and same:  # e.g. "published length and data, width 1/8": what is as published, too
         scale += f"; as published: {', '.join(same)}"
     return [f"Scale: {scale}.", "", *rows]
+
+
+def _counted_cpu_time(records: list[dict[str, Any]]) -> tuple[float, int]:
+    """The CPU time summed over the runs that counted it from their start, and how many did."""
+    counted = [t for t in map(cpu_time_s, records) if t is not None]
+    return sum(counted), len(counted)
 
 
 def _cpu_time(total_s: float, counted: int, runs: int) -> str:

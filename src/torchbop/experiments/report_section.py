@@ -12,12 +12,11 @@ machine or session. ``--rebuild`` overrides this when the loss is wanted (runs d
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from torchbop.errors import UserError
-from torchbop.experiments.store import write_json
+from torchbop.experiments.store import read_json, write_json
 
 __all__ = ["ReportSection", "load_section", "save_section", "section_path"]
 
@@ -82,7 +81,7 @@ def load_section(report_dir: Path, experiment: str) -> ReportSection | None:
         return None
     fields = {f.name for f in dataclasses.fields(ReportSection)}
     try:
-        stored: dict[str, Any] = json.loads(path.read_text())
+        stored: dict[str, Any] = read_json(path)
         if stored.get("format") != FORMAT or set(stored) - {"format"} != fields:
             raise ValueError(f"format {stored.get('format')!r}, fields {sorted(stored)}")
         return ReportSection(**{k: stored[k] for k in fields})
