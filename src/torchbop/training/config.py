@@ -38,6 +38,7 @@ PROTOCOLS = ("original", "reproduction")
 OPTIMIZERS = {"bop": ("bop", "bop2nd"), "latent": ("adam", "sgd")}
 PRECISIONS = ("auto", "32", "bf16-mixed")
 TEST_WEIGHTS = ("last", "best")
+DECAY_SCHEDULES = ("step", "linear")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class TrainConfig:
     sigma: float = 1e-2  # Bop2ndOrder's second-moment rate
     gamma_decay: float = 1.0  # multiply gamma (latent mode: lr) by this every gamma_decay_every epochs
     gamma_decay_every: int | None = None  # epochs; None: constant
+    # "step": the staircase above | "linear": multiply gamma (latent mode: lr) by 1 - epoch / epochs at each epoch,
+    # down to 0 over the run (ReActNet's and AdamBNN's schedule, arXiv:2003.03488, arXiv:2009.13799)
+    decay_schedule: str = "step"
     lr: float = 0.01  # Adam/SGD learning rate: the non-binary parameters (mode bop) or all of them (mode latent)
     # mode latent: the learning rate of the non-binary parameters (batch norm), a second param group; None: lr
     other_lr: float | None = None
@@ -111,6 +115,10 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS[self.mode], f" for mode {self.mode!r}")
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("test_weights", self.test_weights, TEST_WEIGHTS)
+        _check_choice("decay_schedule", self.decay_schedule, DECAY_SCHEDULES)
+        if self.decay_schedule == "linear" and (self.gamma_decay_every is not None or self.gamma_decay != 1.0):
+            raise ValueError("decay_schedule 'linear' decays to 0 over the run by itself; remove gamma_decay and "
+                             "gamma_decay_every (they set the 'step' schedule)")
         positive = ["batch_size", "eval_batch_size", "epochs", "log_every_n_steps", "num_nodes"]
         positive += [k for k in ("subset", "gamma_decay_every", "early_stop_flip_epochs", "checkpoint_every_n_steps")
                      if getattr(self, k) is not None]

@@ -77,7 +77,7 @@ from torchbop.nn import clip_latent_weights_, named_binary_layers, split_binary_
 from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer
 from torchbop.training.config import TrainConfig
 
-__all__ = ["BinaryClassifier", "StepDecay", "build_model", "loss_and_accuracy"]
+__all__ = ["BinaryClassifier", "StepDecay", "LinearDecay", "build_model", "loss_and_accuracy"]
 
 
 class StepDecay:
@@ -97,6 +97,23 @@ class StepDecay:
         if self.every is None:
             return 1.0
         return self.factor ** (epoch // self.every)
+
+
+class LinearDecay:
+    """Factor ``1 - epoch / epochs``: from 1 at the first epoch down to ``1 / epochs`` at the last; a picklable
+    lr_lambda (ReActNet's and AdamBNN's ``LambdaLR(lambda step: 1.0 - step / epochs)``, stepped once per epoch).
+
+    Example:
+        >>> decay = LinearDecay(4)
+        >>> [decay(e) for e in range(4)]
+        [1.0, 0.75, 0.5, 0.25]
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def __call__(self, epoch: int) -> float:
+        return max(0.0, 1.0 - epoch / self.epochs)
 
 
 def loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sums_dtype: torch.dtype
@@ -202,7 +219,8 @@ class BinaryClassifier(L.LightningModule):
     # ------------------------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.config
-        decay = StepDecay(cfg.gamma_decay, cfg.gamma_decay_every)
+        decay = (LinearDecay(cfg.epochs) if cfg.decay_schedule == "linear"
+                 else StepDecay(cfg.gamma_decay, cfg.gamma_decay_every))
         binary, other = split_binary_params(self.model)
         # compile: no host sync in Bop's step (inf/NaN checked every log_every_n_steps steps, see the module
         # docstring) and, on CUDA, the fused kernels of Bop and Adam (a few launches per step instead of dozens)
