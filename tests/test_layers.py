@@ -11,6 +11,7 @@ from torch import nn
 
 from torchbop.nn import (
     INIT_SCHEMES,
+    BinaryConv1d,
     BinaryConv2d,
     BinaryLinear,
     ShiftBatchNorm1d,
@@ -233,6 +234,152 @@ class TestBinaryConv2d:
             conv.bias.fill_(2.0)
         conv.reset_parameters()
         assert is_binary(conv.weight) and torch.equal(conv.bias, torch.zeros(4))
+
+
+class TestBinaryConv1d:
+    def test_is_a_conv1d_with_binary_weights(self):
+        conv = BinaryConv1d(3, 5, 3, padding=1, bias=True)
+        assert isinstance(conv, nn.Conv1d) and conv.is_binary and conv.mode == "bop"
+        assert is_binary(conv.weight) and conv.weight.shape == (5, 3, 3)
+
+    @pytest.mark.parametrize("mode", ["bop", "latent"])
+    @pytest.mark.parametrize("kwargs", [dict(), dict(stride=2, dilation=2, padding=2), dict(groups=3), dict(bias=True)])
+    def test_matches_conv1d_on_binarized_operands(self, mode, kwargs):
+        conv = BinaryConv1d(3, 6, 3, mode=mode, dtype=torch.float64, **kwargs)
+        if conv.bias is not None:
+            nn.init.uniform_(conv.bias)
+        x = randn(2, 3, 11)
+        expected = F.conv1d(sign(x), sign(conv.weight), conv.bias, conv.stride, conv.padding, conv.dilation,
+                            conv.groups)
+        torch.testing.assert_close(conv(x), expected)
+
+    @pytest.mark.parametrize("pad_value", [-1.0, 1.0])
+    @pytest.mark.parametrize("padding", ["same", 2])
+    def test_pad_value_matches_explicit_pad(self, pad_value, padding):
+        conv = BinaryConv1d(2, 3, 5, padding=padding, pad_value=pad_value, dtype=torch.float64)
+        x = randn(4, 2, 9)
+        p = conv._reversed_padding_repeated_twice
+        torch.testing.assert_close(conv(x), F.conv1d(F.pad(sign(x), p, value=pad_value), conv.weight))
+        torch.testing.assert_close(conv(x[0]), F.conv1d(F.pad(sign(x[:1]), p, value=pad_value), conv.weight)[0])
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [
+            (dict(pad_value=1.0), ValueError, "has no effect"),
+            (dict(pad_value=1.0, padding=1, padding_mode="reflect"), ValueError, "padding_mode='zeros'"),
+            (dict(mode="xnor"), ValueError, "Invalid mode"),
+            (dict(scale="mean_abs"), ValueError, "'mean_abs' in mode='bop'"),
+        ],
+    )
+    def test_errors(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            BinaryConv1d(2, 2, 3, **kwargs)
+
+
+def _old_forward(layer, x):
+    """The forward of the binary layers before weight scaling existed, copied from that version: the reference for
+    bit-identity of ``scale=None``."""
+    xq = layer._quantized_input(x)
+    w = layer._quantized_weight()
+    if isinstance(layer, nn.Linear):
+        return F.linear(xq, w, layer.bias)
+    out = layer._conv_forward(xq, w, layer.bias)
+    if layer.pad_value != 0.0:
+        border = F.pad(xq.new_zeros(xq.shape[-3:]), layer._reversed_padding_repeated_twice, value=layer.pad_value)
+        out = out + F.conv2d(border, w, None, layer.stride, 0, layer.dilation, layer.groups)
+    return out
+
+
+SCALED_LAYERS = [
+    (lambda **kw: BinaryConv2d(3, 4, 3, padding=1, bias=True, **kw), (2, 3, 6, 6), F.conv2d, (1, -1, 1, 1)),
+    (lambda **kw: BinaryConv1d(3, 4, 3, padding=1, bias=True, **kw), (2, 3, 7), F.conv1d, (1, -1, 1)),
+    (lambda **kw: BinaryLinear(5, 4, bias=True, **kw), (2, 5), None, (1, -1)),
+]
+
+
+class TestWeightScale:
+    @pytest.mark.parametrize("make, shape, conv, view", SCALED_LAYERS)
+    @pytest.mark.parametrize("mode, scale", [("latent", "mean_abs"), ("bop", "fixed"), ("bop", "learnable"),
+                                             ("latent", "learnable")])
+    def test_forward_is_the_contract_formula(self, make, shape, conv, view, mode, scale):
+        layer = make(mode=mode, scale=scale, dtype=torch.float64)
+        with torch.no_grad():
+            nn.init.uniform_(layer.bias, -1, 1)
+            if mode == "latent":
+                layer.weight.copy_(randn(*layer.weight.shape, seed=3))
+            if scale != "mean_abs":
+                layer.weight_scale.copy_(torch.rand(4, dtype=torch.float64) + 0.5)
+        x = randn(*shape, seed=1)
+        w = layer.weight.detach()
+        alpha = w.abs().mean(dim=tuple(range(1, w.dim()))) if scale == "mean_abs" else layer.weight_scale.detach()
+        torch.testing.assert_close(layer.output_scale(), alpha, rtol=0, atol=0)
+        if conv is None:
+            raw = F.linear(sign(x), sign(w))
+        else:
+            raw = conv(sign(x), sign(w), None, layer.stride, layer.padding)
+        expected = raw * alpha.view(view) + layer.bias.detach().view(view)
+        assert torch.equal(layer(x), expected)
+
+    def test_no_scale_forward_is_bit_identical_to_the_old_forward(self):
+        layers = [BinaryConv2d(3, 4, 3, padding=1, bias=True), BinaryConv2d(3, 4, 3, padding=1, pad_value=-1.0),
+                  BinaryConv2d(3, 4, 3, mode="latent", bias=True), BinaryLinear(5, 4, bias=True)]
+        for layer in layers:
+            assert layer.scale is None and layer.output_scale() is None and not hasattr(layer, "weight_scale")
+            if layer.bias is not None:
+                nn.init.uniform_(layer.bias.data)
+            x = torch.randn(2, 5) if isinstance(layer, nn.Linear) else torch.randn(2, 3, 6, 6)
+            assert torch.equal(layer(x), _old_forward(layer, x))
+
+    def test_mean_abs_is_refused_in_bop_mode_with_the_alternatives(self):
+        for make in (lambda: BinaryConv2d(2, 2, 3, scale="mean_abs"), lambda: BinaryLinear(2, 2, scale="mean_abs")):
+            with pytest.raises(ValueError, match=r"'mean_abs' in mode='bop'.*'fixed'.*'learnable'"):
+                make()
+
+    @pytest.mark.parametrize("scale, error, match", [("xnor", ValueError, "Invalid scale"),
+                                                     (1.0, TypeError, "scale must be a string")])
+    def test_invalid_scale(self, scale, error, match):
+        with pytest.raises(error, match=match):
+            BinaryLinear(2, 2, scale=scale)
+
+    def test_mean_abs_scale_is_detached(self):
+        layer = BinaryLinear(3, 2, mode="latent", scale="mean_abs", weight_quantizer=None)
+        assert not layer.output_scale().requires_grad
+        layer(torch.randn(4, 3)).sum().backward()
+        x = torch.randn(4, 3)
+        layer.weight.grad = None
+        layer(x).sum().backward()
+        # only through W itself (STE-free here), not through alpha: d/dW sum(alpha * sign(x) W^T) = alpha_c sign(x)
+        expected = layer.output_scale().view(-1, 1) * sign(x).sum(0).view(1, -1)
+        torch.testing.assert_close(layer.weight.grad, expected)
+
+    def test_learnable_scale_gets_a_gradient_and_goes_to_the_other_optimizer(self):
+        model = nn.Sequential(BinaryConv2d(2, 3, 3, scale="learnable"), nn.Flatten(),
+                              BinaryLinear(12, 2, scale="learnable"))
+        for layer, x in ((model[0], torch.randn(2, 2, 4, 4)), (model[2], torch.randn(2, 12))):
+            out = layer(x)
+            (out * torch.randn_like(out)).sum().backward()  # d/d alpha_c = sum over c's outputs of g * conv(...)
+            assert isinstance(layer.weight_scale, nn.Parameter) and layer.weight_scale.grad is not None
+            assert bool(layer.weight_scale.grad.abs().sum() > 0)
+        binary, other = split_binary_params(model)
+        assert [id(p) for p in binary] == [id(model[0].weight), id(model[2].weight)]
+        assert [id(p) for p in other] == [id(model[0].weight_scale), id(model[2].weight_scale)]
+
+    def test_fixed_scale_is_a_buffer_not_trained(self):
+        layer = BinaryConv2d(2, 3, 3, scale="fixed")
+        assert "weight_scale" in dict(layer.named_buffers()) and "weight_scale" not in dict(layer.named_parameters())
+        assert torch.equal(layer.weight_scale, torch.ones(3))
+        assert split_binary_params(layer)[1] == []
+        layer.weight_scale.fill_(3.0)
+        layer.reset_parameters()
+        assert torch.equal(layer.weight_scale, torch.ones(3))
+        copy_ = BinaryConv2d(2, 3, 3, scale="fixed")
+        layer.weight_scale.fill_(2.0)
+        copy_.load_state_dict(layer.state_dict())
+        assert torch.equal(copy_.weight_scale, torch.full((3,), 2.0))
+
+    def test_repr_shows_scale(self):
+        assert "scale=learnable" in repr(BinaryLinear(2, 2, scale="learnable"))
+        assert "scale" not in repr(BinaryLinear(2, 2))
 
 
 class TestBinaryLinear:

@@ -16,11 +16,13 @@ Example:
 """
 
 from torchbop.nn.init import INIT_SCHEMES, binarize_, clip_latent_weights_, init_binary_weights_
-from torchbop.nn.layers import MODES, BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
+from torchbop.nn.layers import MODES, SCALES, BinaryConv1d, BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
 from torchbop.nn.params import binary_parameters, named_binary_layers, named_binary_parameters, split_binary_params
 
 __all__ = [
     "MODES",
+    "SCALES",
+    "BinaryConv1d",
     "BinaryConv2d",
     "BinaryLinear",
     "ShiftBatchNorm1d",
