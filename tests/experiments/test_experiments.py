@@ -18,7 +18,7 @@ def stored(results: Path, name: str):
 
 
 def test_every_experiment_writes_manifest_summary_csv_and_figure(smoke_results):
-    for name in ("approximation", "arbitrary-lr", "hyperparameters", "cifar10"):
+    for name in ("approximation", "arbitrary-lr", "hyperparameters", "cifar10", "architectures"):
         manifest, records, _, out = stored(smoke_results, name)
         assert len(records) == len(manifest["runs"]) > 0
         assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -118,3 +118,24 @@ def test_same_epochs_counts_leading_exact_agreement_over_every_seed():
     assert arbitrary_lr._same_epochs(histories, "2b", "4k") is None
     unrecorded = {k: v for k, v in epoch.items() if k != "flips"}  # a metric neither run recorded proves nothing
     assert arbitrary_lr._same_epochs({("a", 0): [unrecorded], ("b", 0): [unrecorded]}, "a", "b")["same"] == 0
+
+
+def test_architectures(smoke_results):
+    _, records, summary, _ = stored(smoke_results, "architectures")
+    by_optimizer = {r["params"]["optimizer"]: r for r in records}
+    assert sorted(by_optimizer) == ["bop", "latent"]
+    bop, latent = by_optimizer["bop"]["params"]["train"], by_optimizer["latent"]["params"]["train"]
+    assert (bop["mode"], bop["optimizer"], bop["model"]) == ("bop", "bop", "bireal_net18")
+    assert (latent["mode"], latent["optimizer"], latent["decay_schedule"]) == ("latent", "adam", "linear")
+    # the same budget: network, data, batch size, epochs, augmentation
+    for key in ("model", "model_kwargs", "batch_size", "epochs", "augment", "dataset"):
+        assert bop[key] == latent[key], key
+    assert bop["model_kwargs"]["stem"] == "cifar10"
+    for record in records:
+        history = record["result"]["history"]
+        assert len(history) == record["result"]["epochs"] == 1
+        assert history[0]["flips"] >= 0 and 0.0 <= record["result"]["test_acc"] <= 1.0
+    assert by_optimizer["latent"]["result"]["history"][0]["rate"] == pytest.approx(1.25e-3)  # epoch 0: factor 1
+    rows = {r["optimizer"]: r for r in summary["tables"]["optimizers"]}
+    assert rows["bop"]["seeds"] == rows["latent"]["seeds"] == 1 and rows["bop"]["ms_per_step_median"] > 0
+    assert rows["bop"]["test_acc_mean"] == by_optimizer["bop"]["result"]["test_acc"]

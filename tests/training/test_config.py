@@ -72,11 +72,18 @@ class TestOverrides:
             ("foo.bar=1", r"Unknown config key\(s\): foo.bar"),
             ("other_lr=0.01", r"other_lr applies to mode 'latent' only"),
             ("other_lr=-1", r"Invalid other_lr value: -1"),
+            ("decay_schedule=cosine", r"Invalid decay_schedule value: 'cosine'"),
         ],
     )
     def test_errors(self, override, error):
         with pytest.raises(ValueError, match=error):
             apply_overrides(TrainConfig(), [override])
+
+    def test_linear_decay_replaces_the_staircase(self):
+        with pytest.raises(ValueError, match="decay_schedule 'linear' decays to 0 over the run by itself"):
+            load_recipe("cifar10", ["decay_schedule=linear"])  # the recipe's gamma_decay_every would be ignored
+        cfg = load_recipe("cifar10_bireal_latent")
+        assert (cfg.decay_schedule, cfg.mode, cfg.optimizer, cfg.lr) == ("linear", "latent", "adam", 1.25e-3)
 
     def test_best_weights_need_a_held_out_split(self):
         with pytest.raises(ValueError, match="test_weights='best' with protocol 'original'"):

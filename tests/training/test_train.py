@@ -103,6 +103,14 @@ def test_gamma_schedule(tiny_config, synthetic):
     assert rec.optimizer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
+def test_linear_schedule(tiny_config, synthetic):
+    """decay_schedule 'linear' (AdamBNN's): the latent-mode lr of every group falls by lr / epochs each epoch."""
+    rec = Recorder()
+    train(tiny_config(mode="latent", optimizer="adam", lr=0.004, epochs=4, decay_schedule="linear",
+                      limit_train_batches=1, limit_eval_batches=1), data=synthetic, callbacks=[rec], loggers=False)
+    assert [r[0] for r in rec.rates] == pytest.approx([0.004, 0.003, 0.002, 0.001], rel=1e-12)
+
+
 def test_early_stopping_on_flips(tiny_config, synthetic):
     """A gamma so small that m never crosses tau: nothing flips, and training stops after the patience."""
     rec = Recorder()
