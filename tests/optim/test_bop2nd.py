@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,7 +65,7 @@ def chunked(monkeypatch):
     monkeypatch.setattr(importlib.import_module("torchbop.optim.bop"), "EAGER_CHUNK", 200)
 
 
-def _run(impl, dtype, tie_break, threshold=0.3, device="cpu"):
+def _run(impl, dtype, tie_break, threshold=0.3, device="cpu", unbiased=False):
     shapes = [(8, 3, 3, 3), (0,), (40, 20), (5,), (1,), (30, 20)]
     gen = torch.Generator().manual_seed(1)
     ws = [binary(*s, seed=i, dtype=dtype) for i, s in enumerate(shapes)]
@@ -76,7 +77,7 @@ def _run(impl, dtype, tie_break, threshold=0.3, device="cpu"):
     for _ in range(7):
         gs = [torch.randn(w.shape, generator=gen, dtype=dtype).to(device) for w in ws]
         counts.append([int(c) for c in impl(ws, gs, ms, vs, gamma=0.1, sigma=0.05, threshold=threshold, eps=1e-7,
-                                             tie_break=tie_break)])
+                                             tie_break=tie_break, unbiased=unbiased)])
     return ws + ms + vs, counts
 
 
@@ -91,6 +92,20 @@ def _run(impl, dtype, tie_break, threshold=0.3, device="cpu"):
 def test_fast_paths_bit_identical_to_reference(impl, dtype, tie_break):
     ref, ref_counts = _run(_single_tensor_bop2nd, dtype, tie_break)
     out, counts = _run(impl, dtype, tie_break)
+    assert counts == ref_counts and sum(map(sum, counts)) > 0
+    for a, b in zip(ref, out):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.usefixtures("chunked")
+@pytest.mark.parametrize("impl,dtype", [
+    pytest.param(_eager, torch.float64, id="eager-float64"),
+    pytest.param(_eager, torch.float32, id="eager-float32"),
+    pytest.param(_fused_explicit, torch.float32, id="fused-float32", marks=requires_compiler),
+])
+def test_unbiased_fast_paths_bit_identical_to_reference(impl, dtype):
+    ref, ref_counts = _run(_single_tensor_bop2nd, dtype, "larq", threshold=0.6, unbiased=True)
+    out, counts = _run(impl, dtype, "larq", threshold=0.6, unbiased=True)
     assert counts == ref_counts and sum(map(sum, counts)) > 0
     for a, b in zip(ref, out):
         assert torch.equal(a, b)
@@ -233,3 +248,106 @@ def test_load_refuses_a_state_tensor_of_another_shape(key):
     assert opt.param_groups[0]["lr"] == 0.3
     for k, v in before.items():
         assert torch.equal(opt.state[w][k], v), k
+
+
+# -- the authors' rule, flip for flip ---------------------------------------------------------------------------------
+def authors_bop2nd_numpy(w, m, v, g, gamma, sigma, threshold, unbiased):
+    """A NumPy transcription (not a copy) of ``_resource_apply_dense`` of ``Bop2ndOrder`` and ``Bop2ndOrder_unbiased``
+    in CuauSuarez/Bop2ndOrder, ``bnn_optimization/optimizers.py`` at commit b2f8b185 (TensorFlow float32 arithmetic;
+    Larq's ``lq.math.sign`` takes sign(0) = +1, ``tf.sign`` sign(0) = 0):
+
+        m_t = m + gamma (g - m);  v_t = v + sigma (g^2 - v)
+        s   = w (m_t / (sqrt(v_t) + 1e-10))                      (biased)
+        s   = w ((m_t / gamma) / (sqrt(v_t / sigma) + 1e-10))    (unbiased)
+        w   = lq_sign(-tf_sign(s - threshold) w)
+    """
+    eps = np.float32(1e-10)
+    m_t = m + gamma * (g - m)
+    v_t = v + sigma * (np.square(g) - v)
+    if unbiased:
+        s = w * ((m_t / gamma) / (np.sqrt(v_t / sigma) + eps))
+    else:
+        s = w * (m_t / (np.sqrt(v_t) + eps))
+    inner = -np.sign(s - threshold) * w
+    return np.where(inner >= 0, np.float32(1), np.float32(-1)), m_t, v_t
+
+
+@pytest.mark.parametrize("unbiased,threshold", [(False, 0.05), (True, 0.2), (True, 0.7), (True, 0.0)])
+def test_matches_the_authors_code_flip_for_flip(unbiased, threshold):
+    """Recorded gradients of several scales through both: identical weights, m and v after every step.
+
+    The thresholds keep the signal off exact ties: torch's float32 ``sqrt`` on CPU is not always correctly rounded
+    (one ulp off IEEE, as NumPy and CUDA compute it, for about a fifth of inputs here), so at ``w * signal == tau``
+    to the last bit (the unbiased signal is exactly +-1 at the first step) the two may part.
+    """
+    rng = np.random.default_rng(0)
+    n, f32 = 600, np.float32
+    gamma, sigma = f32(0.05), f32(0.02)  # the authors cast their hyperparameters to the variable's dtype
+    w_np = np.where(rng.random(n) < 0.5, f32(-1), f32(1))
+    m_np, v_np = np.zeros(n, f32), np.zeros(n, f32)
+    w = torch.nn.Parameter(torch.from_numpy(w_np.copy()))
+    opt = Bop2ndOrder([w], gamma=gamma.item(), sigma=sigma.item(), threshold=threshold, unbiased=unbiased)
+    total = 0
+    for step in range(30):
+        scale = 10.0 ** rng.uniform(-4, 0, n)
+        g_np = (rng.standard_normal(n) * scale).astype(f32)
+        w_np, m_np, v_np = authors_bop2nd_numpy(w_np, m_np, v_np, g_np, gamma, sigma, f32(threshold), unbiased)
+        w.grad = torch.from_numpy(g_np)
+        opt.step()
+        total += int(opt.state[w]["flips"])
+        np.testing.assert_array_equal(w.detach().numpy(), w_np, err_msg=f"step {step}")
+        np.testing.assert_array_equal(opt.state[w]["exp_avg"].numpy(), m_np)
+        np.testing.assert_array_equal(opt.state[w]["exp_avg_sq"].numpy(), v_np)
+    assert total > 50  # the comparison saw real flipping
+
+
+def test_unbiased_flips_otherwise_than_biased():
+    # gamma = 0.5, sigma = 0.5, g = 1: m = v = 0.5; biased w*m/sqrt(v) = 0.71, unbiased (0.5/0.5)/sqrt(1) = 1.0
+    results = {}
+    for unbiased in (False, True):
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        opt = Bop2ndOrder([w], gamma=0.5, sigma=0.5, threshold=0.8, unbiased=unbiased)
+        w.grad = torch.tensor([1.0])
+        opt.step()
+        results[unbiased] = w.item()
+    assert results == {False: 1.0, True: -1.0}
+
+
+def test_unbiased_is_keyword_only_and_off_by_default():
+    w = torch.nn.Parameter(torch.ones(2))
+    assert Bop2ndOrder([w]).param_groups[0]["unbiased"] is False
+    with pytest.raises(TypeError):
+        Bop2ndOrder([w], 1e-6, 1e-2, 1e-6, 1e-10, True)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="Invalid unbiased value: 'yes'"):
+        Bop2ndOrder([w], unbiased="yes")  # type: ignore[arg-type]
+    opt = Bop2ndOrder([w], unbiased=True)
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "unbiased": False})
+    assert [g["unbiased"] for g in opt.param_groups] == [True, False]
+
+
+def test_a_state_dict_saved_before_the_option_loads_as_biased():
+    w = torch.nn.Parameter(binary(8))
+    opt = Bop2ndOrder([w], gamma=0.2, sigma=0.1, threshold=0.1)
+    w.grad = torch.randn(8)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    del saved["param_groups"][0]["unbiased"]
+    opt2 = Bop2ndOrder([torch.nn.Parameter(w.detach().clone())])
+    opt2.load_state_dict(saved)
+    assert opt2.param_groups[0]["unbiased"] is False
+    assert torch.equal(opt2.state[opt2.param_groups[0]["params"][0]]["exp_avg_sq"], opt.state[w]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("key", ["lr", "sigma"])
+def test_unbiased_refuses_a_zero_rate_at_step_time_and_changes_nothing(key):
+    opt, params = _stepped(unbiased=True)
+    snapshot = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+    opt.param_groups[1][key] = 0.0
+    name = "gamma" if key == "lr" else "sigma"
+    with pytest.raises(ValueError, match=rf"Invalid {name} value in param group 1 \('{key}'\): 0.0 \(expected a "
+                                         r"number in \(0, 1\]\)"):
+        opt.step()
+    for p, (w, state) in zip(params, snapshot):
+        assert torch.equal(p.detach(), w)
+        for k, v in state.items():
+            assert torch.equal(opt.state[p][k], v), k
