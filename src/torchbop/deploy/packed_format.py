@@ -1,19 +1,65 @@
 r"""The packed-model file: a versioned container of a JSON header and raw little-endian tensors.
 
-Layout (format version 1)::
+Layout (format version 2, the same container as version 1)::
 
     offset 0    8 bytes   magic  b"TBOPPACK"
-    offset 8    4 bytes   format version, uint32 little-endian (1)
+    offset 8    4 bytes   format version, uint32 little-endian (2; 1 for files of torchbop before residual BNNs)
     offset 12   4 bytes   header length H, uint32 little-endian
     offset 16   H bytes   header: UTF-8 JSON object (below)
     16 + H      payload   the tensors' bytes, each at a 64-byte-aligned offset from the payload's start
 
-The header holds ``"format": "torchbop-packed"``, ``"version": 1``, ``"payload_bytes"`` (the payload's length),
+The header holds ``"format": "torchbop-packed"``, ``"version"``, ``"payload_bytes"`` (the payload's length),
 ``"payload_crc32"`` (zlib CRC-32 of the payload), ``"tensors"`` (name -> ``{"dtype", "shape", "offset",
 "nbytes"}``, dtype one of :data:`DTYPES`) and whatever the writer adds (:mod:`torchbop.deploy.packed_model` adds
-``"network"``: the layers and how to run them). Nothing is pickled: reading a file runs no code from it.
+``"network"``, below). Nothing is pickled: reading a file runs no code from it.
 
-A file that cannot be read (missing, wrong magic, another format version, truncated, a corrupt payload, a missing
+The network (version 2) is a graph: ``{"nodes": [...], "output": NAME, "input_shape": [C, H, W] or null,
+"source": {...}}``. Each node is one JSON object, listed in an order in which it can run (its inputs come first)::
+
+    {"name": "layer1_0_conv1",         unique; "input" names the network's input
+     "op": "binary_conv2d",            what it computes (table below)
+     "inputs": ["layer1_0_rsign"],     the values it takes, in order, by name
+     "module": "layer1.0.conv1",       the model's module it came from, or null for a function
+     "attrs": {"stride": [1, 1], ...}, JSON numbers, strings, lists, booleans
+     "tensors": {"weight_bits": "layer1_0_conv1.weight_bits", "bias": null}}   key -> tensor name, or null
+
+==================== ====== ==================================================== ===================================
+op                   inputs attrs                                                tensors
+==================== ====== ==================================================== ===================================
+binary_conv2d        1      shape [O, C/groups, kh, kw], stride, padding,        weight_bits (uint8, 1 = +1,
+                            dilation, groups, pad [l, r, t, b], pad_value,       row-major, LSB first), bias, scale
+                            binary_input (sign the input; false: real input)     (per output channel, or null)
+binary_linear        1      shape [O, K], binary_input                           weight_bits, bias, scale
+conv2d               1      shape, stride, padding, dilation, groups,            weight, bias (float, as the model)
+                            padding_mode
+linear               1      shape                                                weight, bias
+batch_norm           1      eps                                                  running_mean, running_var, weight,
+                                                                                 bias (weight, bias may be null)
+max_pool2d           1      kernel_size, stride, padding, dilation, ceil_mode
+avg_pool2d           1      kernel_size, stride, padding, ceil_mode,
+                            count_include_pad, divisor_override
+adaptive_avg_pool2d  1      output_size
+constant_pad2d       1      padding [l, r, t, b], value
+flatten              1      start_dim, end_dim
+relu                 1
+hardtanh             1      min_val, max_val
+prelu                1                                                           weight
+sign                 1                                                           (sign, sign(0) = +1)
+rsign                1                                                           threshold: sign(x - threshold)
+rprelu               1                                                           shift_in, slope, shift_out
+add                  2                                                           (a + b)
+cat                  n      dim
+channels_last        1                                                           (the models' input conversion)
+contiguous           1      memory_format: "channels_last" / "contiguous_format"
+==================== ====== ==================================================== ===================================
+
+Each op is the torch call the model makes (binary products as exact integers); :mod:`torchbop.deploy.packed_ops`
+builds one module per node. Version 1 (still read) stored ``{"layers": [...], "channels_last": bool}``: a chain of
+records ``{"type": OP, "name": MODULE, ...attributes and tensor names}`` of the ops ``binary_conv2d`` (groups 1, no
+scale), ``binary_linear``, ``batch_norm``, ``max_pool2d`` and ``flatten``, run in order after the channels_last
+conversion; :func:`torchbop.deploy.packed_model.nodes_from_version1` turns it into nodes.
+
+A file that cannot be read (missing, wrong magic, a format version not in :data:`READABLE_VERSIONS`, truncated, a corrupt payload, a missing
 or malformed key) raises :class:`~torchbop.errors.UserError` with one line naming the file and the fix. An
 existing output file is replaced only with ``overwrite=True``; a file is written to a temporary neighbour and moved
 into place with ``os.replace``, so a reader never sees half a file.
@@ -43,11 +89,13 @@ from torch import Tensor
 from torchbop.atomic_file import atomic_write
 from torchbop.errors import UserError
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "DTYPES", "write_packed", "read_packed"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "READABLE_VERSIONS", "DTYPES", "write_packed", "read_packed"]
 
 MAGIC = b"TBOPPACK"
-#: The version this torchbop writes and reads. Bump it on any change a version-1 reader would misread.
-FORMAT_VERSION = 1
+#: The version this torchbop writes. Bump it on any change an older reader would misread.
+FORMAT_VERSION = 2
+#: The versions this torchbop reads (version 1: chains of layers, before residual BNNs).
+READABLE_VERSIONS = (1, 2)
 #: dtype names of the header -> torch dtypes.
 DTYPES: dict[str, torch.dtype] = {"uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64,
                                   "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -94,10 +142,12 @@ def write_packed(path: str | os.PathLike[str], header: dict[str, Any], tensors: 
 
 
 def read_packed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(header, tensors)`` of a file written by :func:`write_packed`, every check of the module docstring made.
+    """``(header, tensors)`` of a file written by :func:`write_packed`, every check of the module docstring made;
+    ``header["version"]`` is the file's format version.
 
     Raises:
-        UserError: the file is missing or cannot be read as a version-:data:`FORMAT_VERSION` packed model.
+        UserError: the file is missing or cannot be read as a packed model of a version in
+            :data:`READABLE_VERSIONS`.
     """
     _check_byteorder()
     path = Path(path)
@@ -108,9 +158,9 @@ def read_packed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         raise UserError(f"{path}: not a torchbop packed model (no {MAGIC.decode()} magic at its start); give a file "
                         "written by `torchbop export`")
     _, version, header_length = _PREFIX.unpack_from(blob)
-    if version != FORMAT_VERSION:
-        raise UserError(f"{path}: packed format version {version}, but this torchbop reads version "
-                        f"{FORMAT_VERSION}; {_FIX} (or use the torchbop that wrote it)")
+    if version not in READABLE_VERSIONS:
+        raise UserError(f"{path}: packed format version {version}, but this torchbop reads versions "
+                        f"{' and '.join(map(str, READABLE_VERSIONS))}; {_FIX} (or use the torchbop that wrote it)")
     start = _PREFIX.size + header_length
     if len(blob) < start:
         raise UserError(f"{path}: truncated (the header ends at byte {start}, the file has {len(blob)}); {_FIX}")
@@ -130,6 +180,7 @@ def read_packed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
                         f"{header['payload_bytes']}); {_FIX}")
     if zlib.crc32(payload) != header["payload_crc32"]:
         raise UserError(f"{path}: corrupt payload (CRC-32 mismatch); {_FIX}")
+    header["version"] = version
     return header, {name: _tensor(path, name, entry, payload) for name, entry in header["tensors"].items()}
 
 

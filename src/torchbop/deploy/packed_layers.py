@@ -15,8 +15,11 @@ layer would need 16 million inputs per output to get there). Here the same integ
   ``[H_out, W_out, C_out]`` map per input size (a convolution of the padding indicator with ``W``, computed once
   and cached), added to every image of the batch. The same term handles Larq-style ``pad_value=+-1``.
 
-The layer's result is the integer tensor in float32, in the memory format the model computes in, so the batch norms
-and poolings that follow run on the very same numbers as in the model. A layer whose input is real (the first
+The layer's result is the integer tensor in float32, in the memory format of its input (as ``F.conv2d`` makes it),
+so the batch norms and poolings that follow run on the very same numbers as in the model. A grouped convolution
+(``groups > 1``) is one such product per group. A layer with a weight scale (``output_scale()``, XNOR-Net's
+:math:`\alpha`, arXiv:1603.05279) then computes ``out * alpha`` and ``+ bias`` per output channel, the model's own
+float operations on the same integers. A layer whose input is real (the first
 convolution, ``binary_input=False``) is computed as the model computes it: ``F.conv2d`` of the real input with the
 +-1 weights in float32.
 
@@ -35,7 +38,15 @@ from torchbop.deploy.bit_layout import im2col_rows, pack_bytes, pack_rows, pack_
 from torchbop.deploy.xnor_kernel import binary_dot, resolve_backend
 from torchbop.quantizers import sign
 
-__all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "PackedBatchNorm"]
+__all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "PackedBatchNorm", "memory_format_of_input"]
+
+
+def memory_format_of_input(x: Tensor) -> torch.memory_format:
+    """The memory format a convolution gives its output for input ``x``: channels_last when ``x``'s channels are
+    its innermost dimension (``x.stride(1) == 1``, with more than one pixel), else torch's default."""
+    if x.dim() == 4 and x.stride(1) == 1 and x.shape[2] * x.shape[3] > 1:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _weight_words(negative: Tensor) -> Tensor:
@@ -44,7 +55,7 @@ def _weight_words(negative: Tensor) -> Tensor:
     c = negative.shape[-1]
     if c % 8:
         negative = F.pad(negative, (0, -c % 8))
-    rows = pack_bytes(negative).reshape(negative.shape[0], -1)
+    rows = pack_bytes(negative.reshape(negative.shape[0], -1))  # bytes never straddle two pixels: C padded to 8
     if rows.shape[1] % 8:
         rows = F.pad(rows, (0, -rows.shape[1] % 8))
     return rows.contiguous().view(torch.int64)
@@ -53,7 +64,8 @@ def _weight_words(negative: Tensor) -> Tensor:
 class _PackedBinaryLayer(nn.Module):
     """What both packed layers share: the backend, the +-1 weight, its packed rows and the optional bias."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, binary_input: bool, backend: str) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, binary_input: bool, backend: str,
+                 scale: Tensor | None = None) -> None:
         super().__init__()
         self.training = False
         self.binary_input = binary_input
@@ -64,7 +76,15 @@ class _PackedBinaryLayer(nn.Module):
         else:
             self.register_buffer("weight_words", self._words(weight < 0))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("scale", None if scale is None else scale.detach().clone())
         self.fan_in = weight[0].numel()
+
+    def _finish(self, out: Tensor, channel_shape: tuple[int, ...]) -> Tensor:
+        """The model's float operations after the integer product: ``* scale`` and ``+ bias`` (when there is a
+        scale), else ``+ bias`` (the torch backend folds that bias into its ``F.conv2d`` / ``F.linear`` call)."""
+        if self.scale is not None:
+            out = out * self.scale.view(channel_shape)
+        return out if self.bias is None else out + self.bias.view(channel_shape)
 
     def _words(self, negative: Tensor) -> Tensor:
         raise NotImplementedError
@@ -84,30 +104,33 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         stride, padding, dilation: as the model's layer (``padding`` an int pair or ``"same"``/``"valid"``).
         pad: the layer's padding as ``[left, right, top, bottom]`` (``nn.Conv2d._reversed_padding_repeated_twice``).
         pad_value: what the binarized input is padded with (0, the default, or +-1).
+        groups: as ``nn.Conv2d`` (``weight`` is ``[O, C / groups, kh, kw]``).
+        scale: the per-output-channel factor ``[O]`` of ``output_scale()``, or None.
         binary_input: False for a first layer that takes real input.
-        memory_format: the model's memory format; outputs are made in it.
         backend: ``"kernel"``, ``"torch"`` or ``"auto"``.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, *, stride: tuple[int, int],
                  padding: tuple[int, int] | str, dilation: tuple[int, int], pad: tuple[int, int, int, int],
-                 pad_value: float = 0.0, binary_input: bool = True,
-                 memory_format: torch.memory_format = torch.channels_last, backend: str = "auto") -> None:
+                 pad_value: float = 0.0, groups: int = 1, scale: Tensor | None = None, binary_input: bool = True,
+                 backend: str = "auto") -> None:
         self.kernel_size = tuple(weight.shape[2:])
-        self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
-        super().__init__(weight, bias, binary_input, backend)
+        self.groups = int(groups)
+        self.in_channels, self.out_channels = weight.shape[1] * self.groups, weight.shape[0]
+        super().__init__(weight, bias, binary_input, backend, scale)
         self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
-        self.pad, self.pad_value, self.memory_format = tuple(pad), float(pad_value), memory_format
+        self.pad, self.pad_value = tuple(pad), float(pad_value)
         # the kernel backend computes the border term of each new input size from the +-1 weight (int8: 1 byte each)
         self.register_buffer("weight_sum_source", weight.to(torch.int8) if self.backend == "kernel" else None)
         self._border: dict[tuple[int, int], Tensor] = {}
 
     def _words(self, negative: Tensor) -> Tensor:
-        return _weight_words(negative.permute(0, 2, 3, 1))  # [O, kh, kw, C]: the im2col row order
+        return _weight_words(negative.permute(0, 2, 3, 1))  # [O, kh, kw, C / groups]: the im2col row order
 
     def extra_repr(self) -> str:
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, binary_input={self.binary_input}, backend={self.backend}")
+                f"padding={self.padding}{groups}, binary_input={self.binary_input}, backend={self.backend}")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "torch":
@@ -115,11 +138,13 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         return self._forward_packed(x)
 
     def _forward_float(self, x: Tensor) -> Tensor:
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        """The model's own calls, in its order (``BinaryConv2d.forward``)."""
+        bias = self.bias if self.scale is None else None
+        out = F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
         if self.pad_value != 0.0:  # as BinaryConv2d: conv(pad(x, v)) = conv(pad(x, 0)) + conv(pad(0, v))
             border = F.pad(x.new_zeros(x.shape[-3:]), self.pad, value=self.pad_value)
-            out = out + F.conv2d(border, self.weight, None, self.stride, 0, self.dilation)
-        return out
+            out = out + F.conv2d(border, self.weight, None, self.stride, 0, self.dilation, self.groups)
+        return out if self.scale is None else self._finish(out, (1, -1, 1, 1))
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
@@ -134,7 +159,8 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         key = (h, w)
         if key not in self._border:
             indicator = F.pad(torch.zeros(1, self.in_channels, h, w), self.pad, value=1.0)
-            padded_sum = F.conv2d(indicator, self.weight_sum_source.float(), None, self.stride, 0, self.dilation)[0]
+            padded_sum = F.conv2d(indicator, self.weight_sum_source.float(), None, self.stride, 0, self.dilation,
+                                  self.groups)[0]
             base = (self.pad_value - 1.0) * padded_sum + self.fan_in  # exact: small integers
             self._border[key] = base.permute(1, 2, 0).reshape(-1, self.out_channels).contiguous()
         return self._border[key]
@@ -142,22 +168,28 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
     def _forward_packed(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         ho, wo = self._out_size(h, w)
-        pixels = pack_signs(x, self.pad, backend="kernel")  # zero bytes (+1) in the padding, corrected by _base
-        rows = im2col_rows(pixels, self.kernel_size, self.stride, self.dilation, backend="kernel")
-        out = binary_dot(rows, self.weight_words, self._base(h, w), "kernel")  # [N Ho Wo, O]
+        base = self._base(h, w)
+        parts = []
+        per_in, per_out = self.in_channels // self.groups, self.out_channels // self.groups
+        for g in range(self.groups):  # one product per group: its input channels against its filters
+            part = x if self.groups == 1 else x[:, g * per_in:(g + 1) * per_in]
+            pixels = pack_signs(part, self.pad, backend="kernel")  # zero bytes (+1) in the padding: see _base
+            rows = im2col_rows(pixels, self.kernel_size, self.stride, self.dilation, backend="kernel")
+            filters = slice(g * per_out, (g + 1) * per_out)
+            parts.append(binary_dot(rows, self.weight_words[filters], base[:, filters].contiguous(), "kernel"))
+        out = parts[0] if self.groups == 1 else torch.cat(parts, dim=1)  # [N Ho Wo, O]
         out = out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1)
-        return out.contiguous(memory_format=self.memory_format)
+        out = self._finish(out, (1, -1, 1, 1))
+        return out.contiguous(memory_format=memory_format_of_input(x))
 
 
 class PackedBinaryLinear(_PackedBinaryLayer):
     """``BinaryLinear`` for inference: ``weight`` +-1 ``[O, K]``, optional ``bias``; see the module docstring."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, *, binary_input: bool = True,
-                 backend: str = "auto") -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, *, scale: Tensor | None = None,
+                 binary_input: bool = True, backend: str = "auto") -> None:
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        super().__init__(weight, bias, binary_input, backend)
+        super().__init__(weight, bias, binary_input, backend, scale)
         self.register_buffer("base", torch.full((1, self.out_features), float(self.in_features)))
 
     def _words(self, negative: Tensor) -> Tensor:
@@ -169,9 +201,12 @@ class PackedBinaryLinear(_PackedBinaryLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "torch":
-            return F.linear(x if not self.binary_input else sign(x), self.weight, self.bias)
+            x = x if not self.binary_input else sign(x)
+            if self.scale is None:
+                return F.linear(x, self.weight, self.bias)
+            return self._finish(F.linear(x, self.weight, None), (1, -1))
         out = binary_dot(pack_rows(x < 0), self.weight_words, self.base, "kernel")
-        return out if self.bias is None else out + self.bias
+        return self._finish(out, (1, -1))
 
 
 class PackedBatchNorm(nn.Module):
