@@ -27,7 +27,7 @@ Example:
 
 from torchbop.deploy import load_packed, summary
 from torchbop.metrics import FlipCounter
-from torchbop.nn import BinaryConv2d, BinaryLinear, split_binary_params
+from torchbop.nn import BinaryConv2d, BinaryLinear, binarize, split_binary_params
 from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer, ThresholdScheduler
 from torchbop.quantizers import sign, ste_sign
 
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BinaryConv2d",
     "BinaryLinear",
+    "binarize",
     "Bop",
     "Bop2ndOrder",
     "CompositeOptimizer",

@@ -383,13 +383,35 @@ class TestErrors:
             Bop([torch.nn.Parameter(torch.ones(2))], **kwargs)
 
     def test_non_binary_weight_is_named_and_nothing_changes(self):
+        # overwritten after construction (e.g. by load_state_dict): refused at the first step
         layer = torch.nn.Linear(3, 2, bias=False)
-        before = layer.weight.detach().clone()
+        real = layer.weight.detach().clone()
+        with torch.no_grad():
+            layer.weight.copy_(binary(2, 3))
         opt = Bop(layer.named_parameters())
+        with torch.no_grad():
+            layer.weight.copy_(real)
         layer.weight.grad = torch.ones(2, 3)
         with pytest.raises(RuntimeError, match=r"'weight'.*binarize_"):
             opt.step()
-        assert torch.equal(layer.weight, before)
+        assert torch.equal(layer.weight, real)
+
+    def test_non_binary_weight_is_refused_at_construction_naming_it(self):
+        layer = torch.nn.Linear(3, 2, bias=False)
+        with pytest.raises(ValueError, match=r"parameter 'weight' holds values other than -1/\+1.*torchbop\.binarize"):
+            Bop(layer.named_parameters())
+        with pytest.raises(ValueError, match=r"parameter 1 of param group 0 \(shape \(2, 3\)\)"):
+            Bop([torch.nn.Parameter(torch.ones(4)), layer.weight])
+        opt = Bop([("w", torch.nn.Parameter(torch.ones(2)))])
+        with pytest.raises(ValueError, match=r"parameter 'extra'"):
+            opt.add_param_group({"params": [layer.weight], "param_names": ["extra"]})
+        assert len(opt.param_groups) == 1  # the refused group is not kept
+        Bop([torch.nn.Parameter(torch.empty(0)), torch.nn.Parameter(torch.empty(3, device="meta"))])  # no values
+
+    @pytest.mark.parametrize("params", [[], iter([]), (p for p in ())])
+    def test_empty_parameter_list_is_refused(self, params):
+        with pytest.raises(ValueError, match=r"Bop got an empty parameter list.*torchbop\.binarize"):
+            Bop(params)
 
     def test_sparse_gradient(self):
         w = torch.nn.Parameter(torch.ones(4))

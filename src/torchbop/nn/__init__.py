@@ -15,8 +15,19 @@ Example:
     (2, 2)
 """
 
+from torchbop.nn.activations import RPReLU, RSign
+from torchbop.nn.blocks import BiRealBlock, ReActNetBlock
 from torchbop.nn.init import INIT_SCHEMES, binarize_, clip_latent_weights_, init_binary_weights_
-from torchbop.nn.layers import MODES, SCALES, BinaryConv1d, BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
+from torchbop.nn.convert import binarize
+from torchbop.nn.layers import (
+    MODES,
+    SCALES,
+    BinaryConv1d,
+    BinaryConv2d,
+    BinaryLinear,
+    ShiftBatchNorm1d,
+    ShiftBatchNorm2d,
+)
 from torchbop.nn.params import binary_parameters, named_binary_layers, named_binary_parameters, split_binary_params
 
 __all__ = [
@@ -29,10 +40,15 @@ __all__ = [
     "ShiftBatchNorm2d",
     "INIT_SCHEMES",
     "init_binary_weights_",
+    "binarize",
     "binarize_",
     "clip_latent_weights_",
     "named_binary_layers",
     "named_binary_parameters",
     "binary_parameters",
     "split_binary_params",
+    "RSign",
+    "RPReLU",
+    "BiRealBlock",
+    "ReActNetBlock",
 ]

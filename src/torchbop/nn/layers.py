@@ -165,7 +165,8 @@ class _BinaryLayerMixin:
             # (unbatched, broadcast over the batch): cheaper than copying the whole batch into a padded tensor.
             pads = self._reversed_padding_repeated_twice  # type: ignore[attr-defined]
             border = F.pad(x.new_zeros(x.shape[-(spatial_dims + 1):]), pads, value=self.pad_value)
-            out = out + conv(border, weight, None, self.stride, 0, self.dilation, self.groups)  # type: ignore[attr-defined]
+            stride, dilation, groups = self.stride, self.dilation, self.groups  # type: ignore[attr-defined]
+            out = out + conv(border, weight, None, stride, 0, dilation, groups)
         if alpha is not None:
             out = self._scaled(out, alpha, self.bias, spatial_dims + 1)
         return out

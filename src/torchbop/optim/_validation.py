@@ -115,21 +115,25 @@ def validate_choice(name: str, value: str, choices: Iterable[str]) -> str:
     return value
 
 
-def check_binary(param: torch.Tensor, name: Callable[[], str]) -> None:
-    """Raise ``RuntimeError`` unless every entry of ``param`` is exactly -1 or +1.
+def check_binary(param: torch.Tensor, name: Callable[[], str], error: type[Exception] = RuntimeError) -> None:
+    """Raise ``error`` (``RuntimeError`` at step time) unless every entry of ``param`` is exactly -1 or +1.
 
     Bop flips signs; it cannot train a real-valued weight. The message names the parameter (``name()`` is only
-    called on failure: finding a parameter's label scans the param groups) and says how to fix it.
+    called on failure: finding a parameter's label scans the param groups) and says how to fix it. A tensor without
+    values (size zero, or on the ``meta`` device) passes. :class:`~torchbop.optim.Bop` checks each parameter when it
+    is added (``ValueError``: one read of each tensor, once) and again at its first step (``RuntimeError``: the weights
+    may have been overwritten since, e.g. by ``load_state_dict``).
     """
-    if param.numel() == 0:
+    if param.numel() == 0 or param.is_meta:
         return
     if not bool(((param == 1) | (param == -1)).all()):
         bad = param[(param != 1) & (param != -1)].flatten()[:3].tolist()
-        raise RuntimeError(
+        raise error(
             f"Bop can only train binary weights, but {name()} holds values other than -1/+1 (e.g. {bad}). "
-            "Create the layer with mode='bop' (its weight is initialised to +-1), or binarize it first with "
-            "torchbop.nn.binarize_(model); give real-valued parameters (batch norm, biases) to another optimizer "
-            "through torchbop.optim.CompositeOptimizer."
+            "Create the layer with mode='bop' (its weight is initialised to +-1), convert a real model with "
+            "torchbop.binarize(model), or binarize the weights of binary layers with torchbop.nn.binarize_(model); "
+            "give real-valued parameters (batch norm, biases) to another optimizer through "
+            "torchbop.optim.CompositeOptimizer (torchbop.optim.bop_optimizer(model) routes them)."
         )
 
 

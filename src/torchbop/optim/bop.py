@@ -110,8 +110,10 @@ class Bop(Optimizer):
         training step the automatic choice is the plain reference operations, which that compiler fuses.
 
     Args:
-        params: iterable of binary parameters (values exactly -1/+1), or dicts defining parameter groups; named
-            parameters (``model.named_parameters()``) make error messages name the offending tensor.
+        params: iterable of binary parameters (values exactly -1/+1, checked when added: ``ValueError`` naming the
+            parameter otherwise, as for an empty list), or dicts defining parameter groups; named parameters
+            (``model.named_parameters()``) make error messages name the offending tensor.
+            :func:`torchbop.optim.bop_optimizer` builds Bop and an optimizer for the rest from a model.
         gamma: adaptivity rate, in (0, 1]. Default 1e-4 (Larq).
         threshold: flip threshold tau >= 0. Default 1e-8 (Larq).
         tie_break: what happens when ``w * m == tau`` exactly: ``"larq"`` | ``"keep"`` | ``"flip"``.
@@ -164,6 +166,14 @@ class Bop(Optimizer):
             lr=gamma, threshold=threshold, tie_break=tie_break, m_init=m_init, nonfinite=nonfinite,
             foreach=foreach, fused=fused,
         )
+        if not isinstance(params, (Tensor, dict)):
+            params = list(params)
+            if not params:
+                raise ValueError(
+                    f"{type(self).__name__} got an empty parameter list: there are no binary weights to train. A "
+                    "real-valued model has none until it is converted with torchbop.binarize(model); "
+                    "torchbop.nn.split_binary_params(model) finds the weights of the bop-mode binary layers."
+                )
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -177,6 +187,13 @@ class Bop(Optimizer):
         validate_scalar("gamma", group["lr"], low=0.0, high=1.0, low_inclusive=False)
         validate_scalar("threshold", group["threshold"], low=0.0)
         validate_choice("tie_break", group["tie_break"], TIE_BREAKS)
+        # Refuse a real-valued parameter now, naming it (a read of each tensor, once); step re-checks at first use.
+        try:
+            for p in group["params"]:
+                check_binary(p, lambda p=p: param_label(self, p), error=ValueError)
+        except ValueError:
+            self.param_groups.pop()  # the refused group is not kept
+            raise
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
