@@ -121,8 +121,9 @@ class ModelSummary:
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's layers: every module but containers, binary layers' own children (their quantizers), and the
-    root when it has children."""
+    """The model's layers: every module but containers, blocks (modules with children and no parameters or buffers
+    of their own, such as a residual block: their layers have rows), binary layers' own children (their
+    quantizers), and the root when it has children."""
     layers = []
     inside_binary: list[str] = []
     for name, module in model.named_modules():
@@ -130,7 +131,9 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue
         if getattr(module, "is_binary", False):
             inside_binary.append(name)
-        elif isinstance(module, _CONTAINERS) or (module is model and any(True for _ in model.children())):
+        elif isinstance(module, _CONTAINERS) or (module is model and any(True for _ in model.children())) or (
+                any(True for _ in module.children()) and not any(True for _ in module.parameters(recurse=False))
+                and not any(True for _ in module.buffers(recurse=False))):
             continue
         layers.append((name or type(model).__name__, module))
     return layers

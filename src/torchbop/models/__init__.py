@@ -5,8 +5,8 @@ Models return logits; the softmax lives in the loss.
 
 Example:
     >>> from torchbop.models import MODELS, create_model
-    >>> sorted(MODELS)
-    ['binarynet', 'mnist_bnn']
+    >>> sorted(MODELS)  # doctest: +NORMALIZE_WHITESPACE
+    ['binary_resnet18', 'binarynet', 'bireal_net18', 'mnist_bnn', 'reactnet_a']
     >>> create_model("binarynet", width=0.25, mode="latent").mode
     'latent'
 """
@@ -17,15 +17,21 @@ from typing import Any
 
 from torch import nn
 
+from torchbop.models.binary_resnet import BinaryResNet18
 from torchbop.models.binarynet import BinaryNet
+from torchbop.models.bireal_net import BiRealNet18
 from torchbop.models.mnist_bnn import MnistBNN
+from torchbop.models.reactnet import ReActNetA
 
-__all__ = ["MODELS", "create_model", "BinaryNet", "MnistBNN"]
+__all__ = ["MODELS", "create_model", "BinaryNet", "MnistBNN", "BiRealNet18", "ReActNetA", "BinaryResNet18"]
 
 #: name -> model class.
 MODELS: dict[str, type[nn.Module]] = {
     "mnist_bnn": MnistBNN,
     "binarynet": BinaryNet,
+    "bireal_net18": BiRealNet18,
+    "reactnet_a": ReActNetA,
+    "binary_resnet18": BinaryResNet18,
 }
 
 

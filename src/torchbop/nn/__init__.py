@@ -15,6 +15,8 @@ Example:
     (2, 2)
 """
 
+from torchbop.nn.activations import RPReLU, RSign
+from torchbop.nn.blocks import BiRealBlock, ReActNetBlock
 from torchbop.nn.init import INIT_SCHEMES, binarize_, clip_latent_weights_, init_binary_weights_
 from torchbop.nn.convert import binarize
 from torchbop.nn.layers import (
@@ -45,4 +47,8 @@ __all__ = [
     "named_binary_parameters",
     "binary_parameters",
     "split_binary_params",
+    "RSign",
+    "RPReLU",
+    "BiRealBlock",
+    "ReActNetBlock",
 ]
