@@ -6,7 +6,8 @@ Models return logits; the softmax lives in the loss.
 Example:
     >>> from torchbop.models import MODELS, create_model
     >>> sorted(MODELS)  # doctest: +NORMALIZE_WHITESPACE
-    ['binary_resnet18', 'binarynet', 'bireal_net18', 'mnist_bnn', 'reactnet_a']
+    ['binary_resnet18', 'binarynet', 'bireal_net18', 'mnist_bnn', 'quicknet', 'quicknet_large', 'quicknet_small',
+     'reactnet_a']
     >>> create_model("binarynet", width=0.25, mode="latent").mode
     'latent'
 """
@@ -21,9 +22,11 @@ from torchbop.models.binary_resnet import BinaryResNet18
 from torchbop.models.binarynet import BinaryNet
 from torchbop.models.bireal_net import BiRealNet18
 from torchbop.models.mnist_bnn import MnistBNN
+from torchbop.models.quicknet import QuickNet, QuickNetLarge, QuickNetSmall
 from torchbop.models.reactnet import ReActNetA
 
-__all__ = ["MODELS", "create_model", "BinaryNet", "MnistBNN", "BiRealNet18", "ReActNetA", "BinaryResNet18"]
+__all__ = ["MODELS", "create_model", "BinaryNet", "MnistBNN", "BiRealNet18", "ReActNetA", "BinaryResNet18",
+           "QuickNet", "QuickNetSmall", "QuickNetLarge"]
 
 #: name -> model class.
 MODELS: dict[str, type[nn.Module]] = {
@@ -32,6 +35,9 @@ MODELS: dict[str, type[nn.Module]] = {
     "bireal_net18": BiRealNet18,
     "reactnet_a": ReActNetA,
     "binary_resnet18": BinaryResNet18,
+    "quicknet_small": QuickNetSmall,
+    "quicknet": QuickNet,
+    "quicknet_large": QuickNetLarge,
 }
 
 
