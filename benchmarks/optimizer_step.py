@@ -6,7 +6,8 @@ natural baseline. A step is memory-bound, so count the fp32 streams it moves per
 over and writes w, buf (``buf *= 0.9; buf += g; w -= lr buf``: 8 streams); Bop's fused kernel reads w, g, m and
 writes m, w (5 streams, hence the limit 5/8 = 0.625x), and its default ``nonfinite="raise"`` first reads the
 gradients once more (one summing pass, so that a bad gradient changes nothing: 6 streams, 0.75x). ``nonfinite="mask"``
-checks inside the kernel instead. Bop2ndOrder's kernel reads w, g, m, v and writes m, v, w (7 streams).
+checks inside the kernel instead. Bop2ndOrder's kernel reads w, g, m, v and writes m, v, w (7 streams). CEMA has
+no fused kernel (eager only): its chunks read w, g, m, I and write m, I, w, with the flip test in cache.
 
 Rows: ``Bop()`` is the default (``fused=None``: the compiled kernel where ``torch.compile`` works, which the first
 line of the output reports); ``Bop(fused=False)`` is the eager path the default falls back to without a compiler;
@@ -32,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from torchbop.optim import Bop, Bop2ndOrder
+from torchbop.optim import Bop, Bop2ndOrder, CEMA
 from torchbop.optim import _fused
 from torchbop.optim.bop import _fused_bop, _nonfinite_entries, _single_tensor_bop
 
@@ -108,6 +109,8 @@ def candidates(skip_fused: bool) -> dict[str, Callable]:
         rows["Bop(fused=True, nonfinite=mask)"] = lambda ps: Bop(ps, fused=True, nonfinite="mask")
     rows["Bop2ndOrder() (default)"] = lambda ps: Bop2ndOrder(ps)
     rows["Bop2ndOrder(fused=False) (eager)"] = lambda ps: Bop2ndOrder(ps, fused=False)
+    rows["CEMA() (eager, no fused kernel)"] = lambda ps: CEMA(ps, gamma=1e-4, alpha=1e-3)
+    rows["CEMA(foreach=False) (reference)"] = lambda ps: CEMA(ps, gamma=1e-4, alpha=1e-3, foreach=False)
     return rows
 
 
