@@ -256,7 +256,8 @@ class TestSettings:
         src, _ = build("resnet")
         binarize(src, verbose=True)
         out = capsys.readouterr().out
-        assert re.search(r"\nlayer2\.0\.shortcut\.0 +Conv2d +BinaryConv2d +\(16, 8, 1, 1\) +128 +bop +- +SteSign\n", out)
+        row = r"\nlayer2\.0\.shortcut\.0 +Conv2d +BinaryConv2d +\(16, 8, 1, 1\) +128 +bop +- +SteSign\n"
+        assert re.search(row, out)
         assert "kept real: conv1 (Conv2d: the first layer, keep_first=True)" in out
         assert "kept real: fc (Linear: the last layer, keep_last=True)" in out
         got = []

@@ -57,8 +57,8 @@ def bop_optimizer(
     r"""One optimizer for ``model``: ``binary`` for its Bop-mode binary weights, ``other`` for the rest.
 
     The binary weights are the ``weight`` of every binary layer with ``mode="bop"`` (as
-    :func:`torchbop.nn.split_binary_params` finds them); the rest is every other parameter with ``requires_grad`` (frozen
-    parameters are left out). When there is no other parameter, the composite holds ``binary`` alone and ``other``
+    :func:`torchbop.nn.split_binary_params` finds them); the rest is every other parameter with ``requires_grad``
+    (frozen parameters are left out). When there is no other parameter, the composite holds ``binary`` alone and ``other``
     is not built.
 
     Args:
@@ -93,7 +93,7 @@ def bop_optimizer(
         >>> bop_optimizer(real)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: bop_optimizer: Sequential has no binary layer in mode 'bop' ... binarize it first with torchbop.binarize(model) ...
+        ValueError: bop_optimizer: Sequential has no binary layer in mode 'bop' ... with torchbop.binarize(model) ...
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"bop_optimizer: model must be an nn.Module, got {type(model).__name__}")
