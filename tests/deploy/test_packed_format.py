@@ -45,8 +45,8 @@ class TestContent:
 
     def test_the_file_holds_the_network_and_nothing_else(self, packed_file):
         header, tensors = read_packed(packed_file)
-        kinds = [layer["type"] for layer in header["network"]["layers"]]
-        assert kinds == ["binary_conv2d", "max_pool2d", "batch_norm"] * 3 + [
+        kinds = [node["op"] for node in header["network"]["nodes"]]
+        assert kinds == ["channels_last"] + ["binary_conv2d", "max_pool2d", "batch_norm"] * 3 + [
             "flatten", "binary_linear", "batch_norm", "binary_linear", "batch_norm"]
         suffixes = {name.rsplit(".", 1)[1] for name in tensors}
         assert suffixes == {"weight_bits", "running_mean", "running_var", "bias"}  # no num_batches_tracked
@@ -101,7 +101,7 @@ class TestBadFiles:
         blob = bytearray(packed_file.read_bytes())
         blob[8:12] = struct.pack("<I", FORMAT_VERSION + 1)
         packed_file.write_bytes(bytes(blob))
-        self.check(packed_file, f"format version {FORMAT_VERSION + 1}.*reads version {FORMAT_VERSION}")
+        self.check(packed_file, f"format version {FORMAT_VERSION + 1}.*reads versions 1 and {FORMAT_VERSION}")
 
     @pytest.mark.parametrize("keep", [12, 40, -1])
     def test_truncated(self, packed_file, keep):
@@ -127,16 +127,16 @@ class TestBadFiles:
         self.check(packed_file, f"'{key}' is missing or malformed")
 
     def test_missing_tensor(self, packed_file):
-        rewrite_header(packed_file, lambda header: header["tensors"].pop("features.3.weight_bits"))
-        self.check(packed_file, "missing key or tensor 'features.3.weight_bits'")
+        rewrite_header(packed_file, lambda header: header["tensors"].pop("features_3.weight_bits"))
+        self.check(packed_file, "missing key or tensor 'features_3.weight_bits'")
 
     def test_missing_layer_key(self, packed_file):
-        rewrite_header(packed_file, lambda header: header["network"]["layers"][0].pop("stride"))
+        rewrite_header(packed_file, lambda header: header["network"]["nodes"][1]["attrs"].pop("stride"))
         self.check(packed_file, "missing key or tensor 'stride'")
 
     def test_malformed_tensor_entry(self, packed_file):
-        rewrite_header(packed_file, lambda header: header["tensors"]["features.3.weight_bits"].update(nbytes=7))
-        self.check(packed_file, "malformed entry for tensor 'features.3.weight_bits'")
+        rewrite_header(packed_file, lambda header: header["tensors"]["features_3.weight_bits"].update(nbytes=7))
+        self.check(packed_file, "malformed entry for tensor 'features_3.weight_bits'")
 
     def test_crc_checked_over_the_payload(self, packed_file):
         header, _ = read_packed(packed_file)

@@ -20,7 +20,6 @@ from torchbop.deploy import PackedModel, export, load_packed, pack_model
 from torchbop.deploy.xnor_kernel import kernel_available
 from torchbop.models import BinaryNet, MnistBNN
 from torchbop.nn import BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
-from torchbop.quantizers import StochasticSign
 
 BACKENDS = ("kernel", "torch")
 
@@ -189,27 +188,9 @@ class TestFileRoundTrip:
         assert not packed(torch.randn(2, 1, 28, 28)).requires_grad
 
 
-class TestUnsupported:
-    @pytest.mark.parametrize("layer, match", [
-        (nn.ReLU(), "features.1: layer type ReLU is not supported"),
-        (BinaryConv2d(8, 8, 3, groups=2), "groups=2"),
-        (BinaryConv2d(8, 8, 3, input_quantizer=StochasticSign()), "input quantizer StochasticSign"),
-        (nn.BatchNorm2d(8, track_running_stats=False), "running statistics"),
-    ])
-    def test_unsupported_layers_are_named(self, layer, match):
-        model = nn.Module()
-        model.features = nn.Sequential(BinaryConv2d(1, 8, 3, input_quantizer=None), layer)
-        model.classifier = nn.Sequential(nn.Flatten())
-        with pytest.raises(ValueError, match=match):
-            pack_model(model)
-
-    def test_bop_weights_must_be_binary(self):
-        model = nn.Sequential(BinaryLinear(4, 2))
-        with torch.no_grad():
-            model[0].weight[0, 0] = 0.5
-        with pytest.raises(ValueError, match="0: a weight used as is .* exactly -1 and \\+1"):
-            pack_model(model)
-
-    def test_a_model_without_sequential_parts(self):
-        with pytest.raises(ValueError, match="cannot read the network"):
-            pack_model(nn.Linear(2, 2))
+class TestAnyModule:
+    def test_a_single_layer_is_a_network(self):
+        """No nn.Sequential parts needed: the fx graph of any module (errors: tests/deploy/test_graph.py)."""
+        model = BinaryLinear(16, 3, bias=True).eval()
+        x = torch.randn(5, 16)
+        assert torch.equal(pack_model(model, backend="kernel")(x), model(x).detach())

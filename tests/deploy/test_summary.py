@@ -72,3 +72,53 @@ def test_restores_training_mode_and_leaves_statistics_alone():
     summary(model, (1, 28, 28))
     assert model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class TestInputSize:
+    def test_with_and_without_the_batch_dimension(self):
+        model = BinaryNet(width=0.125)
+        assert summary(model, (1, 3, 32, 32)).rows == summary(model, (3, 32, 32)).rows
+        assert summary(MnistBNN(), [1, 1, 28, 28]).rows == summary(MnistBNN(), (1, 28, 28)).rows
+
+    @pytest.mark.parametrize("size", [(32, 32), (1, 1, 3, 32, 32), (3, 0, 32), "3x32x32"])
+    def test_a_wrong_size_names_it(self, size):
+        with pytest.raises(ValueError, match="Invalid input_size"):
+            summary(BinaryNet(width=0.125), size)
+
+
+class TestLayerKinds:
+    def test_grouped_depthwise_and_1d_convolutions(self):
+        from torch import nn
+
+        from torchbop.nn import BinaryConv1d, BinaryConv2d
+
+        model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, groups=4), BinaryConv2d(8, 8, 3, padding=1, groups=8))
+        s = summary(model, (4, 6, 6))
+        assert [r.float_macs for r in s.rows] == [36 * 8 * 1 * 9, 0]
+        assert [r.binary_macs for r in s.rows] == [0, 36 * 8 * 1 * 9]
+        s1 = summary(nn.Sequential(nn.Conv1d(3, 4, 3), BinaryConv1d(4, 6, 3, groups=2)), (1, 3, 10))
+        assert s1.float_macs == 8 * 4 * 3 * 3 and s1.binary_macs == 6 * 6 * 2 * 3  # lengths 8 then 6
+
+    def test_residual_blocks_rsign_and_each_layer_once(self):
+        from torchbop.models import create_model
+        from torchbop.nn import BinaryConv2d
+
+        model = create_model("reactnet_a", stem="cifar10", width=0.125)
+        s = summary(model, (1, 3, 32, 32))
+        assert s.total_params == sum(p.numel() for p in model.parameters()) + sum(
+            b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
+        binary = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+        rows = {r.name: r for r in s.rows}
+        names = {m: n for n, m in model.named_modules()}
+        assert all(rows[names[m]].binary_macs > 0 and rows[names[m]].float_macs == 0 for m in binary)
+        assert "RPReLU" in {r.type for r in s.rows}  # RSign is inside the binary layers (input_quantizer)
+
+    def test_a_binary_layer_fed_by_an_rsign_layer_has_binary_macs(self):
+        from torch import nn
+
+        from torchbop.nn import BinaryConv2d, RSign
+
+        fed = nn.Sequential(nn.Conv2d(3, 4, 1), RSign(4), BinaryConv2d(4, 4, 3, input_quantizer=None))
+        real = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), BinaryConv2d(4, 4, 3, input_quantizer=None))
+        macs = 4 * 4 * 4 * 4 * 9  # 4x4 outputs of 4 channels, 4 * 3 * 3 each
+        assert (summary(fed, (3, 6, 6)).rows[2].binary_macs, summary(real, (3, 6, 6)).rows[2].binary_macs) == (macs, 0)

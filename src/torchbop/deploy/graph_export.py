@@ -15,7 +15,7 @@ does (a first layer on pixels).
 Example:
     >>> from torch import nn
     >>> from torchbop.nn import BinaryConv2d
-    >>> from torchbop.nn.activations import RSign
+    >>> from torchbop.nn import RSign
     >>> model = nn.Sequential(nn.Conv2d(3, 4, 1), RSign(4), BinaryConv2d(4, 4, 3, input_quantizer=None))
     >>> nodes, tensors, output = network_nodes(model.eval())
     >>> [(n["name"], n["op"], n["inputs"], n["attrs"].get("binary_input")) for n in nodes]
@@ -36,7 +36,7 @@ from torchbop.deploy.graph_tracer import BATCH_NORMS, SIGN_QUANTIZERS, owner, tr
 from torchbop.deploy.packed_ops import pack_weight_bits
 from torchbop.models.memory_format import to_channels_last
 from torchbop.nn import BinaryConv2d, BinaryLinear
-from torchbop.nn.activations import RPReLU, RSign
+from torchbop.nn import RPReLU, RSign
 from torchbop.quantizers import sign
 
 __all__ = ["network_nodes", "SUPPORTED_MODULES", "SUPPORTED_FUNCTIONS"]
@@ -256,8 +256,8 @@ def network_nodes(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, Ten
     Raises:
         ValueError: the model cannot be traced, or has a module or function the packed engine cannot run (named).
     """
-    graph = trace_network(model)
-    modules = dict(model.named_modules())
+    graph, root = trace_network(model)
+    modules = dict(root.named_modules())
     b = _Builder()
     output: str | None = None
     handlers: dict[str, Callable[[fx.Node], None]] = {

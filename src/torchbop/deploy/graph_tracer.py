@@ -13,7 +13,7 @@ Any other module (a residual block, a model) is traced through, so its ``forward
 nodes. The models' channels_last conversion (:func:`torchbop.models.memory_format.to_channels_last`, which looks at
 the input's strides) is recorded as one call rather than traced (fx's ``autowrap_functions``).
 
-:func:`trace_network` returns the graph; a model fx cannot trace (Python control flow on tensor values) raises one
+:func:`trace_network` returns the graph (a single layer is traced as a one-layer ``nn.Sequential``); a model fx cannot trace (Python control flow on tensor values) raises one
 ``ValueError`` naming the model. :func:`owner` names the module a node was traced in, for error messages.
 This follows the approach of torch's own fx-based tools (``torch.ao.quantization``'s ``QuantizationTracer``, which
 also overrides ``is_leaf_module``).
@@ -21,7 +21,7 @@ also overrides ``is_leaf_module``).
 Example:
     >>> from torch import nn
     >>> from torchbop.nn import BinaryConv2d
-    >>> graph = trace_network(nn.Sequential(BinaryConv2d(3, 4, 3), nn.ReLU()))
+    >>> graph, _ = trace_network(nn.Sequential(BinaryConv2d(3, 4, 3), nn.ReLU()))
     >>> [(node.op, node.target) for node in graph.nodes]
     [('placeholder', 'input'), ('call_module', '0'), ('call_module', '1'), ('output', 'output')]
 """
@@ -32,9 +32,9 @@ from torch import fx, nn
 
 from torchbop import quantizers
 from torchbop.models.memory_format import to_channels_last
-from torchbop.nn.activations import RPReLU, RSign
+from torchbop.nn import RPReLU, RSign
 
-__all__ = ["DeployTracer", "trace_network", "owner", "BATCH_NORMS", "SIGN_QUANTIZERS"]
+__all__ = ["DeployTracer", "trace_network", "owner", "is_unit", "BATCH_NORMS", "SIGN_QUANTIZERS"]
 
 #: Batch norms (``ShiftBatchNorm1d/2d`` are subclasses).
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -65,15 +65,19 @@ class DeployTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def trace_network(model: nn.Module) -> fx.Graph:
-    """The fx graph of ``model``'s forward, torchbop's layers kept whole.
+def trace_network(model: nn.Module) -> tuple[fx.Graph, nn.Module]:
+    """``(graph, root)``: the fx graph of ``model``'s forward, torchbop's layers kept whole, and the module its
+    ``call_module`` targets are named in (``model``, or ``nn.Sequential(model)`` for a single layer).
 
     Raises:
         ValueError: fx cannot trace the model (its forward branches on tensor values, or calls what fx cannot
             follow); the message names the model and fx's reason.
     """
+    tracer = DeployTracer()
+    if tracer.is_leaf_module(model, ""):  # fx traces into the root: a single layer becomes a one-layer network
+        model = nn.Sequential(model)
     try:
-        return DeployTracer().trace(model)
+        return tracer.trace(model), model
     except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError) as error:
         raise ValueError(f"{type(model).__name__}: torch.fx cannot trace its forward ({type(error).__name__}: "
                          f"{error}); the packed engine needs a forward without Python control flow on tensor "
