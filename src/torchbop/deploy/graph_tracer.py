@@ -13,8 +13,8 @@ Any other module (a residual block, a model) is traced through, so its ``forward
 nodes. The models' channels_last conversion (:func:`torchbop.models.memory_format.to_channels_last`, which looks at
 the input's strides) is recorded as one call rather than traced (fx's ``autowrap_functions``).
 
-:func:`trace_network` returns the graph (a single layer is traced as a one-layer ``nn.Sequential``); a model fx cannot trace (Python control flow on tensor values) raises one
-``ValueError`` naming the model. :func:`owner` names the module a node was traced in, for error messages.
+:func:`trace_network` returns the graph (a single layer is traced as a one-layer ``nn.Sequential``); a model
+fx cannot trace (Python control flow on tensor values) raises one ``ValueError`` naming the model. :func:`owner` names the module a node was traced in, for error messages.
 This follows the approach of torch's own fx-based tools (``torch.ao.quantization``'s ``QuantizationTracer``, which
 also overrides ``is_leaf_module``).
 

@@ -59,8 +59,8 @@ records ``{"type": OP, "name": MODULE, ...attributes and tensor names}`` of the 
 scale), ``binary_linear``, ``batch_norm``, ``max_pool2d`` and ``flatten``, run in order after the channels_last
 conversion; :func:`torchbop.deploy.packed_model.nodes_from_version1` turns it into nodes.
 
-A file that cannot be read (missing, wrong magic, a format version not in :data:`READABLE_VERSIONS`, truncated, a corrupt payload, a missing
-or malformed key) raises :class:`~torchbop.errors.UserError` with one line naming the file and the fix. An
+A file that cannot be read (missing, wrong magic, a format version not in :data:`READABLE_VERSIONS`, truncated, a
+corrupt payload, a missing or malformed key) raises :class:`~torchbop.errors.UserError` with one line naming the file and the fix. An
 existing output file is replaced only with ``overwrite=True``; a file is written to a temporary neighbour and moved
 into place with ``os.replace``, so a reader never sees half a file.
 
