@@ -25,7 +25,7 @@ Example:
     ...                                model=model)
 """
 
-from torchbop.deploy import load_packed, summary
+from torchbop.deploy import export, load_packed, summary
 from torchbop.metrics import FlipCounter
 from torchbop.nn import BinaryConv2d, BinaryLinear, binarize, split_binary_params
 from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer, ThresholdScheduler
@@ -40,6 +40,7 @@ __all__ = [
     "Bop",
     "Bop2ndOrder",
     "CompositeOptimizer",
+    "export",
     "FlipCounter",
     "load_packed",
     "ThresholdScheduler",
