@@ -33,7 +33,8 @@ Split = tuple[torch.Tensor, torch.Tensor]
 LOCAL_FIELDS = ("out", "data_dir", "progress_bar")
 #: TrainConfig fields added after the experiments' runs were first keyed, with the value every earlier run had: left
 #: out of the stored parameters at that value, so that the keys (and the results stored under them) stay valid.
-ADDED_FIELDS = {"compile": False, "other_lr": None, "decay_schedule": "step"}
+ADDED_FIELDS = {"compile": False, "other_lr": None, "decay_schedule": "step", "unbiased": False, "alpha": None,
+                "gamma_end": None, "threshold_end": None, "sigma_end": None, "lr_end": None, "recalibrate_bn": "off"}
 #: What a run's result keeps of train()'s.
 RESULT_KEYS = ("test_acc", "test_loss", "val_acc", "val_loss", "epochs", "global_step", "stopped_early", "protocol",
                "test_weights", "best_val_loss", "wall_time_s", "train_images_per_s")

@@ -35,10 +35,13 @@ __all__ = ["TrainConfig", "load_recipe", "apply_overrides", "available_recipes",
 MODES = ("bop", "latent")
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 PROTOCOLS = ("original", "reproduction")
-OPTIMIZERS = {"bop": ("bop", "bop2nd"), "latent": ("adam", "sgd")}
+OPTIMIZERS = {"bop": ("bop", "bop2nd", "cema"), "latent": ("adam", "sgd")}
 PRECISIONS = ("auto", "32", "bf16-mixed")
 TEST_WEIGHTS = ("last", "best")
-DECAY_SCHEDULES = ("step", "linear")
+DECAY_SCHEDULES = ("step", "linear", "interpolate")
+RECALIBRATIONS = ("off", "end", "eval")
+#: the rates decay_schedule "interpolate" moves, each to its ``<name>_end``
+INTERPOLATED = ("gamma", "threshold", "sigma", "lr")
 
 
 @dataclass(frozen=True)
@@ -70,21 +73,39 @@ class TrainConfig:
 
     # --- optimization -------------------------------------------------------------------------------------------
     epochs: int = 5
-    optimizer: str = "bop"  # mode bop: "bop" | "bop2nd"; mode latent: "adam" | "sgd" (for every parameter)
-    gamma: float = 1e-4  # Bop's adaptivity rate (kept in the param group as "lr")
-    threshold: float = 1e-8  # Bop's flip threshold tau
+    # mode bop: "bop" | "bop2nd" | "cema" (Quist et al., ICLR 2023); mode latent: "adam" | "sgd" (every parameter)
+    optimizer: str = "bop"
+    gamma: float = 1e-4  # Bop's adaptivity rate (kept in the param group as "lr"); CEMA: the rate of its m
+    threshold: float = 1e-8  # Bop's flip threshold tau (not used by CEMA, which flips where w * I > 0)
     sigma: float = 1e-2  # Bop2ndOrder's second-moment rate
+    unbiased: bool = False  # Bop2ndOrder: the authors' unbiased variant (m / gamma over sqrt(v / sigma))
+    # CEMA's inertia rate, in (0, 1]; required by optimizer "cema" and used by it alone. Kept in the param group as
+    # "lr", so decay_schedule "step"/"linear" decay alpha (the authors decay it linearly), not gamma.
+    alpha: float | None = None
     gamma_decay: float = 1.0  # multiply gamma (latent mode: lr) by this every gamma_decay_every epochs
     gamma_decay_every: int | None = None  # epochs; None: constant
     # "step": the staircase above | "linear": multiply gamma (latent mode: lr) by 1 - epoch / epochs at each epoch,
-    # down to 0 over the run (ReActNet's and AdamBNN's schedule, arXiv:2003.03488, arXiv:2009.13799)
+    # down to 0 over the run (ReActNet's and AdamBNN's schedule, arXiv:2003.03488, arXiv:2009.13799) |
+    # "interpolate": before every optimizer step, set each of gamma, threshold, sigma and lr that has an *_end below
+    # to (start - end) * (1 - step / steps) + end, linear in value from its field's value at the first step to *_end
+    # at the end of the run (the Bop2ndOrder authors' CIFAR-10 recipe: Keras' PolynomialDecay, power 1, per step;
+    # torchbop.training.schedules). Rates without an *_end stay constant.
     decay_schedule: str = "step"
+    gamma_end: float | None = None  # "interpolate": gamma at the end of the run (mode bop, optimizer bop or bop2nd)
+    threshold_end: float | None = None  # "interpolate": tau at the end of the run (same)
+    sigma_end: float | None = None  # "interpolate": sigma at the end of the run (optimizer bop2nd)
+    lr_end: float | None = None  # "interpolate": Adam's (latent mode: the optimizer's) lr at the end of the run
     lr: float = 0.01  # Adam/SGD learning rate: the non-binary parameters (mode bop) or all of them (mode latent)
     # mode latent: the learning rate of the non-binary parameters (batch norm), a second param group; None: lr
     other_lr: float | None = None
     momentum: float = 0.0  # SGD only
     early_stop_flip_epochs: int | None = None  # stop after this many consecutive epochs without a single flip
     test_weights: str = "last"  # "last": weights at the end | "best": lowest validation loss (reproduction)
+    # Batch norm's running statistics lag weights that still flip. "end": before the test, recompute every batch
+    # norm's running mean and variance over the training set (no augmentation, dataset order, batches of batch_size,
+    # cumulative average) with the weights tested | "eval": also before every validation | "off": keep the running
+    # averages of training. Its cost is reported (torchbop.training.recalibration).
+    recalibrate_bn: str = "off"
 
     # --- runtime ------------------------------------------------------------------------------------------------
     seed: int = 0
@@ -116,16 +137,19 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("test_weights", self.test_weights, TEST_WEIGHTS)
         _check_choice("decay_schedule", self.decay_schedule, DECAY_SCHEDULES)
-        if self.decay_schedule == "linear" and (self.gamma_decay_every is not None or self.gamma_decay != 1.0):
-            raise ValueError("decay_schedule 'linear' decays to 0 over the run by itself; remove gamma_decay and "
-                             "gamma_decay_every (they set the 'step' schedule)")
+        _check_choice("recalibrate_bn", self.recalibrate_bn, RECALIBRATIONS)
+        if self.decay_schedule != "step" and (self.gamma_decay_every is not None or self.gamma_decay != 1.0):
+            what = "decays to 0" if self.decay_schedule == "linear" else "moves the rates to their *_end"
+            raise ValueError(f"decay_schedule {self.decay_schedule!r} {what} over the run by itself; remove "
+                             "gamma_decay and gamma_decay_every (they set the 'step' schedule)")
+        self._check_optimizer_options()
         positive = ["batch_size", "eval_batch_size", "epochs", "log_every_n_steps", "num_nodes"]
         positive += [k for k in ("subset", "gamma_decay_every", "early_stop_flip_epochs", "checkpoint_every_n_steps")
                      if getattr(self, k) is not None]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"Invalid {key} value: {getattr(self, key)} (expected a positive integer)")
-        for key in ("gamma", "threshold", "sigma", "lr", "momentum", "other_lr"):
+        for key in ("gamma", "threshold", "sigma", "lr", "momentum", "other_lr", *(f"{k}_end" for k in INTERPOLATED)):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ValueError(f"Invalid {key} value: {getattr(self, key)} (expected >= 0)")
         _check_devices(self.devices)
@@ -139,6 +163,50 @@ class TrainConfig:
         if self.test_weights == "best" and self.protocol == "original":
             raise ValueError("test_weights='best' with protocol 'original' would pick the weights on the test set; "
                              "use protocol 'reproduction' (a held-out validation split) or test_weights='last'")
+
+    def _check_optimizer_options(self) -> None:
+        """The options that belong to one optimizer or one schedule: CEMA's alpha, Bop2ndOrder's unbiased, *_end."""
+        if self.optimizer == "cema":
+            if self.alpha is None:
+                raise ValueError("optimizer 'cema' needs alpha, the rate of its inertia in (0, 1]: set alpha (the "
+                                 "authors' CIFAR-10 runs use values around 1e-3 to 1e-2)")
+            for key in ("alpha", "gamma"):
+                if not 0.0 < getattr(self, key) <= 1.0:
+                    raise ValueError(f"Invalid {key} value: {getattr(self, key)} (CEMA expects a number in (0, 1])")
+        elif self.alpha is not None:
+            raise ValueError(f"alpha is CEMA's inertia rate (optimizer 'cema'); optimizer {self.optimizer!r} does "
+                             "not use it: remove alpha or set optimizer: cema")
+        if self.unbiased and self.optimizer != "bop2nd":
+            raise ValueError(f"unbiased=True selects Bop2ndOrder's unbiased variant (optimizer 'bop2nd'); optimizer "
+                             f"{self.optimizer!r} has none: remove unbiased or set optimizer: bop2nd")
+        ends = [f"{k}_end" for k in INTERPOLATED if getattr(self, f"{k}_end") is not None]
+        if self.decay_schedule != "interpolate":
+            if ends:
+                raise ValueError(f"{', '.join(ends)} set(s) where a rate ends under decay_schedule 'interpolate' "
+                                 f"(here {self.decay_schedule!r}): set decay_schedule: interpolate or remove it")
+            return
+        if not ends:
+            raise ValueError("decay_schedule 'interpolate' moves the rates that have an end value, and none has: set "
+                             "one or more of gamma_end, threshold_end, sigma_end, lr_end")
+        allowed = {"lr_end"}
+        if self.mode == "bop" and self.optimizer in ("bop", "bop2nd"):
+            allowed |= {"gamma_end", "threshold_end"}
+        if self.optimizer == "bop2nd":
+            allowed.add("sigma_end")
+        if self.optimizer == "cema":
+            allowed = set()
+        for key in ends:
+            if key not in allowed:
+                raise ValueError(f"{key} is not a rate of optimizer {self.optimizer!r} in mode {self.mode!r} "
+                                 f"(interpolated there: {', '.join(sorted(allowed)) or 'none'}); remove {key}"
+                                 + ("; CEMA's alpha follows decay_schedule 'step' or 'linear'"
+                                    if self.optimizer == "cema" else ""))
+        if self.gamma_end is not None and self.gamma_end > 1.0:
+            raise ValueError(f"Invalid gamma_end value: {self.gamma_end} (expected a number in [0, 1])")
+        if self.sigma_end is not None and self.sigma_end > 1.0:
+            raise ValueError(f"Invalid sigma_end value: {self.sigma_end} (expected a number in [0, 1])")
+        if self.lr_end is not None and self.other_lr is not None:
+            raise ValueError("lr_end with other_lr: 'interpolate' moves one lr; remove other_lr (or lr_end)")
 
     @property
     def out_dir(self) -> Path:

@@ -94,6 +94,8 @@ def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float], flips:
     if flips is not None:
         parts.append(f"{flips} flips")
     parts.append(f"{seconds:.1f} s")
+    if "bn_recalibration_s" in metrics:  # TrainConfig.recalibrate_bn "eval": included in the epoch's seconds
+        parts[-1] += f" (batch norm recalibration {metrics['bn_recalibration_s']:.1f} s)"
     return f"epoch {epoch}/{epochs}: " + ", ".join(parts)
 
 
@@ -123,7 +125,7 @@ class EpochLines(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             metrics = trainer.callback_metrics
-            self._val = {k: float(metrics[k]) for k in ("val_loss", "val_acc") if k in metrics}
+            self._val = {k: float(metrics[k]) for k in ("val_loss", "val_acc", "bn_recalibration_s") if k in metrics}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Every rank reads callback_metrics: computing a metric logged with sync_dist is a collective.

@@ -4,13 +4,18 @@ The module owns the three things Lightning needs and the model does not:
 
 * the loss and metrics, in one ``_shared_step`` for train/val/test (``train_loss_step``/``train_loss_epoch``,
   ``train_acc_step``/``train_acc_epoch``; ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``);
-* the optimizer: Bop (or Bop2ndOrder) for the binary weights and Adam for everything else, joined into one
+* the optimizer: Bop (or Bop2ndOrder, or CEMA) for the binary weights and Adam for everything else, joined into one
   ``CompositeOptimizer`` because Lightning's automatic optimization takes a single optimizer; in latent mode one
   Adam/SGD over all parameters (with ``other_lr``, two param groups: batch norm at its own rate), with the latent
   weights clipped to [-1, 1] after every step;
 * the gamma schedule: a ``LambdaLR`` over the composite with one lambda per param group. Bop keeps gamma in its groups
   under ``"lr"``, so the staircase decays gamma while Adam's groups keep a constant factor 1. It steps once per epoch.
-  (In latent mode it decays the learning rate of the one optimizer.)
+  (In latent mode it decays the learning rate of the one optimizer; with CEMA, whose group ``"lr"`` is alpha, it
+  decays alpha, as the CEMA authors do.) ``decay_schedule: "interpolate"`` has no scheduler: before every optimizer
+  step the module sets gamma, tau, sigma and Adam's lr (those with an ``*_end``) to
+  :class:`~torchbop.training.schedules.LinearInterpolation` of ``trainer.global_step`` (the steps done, Keras'
+  ``iterations``) over ``trainer.estimated_stepping_batches`` steps, so a resumed run, whose step counter is
+  restored, sets the same values.
 
 Under ``precision="bf16-mixed"`` Lightning autocasts the forward pass; parameters, gradients and the optimizers' state
 (Bop's ``m``, Adam's moments) stay float32.
@@ -74,46 +79,11 @@ from torch import nn
 from torchbop.metrics import FlipCounter, latent_at_clip
 from torchbop.models import create_model
 from torchbop.nn import clip_latent_weights_, named_binary_layers, split_binary_params
-from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer
-from torchbop.training.config import TrainConfig
+from torchbop.optim import CEMA, Bop, Bop2ndOrder, CompositeOptimizer
+from torchbop.training.config import INTERPOLATED, TrainConfig
+from torchbop.training.schedules import LinearDecay, LinearInterpolation, StepDecay
 
 __all__ = ["BinaryClassifier", "StepDecay", "LinearDecay", "build_model", "loss_and_accuracy"]
-
-
-class StepDecay:
-    """Staircase factor ``factor ** (epoch // every)`` (constant 1 when ``every`` is None); a picklable lr_lambda.
-
-    Example:
-        >>> decay = StepDecay(0.1, every=100)
-        >>> [decay(e) for e in (0, 99, 100, 199, 200)]
-        [1.0, 1.0, 0.1, 0.1, 0.010000000000000002]
-    """
-
-    def __init__(self, factor: float = 1.0, every: int | None = None) -> None:
-        self.factor = factor
-        self.every = every
-
-    def __call__(self, epoch: int) -> float:
-        if self.every is None:
-            return 1.0
-        return self.factor ** (epoch // self.every)
-
-
-class LinearDecay:
-    """Factor ``1 - epoch / epochs``: from 1 at the first epoch down to ``1 / epochs`` at the last; a picklable
-    lr_lambda (ReActNet's and AdamBNN's ``LambdaLR(lambda step: 1.0 - step / epochs)``, stepped once per epoch).
-
-    Example:
-        >>> decay = LinearDecay(4)
-        >>> [decay(e) for e in range(4)]
-        [1.0, 0.75, 0.5, 0.25]
-    """
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def __call__(self, epoch: int) -> float:
-        return max(0.0, 1.0 - epoch / self.epochs)
 
 
 def loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sums_dtype: torch.dtype
@@ -162,6 +132,7 @@ class BinaryClassifier(L.LightningModule):
         self._compiled_forward: Any = None  # torch.compile(loss_and_accuracy), made at the first training step
         self._flipper: Any = None  # the Bop (or Bop2ndOrder) of the binary weights
         self._checked_step = 0  # global step of the last non-finite check (compile path)
+        self._interpolations: dict[str, LinearInterpolation] | None = None  # decay_schedule "interpolate"
         #: the last training step's ``train_loss_step`` and ``train_acc_step`` (device tensors), for callbacks that
         #: want every step's values: with ``compile: true`` they are logged (and so in ``trainer.callback_metrics``)
         #: at the logged steps only
@@ -234,8 +205,11 @@ class BinaryClassifier(L.LightningModule):
                 fast["fused"] = True
             if cfg.optimizer == "bop":
                 flipper = Bop(binary, gamma=cfg.gamma, threshold=cfg.threshold, **fast)
-            else:
-                flipper = Bop2ndOrder(binary, gamma=cfg.gamma, sigma=cfg.sigma, threshold=cfg.threshold, **fast)
+            elif cfg.optimizer == "bop2nd":
+                flipper = Bop2ndOrder(binary, gamma=cfg.gamma, sigma=cfg.sigma, threshold=cfg.threshold,
+                                      unbiased=cfg.unbiased, **fast)
+            else:  # CEMA has no fused kernel and no "mask" policy: eager, a gradient check at every step
+                flipper = CEMA(binary, gamma=cfg.gamma, alpha=cfg.alpha)
             self._flipper = flipper
             children = [flipper]
             if other:
@@ -259,22 +233,52 @@ class BinaryClassifier(L.LightningModule):
         # (and does not probe - and so create - optimizer state for binary weights the optimizer does not train).
         reader = optimizer if cfg.mode == "bop" else None
         self.flip_counter = FlipCounter(self.model, reader) if has_binary else None  # None: a float model
+        if cfg.decay_schedule == "interpolate":  # set before every step, from the step count (optimizer_step)
+            return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def interpolated_rates(self, step: int) -> dict[str, float]:
+        """``decay_schedule: "interpolate"``: the rates with an ``*_end`` at optimizer step ``step`` (steps done)."""
+        if self._interpolations is None:
+            cfg, total = self.config, int(self.trainer.estimated_stepping_batches)
+            self._interpolations = {key: LinearInterpolation(getattr(cfg, key), getattr(cfg, f"{key}_end"), total)
+                                    for key in INTERPOLATED if getattr(cfg, f"{key}_end") is not None}
+        return {key: schedule(step) for key, schedule in self._interpolations.items()}
+
+    def _set_interpolated_rates(self, step: int) -> None:
+        """Write :meth:`interpolated_rates` of ``step`` into the param groups: gamma (as ``"lr"``), tau and sigma
+        into the Bop groups, lr into the others (Adam's; in latent mode every group)."""
+        if self.config.decay_schedule != "interpolate":
+            return
+        rates = self.interpolated_rates(step)
+        flipper_groups = {id(g) for g in self._flipper.param_groups} if self._flipper is not None else set()
+        for group in self.optimizers(use_pl_optimizer=False).param_groups:
+            if id(group) in flipper_groups:
+                for key, name in (("gamma", "lr"), ("threshold", "threshold"), ("sigma", "sigma")):
+                    if key in rates:
+                        group[name] = rates[key]
+            elif "lr" in rates:
+                group["lr"] = rates["lr"]
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         # The closure (forward + backward) runs inside step(); it changes no weight, so the snapshot taken here is the
         # state right before the update.
+        # "interpolate": this step's rates (global_step: the steps done so far), and after it the next step's, so
+        # that between steps the groups hold the rates the next step will use (what callbacks and logs read)
+        self._set_interpolated_rates(self.trainer.global_step)
         counter = self.flip_counter
         if counter is not None:
             counter.before_step()
         optimizer.step(closure=optimizer_closure)
+        self._set_interpolated_rates(self.trainer.global_step + 1)
         if self.config.mode == "latent":
             clip_latent_weights_(self.model)
         if counter is not None:
             counter.after_step()  # device tensors only; logged in on_train_batch_end at the steps Lightning writes
 
     def on_train_start(self) -> None:
+        self._set_interpolated_rates(self.trainer.global_step)  # "interpolate": the first step's rates (or resumed)
         # A run resumed mid-epoch goes on counting that epoch's flips, loss and accuracy, and logs the rates read at
         # the epoch's start (Lightning skips on_train_epoch_start then).
         pending, self._flip_state_to_load = self._flip_state_to_load, None
@@ -395,13 +399,20 @@ class BinaryClassifier(L.LightningModule):
                       prog_bar=prog_bar)
 
     def _rates(self) -> dict[str, float]:
-        """gamma and tau of the first Bop group (or lr of the first latent-mode group), for the logs."""
+        """gamma and tau of the first Bop group (or lr of the first latent-mode group; CEMA's alpha and gamma), for
+        the logs; under ``"interpolate"`` also sigma and Adam's lr where they move."""
         optimizers = self.optimizers(use_pl_optimizer=False)
         group = optimizers.param_groups[0]
+        if self.config.optimizer == "cema":
+            return {"alpha": float(group["lr"]), "gamma": float(group["gamma"])}
         key = "gamma" if self.config.mode == "bop" else "lr"
         rates = {key: float(group["lr"])}
         if "threshold" in group:
             rates["threshold"] = float(group["threshold"])
+        if self.config.sigma_end is not None:
+            rates["sigma"] = float(group["sigma"])
+        if self.config.lr_end is not None and self.config.mode == "bop" and len(optimizers.param_groups) > 1:
+            rates["lr"] = float(optimizers.param_groups[-1]["lr"])
         return rates
 
     # The current epoch's flip counts, loss and accuracy sums and rates travel with mid-epoch checkpoints (plain

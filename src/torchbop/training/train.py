@@ -52,6 +52,7 @@ from torchbop.training.console import EpochLines
 from torchbop.training.data import BinaryDataModule, Split
 from torchbop.training.module import BinaryClassifier
 from torchbop.training.precision import describe_resolution, resolve_precision
+from torchbop.training.recalibration import BatchNormRecalibration
 from torchbop.training.run_folder import clear_run_files, finished_summary, resolve_run_folder, write_summary
 from torchbop.training.run_logs import ContinueLogs, run_loggers
 
@@ -66,7 +67,7 @@ def check_config(config: TrainConfig, model: nn.Module | None = None) -> BinaryC
     checked before anything is written; return the module. Its failures are :class:`UserError` naming the key."""
     with blame_user(TypeError, ValueError, what=f"model {config.model!r} with model_kwargs {config.model_kwargs}"):
         module = BinaryClassifier(config, model=model)
-    with blame_user(ValueError, RuntimeError, what="optimizer hyperparameters (gamma, threshold, sigma, lr, momentum)"):
+    with blame_user(ValueError, RuntimeError, what="optimizer hyperparameters (gamma, threshold, sigma, alpha, lr, momentum)"):
         module.configure_optimizers()
     _check_accelerator(config.accelerator)
     return module
@@ -109,7 +110,9 @@ def train(
         ``test_acc``, ``test_loss`` with the ``protocol`` and ``test_weights`` they were measured under, the last
         validation metrics, ``best_val_loss``, checkpoint paths, ``epochs`` completed, ``global_step``,
         ``stopped_early``, ``wall_time_s``, ``train_images_per_s``, ``precision`` (the one used: ``"32"`` or
-        ``"bf16-mixed"``) with ``precision_requested`` (``"auto"`` or the same), ``memory_format`` and ``out_dir``.
+        ``"bf16-mixed"``) with ``precision_requested`` (``"auto"`` or the same), ``memory_format`` and ``out_dir``;
+        with ``recalibrate_bn`` on, also ``recalibrate_bn``, ``bn_recalibrations`` (how many ran) and
+        ``bn_recalibration_s`` (their seconds, :mod:`torchbop.training.recalibration`).
     """
     started = time.perf_counter()
     folder = resolve_run_folder(config, overwrite=overwrite, claim=rank_zero_only.rank == 0)
@@ -149,6 +152,9 @@ def train(
     extra: list[L.Callback] = [RNGState(), throughput := Throughput()]
     if not config.progress_bar:
         extra.append(EpochLines())  # before FlipEarlyStopping, whose stop message follows the epoch's line
+    recalibration = None
+    if config.recalibrate_bn != "off":  # before EpochLines' on_validation_end reads its logged cost
+        extra.insert(0, recalibration := BatchNormRecalibration(config.recalibrate_bn, config.batch_size))
     early = None
     if config.early_stop_flip_epochs is not None:
         extra.append(early := FlipEarlyStopping(config.early_stop_flip_epochs))
@@ -224,6 +230,9 @@ def train(
         "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",
         "out_dir": str(out),
     }
+    if recalibration is not None:  # recalibrate_bn "end" / "eval": how often, and the seconds it took in all
+        result.update(recalibrate_bn=config.recalibrate_bn, bn_recalibrations=recalibration.count,
+                      bn_recalibration_s=recalibration.seconds)
     if trainer.is_global_zero:
         write_summary(out / "summary.json", result)
     return result
@@ -240,7 +249,9 @@ def format_summary(result: dict[str, Any]) -> str:
         f"  {result['epochs']} epochs, {result['global_step']} steps"
         + (" (stopped early: no flips)" if result["stopped_early"] else "")
         + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
-        f" on {result['device']} x{result['world_size']}" + _precision_note(result),
+        f" on {result['device']} x{result['world_size']}" + _precision_note(result)
+        + (f", batch norm recalibrated {result['bn_recalibrations']}x ({result['bn_recalibration_s']:.1f} s)"
+           if result.get("bn_recalibrations") else ""),
         f"  checkpoints: {result['last_checkpoint']} (last), {result['best_checkpoint']} (best)",
     ]
     return "\n".join(lines)
