@@ -45,8 +45,9 @@ from torch import Tensor, nn
 
 from torchbop.deploy.graph_export import network_nodes
 from torchbop.deploy.packed_format import read_packed, write_packed
+from torchbop.deploy.bit_engine import build_engine_ops, to_float
+from torchbop.deploy.engine_kernels import resolve_engine
 from torchbop.deploy.packed_ops import build_op
-from torchbop.deploy.xnor_kernel import resolve_backend
 from torchbop.errors import UserError
 
 __all__ = ["PackedModel", "pack_model", "export", "load_packed", "network_nodes", "nodes_from_version1"]
@@ -68,11 +69,20 @@ class PackedModel(nn.Module):
         inputs: node name -> the names of its inputs (``"input"``, the network's input, or earlier nodes).
         output: the name of the node (or ``"input"``) whose value is returned.
         input_shape: ``[C, H, W]`` the network was exported for, or None.
+        backend: what runs the binary layers: ``"torch"`` (the pure-torch reference) or the engine's C path
+            (``"portable"``, ``"avx2"``, ``"avx512"``; :mod:`torchbop.deploy.bit_engine`).
+        input_channels: the channels (and ``input_dims``, the dimensions) the first layer takes, when known.
+
+    Inputs are checked before any kernel runs: a float32 tensor of ``input_dims`` dimensions, ``input_channels``
+    channels and ``input_shape`` (when recorded), contiguous or channels_last, on the CPU for a C path; anything
+    else is one ``ValueError`` that names what is wrong and the fix.
     """
 
     def __init__(self, ops: dict[str, nn.Module], inputs: dict[str, list[str]], output: str, *,
-                 input_shape: list[int] | None = None) -> None:
+                 input_shape: list[int] | None = None, backend: str = "torch", input_channels: int | None = None,
+                 input_dims: int | None = None) -> None:
         super().__init__()
+        self.backend, self.input_channels, self.input_dims = backend, input_channels, input_dims
         known = {INPUT}
         for name in ops:
             missing = [i for i in inputs[name] if i not in known]
@@ -102,14 +112,43 @@ class PackedModel(nn.Module):
             module.training = False
         return self
 
+    def check_input(self, x: Tensor) -> None:
+        """``ValueError`` naming the problem and the fix, for an input this network cannot take."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"PackedModel input: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != torch.float32:
+            raise ValueError(f"PackedModel input: dtype {x.dtype}, expected torch.float32; convert with x.float()")
+        if self.backend != "torch" and x.device.type != "cpu":
+            raise ValueError(f"PackedModel input: on {x.device}, but the {self.backend} kernels run on the CPU; "
+                             "move it with x.cpu() (or load with backend='torch')")
+        expected = None if self.input_shape is None else [int(s) for s in self.input_shape]
+        dims = len(expected) + 1 if expected is not None else self.input_dims
+        if dims is not None and x.dim() != dims:
+            what = f"[N, {', '.join(map(str, expected))}]" if expected else f"{dims} dimensions"
+            raise ValueError(f"PackedModel input: shape {tuple(x.shape)}, expected {what}; add the batch "
+                             "dimension with x.unsqueeze(0) for one image" if x.dim() == dims - 1 else
+                             f"PackedModel input: shape {tuple(x.shape)}, expected {what}")
+        if expected is not None and list(x.shape[1:]) != expected:
+            raise ValueError(f"PackedModel input: shape {tuple(x.shape)}, but the network was exported for "
+                             f"[N, {', '.join(map(str, expected))}]; resize or crop the images to that size")
+        if self.input_channels is not None and x.dim() >= 2 and x.shape[1] != self.input_channels:
+            raise ValueError(f"PackedModel input: {x.shape[1]} channels (shape {tuple(x.shape)}), the first layer "
+                             f"takes {self.input_channels}")
+        if x.dim() == 4 and x.numel() and not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            raise ValueError(f"PackedModel input: memory layout with strides {x.stride()} is neither contiguous nor "
+                             "channels_last; pass x.contiguous()")
+        if x.dim() != 4 and not x.is_contiguous():
+            raise ValueError(f"PackedModel input: not contiguous (strides {x.stride()}); pass x.contiguous()")
+
     @torch.inference_mode()
     def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         values = {INPUT: x}
         for name, key, inputs, release in self.plan:
             values[name] = self.ops[key](*[values[i] for i in inputs])
             for done in release:
                 del values[done]
-        return values[self.output]
+        return to_float(values[self.output])
 
 
 def _key(name: str) -> str:
@@ -120,15 +159,36 @@ def _key(name: str) -> str:
 
 def _model_from_nodes(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], output: str, *,
                       input_shape: list[int] | None, backend: str) -> PackedModel:
-    ops: dict[str, nn.Module] = {}
     inputs: dict[str, list[str]] = {}
     for node in nodes:
         name = node["name"]
-        if name in ops or name == INPUT:
+        if name in inputs or name == INPUT:
             raise ValueError(f"node name {name!r} is used twice")
-        ops[name] = build_op(node, tensors, backend)
         inputs[name] = list(node["inputs"])
-    return PackedModel(ops, inputs, output, input_shape=input_shape)
+    if backend == "torch":
+        ops = {node["name"]: build_op(node, tensors, "torch") for node in nodes}
+    else:
+        ops = build_engine_ops(nodes, tensors, output, backend)
+    channels, dims = _input_geometry(nodes)
+    return PackedModel(ops, inputs, output, input_shape=input_shape, backend=backend, input_channels=channels,
+                       input_dims=dims)
+
+
+def _input_geometry(nodes: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+    """The channels and dimensions of the network's input, from the first layer with a weight that reads it
+    (through layout-only ops), or ``(None, None)``."""
+    names = {INPUT}
+    for node in nodes:
+        if not set(node["inputs"]) & names:
+            continue
+        shape = node.get("attrs", {}).get("shape")
+        if node["op"] in ("conv2d", "binary_conv2d") and shape:
+            return int(shape[1]) * int(node["attrs"].get("groups", 1)), 4
+        if node["op"] in ("linear", "binary_linear") and shape:
+            return int(shape[1]), 2
+        if node["op"] in ("channels_last", "contiguous"):
+            names.add(node["name"])
+    return None, None
 
 
 def pack_model(model: nn.Module, *, backend: str = "auto") -> PackedModel:
@@ -136,9 +196,11 @@ def pack_model(model: nn.Module, *, backend: str = "auto") -> PackedModel:
 
     Args:
         model: a trained BNN (see the module docstring for what is supported); its eval-mode forward is packed.
-        backend: ``"kernel"`` (XNOR-popcount C kernel), ``"torch"`` (float products of +-1) or ``"auto"``.
+        backend: ``"auto"`` (``$TORCHBOP_KERNEL`` if set, else the fastest C path this CPU runs, else torch),
+            ``"kernel"`` (the fastest C path), ``"portable"``, ``"avx2"``, ``"avx512"`` (one C path:
+            :mod:`torchbop.deploy.engine_kernels`) or ``"torch"`` (the pure-torch reference: float products of +-1).
     """
-    backend = resolve_backend(backend)
+    backend = resolve_engine(backend)
     nodes, tensors, output = network_nodes(model)
     return _model_from_nodes(nodes, tensors, output, input_shape=None, backend=backend)
 
@@ -195,7 +257,7 @@ def load_packed(path: str | os.PathLike[str], *, backend: str = "auto") -> Packe
         UserError: the file is missing, not a packed model, of another format version, truncated or corrupt, or
             lacks a key it needs; the message names the file and the fix.
     """
-    backend = resolve_backend(backend)
+    backend = resolve_engine(backend)
     header, tensors = read_packed(path)
     network = header.get("network")
     key = "layers" if header["version"] == 1 else "nodes"

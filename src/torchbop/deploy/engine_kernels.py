@@ -1,0 +1,278 @@
+r"""The packed engine's C kernels (``csrc/bnn_engine.c``): which paths this CPU runs, and validated calls.
+
+One shared library holds three implementations of the XNOR-popcount product, chosen per call:
+
+- ``"portable"``: plain C (``__builtin_popcountll`` on 64-bit words), for any CPU; the reference of the C paths;
+- ``"avx2"``: 256-bit XOR and a per-byte popcount by two ``vpshufb`` table lookups (Mula, Kurz and Lemire,
+  arXiv:1611.07612), 4 rows x 2 filters of byte counters emptied by ``vpsadbw``;
+- ``"avx512"``: 512-bit XOR and ``vpopcntq`` (AVX-512 VPOPCNTDQ), 4 rows x 4 filters of 64-bit counters, the last
+  words of a row by masked loads.
+
+The library is built with ``cc -O3`` and no ``-march`` flag: each SIMD function carries its own
+``__attribute__((target(...)))``, so the same file runs on every x86-64, and :func:`available_paths` asks the CPU
+(``__builtin_cpu_supports``) which of them it can run. :func:`resolve_engine` turns a ``backend`` argument, or the
+environment variable ``TORCHBOP_KERNEL`` (``portable``, ``avx2``, ``avx512``, ``torch``) when the argument is
+``"auto"``, into one path, or ``"torch"`` (the pure-torch reference engine). Forcing a path this CPU lacks raises a
+``ValueError`` that names the paths it has.
+
+Every wrapper checks dtypes, shapes, contiguity and sizes before the C call (a C function trusts its arguments),
+so a wrong argument is a ``ValueError`` here, never a crash in C. The library is built and cached as
+:mod:`torchbop.deploy.xnor_kernel` builds its own (a private per-user folder, keyed by a hash of the source).
+
+Example:
+    >>> "portable" in available_paths() or not engine_available()
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from torchbop.deploy.xnor_kernel import _cache_folder
+
+__all__ = ["PATHS", "ENV_VAR", "available_paths", "engine_available", "resolve_engine", "binary_conv",
+           "maxpool_bits", "pack_signs_nhwc", "pack_thresholds_nhwc", "EPI_FLOAT", "EPI_BITS"]
+
+#: The C paths, slowest first.
+PATHS = ("portable", "avx2", "avx512")
+#: Environment variable that forces a path (or ``torch``) where ``backend="auto"``.
+ENV_VAR = "TORCHBOP_KERNEL"
+EPI_FLOAT, EPI_BITS = 0, 1
+_SOURCE = Path(__file__).with_name("csrc") / "bnn_engine.c"
+_FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
+_errors: list[str] = []
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL | None:
+    try:
+        return _load()
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", b"") or b""
+        text = (detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)) or str(error)
+        _errors.append(text.strip().splitlines()[0] if text.strip() else type(error).__name__)
+        return None
+
+
+def _load() -> ctypes.CDLL:
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise OSError("no C compiler (cc, gcc or clang) on the PATH")
+    if not _SOURCE.is_file():
+        raise OSError(f"the kernel source {_SOURCE} is missing from the installed package")
+    source = _SOURCE.read_text()
+    digest = hashlib.sha256((source + " ".join(_FLAGS) + platform.machine()).encode()).hexdigest()[:16]
+    folder = _cache_folder()
+    library = folder / f"bnn_engine-{digest}.so"
+    if not library.is_file():
+        with tempfile.TemporaryDirectory(dir=folder) as work:
+            built = Path(work) / library.name
+            subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(built)], check=True, capture_output=True)
+            os.replace(built, library)
+    lib = ctypes.CDLL(str(library))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.tb_paths.restype = ctypes.c_int
+    lib.tb_binary_conv.argtypes = [ptr] + [i64] * 14 + [ptr, i64, i64, ptr, ctypes.c_int, ptr, i64, ptr, ptr,
+                                                        ctypes.c_int, ctypes.c_int]
+    lib.tb_binary_conv.restype = ctypes.c_int
+    lib.tb_maxpool_bits.argtypes = [ptr, ptr] + [i64] * 14 + [ptr]
+    lib.tb_maxpool_bits.restype = None
+    lib.tb_pack_signs.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
+    lib.tb_pack_signs.restype = None
+    lib.tb_pack_thresholds.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ctypes.c_int]
+    lib.tb_pack_thresholds.restype = None
+    return lib
+
+
+def engine_available() -> bool:
+    """True when the engine's C library builds (or is built) and loads here."""
+    return _library() is not None
+
+
+def available_paths() -> tuple[str, ...]:
+    """The C paths this CPU runs (``()`` where the library does not build)."""
+    lib = _library()
+    if lib is None:
+        return ()
+    mask = lib.tb_paths()
+    return tuple(name for bit, name in enumerate(PATHS) if mask >> bit & 1)
+
+
+def resolve_engine(backend: str = "auto") -> str:
+    """One of :data:`PATHS` or ``"torch"`` for ``backend`` in ``auto``, ``kernel`` (the fastest C path),
+    ``torch`` or a path name; ``auto`` reads ``$TORCHBOP_KERNEL`` first, then picks the fastest C path, or torch
+    where the library does not build.
+
+    Raises:
+        ValueError: an unknown name, or a C path this CPU (or this machine's compiler) cannot run.
+    """
+    known = ("auto", "kernel", "torch", *PATHS)
+    origin = "backend"
+    if backend == "auto" and os.environ.get(ENV_VAR):
+        backend, origin = os.environ[ENV_VAR].strip().lower(), f"${ENV_VAR}"
+        if backend == "auto":
+            origin = "backend"
+    if backend not in known:
+        raise ValueError(f"Invalid {origin}: {backend!r} (expected one of {known})")
+    if backend == "torch":
+        return "torch"
+    paths = available_paths()
+    if backend == "auto":
+        return paths[-1] if paths else "torch"
+    if not paths:
+        raise ValueError(f"{origin}={backend!r}: the engine's C library could not be built "
+                         f"({_errors[-1] if _errors else 'unknown reason'}); use backend='torch'")
+    if backend == "kernel":
+        return paths[-1]
+    if backend not in paths:
+        raise ValueError(f"{origin}={backend!r}: this CPU does not run the {backend} path (it runs "
+                         f"{', '.join(paths)}); choose one of those")
+    return backend
+
+
+def _check(t: Tensor, name: str, dtype: torch.dtype, dims: int) -> None:
+    if not isinstance(t, Tensor) or t.dtype != dtype or t.dim() != dims or t.device.type != "cpu" \
+            or not t.is_contiguous():
+        got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{name}: needs a contiguous CPU {dtype} tensor of {dims} dimensions, got {got}")
+
+
+def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: tuple[int, int],
+                stride: tuple[int, int], dilation: tuple[int, int], pad: tuple[int, int, int, int],
+                path: str, threads: int, thresholds: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """XNOR-popcount convolution of packed pixels ``[N, H, W, Cb]`` (uint8) with weight rows ``[O, Kw]`` (int64).
+
+    Returns float32 ``[N * Ho * Wo, O]`` = ``base[p] - 2 * popcount`` (``base`` int32 ``[Ho * Wo, O]``), or, with
+    ``thresholds = (thr int32 [O], flip uint8 [O])``, packed bits uint8 ``[N, Ho, Wo, ceil(O / 8)]``, bit
+    ``((base - 2 s) < thr) ^ flip``. ``pad`` is ``(left, right, top, bottom)``, read as +1 (zero bits).
+    """
+    _check(pixels, "pixels", torch.uint8, 4)
+    _check(weights, "weights", torch.int64, 2)
+    _check(base, "base", torch.int32, 2)
+    n, h, w, cb = pixels.shape
+    o, kw_words = weights.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    left, right, top, bottom = pad
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pad) < 0:
+        raise ValueError(f"binary_conv: invalid geometry kernel {kernel_size}, stride {stride}, dilation "
+                         f"{dilation}, pad {pad}")
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"binary_conv: input {h}x{w} is smaller than the kernel {kernel_size} (with padding)")
+    if kw_words % 4 or kw_words * 8 < kh * kw * cb:
+        raise ValueError(f"binary_conv: weight rows of {kw_words} words cannot hold {kh}x{kw} pixels of {cb} bytes "
+                         "(need a multiple of 4 words, at least the row)")
+    if tuple(base.shape) != (ho * wo, o):
+        raise ValueError(f"binary_conv: base {tuple(base.shape)} should be [{ho * wo}, {o}]")
+    if path not in PATHS:
+        raise ValueError(f"Invalid path: {path!r} (expected one of {PATHS})")
+    if path not in available_paths():
+        raise ValueError(f"path {path!r} does not run on this CPU (it runs {available_paths()})")
+    lib = _library()
+    rows = n * ho * wo
+    if thresholds is None:
+        out = torch.empty(rows, o, dtype=torch.float32)
+        thr_ptr = flip_ptr = None
+        kind, stride_bytes = EPI_FLOAT, 0
+    else:
+        thr, flip = thresholds
+        _check(thr, "thresholds", torch.int32, 1)
+        _check(flip, "flip", torch.uint8, 1)
+        if thr.numel() != o or flip.numel() != o:
+            raise ValueError(f"binary_conv: thresholds of {thr.numel()} and {flip.numel()} channels for {o} filters")
+        out = torch.zeros(n, ho, wo, (o + 7) // 8, dtype=torch.uint8)
+        thr_ptr, flip_ptr = thr.data_ptr(), flip.data_ptr()
+        kind, stride_bytes = EPI_BITS, (o + 7) // 8
+    if rows and o:
+        status = lib.tb_binary_conv(pixels.data_ptr(), n, h, w, cb, ho, wo, kh, kw, sh, sw, dh, dw, top, left,
+                                    weights.data_ptr(), o, kw_words, base.data_ptr(), kind, out.data_ptr(),
+                                    stride_bytes, thr_ptr, flip_ptr, PATHS.index(path), max(1, int(threads)))
+        if status != 0:
+            raise MemoryError("binary_conv: out of memory for the row buffers")
+    return out
+
+
+def maxpool_bits(bits: Tensor, *, kernel_size: tuple[int, int], stride: tuple[int, int],
+                 padding: tuple[int, int], dilation: tuple[int, int], ceil_mode: bool,
+                 flip: Tensor | None = None) -> Tensor:
+    """Max pooling of packed +-1 pixels ``[N, H, W, Cb]``: the AND of each window's bits (bit 1 = -1), torch's
+    output size (``ceil_mode`` included), then ``^ flip`` (uint8 ``[Cb]``) when given."""
+    _check(bits, "bits", torch.uint8, 4)
+    n, h, w, cb = bits.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"maxpool_bits: invalid kernel {kernel_size}, stride {stride}, padding {padding}")
+
+    def size(length: int, k: int, s: int, p: int, d: int) -> int:
+        span = length + 2 * p - d * (k - 1) - 1
+        out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (out - 1) * s >= length + p:
+            out -= 1
+        return out
+
+    ho, wo = size(h, kh, sh, ph, dh), size(w, kw, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"maxpool_bits: input {h}x{w} is smaller than the window {kernel_size}")
+    if flip is not None:
+        _check(flip, "flip", torch.uint8, 1)
+        if flip.numel() != cb:
+            raise ValueError(f"maxpool_bits: flip of {flip.numel()} bytes for pixels of {cb}")
+    out = torch.empty(n, ho, wo, cb, dtype=torch.uint8)
+    if out.numel():
+        _library().tb_maxpool_bits(bits.data_ptr(), out.data_ptr(), n, h, w, cb, ho, wo, kh, kw, sh, sw, ph, pw,
+                                   dh, dw, None if flip is None else flip.data_ptr())
+    return out
+
+
+def pack_signs_nhwc(x: Tensor, path: str) -> Tensor:
+    """Sign bits of float32 ``x`` ``[N, C, H, W]`` (any memory format) or ``[N, C]``: uint8 ``[N, H, W, ceil(C/8)]``
+    (``[N, 1, 1, ceil(C/8)]`` for 2-D), bit 1 where ``x < 0``."""
+    nhwc = _nhwc(x, "pack_signs_nhwc")
+    n, h, w, c = nhwc.shape
+    out = torch.empty(n, h, w, (c + 7) // 8, dtype=torch.uint8)
+    if out.numel():
+        _library().tb_pack_signs(nhwc.data_ptr(), out.data_ptr(), n * h * w, c, PATHS.index(path))
+    return out
+
+
+def _nhwc(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.dim() not in (2, 4) or x.device.type != "cpu":
+        got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name}: needs a float32 CPU tensor [N, C, H, W] or [N, C], got {got}")
+    return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x[:, None, None, :]).contiguous()
+
+
+def pack_thresholds_nhwc(x: Tensor, threshold: Tensor, flip: Tensor, path: str) -> Tensor:
+    """Bits ``(x < threshold) ^ flip`` per channel of float32 ``x`` ``[N, C, H, W]`` or ``[N, C]``: uint8
+    ``[N, H, W, ceil(C / 8)]`` (``threshold`` float32 ``[C]``, ``flip`` uint8 ``[C]`` of 0 and 1)."""
+    nhwc = _nhwc(x, "pack_thresholds_nhwc")
+    n, h, w, c = nhwc.shape
+    _check(threshold, "threshold", torch.float32, 1)
+    _check(flip, "flip", torch.uint8, 1)
+    if threshold.numel() != c or flip.numel() != c:
+        raise ValueError(f"pack_thresholds_nhwc: {threshold.numel()} thresholds for {c} channels")
+    flipbytes = pack_flip(flip)
+    out = torch.empty(n, h, w, (c + 7) // 8, dtype=torch.uint8)
+    if out.numel():
+        _library().tb_pack_thresholds(nhwc.data_ptr(), out.data_ptr(), n * h * w, c, threshold.data_ptr(),
+                                      flip.data_ptr(), flipbytes.data_ptr(), PATHS.index(path))
+    return out
+
+
+def pack_flip(flip: Tensor) -> Tensor:
+    """uint8 0/1 per channel ``[C]`` to bytes ``[ceil(C / 8)]`` (channel 8b + i at bit i of byte b)."""
+    bits = flip.to(torch.int64)
+    bits = torch.nn.functional.pad(bits, (0, -bits.numel() % 8)).view(-1, 8)
+    return (bits << torch.arange(8)).sum(1).to(torch.uint8).contiguous()
