@@ -31,7 +31,7 @@
 
 enum { PATH_PORTABLE = 0, PATH_AVX2 = 1, PATH_AVX512 = 2 };
 enum { EPI_FLOAT = 0, EPI_BITS = 1 };
-enum { MR = 3, NR = 8, RB = 48 };
+enum { MR = 2, NR = 8, RB = 48 };
 
 /* Bit 0: portable C (always); bit 1: AVX2; bit 2: AVX-512 F/BW/VL with VPOPCNTDQ. */
 int tb_paths(void) {
@@ -76,31 +76,27 @@ __attribute__((target("avx2"))) static inline int64_t sum_bytes(__m256i bytes) {
     return _mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1);
 }
 
-/* MR rows x 2 filters with per-byte counters (a byte gains at most 8 per 256-bit step: emptied every 31 steps). */
+/* 2 rows x 2 filters with per-byte counters (a byte gains at most 8 per 256-bit step: emptied every 31 steps). */
 __attribute__((target("avx2"))) static void tile_avx2_x2(const uint64_t *const a[MR], const uint64_t *b0,
                                                          const uint64_t *b1, int64_t Kw, int64_t s[MR][NR],
                                                          int c) {
-    int64_t t00 = 0, t01 = 0, t10 = 0, t11 = 0, t20 = 0, t21 = 0;
+    int64_t t00 = 0, t01 = 0, t10 = 0, t11 = 0;
     for (int64_t k0 = 0; k0 < Kw; k0 += 4 * 31) {
         int64_t k1 = k0 + 4 * 31 < Kw ? k0 + 4 * 31 : Kw;
-        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
         for (int64_t k = k0; k < k1; k += 4) {
             __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + k));
             __m256i w1 = _mm256_loadu_si256((const __m256i *)(b1 + k));
             __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[0] + k));
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[1] + k));
-            __m256i x2 = _mm256_loadu_si256((const __m256i *)(a[2] + k));
             c00 = _mm256_add_epi8(c00, popcount_bytes(_mm256_xor_si256(x0, w0)));
             c01 = _mm256_add_epi8(c01, popcount_bytes(_mm256_xor_si256(x0, w1)));
             c10 = _mm256_add_epi8(c10, popcount_bytes(_mm256_xor_si256(x1, w0)));
             c11 = _mm256_add_epi8(c11, popcount_bytes(_mm256_xor_si256(x1, w1)));
-            c20 = _mm256_add_epi8(c20, popcount_bytes(_mm256_xor_si256(x2, w0)));
-            c21 = _mm256_add_epi8(c21, popcount_bytes(_mm256_xor_si256(x2, w1)));
         }
         t00 += sum_bytes(c00); t01 += sum_bytes(c01); t10 += sum_bytes(c10); t11 += sum_bytes(c11);
-        t20 += sum_bytes(c20); t21 += sum_bytes(c21);
     }
-    s[0][c] = t00; s[0][c + 1] = t01; s[1][c] = t10; s[1][c + 1] = t11; s[2][c] = t20; s[2][c + 1] = t21;
+    s[0][c] = t00; s[0][c + 1] = t01; s[1][c] = t10; s[1][c + 1] = t11;
 }
 
 __attribute__((target("avx2"))) static void tile_avx2(const uint64_t *const a[MR], const uint64_t *const b[NR],
@@ -123,42 +119,76 @@ __attribute__((target(TB_AVX512))) static inline __m512i sum8(__m512i v0, __m512
     return _mm512_add_epi64(_mm512_shuffle_i64x2(u0, u1, 0x88), _mm512_shuffle_i64x2(u0, u1, 0xdd));
 }
 
-/* 3 rows x 8 filters, 64-bit lane counters (VPOPCNTQ), 8 words a step; the last Kw % 8 words by masked loads. */
+/* 2 rows x 8 filters, 64-bit lane counters (VPOPCNTQ), 8 words a step; the last Kw % 8 words by masked loads.
+   (Named accumulators: 16 of the 32 zmm registers; with 24, GCC 12 spills.) */
+#define TB_LOAD(p) _mm512_loadu_si512((const void *)(p))
+#define TB_MLOAD(p) _mm512_maskz_loadu_epi64(tail, (const void *)(p))
 __attribute__((target(TB_AVX512))) static void tile_avx512(const uint64_t *const a[MR], const uint64_t *const b[NR],
                                                            int64_t Kw, int64_t s[MR][NR]) {
-    __m512i acc[MR][NR];
-    for (int r = 0; r < MR; r++)
-        for (int c = 0; c < NR; c++) acc[r][c] = _mm512_setzero_si512();
+    const __m512i z = _mm512_setzero_si512();
+    __m512i c00 = z, c01 = z, c02 = z, c03 = z, c04 = z, c05 = z, c06 = z, c07 = z, c10 = z, c11 = z, c12 = z, c13 = z, c14 = z, c15 = z, c16 = z, c17 = z;
+    __m512i x0, x1, w;
     int64_t k = 0;
     for (; k + 8 <= Kw; k += 8) {
-        __m512i x0 = _mm512_loadu_si512((const void *)(a[0] + k));
-        __m512i x1 = _mm512_loadu_si512((const void *)(a[1] + k));
-        __m512i x2 = _mm512_loadu_si512((const void *)(a[2] + k));
-#pragma GCC unroll 8
-        for (int c = 0; c < NR; c++) {
-            __m512i w = _mm512_loadu_si512((const void *)(b[c] + k));
-            acc[0][c] = _mm512_add_epi64(acc[0][c], _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-            acc[1][c] = _mm512_add_epi64(acc[1][c], _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-            acc[2][c] = _mm512_add_epi64(acc[2][c], _mm512_popcnt_epi64(_mm512_xor_si512(x2, w)));
-        }
+        x0 = TB_LOAD(a[0] + k); x1 = TB_LOAD(a[1] + k);
+        w = TB_LOAD(b[0] + k);
+        c00 = _mm512_add_epi64(c00, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c10 = _mm512_add_epi64(c10, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_LOAD(b[1] + k);
+        c01 = _mm512_add_epi64(c01, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c11 = _mm512_add_epi64(c11, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_LOAD(b[2] + k);
+        c02 = _mm512_add_epi64(c02, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c12 = _mm512_add_epi64(c12, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_LOAD(b[3] + k);
+        c03 = _mm512_add_epi64(c03, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c13 = _mm512_add_epi64(c13, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_LOAD(b[4] + k);
+        c04 = _mm512_add_epi64(c04, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c14 = _mm512_add_epi64(c14, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_LOAD(b[5] + k);
+        c05 = _mm512_add_epi64(c05, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c15 = _mm512_add_epi64(c15, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_LOAD(b[6] + k);
+        c06 = _mm512_add_epi64(c06, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c16 = _mm512_add_epi64(c16, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_LOAD(b[7] + k);
+        c07 = _mm512_add_epi64(c07, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c17 = _mm512_add_epi64(c17, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
     }
     if (k < Kw) {
         __mmask8 tail = (__mmask8)((1u << (Kw - k)) - 1);
-        __m512i x0 = _mm512_maskz_loadu_epi64(tail, (const void *)(a[0] + k));
-        __m512i x1 = _mm512_maskz_loadu_epi64(tail, (const void *)(a[1] + k));
-        __m512i x2 = _mm512_maskz_loadu_epi64(tail, (const void *)(a[2] + k));
-#pragma GCC unroll 8
-        for (int c = 0; c < NR; c++) {
-            __m512i w = _mm512_maskz_loadu_epi64(tail, (const void *)(b[c] + k));
-            acc[0][c] = _mm512_add_epi64(acc[0][c], _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-            acc[1][c] = _mm512_add_epi64(acc[1][c], _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-            acc[2][c] = _mm512_add_epi64(acc[2][c], _mm512_popcnt_epi64(_mm512_xor_si512(x2, w)));
-        }
+        x0 = TB_MLOAD(a[0] + k); x1 = TB_MLOAD(a[1] + k);
+        w = TB_MLOAD(b[0] + k);
+        c00 = _mm512_add_epi64(c00, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c10 = _mm512_add_epi64(c10, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_MLOAD(b[1] + k);
+        c01 = _mm512_add_epi64(c01, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c11 = _mm512_add_epi64(c11, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_MLOAD(b[2] + k);
+        c02 = _mm512_add_epi64(c02, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c12 = _mm512_add_epi64(c12, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_MLOAD(b[3] + k);
+        c03 = _mm512_add_epi64(c03, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c13 = _mm512_add_epi64(c13, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_MLOAD(b[4] + k);
+        c04 = _mm512_add_epi64(c04, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c14 = _mm512_add_epi64(c14, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_MLOAD(b[5] + k);
+        c05 = _mm512_add_epi64(c05, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c15 = _mm512_add_epi64(c15, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_MLOAD(b[6] + k);
+        c06 = _mm512_add_epi64(c06, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c16 = _mm512_add_epi64(c16, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
+        w = TB_MLOAD(b[7] + k);
+        c07 = _mm512_add_epi64(c07, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
+        c17 = _mm512_add_epi64(c17, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
     }
-    for (int r = 0; r < MR; r++)
-        _mm512_storeu_si512((void *)s[r], sum8(acc[r][0], acc[r][1], acc[r][2], acc[r][3], acc[r][4], acc[r][5],
-                                               acc[r][6], acc[r][7]));
+    _mm512_storeu_si512((void *)s[0], sum8(c00, c01, c02, c03, c04, c05, c06, c07));
+    _mm512_storeu_si512((void *)s[1], sum8(c10, c11, c12, c13, c14, c15, c16, c17));
 }
+#undef TB_LOAD
+#undef TB_MLOAD
 #endif
 
 typedef void (*tile_fn)(const uint64_t *const a[MR], const uint64_t *const b[NR], int64_t Kw, int64_t s[MR][NR]);
