@@ -26,18 +26,20 @@ a killed process releases at once), taken by the worker that executes it. A run 
 to it ("running in another invocation") and waited for once everything else is done: if that invocation stores it,
 its record is used (counted under ``elsewhere`` in the manifest); if it fails or is killed, this invocation runs it.
 So each invocation ends with every run of its plan stored (or failed here), and each run is executed once.
+
+**On a cluster.** With a :class:`~torchbop.experiments.launchers.Launcher` (``--launcher slurm``), each run to do
+goes out as one job (submitit; :mod:`~torchbop.experiments.launchers`) instead of a local process; the jobs execute
+:func:`~torchbop.experiments.execution.claim_and_execute` as workers do, so records, locks and resumed runs are the
+same, and this process waits for them, logs each finished run and writes the manifest as above.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import logging
 import multiprocessing
 import os
-import shutil
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -45,12 +47,14 @@ from typing import Any
 
 import torch
 
+from torchbop.data.paths import resolve_data_dir
+from torchbop.experiments.cluster_job import experiment_reference
+from torchbop.experiments.execution import claim_and_execute, init_worker, quiet_lightning
+from torchbop.experiments.launchers import Launcher, require_submitit
 from torchbop.experiments.plots import save_figure
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import get_experiment
-from torchbop.experiments.run_clock import RunClock
-from torchbop.experiments.run_lock import RunLock
-from torchbop.experiments.spec import RunContext, RunSpec
+from torchbop.experiments.spec import RunSpec
 from torchbop.experiments.store import (compute_time_s, environment, jsonable, read_json, time_stamp, write_csv,
                                         write_json)
 
@@ -171,16 +175,21 @@ def run_experiment(
     verbose: bool = True,
     command: str | None = None,
     log: Callable[[str], None] = print,
+    launcher: Launcher | None = None,
 ) -> dict[str, Any]:
     """Run ``config``'s plan (skipping runs already stored), then write the manifest, summary, tables and figure.
 
     Returns the manifest. Failed runs are listed under ``"failed"`` (with their tracebacks in the log); the summary
     then covers the runs that succeeded. Runs that another invocation holds are waited for at the end (see the module
-    docstring); ``"elsewhere"`` counts those it stored.
+    docstring); ``"elsewhere"`` counts those it stored. With ``launcher`` each run to do is a job of that launcher
+    (``jobs`` is then unused: ``launcher.max_running`` caps the jobs at once).
     """
     if jobs < 1:
         raise ValueError(f"Invalid jobs value: {jobs} (expected >= 1)")
     module = get_experiment(experiment)
+    if launcher is not None:  # before anything is written: submitit is there, the experiment importable by a job
+        require_submitit()
+        reference = experiment_reference(module)
     out = experiment_dir(results_root, profile, experiment)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     unique: dict[str, RunSpec] = {}  # identical runs planned twice (a grid point of two sweeps) run once
@@ -189,10 +198,17 @@ def run_experiment(
     keyed = [(spec, key) for key, spec in unique.items()]
     reused = reuse_records(results_root, profile, experiment, [k for _, k in keyed])
     todo = [(s, k) for s, k in keyed if not (out / "runs" / f"{k}.json").is_file()]
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    if launcher is None:
+        threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        how = f"with {jobs} job(s) x {threads} thread(s)"
+    else:
+        jobs = launcher.max_running or max(1, len(todo))
+        share = max(1, (os.cpu_count() or 1) // jobs) if launcher.kind == "local" else 1  # this machine's cores
+        threads = threads or launcher.cpus_per_task or share
+        how = f"as {launcher.describe()}, {threads} thread(s) each"
     log(f"{experiment} ({profile}): {len(keyed)} runs, {len(keyed) - len(todo)} already done"
         + (f" ({reused} stored by another profile)" if reused else "")
-        + f", {len(todo)} to run with {jobs} job(s) x {threads} thread(s) -> {out}")
+        + f", {len(todo)} to run {how} -> {out}")
 
     started = time.time()
     failed: list[str] = []
@@ -219,6 +235,7 @@ def run_experiment(
             "finished_at": time_stamp() if finished else None,
             "command": command,
             "environment": environment(threads=threads, jobs=jobs),
+            "launcher": launcher.as_dict() if launcher is not None else None,
         }
 
     if todo:  # what a report made before this invocation ends reads: the plan, and that it is still running
@@ -248,28 +265,35 @@ def run_experiment(
             f"({where}; {time.time() - started:.0f} s elapsed)")
         return True
 
-    if jobs == 1 or len(tasks) <= 1:
+    if launcher is not None and tasks:  # paths absolute: a job may start elsewhere; the experiment by reference
+        root, data = out.resolve(), str(resolve_data_dir(data_dir).resolve())
+        jobs_tasks = [{**{k: v for k, v in task.items() if k not in ("execute", "keep_run_dir")},
+                       "reference": reference, "data_dir": data, "run_dir": str(root / "runs" / task["key"]),
+                       "record_path": str(root / "runs" / f"{task['key']}.json")} for task in tasks]
+        launcher.run(jobs_tasks, folder=root / "jobs", name=f"torchbop-{experiment}", threads=threads,
+                     report=report, log=log)
+    elif jobs == 1 or len(tasks) <= 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             queue = deque((task, False) for task in tasks)  # (task, wait for its lock)
             while queue:
                 task, wait = queue.popleft()
-                if not report(task, *_claim_and_execute(task, wait)):
+                if not report(task, *claim_and_execute(task, wait)):
                     queue.append((task, True))
         finally:
             torch.set_num_threads(previous)
     else:
         context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=init_worker,
                                     initargs=(threads,)) as pool:
-            futures = {pool.submit(_claim_and_execute, task, False): task for task in tasks}
+            futures = {pool.submit(claim_and_execute, task, False): task for task in tasks}
             try:
                 while futures:
                     future = next(cf.as_completed(futures))
                     task = futures.pop(future)
                     if not report(task, *future.result()):  # queued behind every run not yet started
-                        futures[pool.submit(_claim_and_execute, task, True)] = task
+                        futures[pool.submit(claim_and_execute, task, True)] = task
             except KeyboardInterrupt:  # stop now; finished runs are stored, the rest runs next time
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -297,56 +321,3 @@ def write_outputs(experiment: str, out: Path, records: list[dict[str, Any]], con
         save_figure(module.plot, records, summary, config, partial)
         os.replace(partial, out / "figure.png")
     return summary
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning's banners (GPU/TPU availability, tips): an experiment builds one Trainer per run. (The known
-    noise warnings are filtered by :mod:`torchbop.training.console` wherever training is imported.)"""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    quiet_lightning()
-
-
-def _claim_and_execute(task: dict[str, Any], wait: bool) -> tuple[str, dict[str, Any] | None, str | None]:
-    """Execute ``task`` under its run's lock: ``(outcome, record, traceback)``, the outcome being ``"done"`` (run
-    here), ``"elsewhere"`` (another process stored it meanwhile), ``"failed"`` or ``"busy"`` (locked by another
-    process; only without ``wait``)."""
-    record_path = Path(task["record_path"])
-    with RunLock(record_path.with_suffix(".lock")) as lock:
-        if not lock.acquire(wait=wait):
-            return "busy", None, None
-        if record_path.is_file():
-            lock.done()
-            return "elsewhere", read_json(record_path), None
-        try:
-            record = _execute(**task)
-        except Exception:  # one failed run must not take the others down
-            return "failed", None, traceback.format_exc()
-        lock.done()
-        return "done", record, None
-
-
-def _execute(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any]], keep_run_dir: bool,
-             experiment: str, label: str, params: dict, key: str, version: int, run_dir: str, record_path: str,
-             data_dir: str | None, verbose: bool) -> dict[str, Any]:
-    ctx = RunContext(run_dir=Path(run_dir), data_dir=data_dir, verbose=verbose, label=label)
-    if verbose:
-        print(f"  [{label}] started", flush=True)
-    started = time.perf_counter()
-    with RunClock(Path(run_dir)) as clock:  # counts the time of earlier, killed invocations of this run too
-        result = execute(params, ctx)
-    record = {
-        "experiment": experiment, "label": label, "key": key, "version": version, "params": jsonable(params),
-        "result": jsonable(result), "wall_time_s": time.perf_counter() - started,
-        "compute_time_s": clock.elapsed_s(), "cpu_time_s": clock.cpu_s(), "started_at": clock.started_at,
-        "finished_at": time_stamp(), "environment": environment(),
-    }
-    write_json(Path(record_path), record)
-    if not keep_run_dir:
-        shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of finished runs are not needed
-    return record
