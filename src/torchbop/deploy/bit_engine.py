@@ -304,7 +304,7 @@ def _pool_attrs(a: dict[str, Any]) -> dict[str, Any]:
 
 def _runs_on_bits(node: dict[str, Any]) -> bool:
     """A binary layer the kernel runs: it binarizes its input, one group, padding 0 or +-1."""
-    a = node["attrs"]
+    a = node.get("attrs", {})
     if node["op"] not in _BINARY or not a.get("binary_input"):
         return False
     if node["op"] == "binary_linear":
@@ -320,7 +320,7 @@ _SIGN_PRESERVING = ("flatten", "max_pool2d", "dropout", "identity", *_PASS)
 def _reads_sign(node: dict[str, Any], consumers: dict[str, list[dict[str, Any]]], output: str) -> bool:
     """The node uses only the sign of its input: a binary layer that binarizes it, a sign, or a sign-preserving op
     whose own value is read only through its sign (and is not the network's output)."""
-    if node["op"] == "sign" or (node["op"] in _BINARY and bool(node["attrs"].get("binary_input"))):
+    if node["op"] == "sign" or (node["op"] in _BINARY and bool(node.get("attrs", {}).get("binary_input"))):
         return True
     if node["op"] in _SIGN_PRESERVING and node["name"] != output and consumers[node["name"]]:
         return all(_reads_sign(user, consumers, output) for user in consumers[node["name"]])
@@ -366,7 +366,7 @@ def build_engine_ops(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], ou
     ops: dict[str, nn.Module] = {}
     absorbed: set[str] = set()
     for node in nodes:
-        name, op, a = node["name"], node["op"], node["attrs"]
+        name, op, a = node["name"], node["op"], node.get("attrs", {})
         if name in absorbed:
             ops[name] = nn.Identity()
             continue
@@ -380,11 +380,14 @@ def build_engine_ops(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], ou
                         "pad_value": float(a["pad_value"])}
             scale, bias = tensor(node, "scale"), tensor(node, "bias")
             fused = _fusion(node, weight, scale, bias, consumers, only_consumer, tensor, output)
+            folded: list[str] = []
             if fused is not None:
-                absorbed.update(fused[2])
+                folded = fused[2]
+                absorbed.update(folded)
                 fused = fused[:2]
             ops[name] = BinaryLayerOp(weight if op == "binary_conv2d" else weight[:, :, 0, 0], scale, bias, conv,
                                       path, fused)
+            ops[name].folded = folded  # the pooling and batch norm nodes it computes (for inspection and tests)
             continue
         reference = build_op(node, tensors, "torch")
         users = consumers[name]

@@ -1,0 +1,262 @@
+"""The packed engine (bit_engine, thresholds, engine_kernels): every C path equal bit for bit to the pure-torch
+reference and to the model on every model; batch norm + sign thresholds checked exhaustively against the model's own
+batch-norm modules on every channel; bad inputs are clear errors.
+
+Models are untrained (random +-1 weights) with batch-norm statistics from real test images (one train-mode pass,
+``momentum=None``) and random shifts, so that signs flip both ways and predictions vary between images.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchbop
+from torchbop.deploy import pack_model
+from torchbop.deploy import engine_kernels as K
+from torchbop.deploy.bit_engine import BinaryLayerOp, FloatThresholdOp
+from torchbop.deploy.graph_export import network_nodes
+from torchbop.models import create_model
+from torchbop.nn import BinaryConv2d, BinaryLinear
+from torchbop.quantizers import sign
+
+PATHS = K.available_paths()
+pytestmark = pytest.mark.skipif(not PATHS, reason="no C compiler: the engine's C paths cannot be built")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def realistic(model: nn.Module, images: torch.Tensor, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, value in [*model.named_parameters(), *model.named_buffers()]:
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("threshold", "shift_in", "shift_out"):
+                value.copy_(torch.randn(value.shape, generator=g) * 0.3)
+            elif leaf == "slope":
+                value.copy_(torch.rand(value.shape, generator=g))
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.5)
+                if module.weight is not None:  # some negative scales
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=g))
+        model.train()(images)
+    return model.eval()
+
+
+MODELS = [("mnist_bnn", {}), ("binarynet", {"width": 1 / 8}), ("binarynet", {"width": 1 / 8,
+                                                                             "variant": "reproduction"}),
+          ("bireal_net18", {"stem": "cifar10", "width": 1 / 8}), ("reactnet_a", {"stem": "cifar10", "width": 1 / 8}),
+          ("binary_resnet18", {"stem": "cifar10", "width": 1 / 8}),
+          ("quicknet_small", {"stem": "cifar10", "width": 1 / 8}), ("quicknet", {"stem": "cifar10", "width": 1 / 8}),
+          ("quicknet_large", {"stem": "cifar10", "width": 1 / 8})]
+
+
+def _model(name, kwargs, mnist_images, cifar10_images):
+    images = mnist_images[0] if name == "mnist_bnn" else cifar10_images[0]
+    torch.manual_seed(0)
+    return realistic(create_model(name, **kwargs), images[:128], seed=1), images
+
+
+def check_thresholds(model: nn.Module, packed: nn.Module) -> int:
+    """Every fused layer's thresholds against the model's own float operations and batch-norm module on a
+    channels_last feature map holding every reachable integer of every channel; returns the channels checked."""
+    nodes = {node["name"]: node for node in network_nodes(model)[0]}
+    checked = 0
+    for name, op in packed.ops.items():
+        if not isinstance(op, BinaryLayerOp) or op.fused is None:
+            continue
+        thresholds, pool = op.fused
+        layer = model.get_submodule(nodes[name]["module"])
+        bn_nodes = [nodes[n] for n in op.folded if nodes[n]["op"] == "batch_norm"]
+        bn = model.get_submodule(bn_nodes[0]["module"]) if bn_nodes else nn.Identity()
+        k, c = thresholds.fan_in, op.out_channels
+        xs = torch.arange(-k, k + 1, dtype=torch.float32)
+        if isinstance(layer, BinaryConv2d):
+            v = xs.view(1, 1, -1, 1).expand(1, c, -1, 1).contiguous(memory_format=torch.channels_last)
+            shape = (-1, 1, 1)
+        else:
+            v, shape = xs.view(-1, 1).expand(-1, c).contiguous(), (-1,)
+        alpha = layer.output_scale()
+        if alpha is not None:
+            v = layer._scaled(v, alpha, layer.bias, len(shape))
+        elif layer.bias is not None:
+            v = v + layer.bias.view(shape)
+        with torch.no_grad():
+            expected = sign(bn(v)) < 0  # the bit: -1
+        expected = expected[0, :, :, 0].T if isinstance(layer, BinaryConv2d) else expected
+        assert torch.equal(thresholds.bits(xs.to(torch.int64)[:, None]), expected), name
+        if pool is not None:
+            gamma = getattr(bn, "weight", None)
+            negative = torch.zeros(c, dtype=torch.bool) if gamma is None else gamma < 0
+            assert torch.equal(thresholds.pool_flip.bool(), negative)
+        checked += c
+    return checked
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name, kwargs", MODELS, ids=[f"{n}{'-' + k.get('variant', '') if k.get('variant') else ''}"
+                                                      for n, k in MODELS])
+def test_every_path_equals_the_reference_and_the_model(mnist_images, cifar10_images, name, kwargs):
+    model, images = _model(name, kwargs, mnist_images, cifar10_images)
+    with torch.no_grad():
+        expected = model(images)
+    reference = pack_model(model, backend="torch")(images)
+    assert len(expected.unique(dim=0)) >= 100, "logits do not vary: the check would be vacuous"
+    torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-5)
+    for path in PATHS:
+        packed = pack_model(model, backend=path)
+        assert packed.backend == path
+        got = packed(images)
+        assert torch.equal(got, reference), f"{path}: logits differ from the torch reference"
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+    if name in ("mnist_bnn", "binarynet"):  # chains of binary layers: every one but the last writes bits
+        fused = [op for op in packed.ops.values() if isinstance(op, BinaryLayerOp) and op.fused is not None]
+        assert len(fused) == sum(isinstance(m, (BinaryConv2d, BinaryLinear)) for m in model.modules()) - 2
+        assert any(isinstance(op, FloatThresholdOp) for op in packed.ops.values())  # the real first layer
+    check_thresholds(model, packed)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("scale", [None, "fixed"])
+def test_a_binarized_model(cifar10_images, scale):
+    torch.manual_seed(2)
+    real = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardtanh(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.Hardtanh(),
+                         nn.Conv2d(16, 24, 3, padding=1, bias=True), nn.BatchNorm2d(24), nn.Hardtanh(),
+                         nn.Flatten(), nn.Linear(24 * 16 * 16, 10))
+    model = realistic(torchbop.binarize(real, scale=scale), cifar10_images[0][:128], seed=3)
+    reference = pack_model(model, backend="torch")(cifar10_images[0])
+    for path in PATHS:
+        assert torch.equal(pack_model(model, backend=path)(cifar10_images[0]), reference)
+
+
+class Corners(nn.Module):
+    """Batch norms with negative, zero and tiny scales, zero variance, ties at zero; a max pooling before one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = BinaryConv2d(8, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = BinaryConv2d(16, 12, 3, padding=1, pad_value=1.0, scale="fixed")
+        self.bn2 = nn.BatchNorm2d(12, eps=0.0)
+        self.fc = BinaryLinear(12 * 3 * 3, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.bn2(self.conv2(self.bn1(self.pool(self.conv1(x))))), 1))
+
+
+def test_threshold_corners_negative_zero_scales_zero_variance_ties():
+    torch.manual_seed(4)
+    model = Corners().eval()
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.tensor([1, -1, 0, 2, -0.5, 1e-30, -3, 1] * 2))
+        model.bn1.running_mean.copy_(torch.arange(16.0) - 8)  # integers: BN output exactly 0 at x = mean
+        model.bn1.bias.zero_()
+        model.bn1.running_var.copy_(torch.tensor([0.0, 1.0] * 8))  # zero variance: 1 / sqrt(eps)
+        model.bn2.running_var.copy_(torch.tensor([0.0] * 6 + [2.0] * 6))  # eps 0 and zero variance: +-inf, NaN
+        model.bn2.running_mean.copy_(torch.tensor([2.0] * 12))
+        model.bn2.weight.copy_(torch.linspace(-1, 1, 12))
+        model.conv2.weight_scale.copy_(torch.linspace(-2, 2, 12))  # negative weight scales
+    x = torch.randn(64, 8, 5, 5)
+    reference = pack_model(model, backend="torch")(x)
+    torch.testing.assert_close(reference, model(x).detach(), rtol=0, atol=0)
+    for path in PATHS:
+        packed = pack_model(model, backend=path)
+        assert torch.equal(packed(x), reference)
+    assert check_thresholds(model, packed) == 16 + 12
+
+
+def test_float_thresholds_at_the_boundary():
+    """The first (real-input) layer's batch norm + sign as float thresholds: equal to the batch norm's sign at the
+    threshold, the float just below it, and random values."""
+    torch.manual_seed(5)
+    model = nn.Sequential(BinaryConv2d(3, 16, 3, input_quantizer=None), nn.BatchNorm2d(16), BinaryConv2d(16, 4, 3))
+    model = realistic(model, torch.randn(32, 3, 8, 8), seed=6)
+    packed = pack_model(model, backend=PATHS[-1])
+    op = packed.ops["_1"]
+    assert isinstance(op, FloatThresholdOp)
+    t = op.threshold
+    probes = torch.stack([t, torch.nextafter(t, torch.tensor(-float("inf"))), t / 2, -t, torch.zeros(16)])
+    probes = torch.cat([probes, torch.randn(200, 16) * 5])
+    bits = op(probes.view(-1, 16, 1, 1)).data.view(-1, 2)
+    got = ((bits[:, :, None] >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1, 16).bool()
+    expected = sign(model[1](probes.view(-1, 16, 1, 1)).view(-1, 16)) < 0
+    assert torch.equal(got, expected)
+
+
+def test_kernel_paths_agree_on_large_random_products():
+    g = torch.Generator().manual_seed(7)
+    pixels = torch.randint(0, 256, (2, 9, 7, 40), dtype=torch.uint8, generator=g)
+    rows = torch.randint(-2 ** 62, 2 ** 62, (37, 92), dtype=torch.int64, generator=g)  # 3 x 3 x 40 bytes + zeros
+    rows.view(torch.uint8).view(37, -1)[:, 360:] = 0
+    base = torch.randint(-100, 100, (9 * 7, 37), dtype=torch.int32, generator=g)
+    thr = (torch.randint(-50, 50, (37,), dtype=torch.int32, generator=g), torch.randint(0, 2, (37,), generator=g,
+                                                                                         dtype=torch.uint8))
+    geometry = dict(kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1))
+    outs = [K.binary_conv(pixels, rows, base, path=p, threads=2, **geometry) for p in PATHS]
+    bits = [K.binary_conv(pixels, rows, base, path=p, threads=2, thresholds=thr, **geometry) for p in PATHS]
+    for other, other_bits in zip(outs[1:], bits[1:]):
+        assert torch.equal(other, outs[0]) and torch.equal(other_bits, bits[0])
+    assert outs[0].abs().max() > 0
+
+
+def test_paths_and_the_environment_variable(monkeypatch):
+    assert K.resolve_engine("torch") == "torch"
+    assert K.resolve_engine("kernel") == PATHS[-1]
+    monkeypatch.setenv(K.ENV_VAR, "portable")
+    assert K.resolve_engine("auto") == "portable"
+    assert pack_model(nn.Sequential(BinaryLinear(8, 2))).backend == "portable"
+    monkeypatch.setenv(K.ENV_VAR, "sse9")
+    with pytest.raises(ValueError, match=r"Invalid \$TORCHBOP_KERNEL: 'sse9'"):
+        K.resolve_engine("auto")
+    with pytest.raises(ValueError, match="Invalid backend: 'gpu'"):
+        K.resolve_engine("gpu")
+    missing = [p for p in K.PATHS if p not in PATHS]
+    if missing:
+        with pytest.raises(ValueError, match="this CPU does not run"):
+            K.resolve_engine(missing[0])
+
+
+@pytest.fixture(scope="module")
+def packed():
+    torch.manual_seed(8)
+    return pack_model(create_model("mnist_bnn").eval(), backend=PATHS[-1])
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("x, match", [
+        (torch.zeros(2, 1, 28, 28, dtype=torch.float64), "dtype torch.float64.*x.float()"),
+        (torch.zeros(1, 28, 28), r"shape \(1, 28, 28\).*unsqueeze\(0\)"),
+        (torch.zeros(2, 3, 28, 28), "3 channels"),
+        (torch.zeros(2, 1, 56, 28)[:, :, ::2], "neither contiguous nor channels_last.*x.contiguous()"),
+        (torch.zeros(2, 1, 20, 20), "dense layer of 576 inputs gets 256 features"),
+    ])
+    def test_one_clear_error(self, packed, x, match):
+        with pytest.raises(ValueError, match=match):
+            packed(x)
+
+    def test_channels_last_input_is_fine(self, packed):
+        x = torch.randn(3, 1, 28, 28)
+        assert torch.equal(packed(x.contiguous(memory_format=torch.channels_last)), packed(x))
+
+    def test_kernel_wrappers_validate_before_c(self):
+        with pytest.raises(ValueError, match="pixels: needs a contiguous CPU torch.uint8"):
+            K.binary_conv(torch.zeros(1, 3, 3, 8), torch.zeros(1, 4, dtype=torch.int64),
+                          torch.zeros(1, 1, dtype=torch.int32), kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1),
+                          pad=(0, 0, 0, 0), path=PATHS[0], threads=1)
+        with pytest.raises(ValueError, match="cannot hold"):
+            K.binary_conv(torch.zeros(1, 3, 3, 8, dtype=torch.uint8), torch.zeros(1, 4, dtype=torch.int64),
+                          torch.zeros(1, 1, dtype=torch.int32), kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1),
+                          pad=(0, 0, 0, 0), path=PATHS[0], threads=1)
