@@ -8,7 +8,8 @@ Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural Netwo
 * :mod:`torchbop.optim`: ``Bop``, ``Bop2ndOrder``, ``CompositeOptimizer`` (Bop + Adam as one optimizer);
 * :mod:`torchbop.metrics`: ``FlipCounter`` (flips per step and layer, the report's pi_t).
 
-:mod:`torchbop.deploy` (``summary``, ``load_packed``) summarizes a trained BNN and runs its 1-bit packed export.
+:mod:`torchbop.deploy` (``summary``, ``load_packed``) summarizes a trained BNN and runs its 1-bit packed export;
+``export_onnx`` writes it as an ONNX graph for ONNX Runtime and the other ONNX runtimes.
 
 Models (:mod:`torchbop.models`), data (:mod:`torchbop.data`), the Lightning training engine
 (:mod:`torchbop.training`) and the paper's experiments (:mod:`torchbop.experiments`) build on it. Importing
@@ -25,7 +26,7 @@ Example:
     ...                                model=model)
 """
 
-from torchbop.deploy import export, load_packed, summary
+from torchbop.deploy import export, export_onnx, load_packed, summary
 from torchbop.metrics import FlipCounter
 from torchbop.nn import BinaryConv2d, BinaryLinear, binarize, split_binary_params
 from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer, ThresholdScheduler
@@ -41,6 +42,7 @@ __all__ = [
     "Bop2ndOrder",
     "CompositeOptimizer",
     "export",
+    "export_onnx",
     "FlipCounter",
     "load_packed",
     "ThresholdScheduler",

@@ -7,10 +7,17 @@
 * :class:`PackedModel` runs binary layers in integer arithmetic (XNOR-popcount on packed bits,
   :mod:`torchbop.deploy.xnor_kernel`) with the model's eval-mode predictions (:mod:`torchbop.deploy.packed_layers`).
 
-From the command line: ``torchbop summary --recipe cifar10`` and ``torchbop export RUN_DIR -o model.tbop``.
+* :func:`export_onnx` / :func:`onnx_model` (:mod:`torchbop.deploy.onnx_export`): the network as an ONNX graph
+  (+-1 weights, sign and batch norm as ONNX operators, a dynamic batch) for ONNX Runtime and the other runtimes
+  that read ONNX; needs the ``onnx`` package (``pip install 'torchbop[onnx]'``).
+
+From the command line: ``torchbop summary --recipe cifar10``, ``torchbop export RUN_DIR -o model.tbop`` and
+``torchbop export RUN_DIR -o model.onnx --format onnx``.
 """
 
+from torchbop.deploy.onnx_export import export_onnx, onnx_model
 from torchbop.deploy.packed_model import PackedModel, export, load_packed, pack_model
 from torchbop.deploy.summary import ModelSummary, summary
 
-__all__ = ["ModelSummary", "PackedModel", "export", "load_packed", "pack_model", "summary"]
+__all__ = ["ModelSummary", "PackedModel", "export", "export_onnx", "load_packed", "onnx_model", "pack_model",
+           "summary"]
