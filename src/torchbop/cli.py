@@ -46,6 +46,7 @@ from torchbop.data.paths import describe_data_dir, resolve_data_dir
 from torchbop.deploy import export, export_onnx, summary
 from torchbop.errors import UserError, blame_user
 from torchbop.experiments import runner
+from torchbop.experiments.launchers import LAUNCHERS, Launcher, parse_extra, require_submitit
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import EXPERIMENTS
 from torchbop.experiments.report import build_report
@@ -197,9 +198,46 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="approximation only: comma-separated datasets (mnist, fashion-mnist, "
                                           "cifar10)")
     parser.add_argument("--protocol", help="cifar10 only: original | reproduction")
-    parser.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes (default 1)")
-    parser.add_argument("--threads", type=int, help="torch threads per job (default: cores // jobs)")
+    parser.add_argument("--jobs", type=int, help="independent runs in parallel processes (default 1); with "
+                                                 "--launcher, at most this many jobs at once (default: all)")
+    parser.add_argument("--threads", type=int, help="torch threads per job (default: cores // jobs; with --launcher: "
+                                                    "--cpus-per-task, else 1 on SLURM)")
     parser.add_argument("--quiet", action="store_true", help="only one line per finished run")
+    cluster = parser.add_argument_group("cluster jobs", "each run to do as one job, through submitit (pip install "
+                                                        "'torchbop[cluster]'); the results land in --results-dir")
+    cluster.add_argument("--launcher", choices=list(LAUNCHERS),
+                         help="; ".join(f"{k}: {v}" for k, v in LAUNCHERS.items()) + " (default: local processes)")
+    cluster.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    cluster.add_argument("--time", help="each job's time limit, as sbatch --time takes it (90, 4:00:00, 1-12:00); "
+                                        "required with --launcher slurm")
+    cluster.add_argument("--cpus-per-task", type=int, help="CPUs of each job (also its torch threads)")
+    cluster.add_argument("--gpus-per-node", type=int, help="GPUs of each job")
+    cluster.add_argument("--mem", help="memory of each job, as sbatch --mem takes it (16G, 4000M)")
+    cluster.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                         help="any other sbatch option (repeatable): --slurm-extra account=myproject, "
+                              "--slurm-extra qos=high, --slurm-extra exclusive")
+
+
+#: The options of cluster jobs, which need --launcher.
+CLUSTER_OPTIONS = ("--partition", "--time", "--cpus-per-task", "--gpus-per-node", "--mem", "--slurm-extra")
+
+
+def _launcher_from_args(args: argparse.Namespace) -> Launcher | None:
+    """The :class:`~torchbop.experiments.launchers.Launcher` of ``--launcher`` and its options (``None``: local
+    processes), checked, with submitit importable; a :class:`UserError` otherwise, before anything is submitted."""
+    given = [flag for flag in CLUSTER_OPTIONS if getattr(args, _dest(flag)) not in (None, [])]
+    if args.launcher is None:
+        if given:
+            raise UserError(f"{', '.join(given)}: options of cluster jobs, which need --launcher slurm (without a "
+                            "launcher, runs are local processes)")
+        return None
+    with blame_user(ValueError):
+        launcher = Launcher(args.launcher, time=args.time, partition=args.partition, cpus_per_task=args.cpus_per_task,
+                            gpus_per_node=args.gpus_per_node, mem=args.mem, extra=parse_extra(args.slurm_extra),
+                            max_running=args.jobs)
+    with blame_user(ImportError):
+        require_submitit()
+    return launcher
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, object]:
@@ -223,11 +261,13 @@ def _run_experiment(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=1))
         return 0
+    launcher = _launcher_from_args(args)
     _check_data(EXPERIMENTS[args.name].datasets(config), args.data_dir, download=args.download)
     runner.quiet_lightning()
     manifest = runner.run_experiment(args.name, config, profile=args.profile, results_root=args.results_dir,
-                                     data_dir=args.data_dir, jobs=args.jobs, threads=args.threads,
-                                     verbose=not args.quiet, command="torchbop " + " ".join(sys.argv[1:]))
+                                     data_dir=args.data_dir, jobs=1 if args.jobs is None or launcher else args.jobs,
+                                     threads=args.threads, verbose=not args.quiet, launcher=launcher,
+                                     command="torchbop " + " ".join(sys.argv[1:]))
     return 1 if manifest["failed"] else 0
 
 
