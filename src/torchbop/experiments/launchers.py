@@ -208,7 +208,7 @@ class Launcher:
                 for f in dataclasses.fields(self)}
 
     def describe(self) -> str:
-        """One line for the log: ``"SLURM jobs (partition gpu, 4:00:00, 8 cpus, 1 gpu, 32G)"``."""
+        """One line for the log: ``"SLURM jobs (partition gpu, 4:00:00, 8 cpus, 1 gpus, 32G)"``."""
         shown = [f"partition {self.partition}" if self.partition else "", self.time or "",
                  f"{self.cpus_per_task} cpus" if self.cpus_per_task else "",
                  f"{self.gpus_per_node} gpus" if self.gpus_per_node else "", self.mem or "",
