@@ -12,7 +12,8 @@ images in dataset order (no shuffle, no augmentation), in batches of the trainin
 batch dropped, as in training), after resetting every batch norm's running statistics and setting its momentum to
 ``None``: torch's cumulative average, so each running mean (variance) ends as the mean over the batches of the
 batches' means (unbiased variances). That is :func:`torch.optim.swa_utils.update_bn`, which does the work; the
-fixed order makes it deterministic. Weights, other buffers and the global RNG states are left as they were.
+fixed order makes it deterministic. Weights, other buffers and the global RNG states are left as they were. Under DDP
+every rank recalibrates over the whole training set, so the statistics are the same on every rank.
 
 :class:`BatchNormRecalibration` applies it in a run (``TrainConfig.recalibrate_bn``):
 
