@@ -11,14 +11,18 @@ kernels), and 1% of the argmaxes move. So :func:`compare` follows every sign of 
 graph gets the argument of every sign as an extra output; torch's are read with forward pre-hooks):
 
 - up to an image's first sign that differs, every sign argument agrees within ``SIGN_TOL`` (1e-4 + 1e-5 |x|: the
-  arguments are O(1-100), float32 rounds at 6e-8 relative, and the largest deviation measured was 4e-6 absolute);
+  arguments are O(1-100), float32 rounds at 6e-8 relative, and the largest deviation measured was 5e-6 absolute);
 - that first differing sign must be a tie: torch's argument within ``SIGN_TOL`` of zero (a wrong weight, sign
   convention, padding or statistic moves arguments by far more, and on most images);
 - on images where every sign agrees, the argmax is the same and the logits agree within ``LOGIT_TOL`` (1e-4
-  absolute + 1e-5 relative: 25x the largest difference measured, 4e-6; one flipped sign moves a logit by at least
-  a hundredth in these models);
-- such ties stay rare (at most 5% of the images), and the logits vary between images by 1000x ``LOGIT_TOL``
-  (else the check is vacuous).
+  absolute + 1e-5 relative: 20x the largest difference measured, 4.8e-6 (ReActNet); one flipped sign moves a logit
+  by at least a hundredth in these models);
+- such ties stay rare (at most 5% of the images; measured: 0 to 4 of 300, QuickNetLarge the most), and the logits
+  vary between images by 1000x ``LOGIT_TOL`` (else the check is vacuous).
+
+Measured on the full test sets (one-off, trained for one epoch: the MNIST BNN at 97.3%, BinaryNet at width 1/8 at
+39.6%): no tie taken differently, the same argmax on 10,000 of 10,000 images at batch 1, 7 and 64, logits within
+2.4e-6 (MNIST) and 4.5e-6 (CIFAR-10).
 
 Models are untrained but realistic: batch norms hold running statistics of the test images (one train-mode pass with
 ``momentum=None``) and random shifts; RSign thresholds, RPReLU shifts and slopes and weight scales are random.
@@ -46,6 +50,11 @@ BATCH_SIZES = (1, 7, 64)
 SIGN_TOL = {"atol": 1e-4, "rtol": 1e-5}
 LOGIT_TOL = {"atol": 1e-4, "rtol": 1e-5}
 MAX_TIE_SHARE = 0.05
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)  # the models' random +-1 weights: the same network, and so the same ties, every run
 
 
 @pytest.fixture(autouse=True, scope="module")

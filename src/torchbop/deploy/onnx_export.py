@@ -83,6 +83,7 @@ SUPPORTED = ("BinaryConv1d/2d", "BinaryLinear", "Conv1d/2d", "Linear", "batch no
              "AdaptiveAvgPool2d", "ConstantPad1d/2d/3d", "Flatten", "ReLU", "Hardtanh", "PReLU", "RSign", "RPReLU",
              "sign quantizers", "Dropout", "Identity", "+ / torch.add", "torch.cat", "torch.flatten", "relu",
              "to_channels_last", "Tensor.contiguous")
+_HALF = "sign.half"  # the 0.5 of every sign
 _PASS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 _ADD, _CAT, _RELU = (operator.add, operator.iadd, torch.add), (torch.cat, torch.concat), (F.relu, torch.relu)
 
@@ -116,10 +117,10 @@ class _Graph:
         return output
 
     def sign(self, x: str, name: str) -> str:
-        """sign with sign(0) = +1, exactly as torchbop's (see the module docstring)."""
-        half = f"{name}.half"
-        self.const(half, 0.5)
-        return self.op("Sign", [self.op("Add", [self.op("Sign", [x]), half])], name)
+        """sign with sign(0) = +1, exactly as torchbop's: ``Sign(Add(Sign(x), 0.5))`` (see the module docstring)."""
+        if not any(t.name == _HALF for t in self.initializers):
+            self.const(_HALF, 0.5)
+        return self.op("Sign", [self.op("Add", [self.op("Sign", [x]), _HALF])], name)
 
     def per_channel(self, name: str, tensor: Tensor, rank: int) -> str:
         """``tensor`` [C] shaped [1, C, 1, ...] to broadcast over a rank-``rank`` [N, C, ...] value."""
