@@ -30,6 +30,8 @@ Models are untrained but realistic: batch norms hold running statistics of the t
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -321,3 +323,12 @@ def test_export_onnx_writes_a_file_onnx_checks(tmp_path):
     onnx.checker.check_model(str(path))
     with pytest.raises(torchbop.errors.UserError, match="already exists"):
         export_onnx(create_model("mnist_bnn"), path, input_shape=[1, 28, 28])
+
+
+def test_cli_without_the_onnx_package_says_what_to_install_in_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    folder, _ = run_dir
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    assert main(["export", str(folder), "-o", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'torchbop[onnx]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
