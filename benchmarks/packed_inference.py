@@ -18,7 +18,7 @@ median round gives images/s, and ratios are against fp32 and ort *of the same ru
 batch-norm statistics from one train-mode pass (speed does not depend on the values). Then a per-layer table in
 Larq Compute Engine's format (each binary convolution alone, packed bits in and out, against its fp32 convolution
 on +-1 channels_last input), and the peak resident memory (``ru_maxrss`` of a fresh process that builds the model
-and runs one batch of 64) of each engine. Prints the CPU, its SIMD flags and the paths.
+and runs one batch of 64; ``VmHWM``) of each engine. Prints the CPU, its SIMD flags and the paths.
 
     python benchmarks/packed_inference.py [--models binarynet mnist_bnn] [--width 1.0] [--batches 1 64]
                                           [--threads 1 2] [--paths avx2 avx512] [--rounds 5] [--no-memory]
@@ -35,13 +35,14 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchbop.deploy import pack_model
+from torchbop.deploy import export, load_packed, pack_model
 from torchbop.deploy.bit_engine import BinaryLayerOp, Bits
 from torchbop.deploy.engine_kernels import available_paths, pack_signs_nhwc
 from torchbop.models import create_model
@@ -167,7 +168,12 @@ def per_layer(name: str, width: float, args) -> None:
     shape = SHAPES.get(name, (3, 32, 32))
     torch.set_num_threads(1)
     inputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, key=key: inputs.setdefault(key, i[0].detach()))
+    def keep(key: str):
+        def hook(module, args, output) -> None:  # returns None: the output stays
+            inputs.setdefault(key, args[0].detach())
+        return hook
+
+    hooks = [m.register_forward_hook(keep(key))
              for key, m in model.named_modules() if isinstance(m, BinaryConv2d) and m.input_quantizer is not None]
     with torch.no_grad():
         model(torch.rand(1, *shape) * 2 - 1)
@@ -198,29 +204,48 @@ def per_layer(name: str, width: float, args) -> None:
                   " ".join(f"{sec[p] * 1e3:>10.2f} {sec['fp32'] / sec[p]:>5.1f}x" for p in args.paths), flush=True)
 
 
-def peak_memory(name: str, width: float, engine: str) -> int:
-    """Peak resident memory (KiB) of a fresh process that builds the model and runs ``engine`` on a batch of 64."""
+def peak_memory(name: str, width: float, engine: str, folder: str) -> int:
+    """Peak resident memory (KiB) of a fresh process that loads ``engine``'s form of the model (fp32: builds the
+    torchbop model; ort: the float twin's ONNX file; a path: the packed file) and runs it on a batch of 64."""
     code = (f"import sys; sys.argv = ['x']; import benchmarks.packed_inference as b; b._rss_child({name!r}, "
-            f"{width!r}, {engine!r})")
+            f"{width!r}, {engine!r}, {folder!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kib"]
 
 
-def _rss_child(name: str, width: float, engine: str) -> None:
+def _rss_child(name: str, width: float, engine: str, folder: str) -> None:
     torch.set_num_threads(1)
-    model = build(name, width)
     shape = SHAPES.get(name, (3, 32, 32))
     x = (torch.rand(64, *shape) * 2 - 1).contiguous(memory_format=torch.channels_last)
     if engine == "fp32":
-        fn = torch.inference_mode()(model)
+        fn = torch.inference_mode()(build(name, width))
     elif engine == "ort":
-        fn = onnx_session(float_twin(model), shape, 1)
-        x = x.contiguous()
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(f"{folder}/{name}.onnx", options, providers=["CPUExecutionProvider"])
+        fn, x = (lambda v: session.run(None, {"x": v.numpy()})[0]), x.contiguous()
     else:
-        fn = pack_model(model, backend=engine)
-        del model
+        fn = load_packed(f"{folder}/{name}.tbop", backend=engine)
     fn(x)
-    print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    # VmHWM (peak resident set of this program image): ru_maxrss would keep the forking parent's peak across exec
+    with open("/proc/self/status") as status:
+        peak = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), None)
+    print(json.dumps({"maxrss_kib": peak if peak is not None else
+                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def memory_table(args) -> None:
+    print("\n## peak resident memory at batch 64, one thread (MiB, fresh process; includes torch itself)")
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            model = build(name, args.width)
+            export(model, f"{folder}/{name}.tbop")
+            torch.onnx.export(float_twin(model), (torch.zeros(1, *SHAPES.get(name, (3, 32, 32))),),
+                              f"{folder}/{name}.onnx", input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+            row = {e: peak_memory(name, args.width, e, folder) / 1024 for e in ["fp32", "ort", *args.paths]}
+            print(f"{name:<12} " + "  ".join(f"{e} {v:.0f}" for e, v in row.items()), flush=True)
 
 
 def main() -> None:
@@ -233,19 +258,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-layers", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true")
     args = parser.parse_args()
     import onnxruntime
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; {cpu_line()}")
     print(f"engine paths this CPU runs: {', '.join(available_paths())}; timed: {', '.join(args.paths)}")
-    for name in args.models:
+    for name in args.models if not args.no_throughput else []:
         throughput(name, args.width, args)
     if not args.no_layers:
         per_layer("binarynet", args.width, args)
     if not args.no_memory:
-        print("\n## peak resident memory at batch 64, one thread (MiB, fresh process)")
-        for name in args.models:
-            row = {e: peak_memory(name, args.width, e) / 1024 for e in ["fp32", "ort", *args.paths]}
-            print(f"{name:<12} " + "  ".join(f"{e} {v:.0f}" for e, v in row.items()), flush=True)
+        memory_table(args)
 
 
 if __name__ == "__main__":
