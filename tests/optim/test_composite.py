@@ -1,16 +1,20 @@
-"""CompositeOptimizer: routing errors, one step / state_dict for all children, schedulers, exact resume."""
+"""CompositeOptimizer: routing errors, one step for all children, schedulers, its state dict in torch's format
+(torch.distributed.checkpoint included), the earlier format still loading, and exact resume."""
 
 from __future__ import annotations
 
 import copy
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from torchbop.nn import BinaryLinear, split_binary_params
-from torchbop.optim import Bop, CompositeOptimizer
+from torchbop.optim import CEMA, Bop, Bop2ndOrder, CompositeOptimizer
+
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def small_bnn(seed=0):
@@ -114,29 +118,6 @@ class TestTraining:
         opt.zero_grad()
         assert all(p.grad is None for p in model.parameters())
 
-    def test_resume_from_state_dict_is_exact(self):
-        model = small_bnn()
-        opt = make_optimizer(model)
-        train(model, opt, 6, seed=1)
-        saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
-        uninterrupted = train(model, opt, 6, seed=2)
-
-        model2 = small_bnn(seed=99)
-        model2.load_state_dict(saved[0])
-        opt2 = make_optimizer(model2)
-        opt2.load_state_dict(saved[1])
-        resumed = train(model2, opt2, 6, seed=2)
-        assert resumed == uninterrupted
-        for (name, p), q in zip(model.named_parameters(), model2.parameters()):
-            assert torch.equal(p, q), name
-            for key, value in opt.state[p].items():
-                assert torch.equal(value, opt2.state[q][key]), (name, key)
-
-    def test_load_state_dict_checks_the_number_of_children(self):
-        opt = make_optimizer(small_bnn())
-        with pytest.raises(ValueError, match="2 optimizers but the state dict holds 1"):
-            opt.load_state_dict({"optimizers": [opt.optimizers[0].state_dict()]})
-
     def test_lambda_lr_with_one_lambda_per_group_decays_gamma_only(self):
         model = small_bnn()
         opt = make_optimizer(model)
@@ -214,15 +195,150 @@ class TestRefusedStep:
         assert real.tolist() != [0.5, -0.25] and w.tolist() == [-1.0, -1.0, -1.0]  # both stepped (w*m = [.5, -.5, .5])
 
 
+def legacy_state_dict(opt):
+    """The format CompositeOptimizer.state_dict() wrote before issue 22 (still loaded)."""
+    return {"optimizers": [child.state_dict() for child in opt.optimizers]}
+
+
+def assert_same_state(opt_a, opt_b, params_a, params_b):
+    for (name, p), (_, q) in zip(params_a, params_b):
+        assert torch.equal(p, q), name
+        assert opt_a.state[p].keys() == opt_b.state[q].keys(), name
+        for key, value in opt_a.state[p].items():
+            assert torch.equal(value, opt_b.state[q][key]) and value.dtype == opt_b.state[q][key].dtype, (name, key)
+
+
+class TestStateDict:
+    def test_torch_format_numbered_as_one_optimizer_over_the_groups(self):
+        """Exactly what torch's own Optimizer.state_dict writes over the composite's groups and state, plus the
+        child index in every group."""
+        model = small_bnn()
+        opt = make_optimizer(model)
+        train(model, opt, 2, seed=0)
+        saved = opt.state_dict()
+        reference = torch.optim.Optimizer.state_dict(opt)  # one torch optimizer over the concatenated groups
+        assert [(g["composite_child"], g["params"]) for g in saved["param_groups"]] == [(0, [0, 1]),
+                                                                                       (1, [2, 3, 4, 5])]
+        assert saved["param_groups"] == [{**g, "composite_child": i} for i, g in enumerate(reference["param_groups"])]
+        assert sorted(saved["state"]) == sorted(reference["state"]) == list(range(6))
+        for index, values in reference["state"].items():
+            assert values.keys() == saved["state"][index].keys()
+            assert all(torch.equal(v, saved["state"][index][k]) for k, v in values.items()), index
+        assert "flips" in saved["state"][0] and "exp_avg_sq" in saved["state"][2]  # Bop first, then Adam
+
+    @pytest.mark.parametrize("children", ["bop+adam", "bop2nd+adam", "cema+adam"])
+    def test_resume_through_a_file_is_bit_exact(self, children, tmp_path):
+        """Train, save (torch.save, read back with weights_only=True), continue; a fresh model and optimizer loading
+        the file continue with the same losses, weights, state and scheduled rates, bit for bit."""
+        def build(seed):
+            model = small_bnn(seed)
+            binary, other = split_binary_params(model)
+            first = {"bop+adam": lambda: Bop(binary, gamma=0.05, threshold=1e-4),
+                     "bop2nd+adam": lambda: Bop2ndOrder(binary, gamma=0.05, sigma=0.1, threshold=1e-4),
+                     "cema+adam": lambda: CEMA(binary, gamma=0.3, alpha=0.5)}[children]()
+            opt = CompositeOptimizer(first, torch.optim.Adam(other, lr=0.01), model=model)
+            return model, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+        def run(model, opt, sched, steps, seed):
+            losses = train(model, opt, steps, seed)
+            sched.step()
+            return losses
+
+        model, opt, sched = build(0)
+        run(model, opt, sched, 4, seed=1)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
+                   tmp_path / "ckpt.pt")
+        uninterrupted = run(model, opt, sched, 4, seed=2)
+
+        model2, opt2, sched2 = build(99)
+        saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+        model2.load_state_dict(saved["model"])
+        opt2.load_state_dict(saved["opt"])
+        sched2.load_state_dict(saved["sched"])
+        assert run(model2, opt2, sched2, 4, seed=2) == uninterrupted
+        assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+        assert_same_state(opt, opt2, list(model.named_parameters()), list(model2.named_parameters()))
+
+    def test_a_checkpoint_in_the_earlier_format_loads(self):
+        """data/composite_state_v1.pt: a model and its {"optimizers": [...]} state dict, written by the code before
+        issue 22 (see its "note"). It loads, and training goes on exactly as with each child loading its part."""
+        pairs = []
+        for load in ("composite", "children"):  # each from its own copy: a loaded state shares the saved tensors
+            fixture = torch.load(DATA / "composite_state_v1.pt", weights_only=True)
+            assert list(fixture["optimizer"]) == ["optimizers"]
+            model = small_bnn(seed=5)
+            model.load_state_dict(fixture["model"])
+            opt = make_optimizer(model)
+            if load == "composite":
+                opt.load_state_dict(fixture["optimizer"])
+            else:
+                for child, state in zip(opt.optimizers, fixture["optimizer"]["optimizers"]):
+                    child.load_state_dict(state)
+            pairs.append((model, opt))
+        (model, opt), (model_ref, opt_ref) = pairs
+        assert len(opt.state) == 6 and int(opt.state[model[0].weight]["step"]) == 3
+        assert_same_state(opt, opt_ref, list(model.named_parameters()), list(model_ref.named_parameters()))
+        assert train(model, opt, 3, seed=4) == train(model_ref, opt_ref, 3, seed=4)
+        assert_same_state(opt, opt_ref, list(model.named_parameters()), list(model_ref.named_parameters()))
+        assert sorted(opt.state_dict()) == ["param_groups", "state"]  # saved again in torch's format
+
+    @pytest.mark.parametrize("flatten", [False, True], ids=["nested", "flattened"])
+    def test_torch_distributed_checkpoint_round_trip(self, flatten):
+        """get_optimizer_state_dict / set_optimizer_state_dict (parameter names as keys; flattened, the groups come
+        back without the child key) save and restore the composite: training goes on identically."""
+        dcp = pytest.importorskip("torch.distributed.checkpoint.state_dict",
+                                  reason="this torch build has no torch.distributed")
+        options = dcp.StateDictOptions(flatten_optimizer_state_dict=flatten)
+        model = small_bnn()
+        opt = make_optimizer(model)
+        train(model, opt, 3, seed=1)
+        saved = copy.deepcopy(dcp.get_optimizer_state_dict(model, opt, options=options))
+        names = ["0.weight", "2.weight", "1.weight", "1.bias", "3.weight", "3.bias"]
+        if not flatten:
+            assert [g["params"] for g in saved["param_groups"]] == [names[:2], names[2:]]
+            assert saved["state"]["2.weight"]["exp_avg"].shape == (3, 8)
+        else:
+            assert "state.0.weight.exp_avg" in saved and "param_groups.3.bias.composite_child" in saved
+        model2 = small_bnn(seed=99)
+        model2.load_state_dict(model.state_dict())
+        opt2 = make_optimizer(model2)
+        dcp.set_optimizer_state_dict(model2, opt2, saved, options=options)
+        assert_same_state(opt, opt2, list(model.named_parameters()), list(model2.named_parameters()))
+        assert train(model, opt, 3, seed=2) == train(model2, opt2, 3, seed=2)
+
+    def test_groups_without_the_child_key_load_by_position(self):
+        """A state dict rebuilt by a tool that drops unknown group keys and renames parameter ids loads as torch
+        would load it: the n-th saved group into the n-th group, ids paired by position."""
+        model = small_bnn()
+        opt = make_optimizer(model)
+        train(model, opt, 2, seed=0)
+        saved = copy.deepcopy(opt.state_dict())
+        for group in saved["param_groups"]:
+            del group["composite_child"]
+            group["params"] = [f"p{i}" for i in group["params"]]
+        saved["state"] = {f"p{i}": value for i, value in saved["state"].items()}
+        fresh = make_optimizer(small_bnn())
+        fresh.load_state_dict(saved)
+        assert fresh.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+        new, old = fresh.state_dict()["state"], opt.state_dict()["state"]
+        assert all(torch.equal(new[i][k], v) for i in old for k, v in old[i].items())
+
+
 class TestRefusedLoad:
-    def test_a_bop_state_of_another_shape_loads_no_child(self):
+    @pytest.mark.parametrize("form", ["torch", "legacy"])
+    def test_a_bop_state_of_another_shape_loads_no_child(self, form):
         model = small_bnn()
         binary, other = split_binary_params(model)
         opt = CompositeOptimizer(torch.optim.Adam(other, lr=0.01), Bop(binary, gamma=0.05), model=model)
         train(model, opt, 2, seed=0)
-        saved = copy.deepcopy(opt.state_dict())
-        saved["optimizers"][0]["param_groups"][0]["lr"] = 123.0  # Adam's part loads first, if loading begins
-        saved["optimizers"][1]["state"][0]["exp_avg"] = torch.zeros(3, 3)
+        if form == "torch":
+            saved = copy.deepcopy(opt.state_dict())
+            adam_group, bop_state = saved["param_groups"][0], saved["state"][4]  # Adam's 4 parameters come first
+        else:
+            saved = copy.deepcopy(legacy_state_dict(opt))
+            adam_group, bop_state = saved["optimizers"][0]["param_groups"][0], saved["optimizers"][1]["state"][0]
+        adam_group["lr"] = 123.0  # Adam's part loads first, if loading begins
+        bop_state["exp_avg"] = torch.zeros(3, 3)
         before = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in model.named_parameters()}
         with pytest.raises(ValueError, match=r"state\['exp_avg'\] .* has shape \(3, 3\), but that parameter has "
                                              r"shape \(8, 6\)"):
@@ -232,13 +348,37 @@ class TestRefusedLoad:
             for key, value in before[name].items():
                 assert torch.equal(opt.state[p][key], value), (name, key)
 
-    def test_group_sizes_are_checked_before_loading_any_child(self):
+    @pytest.mark.parametrize("form", ["torch", "legacy"])
+    def test_group_sizes_are_checked_before_loading_any_child(self, form):
         model = small_bnn()
         opt = make_optimizer(model)
-        saved = copy.deepcopy(opt.state_dict())
-        saved["optimizers"][0]["param_groups"][0]["lr"] = 0.5
-        saved["optimizers"][1]["param_groups"][0]["params"].pop()
+        saved = copy.deepcopy(opt.state_dict() if form == "torch" else legacy_state_dict(opt))
+        groups = saved["param_groups"] if form == "torch" else [s["param_groups"][0] for s in saved["optimizers"]]
+        groups[0]["lr"] = 0.5
+        groups[1]["params"].pop()
         with pytest.raises(ValueError, match=r"optimizers\[1\] \(Adam\) holds param groups of \[3\] parameters, but "
                                              r"that optimizer has groups of \[4\]"):
             opt.load_state_dict(saved)
         assert opt.optimizers[0].param_groups[0]["lr"] == 0.05
+
+    def test_another_combination_of_optimizers_is_refused(self):
+        model = small_bnn()
+        opt = make_optimizer(model)
+        binary, _ = split_binary_params(model)
+        bop_only = CompositeOptimizer(Bop(binary, gamma=0.05))
+        with pytest.raises(ValueError, match=r"has 1 optimizers but the state dict's param groups belong to "
+                                             r"composite_child \[0, 1\]"):
+            bop_only.load_state_dict(opt.state_dict())
+        with pytest.raises(ValueError, match="2 optimizers but the state dict holds 1"):
+            opt.load_state_dict({"optimizers": [opt.optimizers[0].state_dict()]})
+        unkeyed = copy.deepcopy(opt.state_dict())
+        for group in unkeyed["param_groups"]:
+            del group["composite_child"]
+        with pytest.raises(ValueError, match="optimizers have 1 param groups but the state dict holds 2"):
+            bop_only.load_state_dict(unkeyed)
+
+    @pytest.mark.parametrize("bad", [{"model": {}}, {"state": {}, "param_groups": "x"}, [1, 2]])
+    def test_not_a_state_dict(self, bad):
+        opt = make_optimizer(small_bnn())
+        with pytest.raises(ValueError, match="Expected an optimizer state dict with 'state' and 'param_groups'"):
+            opt.load_state_dict(bad)

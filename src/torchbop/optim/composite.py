@@ -11,8 +11,15 @@ backward pass, and a training loop, an ``lr_scheduler`` or Lightning's automatic
 * ``step(closure)`` evaluates the closure once, then checks every child, then steps every child: a step that one
   child refuses (a non-finite gradient under Bop's ``nonfinite="raise"``, a bad hyperparameter) leaves *every*
   child untouched; ``zero_grad`` clears them all;
-* ``state_dict()`` is one dict holding every child's state dict, and ``load_state_dict`` restores them all, so a
-  checkpoint resumes exactly (or, when a child's part does not fit that child, loads none of them).
+* ``state_dict()`` is in torch's own format, ``{"state": {0: ..., 1: ..., ...}, "param_groups": [...]}``, numbered
+  as one torch optimizer over the concatenated groups would number them, each group tagged with the child it belongs
+  to (``"composite_child": i``); ``load_state_dict`` routes every group back to its child, so a checkpoint resumes
+  exactly (or, when a child's part does not fit that child, loads none of them). torch.distributed.checkpoint's
+  ``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` and other tools that read optimizer state by
+  position understand it. The format written before (``{"optimizers": [each child's state dict]}``) still loads.
+
+Larq's counterpart: ``larq/optimizers.py`` (``CaseOptimizer``) in larq/larq; Bop: Helwegen et al., "Latent Weights
+Do Not Exist: Rethinking Binarized Neural Network Optimization", NeurIPS 2019, arXiv:1906.02107.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 __all__ = ["CompositeOptimizer"]
+
+CHILD_KEY = "composite_child"  # in each saved param group: the index of the child it belongs to
 
 
 class _RoutedState(MutableMapping):
@@ -84,8 +93,14 @@ class CompositeOptimizer(Optimizer):
         [0.001, 0.01]
         >>> model(torch.randn(4, 3)).sum().backward()
         >>> opt.step()
-        >>> sorted(opt.state_dict())
-        ['optimizers']
+        >>> saved = opt.state_dict()  # torch's format: parameters numbered across the children
+        >>> sorted(saved)
+        ['param_groups', 'state']
+        >>> [(group["composite_child"], group["params"]) for group in saved["param_groups"]]
+        [(0, [0]), (1, [1, 2])]
+        >>> sorted(saved["state"][0])  # Bop's state of the binary weight; 1 and 2 hold Adam's
+        ['exp_avg', 'flips', 'nonfinite_entries', 'nonfinite_steps', 'step']
+        >>> opt.load_state_dict(saved)
     """
 
     def __init__(self, *optimizers: Optimizer, model: nn.Module | None = None) -> None:
@@ -195,20 +210,55 @@ class CompositeOptimizer(Optimizer):
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=set_to_none)
 
+    # -- saving and loading: torch's format over all children ----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+        """The children's state in ``torch.optim.Optimizer``'s format, as one optimizer over all of them writes it.
+
+        Returns ``{"state": {int: dict}, "param_groups": [dict, ...]}``. The groups are the children's saved groups,
+        in the order of :attr:`param_groups` (every group of ``optimizers[0]``, then of ``optimizers[1]``, ...), and
+        parameters are numbered 0, 1, 2, ... across them, in that order: exactly the numbering of one torch
+        optimizer over the concatenated groups. Each group also holds ``"composite_child": i``, the index of the
+        child it belongs to, which :meth:`load_state_dict` routes it by. Every child's part is the child's own
+        ``state_dict()`` (hyperparameters, state tensors and their dtypes unchanged), renumbered.
+
+        Why this shape: ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` and other tools that
+        read optimizer state (resharding, state inspection, conversion to parameter names) assume it, pairing the
+        n-th number with the n-th parameter of ``param_groups``.
+        """
+        state: dict[int, Any] = {}
+        groups: list[dict[str, Any]] = []
+        for i, optimizer in enumerate(self.optimizers):
+            saved = optimizer.state_dict()
+            number: dict[Any, int] = {}  # the child's ids -> the composite's, by position
+            for group in saved["param_groups"]:
+                start = sum(len(g["params"]) for g in groups)
+                number.update((local, start + k) for k, local in enumerate(group["params"]))
+                groups.append({**{k: v for k, v in group.items() if k != "params"}, CHILD_KEY: i,
+                               "params": [number[local] for local in group["params"]]})
+            state.update({number[local]: value for local, value in saved["state"].items() if local in number})
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
-        if not isinstance(states, list) or len(states) != len(self.optimizers):
-            found = "no 'optimizers' list" if not isinstance(states, list) else f"{len(states)} optimizer states"
-            raise ValueError(
-                f"This CompositeOptimizer has {len(self.optimizers)} optimizers but the state dict holds {found}."
-            )
+        """Load :meth:`state_dict`'s output, or the earlier ``{"optimizers": [...]}``; all or nothing.
+
+        The saved groups go to the children their ``"composite_child"`` names, or, where the groups carry no such
+        key (a state dict rebuilt by ``torch.distributed.checkpoint``, say), to the groups of :attr:`param_groups`
+        in order, as torch's ``Optimizer.load_state_dict`` pairs them. Parameter ids may be any keys (ints, or the
+        parameter names ``torch.distributed.checkpoint`` uses): they are paired with parameters by position. Every
+        child's part is checked (group sizes; state shapes, for children with ``check_state_dict``) before any is
+        loaded, so a refused load leaves every child as it was.
+
+        Raises:
+            ValueError: the state dict is of neither format, names another number of children, or a child's part
+                does not fit that child (another model, or another split of its parameters).
+        """
+        if isinstance(state_dict, dict) and "optimizers" in state_dict and "param_groups" not in state_dict:
+            states = self._split_legacy(state_dict["optimizers"])
+        else:
+            states = self._split(state_dict)
         # check every child before loading any, so that a refused load leaves all of them as they were
         for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
-            saved_groups = state.get("param_groups", []) if isinstance(state, dict) else []
-            sizes = [len(g["params"]) for g in saved_groups]
+            sizes = [len(g["params"]) for g in state["param_groups"]]
             own = [len(g["params"]) for g in optimizer.param_groups]
             if sizes != own:
                 raise ValueError(
@@ -221,6 +271,53 @@ class CompositeOptimizer(Optimizer):
                 check(state)
         for optimizer, state in zip(self.optimizers, states):
             optimizer.load_state_dict(state)
+
+    def _split(self, state_dict: Any) -> list[dict[str, Any]]:
+        """Torch's format, cut into one state dict per child (each numbered from 0, as the child writes it)."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        saved_state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or not isinstance(saved_state, dict):
+            found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(
+                f"Expected an optimizer state dict with 'state' and 'param_groups' (or 'optimizers', the format of "
+                f"earlier torchbop versions), got {found}; pass what CompositeOptimizer.state_dict() returned."
+            )
+        n = len(self.optimizers)
+        if any(CHILD_KEY in g for g in groups):
+            owners = [g.get(CHILD_KEY) for g in groups]
+            if not all(isinstance(o, int) and 0 <= o < n for o in owners) or sorted(owners) != owners:
+                raise ValueError(
+                    f"This CompositeOptimizer has {n} optimizers but the state dict's param groups belong to "
+                    f"{CHILD_KEY} {owners}; it was saved by another combination of optimizers. Nothing was loaded."
+                )
+        else:
+            owners = [i for i, o in enumerate(self.optimizers) for _ in o.param_groups]
+            if len(groups) != len(owners):
+                raise ValueError(
+                    f"This CompositeOptimizer's optimizers have {len(owners)} param groups but the state dict holds "
+                    f"{len(groups)}; it was saved by another combination of optimizers. Nothing was loaded."
+                )
+        states: list[dict[str, Any]] = [{"state": {}, "param_groups": []} for _ in range(n)]
+        for owner, group in zip(owners, groups):
+            child = states[owner]
+            first = sum(len(g["params"]) for g in child["param_groups"])
+            params = list(range(first, first + len(group["params"])))
+            child["param_groups"].append({**{k: v for k, v in group.items() if k not in ("params", CHILD_KEY)},
+                                          "params": params})
+            child["state"].update({p: saved_state[key] for p, key in zip(params, group["params"]) if key in saved_state})
+        return states
+
+    def _split_legacy(self, states: Any) -> list[dict[str, Any]]:
+        """The format of earlier torchbop versions: ``{"optimizers": [each child's state_dict()]}``."""
+        if not isinstance(states, list) or len(states) != len(self.optimizers):
+            found = f"{len(states)} optimizer states" if isinstance(states, list) else "no 'optimizers' list"
+            raise ValueError(
+                f"This CompositeOptimizer has {len(self.optimizers)} optimizers but the state dict holds {found}."
+            )
+        for i, state in enumerate(states):
+            if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
+                raise ValueError(f"The state dict's optimizers[{i}] is not an optimizer state dict: {state!r:.80}")
+        return states
 
     def __getstate__(self) -> dict[str, Any]:
         return {"optimizers": self.optimizers}
