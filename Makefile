@@ -45,15 +45,17 @@ DEMO_ARGS ?=
 train-mnist: install
 	$(VENV)/bin/torchbop train --recipe mnist --download $(DEMO_ARGS)
 
-# `make gpu-check`: the CUDA tests, the benchmarks on the GPU and a time-boxed cifar10 run, in under 8 minutes, results
-# in GPU_CHECK_OUT (summary.md). Installs nothing (a GPU machine may have no package index): the interpreter is
-# GPU_PYTHON, torchbop comes from src/. Without CUDA it is the dry run on CPU (under 2 minutes).
+# `make gpu-check`: the CUDA tests (`pytest -m gpu`), the benchmarks with --device cuda and a time-boxed cifar10 run, in
+# under 8 minutes, results in GPU_CHECK_OUT (summary.md). Installs nothing (a GPU machine may have no package index):
+# the interpreter is GPU_PYTHON, torchbop comes from src/. Without CUDA it is the dry run on CPU (about 2 minutes).
+# More flags through GPU_CHECK_ARGS, e.g. "--only tests,train" or "--list" (benchmarks/gpu_check.py --help).
 GPU_CHECK_OUT ?= results/gpu-check
+GPU_CHECK_ARGS ?=
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 .PHONY: gpu-check
 gpu-check:
-	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_OUT)
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs results
