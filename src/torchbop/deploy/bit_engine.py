@@ -161,6 +161,9 @@ class BinaryLayerOp(nn.Module):
         self.fused = fused
         if conv is not None:
             self.register_buffer("rows", _weight_rows(weight))
+            kh, kw = weight.shape[2:]
+            words = (kh * kw * ((weight.shape[1] + 7) // 8) + 7) // 8
+            self.register_buffer("panels", K.weight_panels(self.rows, words, path))  # the kernel's layout, once
         if fused is not None:
             thresholds, pool = fused
             pool_flip = thresholds.pool_flip if pool is not None else None
@@ -181,7 +184,9 @@ class BinaryLayerOp(nn.Module):
             if weight.shape[1] != x.channels * h * w:
                 raise ValueError(f"a dense layer of {weight.shape[1]} inputs gets {x.channels * h * w} features")
             four = weight.view(self.out_channels, x.channels, h, w)  # flatten's order: C, H, W
-            self._rows[key] = (_weight_rows(four), (h, w), x.channels * h * w)
+            words = (h * w * ((x.channels + 7) // 8) + 7) // 8
+            panels = K.weight_panels(_weight_rows(four), words, self.path)
+            self._rows[key] = (panels, (h, w), x.channels * h * w)
         return self._rows[key]
 
     def _base_of(self, h: int, w: int, fan_in: int) -> Tensor:
@@ -219,14 +224,14 @@ class BinaryLayerOp(nn.Module):
         else:
             if x.flat or x.channels != self.weight_sign.shape[1]:
                 raise ValueError(f"a convolution of {self.weight_sign.shape[1]} input channels gets {x.shape}")
-            rows, fan_in = self.rows, self.weight_sign[0].numel()
+            rows, fan_in = self.panels, self.weight_sign[0].numel()
             geometry = dict(kernel_size=tuple(self.weight_sign.shape[2:]), stride=tuple(self.conv["stride"]),
                             dilation=tuple(self.conv["dilation"]), pad=tuple(self.conv["pad"]))
             base = self._base_of(h, w, fan_in)
         ho, wo = self._out_size(h, w)
         if self.fused is not None:
             bits = K.binary_conv(x.data, rows, base, path=self.path, threads=_threads(), thresholds=self.thr,
-                                 **geometry)
+                                 out_channels=self.out_channels, **geometry)
             shape = (n, self.out_channels, ho, wo) if self.conv is not None else (n, self.out_channels)
             if self.pool is not None:
                 p = self.pool
@@ -235,7 +240,8 @@ class BinaryLayerOp(nn.Module):
                                       flip=self.pool_mask)
                 shape = (n, self.out_channels, bits.shape[1], bits.shape[2])
             return Bits(bits, self.out_channels, shape)
-        out = K.binary_conv(x.data, rows, base, path=self.path, threads=_threads(), **geometry)
+        out = K.binary_conv(x.data, rows, base, path=self.path, threads=_threads(), out_channels=self.out_channels,
+                            **geometry)
         if self.conv is None:
             channel_shape: tuple[int, ...] = (1, -1)
         else:

@@ -4,9 +4,17 @@ One shared library holds three implementations of the XNOR-popcount product, cho
 
 - ``"portable"``: plain C (``__builtin_popcountll`` on 64-bit words), for any CPU; the reference of the C paths;
 - ``"avx2"``: 256-bit XOR and a per-byte popcount by two ``vpshufb`` table lookups (Mula, Kurz and Lemire,
-  arXiv:1611.07612), 4 rows x 2 filters of byte counters emptied by ``vpsadbw``;
-- ``"avx512"``: 512-bit XOR and ``vpopcntq`` (AVX-512 VPOPCNTDQ), 4 rows x 4 filters of 64-bit counters, the last
-  words of a row by masked loads.
+  arXiv:1611.07612) on nibbles split once in the weights, per-byte counters emptied by ``vpsadbw``;
+- ``"avx512"``: 512-bit XOR and ``vpopcntq`` (AVX-512 VPOPCNTDQ).
+
+Both SIMD paths put *filters in lanes*: a row's 64-bit word is broadcast and XORed with the same word of 4 (8)
+filters, so each lane sums one filter's count and no horizontal reduction is needed, the reduction dimension is
+not padded to a vector's width (a short row, 18 words, costs 18 steps), and the epilogue (batch norm and sign as
+one integer comparison per channel, :mod:`torchbop.deploy.thresholds`) is one vector compare whose mask is the
+output byte. Weights are laid out once as *panels* of 16 filters, word ``k`` of the 16 filters side by side
+(:func:`weight_panels`); register tiles are 6 rows x 16 filters (AVX-512) and 2 x 16 (AVX2). Where a pixel is a
+whole number of words (channels a multiple of 64) the convolution reads the rows straight from the NHWC image (a
+kernel row of ``KW`` pixels is contiguous), with no im2col; zero padding then goes through one zero-padded copy.
 
 The library is built with ``cc -O3`` and no ``-march`` flag: each SIMD function carries its own
 ``__attribute__((target(...)))``, so the same file runs on every x86-64, and :func:`available_paths` asks the CPU
@@ -37,11 +45,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from torchbop.deploy.xnor_kernel import _cache_folder
 
-__all__ = ["PATHS", "ENV_VAR", "available_paths", "engine_available", "resolve_engine", "binary_conv",
+__all__ = ["PATHS", "ENV_VAR", "available_paths", "engine_available", "resolve_engine", "binary_conv", "weight_panels",
            "maxpool_bits", "pack_signs_nhwc", "pack_thresholds_nhwc", "EPI_FLOAT", "EPI_BITS"]
 
 #: The C paths, slowest first.
@@ -49,6 +58,9 @@ PATHS = ("portable", "avx2", "avx512")
 #: Environment variable that forces a path (or ``torch``) where ``backend="auto"``.
 ENV_VAR = "TORCHBOP_KERNEL"
 EPI_FLOAT, EPI_BITS = 0, 1
+#: Filters per weight panel (:func:`weight_panels`).
+PANEL = 16
+_NIBBLES = 0x0F0F0F0F0F0F0F0F
 _SOURCE = Path(__file__).with_name("csrc") / "bnn_engine.c"
 _FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
 _errors: list[str] = []
@@ -86,6 +98,8 @@ def _load() -> ctypes.CDLL:
     lib.tb_binary_conv.argtypes = [ptr] + [i64] * 14 + [ptr, i64, i64, ptr, ctypes.c_int, ptr, i64, ptr, ptr,
                                                         ctypes.c_int, ctypes.c_int]
     lib.tb_binary_conv.restype = ctypes.c_int
+    lib.tb_panel_width.argtypes = [ctypes.c_int]
+    lib.tb_panel_width.restype = ctypes.c_int
     lib.tb_maxpool_bits.argtypes = [ptr, ptr] + [i64] * 14 + [ptr]
     lib.tb_maxpool_bits.restype = None
     lib.tb_pack_signs.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
@@ -148,21 +162,55 @@ def _check(t: Tensor, name: str, dtype: torch.dtype, dims: int) -> None:
         raise ValueError(f"{name}: needs a contiguous CPU {dtype} tensor of {dims} dimensions, got {got}")
 
 
+def weight_panels(rows: Tensor, words: int, path: str) -> Tensor:
+    """Weight rows int64 ``[O, Kw]`` (``Kw >= words``) as the kernel's panels int64 ``[ceil(O / 16), words, W]``:
+    word ``k`` of 16 filters side by side (filters past ``O`` zero); ``W = 16``, or 32 on the AVX2 path (the 16
+    filters' low nibbles, then their high nibbles: ``x ^ w`` splits into the XOR of the splits)."""
+    _check(rows, "rows", torch.int64, 2)
+    if path not in PATHS:
+        raise ValueError(f"Invalid path: {path!r} (expected one of {PATHS})")
+    o, kw_words = rows.shape
+    if not 0 < words <= kw_words:
+        raise ValueError(f"weight_panels: words={words} for rows of {kw_words} words")
+    panels = F.pad(rows[:, :words], (0, 0, 0, -o % PANEL)).view(-1, PANEL, words).transpose(1, 2)
+    if path == "avx2":
+        panels = torch.cat([panels & _NIBBLES, (panels >> 4) & _NIBBLES], dim=2)
+    return panels.contiguous()
+
+
 def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: tuple[int, int],
                 stride: tuple[int, int], dilation: tuple[int, int], pad: tuple[int, int, int, int],
-                path: str, threads: int, thresholds: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """XNOR-popcount convolution of packed pixels ``[N, H, W, Cb]`` (uint8) with weight rows ``[O, Kw]`` (int64).
+                path: str, threads: int, thresholds: tuple[Tensor, Tensor] | None = None,
+                out_channels: int | None = None) -> Tensor:
+    """XNOR-popcount convolution of packed pixels ``[N, H, W, Cb]`` (uint8) with weight rows ``[O, Kw]`` (int64),
+    or their panels for ``path`` (:func:`weight_panels`; then ``out_channels`` gives ``O``).
 
     Returns float32 ``[N * Ho * Wo, O]`` = ``base[p] - 2 * popcount`` (``base`` int32 ``[Ho * Wo, O]``), or, with
     ``thresholds = (thr int32 [O], flip uint8 [O])``, packed bits uint8 ``[N, Ho, Wo, ceil(O / 8)]``, bit
     ``((base - 2 s) < thr) ^ flip``. ``pad`` is ``(left, right, top, bottom)``, read as +1 (zero bits).
     """
     _check(pixels, "pixels", torch.uint8, 4)
-    _check(weights, "weights", torch.int64, 2)
-    _check(base, "base", torch.int32, 2)
+    if path not in PATHS:
+        raise ValueError(f"Invalid path: {path!r} (expected one of {PATHS})")
     n, h, w, cb = pixels.shape
-    o, kw_words = weights.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    words = (kh * kw * cb + 7) // 8
+    if isinstance(weights, Tensor) and weights.dim() == 3:
+        _check(weights, "weights", torch.int64, 3)
+        width = 2 * PANEL if path == "avx2" else PANEL
+        o = -1 if out_channels is None else int(out_channels)
+        if o < 0 or tuple(weights.shape) != ((o + PANEL - 1) // PANEL, words, width):
+            raise ValueError(f"binary_conv: panels {tuple(weights.shape)} for {out_channels} filters of {words} "
+                             f"words on the {path} path (see weight_panels)")
+        panels = weights
+    else:
+        _check(weights, "weights", torch.int64, 2)
+        o, kw_words = weights.shape
+        if kw_words < words:
+            raise ValueError(f"binary_conv: weight rows of {kw_words} words cannot hold {kh}x{kw} pixels of {cb} "
+                             "bytes")
+        panels = weight_panels(weights, words, path) if o else weights
+    _check(base, "base", torch.int32, 2)
     left, right, top, bottom = pad
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(pad) < 0:
         raise ValueError(f"binary_conv: invalid geometry kernel {kernel_size}, stride {stride}, dilation "
@@ -171,13 +219,8 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
     wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"binary_conv: input {h}x{w} is smaller than the kernel {kernel_size} (with padding)")
-    if kw_words % 4 or kw_words * 8 < kh * kw * cb:
-        raise ValueError(f"binary_conv: weight rows of {kw_words} words cannot hold {kh}x{kw} pixels of {cb} bytes "
-                         "(need a multiple of 4 words, at least the row)")
     if tuple(base.shape) != (ho * wo, o):
         raise ValueError(f"binary_conv: base {tuple(base.shape)} should be [{ho * wo}, {o}]")
-    if path not in PATHS:
-        raise ValueError(f"Invalid path: {path!r} (expected one of {PATHS})")
     if path not in available_paths():
         raise ValueError(f"path {path!r} does not run on this CPU (it runs {available_paths()})")
     lib = _library()
@@ -192,12 +235,12 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
         _check(flip, "flip", torch.uint8, 1)
         if thr.numel() != o or flip.numel() != o:
             raise ValueError(f"binary_conv: thresholds of {thr.numel()} and {flip.numel()} channels for {o} filters")
-        out = torch.zeros(n, ho, wo, (o + 7) // 8, dtype=torch.uint8)
+        out = torch.empty(n, ho, wo, (o + 7) // 8, dtype=torch.uint8)  # every byte is written
         thr_ptr, flip_ptr = thr.data_ptr(), flip.data_ptr()
         kind, stride_bytes = EPI_BITS, (o + 7) // 8
     if rows and o:
         status = lib.tb_binary_conv(pixels.data_ptr(), n, h, w, cb, ho, wo, kh, kw, sh, sw, dh, dw, top, left,
-                                    weights.data_ptr(), o, kw_words, base.data_ptr(), kind, out.data_ptr(),
+                                    panels.data_ptr(), o, words, base.data_ptr(), kind, out.data_ptr(),
                                     stride_bytes, thr_ptr, flip_ptr, PATHS.index(path), max(1, int(threads)))
         if status != 0:
             raise MemoryError("binary_conv: out of memory for the row buffers")

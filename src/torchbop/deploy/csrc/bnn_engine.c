@@ -31,205 +31,269 @@
 
 enum { PATH_PORTABLE = 0, PATH_AVX2 = 1, PATH_AVX512 = 2 };
 enum { EPI_FLOAT = 0, EPI_BITS = 1 };
-enum { MR = 2, NR = 8, RB = 48 };
+enum { NB = 16, MAXMR = 6, RB = 48, MAXSEG = 16 };
 
-/* Bit 0: portable C (always); bit 1: AVX2; bit 2: AVX-512 F/BW/VL with VPOPCNTDQ. */
+/* Bit 0: portable C (always); bit 1: AVX2; bit 2: AVX-512 F/BW/VL/DQ with VPOPCNTDQ. */
 int tb_paths(void) {
     int mask = 1;
 #ifdef TB_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) mask |= 2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512vpopcntdq"))
+        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vpopcntdq"))
         mask |= 4;
 #endif
     return mask;
 }
 
-/* ---------------------------------------------------------------------------------------------------------------
-   Register tiles: s[r][c] = sum_k popcount(a[r][k] ^ b[c][k]) for MR rows and NR filters of Kw words. */
-
-static void tile_portable(const uint64_t *const a[MR], const uint64_t *const b[NR], int64_t Kw,
-                          int64_t s[MR][NR]) {
-    for (int r = 0; r < MR; r++)
-        for (int c = 0; c < NR; c++) {
-            int64_t sum = 0;
-            for (int64_t k = 0; k < Kw; k++) sum += __builtin_popcountll(a[r][k] ^ b[c][k]);
-            s[r][c] = sum;
-        }
-}
-
-#ifdef TB_X86
-/* Per-byte popcounts of 32 bytes: two 16-entry table lookups (vpshufb) on the nibbles (Mula, Kurz and Lemire,
-   "Faster population counts using AVX2 instructions", arXiv:1611.07612). */
-__attribute__((target("avx2"))) static inline __m256i popcount_bytes(__m256i v) {
-    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    return _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_and_si256(v, low)),
-                           _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
-}
-
-__attribute__((target("avx2"))) static inline int64_t sum_bytes(__m256i bytes) {
-    __m256i q = _mm256_sad_epu8(bytes, _mm256_setzero_si256());
-    __m128i h = _mm_add_epi64(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    return _mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1);
-}
-
-/* 2 rows x 2 filters with per-byte counters (a byte gains at most 8 per 256-bit step: emptied every 31 steps). */
-__attribute__((target("avx2"))) static void tile_avx2_x2(const uint64_t *const a[MR], const uint64_t *b0,
-                                                         const uint64_t *b1, int64_t Kw, int64_t s[MR][NR],
-                                                         int c) {
-    int64_t t00 = 0, t01 = 0, t10 = 0, t11 = 0;
-    for (int64_t k0 = 0; k0 < Kw; k0 += 4 * 31) {
-        int64_t k1 = k0 + 4 * 31 < Kw ? k0 + 4 * 31 : Kw;
-        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
-        for (int64_t k = k0; k < k1; k += 4) {
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + k));
-            __m256i w1 = _mm256_loadu_si256((const __m256i *)(b1 + k));
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[0] + k));
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[1] + k));
-            c00 = _mm256_add_epi8(c00, popcount_bytes(_mm256_xor_si256(x0, w0)));
-            c01 = _mm256_add_epi8(c01, popcount_bytes(_mm256_xor_si256(x0, w1)));
-            c10 = _mm256_add_epi8(c10, popcount_bytes(_mm256_xor_si256(x1, w0)));
-            c11 = _mm256_add_epi8(c11, popcount_bytes(_mm256_xor_si256(x1, w1)));
-        }
-        t00 += sum_bytes(c00); t01 += sum_bytes(c01); t10 += sum_bytes(c10); t11 += sum_bytes(c11);
-    }
-    s[0][c] = t00; s[0][c + 1] = t01; s[1][c] = t10; s[1][c + 1] = t11;
-}
-
-__attribute__((target("avx2"))) static void tile_avx2(const uint64_t *const a[MR], const uint64_t *const b[NR],
-                                                      int64_t Kw, int64_t s[MR][NR]) {
-    for (int c = 0; c < NR; c += 2) tile_avx2_x2(a, b[c], b[c + 1], Kw, s, c);
-}
-
-#define TB_AVX512 "avx512f,avx512bw,avx512vl,avx512vpopcntdq"
-
-/* The 8 sums of 8 vectors of 8 lanes each, as one vector (a transposing tree of adds: 21 instructions, against
-   about 56 for eight horizontal reductions). */
-__attribute__((target(TB_AVX512))) static inline __m512i sum8(__m512i v0, __m512i v1, __m512i v2, __m512i v3,
-                                                              __m512i v4, __m512i v5, __m512i v6, __m512i v7) {
-    __m512i t0 = _mm512_add_epi64(_mm512_unpacklo_epi64(v0, v1), _mm512_unpackhi_epi64(v0, v1));
-    __m512i t1 = _mm512_add_epi64(_mm512_unpacklo_epi64(v2, v3), _mm512_unpackhi_epi64(v2, v3));
-    __m512i t2 = _mm512_add_epi64(_mm512_unpacklo_epi64(v4, v5), _mm512_unpackhi_epi64(v4, v5));
-    __m512i t3 = _mm512_add_epi64(_mm512_unpacklo_epi64(v6, v7), _mm512_unpackhi_epi64(v6, v7));
-    __m512i u0 = _mm512_add_epi64(_mm512_shuffle_i64x2(t0, t1, 0x88), _mm512_shuffle_i64x2(t0, t1, 0xdd));
-    __m512i u1 = _mm512_add_epi64(_mm512_shuffle_i64x2(t2, t3, 0x88), _mm512_shuffle_i64x2(t2, t3, 0xdd));
-    return _mm512_add_epi64(_mm512_shuffle_i64x2(u0, u1, 0x88), _mm512_shuffle_i64x2(u0, u1, 0xdd));
-}
-
-/* 2 rows x 8 filters, 64-bit lane counters (VPOPCNTQ), 8 words a step; the last Kw % 8 words by masked loads.
-   (Named accumulators: 16 of the 32 zmm registers; with 24, GCC 12 spills.) */
-#define TB_LOAD(p) _mm512_loadu_si512((const void *)(p))
-#define TB_MLOAD(p) _mm512_maskz_loadu_epi64(tail, (const void *)(p))
-__attribute__((target(TB_AVX512))) static void tile_avx512(const uint64_t *const a[MR], const uint64_t *const b[NR],
-                                                           int64_t Kw, int64_t s[MR][NR]) {
-    const __m512i z = _mm512_setzero_si512();
-    __m512i c00 = z, c01 = z, c02 = z, c03 = z, c04 = z, c05 = z, c06 = z, c07 = z, c10 = z, c11 = z, c12 = z, c13 = z, c14 = z, c15 = z, c16 = z, c17 = z;
-    __m512i x0, x1, w;
-    int64_t k = 0;
-    for (; k + 8 <= Kw; k += 8) {
-        x0 = TB_LOAD(a[0] + k); x1 = TB_LOAD(a[1] + k);
-        w = TB_LOAD(b[0] + k);
-        c00 = _mm512_add_epi64(c00, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c10 = _mm512_add_epi64(c10, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_LOAD(b[1] + k);
-        c01 = _mm512_add_epi64(c01, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c11 = _mm512_add_epi64(c11, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_LOAD(b[2] + k);
-        c02 = _mm512_add_epi64(c02, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c12 = _mm512_add_epi64(c12, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_LOAD(b[3] + k);
-        c03 = _mm512_add_epi64(c03, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c13 = _mm512_add_epi64(c13, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_LOAD(b[4] + k);
-        c04 = _mm512_add_epi64(c04, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c14 = _mm512_add_epi64(c14, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_LOAD(b[5] + k);
-        c05 = _mm512_add_epi64(c05, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c15 = _mm512_add_epi64(c15, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_LOAD(b[6] + k);
-        c06 = _mm512_add_epi64(c06, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c16 = _mm512_add_epi64(c16, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_LOAD(b[7] + k);
-        c07 = _mm512_add_epi64(c07, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c17 = _mm512_add_epi64(c17, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-    }
-    if (k < Kw) {
-        __mmask8 tail = (__mmask8)((1u << (Kw - k)) - 1);
-        x0 = TB_MLOAD(a[0] + k); x1 = TB_MLOAD(a[1] + k);
-        w = TB_MLOAD(b[0] + k);
-        c00 = _mm512_add_epi64(c00, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c10 = _mm512_add_epi64(c10, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_MLOAD(b[1] + k);
-        c01 = _mm512_add_epi64(c01, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c11 = _mm512_add_epi64(c11, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_MLOAD(b[2] + k);
-        c02 = _mm512_add_epi64(c02, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c12 = _mm512_add_epi64(c12, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_MLOAD(b[3] + k);
-        c03 = _mm512_add_epi64(c03, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c13 = _mm512_add_epi64(c13, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_MLOAD(b[4] + k);
-        c04 = _mm512_add_epi64(c04, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c14 = _mm512_add_epi64(c14, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_MLOAD(b[5] + k);
-        c05 = _mm512_add_epi64(c05, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c15 = _mm512_add_epi64(c15, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_MLOAD(b[6] + k);
-        c06 = _mm512_add_epi64(c06, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c16 = _mm512_add_epi64(c16, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-        w = TB_MLOAD(b[7] + k);
-        c07 = _mm512_add_epi64(c07, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w)));
-        c17 = _mm512_add_epi64(c17, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w)));
-    }
-    _mm512_storeu_si512((void *)s[0], sum8(c00, c01, c02, c03, c04, c05, c06, c07));
-    _mm512_storeu_si512((void *)s[1], sum8(c10, c11, c12, c13, c14, c15, c16, c17));
-}
-#undef TB_LOAD
-#undef TB_MLOAD
-#endif
-
-typedef void (*tile_fn)(const uint64_t *const a[MR], const uint64_t *const b[NR], int64_t Kw, int64_t s[MR][NR]);
-
-static tile_fn tile_for(int path) {
-#ifdef TB_X86
-    if (path == PATH_AVX512) return tile_avx512;
-    if (path == PATH_AVX2) return tile_avx2;
-#endif
-    (void)path;
-    return tile_portable;
-}
+/* Words per k step of a weight panel: NB filters, and on the AVX2 path their low and high nibbles apart. */
+int tb_panel_width(int path) { return path == PATH_AVX2 ? 2 * NB : NB; }
 
 /* ---------------------------------------------------------------------------------------------------------------
-   Binary convolution (a dense layer is a 1 x 1 convolution of a 1 x 1 image). */
+   Binary convolution (a dense layer is a convolution of a kernel-sized image). */
 
-typedef struct {
-    const uint8_t *pix;  /* [N, H, W, Cb] */
+typedef struct conv_s conv_t;
+/* s[r][q] = sum over the row's segments and words of popcount(a ^ filter q of the panel), rows r < mr. */
+typedef void (*tile_fn)(const conv_t *c, const uint64_t *const *a, int mr, const uint64_t *panel,
+                        int64_t s[MAXMR][NB]);
+typedef void (*epi_fn)(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t s[MAXMR][NB]);
+
+struct conv_s {
+    const uint8_t *pix;  /* [N, H, W, Cb] (H, W: the zero-padded copy's in direct mode) */
     int64_t N, H, W, Cb, Ho, Wo, KH, KW, sh, sw, dh, dw, pt, pl;
-    const uint64_t *B;   /* [O, Kw] */
-    int64_t O, Kw;
+    const uint64_t *P;   /* panels [ceil(O / NB), Kp, pw] */
+    int64_t O, Kp, pw;
     const int32_t *base; /* [Ho * Wo, O] */
     int kind;
-    void *out;           /* float [M, O], or bit rows of out_stride bytes, zeroed by the caller */
+    void *out;           /* float [M, O], or bit rows of out_stride bytes */
     int64_t out_stride;
     const int32_t *thr;  /* [O] */
     const uint8_t *flip; /* [O], 0 or 1 */
+    uint16_t *flip16;    /* [ceil(O / NB)]: the flips of a panel's filters as bits */
+    int direct, nseg, mr;
+    int64_t seglen;
     tile_fn tile;
+    epi_fn epi;
     int64_t M, col_ranges, col_width, items, next;
-} conv_t;
+};
 
-/* Rows r0 .. r1 of the bit-level im2col into buf (Kw words each). */
+static void tile_portable(const conv_t *c, const uint64_t *const *a, int mr, const uint64_t *panel,
+                          int64_t s[MAXMR][NB]) {
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < NB; q++) {
+            int64_t sum = 0;
+            const uint64_t *w = panel + q;
+            for (int g = 0; g < c->nseg; g++) {
+                const uint64_t *x = a[r * c->nseg + g];
+                for (int64_t k = 0; k < c->seglen; k++, w += NB) sum += __builtin_popcountll(x[k] ^ *w);
+            }
+            s[r][q] = sum;
+        }
+}
+
+/* Scalar epilogue (every path's reference; the last panel when O is not a multiple of NB; float output). */
+static void epi_scalar(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t s[MAXMR][NB]) {
+    const int64_t per_image = c->Ho * c->Wo;
+    const int64_t nr = c->O - j0 < NB ? c->O - j0 : NB;
+    for (int r = 0; r < mr; r++) {
+        int64_t i = i0 + r;
+        const int32_t *base = c->base + (i % per_image) * c->O + j0;
+        if (c->kind == EPI_FLOAT) {
+            float *out = (float *)c->out + i * c->O + j0;
+            for (int64_t q = 0; q < nr; q++) out[q] = (float)(base[q] - 2 * (int32_t)s[r][q]);
+        } else {  /* NB filters from a multiple of NB: whole output bytes (bits past O are 0) */
+            uint8_t *out = (uint8_t *)c->out + i * c->out_stride + (j0 >> 3);
+            unsigned bits = 0;
+            for (int64_t q = 0; q < nr; q++)
+                bits |= (unsigned)((base[q] - 2 * (int32_t)s[r][q] < c->thr[j0 + q]) ^ c->flip[j0 + q]) << q;
+            out[0] = (uint8_t)bits;
+            if (nr > 8) out[1] = (uint8_t)(bits >> 8);
+        }
+    }
+}
+
+#ifdef TB_X86
+/* AVX2. Filters in lanes: a row's word k is broadcast to the 4 lanes and XORed with word k of 4 filters, so each
+   64-bit lane counts one filter and no horizontal sum is needed. Popcount by two 16-entry table lookups
+   (vpshufb) on the nibbles (Mula, Kurz and Lemire, "Faster population counts using AVX2 instructions",
+   arXiv:1611.07612), with the weights' nibbles split once at packing time (x ^ w splits as the XOR of the
+   splits), so a step costs 2 XOR, 2 lookups and 2 adds per vector of 4 filters; per-byte counters (a byte gains
+   at most 8 a step) go to 64-bit sums by vpsadbw every 31 steps. 2 rows x 16 filters. */
+#define TB_AVX2_MR 2
+__attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uint64_t *const *a, int mr,
+                                                      const uint64_t *panel, int64_t s[MAXMR][NB]) {
+    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f), z = _mm256_setzero_si256();
+    const int nseg = c->nseg;
+    const int64_t L = c->seglen;
+    const uint64_t *a0[MAXSEG], *a1[MAXSEG];
+    for (int g = 0; g < nseg; g++) { a0[g] = a[g]; a1[g] = a[(mr > 1 ? 1 : 0) * nseg + g]; }
+    __m256i t[2][4];
+    for (int q = 0; q < 4; q++) { t[0][q] = z; t[1][q] = z; }
+    __m256i b00 = z, b01 = z, b02 = z, b03 = z, b10 = z, b11 = z, b12 = z, b13 = z;
+    int steps = 0;
+    const uint64_t *w = panel;
+#define TB_FLUSH()                                                                                              \
+    do {                                                                                                        \
+        t[0][0] = _mm256_add_epi64(t[0][0], _mm256_sad_epu8(b00, z)); b00 = z;                                   \
+        t[0][1] = _mm256_add_epi64(t[0][1], _mm256_sad_epu8(b01, z)); b01 = z;                                   \
+        t[0][2] = _mm256_add_epi64(t[0][2], _mm256_sad_epu8(b02, z)); b02 = z;                                   \
+        t[0][3] = _mm256_add_epi64(t[0][3], _mm256_sad_epu8(b03, z)); b03 = z;                                   \
+        t[1][0] = _mm256_add_epi64(t[1][0], _mm256_sad_epu8(b10, z)); b10 = z;                                   \
+        t[1][1] = _mm256_add_epi64(t[1][1], _mm256_sad_epu8(b11, z)); b11 = z;                                   \
+        t[1][2] = _mm256_add_epi64(t[1][2], _mm256_sad_epu8(b12, z)); b12 = z;                                   \
+        t[1][3] = _mm256_add_epi64(t[1][3], _mm256_sad_epu8(b13, z)); b13 = z;                                   \
+    } while (0)
+#define TB_STEP(acc, xl, xh, q)                                                                                 \
+    acc = _mm256_add_epi8(acc, _mm256_add_epi8(                                                                 \
+        _mm256_shuffle_epi8(table, _mm256_xor_si256(xl, _mm256_loadu_si256((const __m256i *)(w + 4 * (q))))),    \
+        _mm256_shuffle_epi8(table, _mm256_xor_si256(xh, _mm256_loadu_si256((const __m256i *)(w + 16 + 4 * (q)))))))
+    for (int g = 0; g < nseg; g++) {
+        const uint64_t *x0 = a0[g], *x1 = a1[g];
+        for (int64_t k = 0; k < L; k++, w += 2 * NB) {
+            __m256i v0 = _mm256_set1_epi64x((long long)x0[k]), v1 = _mm256_set1_epi64x((long long)x1[k]);
+            __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+            __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+            TB_STEP(b00, l0, h0, 0); TB_STEP(b01, l0, h0, 1); TB_STEP(b02, l0, h0, 2); TB_STEP(b03, l0, h0, 3);
+            TB_STEP(b10, l1, h1, 0); TB_STEP(b11, l1, h1, 1); TB_STEP(b12, l1, h1, 2); TB_STEP(b13, l1, h1, 3);
+            if (++steps == 31) { TB_FLUSH(); steps = 0; }
+        }
+    }
+    TB_FLUSH();
+#undef TB_STEP
+#undef TB_FLUSH
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < 4; q++) _mm256_storeu_si256((__m256i *)(s[r] + 4 * q), t[r][q]);
+}
+
+/* Bits of a full panel: v = base - 2 s against the thresholds (pcmpgtq), 4 filters a compare. */
+__attribute__((target("avx2"))) static void epi_avx2(const conv_t *c, int64_t i0, int mr, int64_t j0,
+                                                     int64_t s[MAXMR][NB]) {
+    if (c->kind != EPI_BITS || j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s); return; }
+    const int64_t per_image = c->Ho * c->Wo;
+    __m256i thr[4];
+    for (int q = 0; q < 4; q++)
+        thr[q] = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(c->thr + j0 + 4 * q)));
+    const unsigned flip = c->flip16[j0 / NB];
+    for (int r = 0; r < mr; r++) {
+        int64_t i = i0 + r;
+        const int32_t *base = c->base + (i % per_image) * c->O + j0;
+        unsigned bits = 0;
+        for (int q = 0; q < 4; q++) {
+            __m256i b = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(base + 4 * q)));
+            __m256i v = _mm256_sub_epi64(b, _mm256_slli_epi64(_mm256_loadu_si256((const __m256i *)(s[r] + 4 * q)), 1));
+            bits |= (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr[q], v))) << (4 * q);
+        }
+        bits ^= flip;
+        uint8_t *out = (uint8_t *)c->out + i * c->out_stride + (j0 >> 3);
+        out[0] = (uint8_t)bits;
+        out[1] = (uint8_t)(bits >> 8);
+    }
+}
+
+#define TB_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq"
+
+/* AVX-512 VPOPCNTDQ, filters in lanes as on the AVX2 path: a row's word is broadcast to 8 lanes, XORed with word
+   k of 8 filters, counted by vpopcntq into 64-bit lanes; MR rows x 16 filters (2 * MR accumulators). */
+__attribute__((always_inline, target(TB_AVX512))) static inline void
+tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, int64_t s[MAXMR][NB], const int MR) {
+    const int nseg = c->nseg;
+    const int64_t L = c->seglen;
+    __m512i acc0[MAXMR], acc1[MAXMR];
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) { acc0[r] = _mm512_setzero_si512(); acc1[r] = acc0[r]; }
+    const uint64_t *w = panel;
+    for (int g = 0; g < nseg; g++) {
+        const uint64_t *x[MAXMR];
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) x[r] = a[r * nseg + g];
+        for (int64_t k = 0; k < L; k++, w += NB) {
+            __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 8));
+#pragma GCC unroll 6
+            for (int r = 0; r < MR; r++) {
+                __m512i v = _mm512_set1_epi64((long long)x[r][k]);
+                acc0[r] = _mm512_add_epi64(acc0[r], _mm512_popcnt_epi64(_mm512_xor_si512(v, w0)));
+                acc1[r] = _mm512_add_epi64(acc1[r], _mm512_popcnt_epi64(_mm512_xor_si512(v, w1)));
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        _mm512_storeu_si512((void *)s[r], acc0[r]);
+        _mm512_storeu_si512((void *)(s[r] + 8), acc1[r]);
+    }
+}
+
+__attribute__((target(TB_AVX512))) static void tile_avx512(const conv_t *c, const uint64_t *const *a, int mr,
+                                                           const uint64_t *panel, int64_t s[MAXMR][NB]) {
+    switch (mr) {
+    case 6: tile512_body(c, a, panel, s, 6); break;
+    case 5: tile512_body(c, a, panel, s, 5); break;
+    case 4: tile512_body(c, a, panel, s, 4); break;
+    case 3: tile512_body(c, a, panel, s, 3); break;
+    case 2: tile512_body(c, a, panel, s, 2); break;
+    default: tile512_body(c, a, panel, s, 1); break;
+    }
+}
+
+/* Bits of a full panel in one compare (16 int32 lanes); float output through vcvtdq2ps. */
+__attribute__((target(TB_AVX512))) static void epi_avx512(const conv_t *c, int64_t i0, int mr, int64_t j0,
+                                                          int64_t s[MAXMR][NB]) {
+    if (j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s); return; }
+    const int64_t per_image = c->Ho * c->Wo;
+    const __m512i thr = c->kind == EPI_BITS ? _mm512_loadu_si512((const void *)(c->thr + j0)) : _mm512_setzero_si512();
+    const __mmask16 flip = c->kind == EPI_BITS ? (__mmask16)c->flip16[j0 / NB] : 0;
+    for (int r = 0; r < mr; r++) {
+        int64_t i = i0 + r;
+        __m256i lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)s[r]));
+        __m256i hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(s[r] + 8)));
+        __m512i sum = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(c->base + (i % per_image) * c->O + j0)),
+                                     _mm512_slli_epi32(sum, 1));
+        if (c->kind == EPI_FLOAT) {
+            _mm512_storeu_ps((float *)c->out + i * c->O + j0, _mm512_cvtepi32_ps(v));
+        } else {
+            unsigned bits = (unsigned)(_mm512_cmplt_epi32_mask(v, thr) ^ flip);
+            uint8_t *out = (uint8_t *)c->out + i * c->out_stride + (j0 >> 3);
+            out[0] = (uint8_t)bits;
+            out[1] = (uint8_t)(bits >> 8);
+        }
+    }
+}
+#endif
+
+/* Row pointers of rows r0 .. r0 + mr - 1 (the last one repeated up to MAXMR), nseg segments each. Direct mode: a
+   row's segment kh is the KW pixels (ho * sh + kh * dh, wo * sw ...) of the image, contiguous in NHWC; else the
+   row is the im2col row in buf. */
+static void row_pointers(const conv_t *c, int64_t i, int mr, int64_t r0, const uint64_t *buf,
+                         const uint64_t **a) {
+    const int64_t per_image = c->Ho * c->Wo;
+    for (int r = 0; r < c->mr; r++) {
+        int64_t row = i + (r < mr ? r : mr - 1);
+        if (!c->direct) { a[r] = buf + (row - r0) * c->Kp; continue; }
+        int64_t n = row / per_image, p = row % per_image, ho = p / c->Wo, wo = p % c->Wo;
+        for (int64_t kh = 0; kh < c->KH; kh++)
+            a[r * c->nseg + kh] = (const uint64_t *)(c->pix + ((n * c->H + ho * c->sh + kh * c->dh) * c->W
+                                                               + wo * c->sw) * c->Cb);
+    }
+}
+
+/* Rows r0 .. r1 of the bit-level im2col into buf (Kp words each, zero-filled past the KH * KW * Cb bytes). */
 static void build_rows(const conv_t *c, int64_t r0, int64_t r1, uint64_t *buf) {
-    const int64_t row_bytes = c->Kw * 8, used = c->KH * c->KW * c->Cb, per_image = c->Ho * c->Wo;
+    const int64_t row_bytes = c->Kp * 8, used = c->KH * c->KW * c->Cb, per_image = c->Ho * c->Wo;
     for (int64_t r = r0; r < r1; r++) {
-        uint8_t *row = (uint8_t *)(buf + (r - r0) * c->Kw);
+        uint8_t *row = (uint8_t *)(buf + (r - r0) * c->Kp);
         int64_t n = r / per_image, p = r % per_image, ho = p / c->Wo, wo = p % c->Wo;
         for (int64_t kh = 0; kh < c->KH; kh++) {
-            int64_t y = ho * c->sh - c->pt + kh * c->dh;
+            int64_t y = ho * c->sh - c->pt + kh * c->dh, x0 = wo * c->sw - c->pl;
+            if (c->dw == 1 && y >= 0 && y < c->H && x0 >= 0 && x0 + c->KW <= c->W) {  /* the kernel row at once */
+                memcpy(row, c->pix + ((n * c->H + y) * c->W + x0) * c->Cb, (size_t)(c->KW * c->Cb));
+                row += c->KW * c->Cb;
+                continue;
+            }
             for (int64_t kw = 0; kw < c->KW; kw++, row += c->Cb) {
-                int64_t x = wo * c->sw - c->pl + kw * c->dw;
+                int64_t x = x0 + kw * c->dw;
                 if (y < 0 || y >= c->H || x < 0 || x >= c->W) memset(row, 0, (size_t)c->Cb);
                 else memcpy(row, c->pix + ((n * c->H + y) * c->W + x) * c->Cb, (size_t)c->Cb);
             }
@@ -238,47 +302,25 @@ static void build_rows(const conv_t *c, int64_t r0, int64_t r1, uint64_t *buf) {
     }
 }
 
-static void epilogue(const conv_t *c, int64_t i0, int64_t mr, int64_t j0, int64_t nr, int64_t s[MR][NR]) {
-    const int64_t per_image = c->Ho * c->Wo;
-    for (int64_t r = 0; r < mr; r++) {
-        int64_t i = i0 + r;
-        const int32_t *base = c->base + (i % per_image) * c->O + j0;
-        if (c->kind == EPI_FLOAT) {
-            float *out = (float *)c->out + i * c->O + j0;
-            for (int64_t q = 0; q < nr; q++) out[q] = (float)(base[q] - 2 * (int32_t)s[r][q]);
-        } else {  /* NR = 8 filters from a multiple of 8: one whole output byte (bits past O stay 0) */
-            const int32_t *thr = c->thr + j0;
-            const uint8_t *flip = c->flip + j0;
-            unsigned byte = 0;
-            for (int64_t q = 0; q < nr; q++)
-                byte |= (unsigned)((base[q] - 2 * (int32_t)s[r][q] < thr[q]) ^ flip[q]) << q;
-            ((uint8_t *)c->out)[i * c->out_stride + (j0 >> 3)] = (uint8_t)byte;
-        }
-    }
-}
-
-static void run_item(const conv_t *c, int64_t item, uint64_t *buf) {
+static void run_item(conv_t *c, int64_t item, uint64_t *buf) {
     int64_t rb = item / c->col_ranges, cr = item % c->col_ranges;
     int64_t r0 = rb * RB, r1 = r0 + RB < c->M ? r0 + RB : c->M;
     int64_t c0 = cr * c->col_width, c1 = c0 + c->col_width < c->O ? c0 + c->col_width : c->O;
     if (c0 >= c1) return;
-    build_rows(c, r0, r1, buf);
-    /* filters a block at a time: NCB rows of weights (about 48 KiB) stay in cache while every row passes */
-    int64_t ncb = (48 * 1024) / (c->Kw * 8) / NR * NR;
-    if (ncb < NR) ncb = NR;
-    int64_t s[MR][NR];
+    if (!c->direct) build_rows(c, r0, r1, buf);
+    /* panels a block at a time: about 48 KiB of weights stay in L1/L2 while every row of the block passes */
+    int64_t pan = c->Kp * c->pw * 8, per = (48 * 1024) / (pan > 0 ? pan : 1);
+    int64_t ncb = (per < 1 ? 1 : per) * NB;
+    int64_t s[MAXMR][NB];
+    const uint64_t *a[MAXMR * MAXSEG];
     for (int64_t jb = c0; jb < c1; jb += ncb) {
         int64_t je = jb + ncb < c1 ? jb + ncb : c1;
-        for (int64_t i = r0; i < r1; i += MR) {
-            int64_t mr = r1 - i < MR ? r1 - i : MR;
-            const uint64_t *a[MR];
-            for (int r = 0; r < MR; r++) a[r] = buf + (i - r0 + (r < mr ? r : mr - 1)) * c->Kw;
-            for (int64_t j = jb; j < je; j += NR) {
-                int64_t nr = je - j < NR ? je - j : NR;
-                const uint64_t *b[NR];
-                for (int q = 0; q < NR; q++) b[q] = c->B + (j + (q < nr ? q : nr - 1)) * c->Kw;
-                c->tile(a, b, c->Kw, s);
-                epilogue(c, i, mr, j, nr, s);
+        for (int64_t i = r0; i < r1; i += c->mr) {
+            int mr = (int)(r1 - i < c->mr ? r1 - i : c->mr);
+            row_pointers(c, i, mr, r0, buf, a);
+            for (int64_t j = jb; j < je; j += NB) {
+                c->tile(c, a, mr, c->P + (j / NB) * c->Kp * c->pw, s);
+                c->epi(c, i, mr, j, s);
             }
         }
     }
@@ -286,8 +328,8 @@ static void run_item(const conv_t *c, int64_t item, uint64_t *buf) {
 
 static void *conv_worker(void *arg) {
     conv_t *c = (conv_t *)arg;
-    uint64_t *buf = (uint64_t *)malloc((size_t)(RB * c->Kw * 8));
-    if (!buf) return (void *)1;
+    uint64_t *buf = 0;
+    if (!c->direct && !(buf = (uint64_t *)malloc((size_t)(RB * c->Kp * 8 + 8)))) return (void *)1;
     for (;;) {
         int64_t item = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED);
         if (item >= c->items) break;
@@ -297,26 +339,60 @@ static void *conv_worker(void *arg) {
     return 0;
 }
 
-/* Returns 0, or -1 when memory for a row buffer could not be had. Arguments are validated by the caller. */
+/* Returns 0, or -1 when memory could not be had. Arguments are validated by the caller: P holds ceil(O / NB)
+   panels of Kp = ceil(KH * KW * Cb / 8) steps of tb_panel_width(path) words (filter q of a panel at word q of a
+   step; on the AVX2 path its low nibbles, then at word NB + q its high nibbles; filters past O are 0). */
 int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t Cb, int64_t Ho, int64_t Wo,
                    int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl,
-                   const uint64_t *B, int64_t O, int64_t Kw, const int32_t *base, int kind, void *out,
+                   const uint64_t *P, int64_t O, int64_t Kp, const int32_t *base, int kind, void *out,
                    int64_t out_stride, const int32_t *thr, const uint8_t *flip, int path, int threads) {
-    conv_t c = {pix, N, H, W, Cb, Ho, Wo, KH, KW, sh, sw, dh, dw, pt, pl, B, O, Kw, base, kind, out, out_stride,
-                thr, flip, tile_for(path), 0, 1, 0, 0, 0};
+    conv_t c;
+    memset(&c, 0, sizeof c);
+    c.pix = pix; c.N = N; c.H = H; c.W = W; c.Cb = Cb; c.Ho = Ho; c.Wo = Wo; c.KH = KH; c.KW = KW;
+    c.sh = sh; c.sw = sw; c.dh = dh; c.dw = dw; c.pt = pt; c.pl = pl; c.P = P; c.O = O; c.Kp = Kp;
+    c.pw = tb_panel_width(path); c.base = base; c.kind = kind; c.out = out; c.out_stride = out_stride;
+    c.thr = thr; c.flip = flip;
+    c.tile = tile_portable; c.epi = epi_scalar; c.mr = 1;
+#ifdef TB_X86
+    if (path == PATH_AVX2) { c.tile = tile_avx2; c.epi = epi_avx2; c.mr = TB_AVX2_MR; }
+    if (path == PATH_AVX512) { c.tile = tile_avx512; c.epi = epi_avx512; c.mr = MAXMR; }
+#endif
     c.M = N * Ho * Wo;
+    int64_t panels = (O + NB - 1) / NB;
+    uint8_t *padded = 0;
+    c.flip16 = (uint16_t *)calloc((size_t)panels + 1, sizeof(uint16_t));
+    if (!c.flip16) return -1;
+    if (kind == EPI_BITS)
+        for (int64_t j = 0; j < O; j++) c.flip16[j / NB] |= (uint16_t)((flip[j] & 1) << (j % NB));
+    /* Direct mode (no im2col): whole words per pixel and contiguous kernel rows. Padding: a zero-padded copy. */
+    c.direct = Cb % 8 == 0 && dw == 1 && KH <= MAXSEG;
+    c.nseg = 1; c.seglen = Kp;
+    if (c.direct) {
+        int64_t Hp = (Ho - 1) * sh + (KH - 1) * dh + 1, Wp = (Wo - 1) * sw + KW;
+        if (pt || pl || Hp > H || Wp > W) {
+            int64_t Hc = Hp > H + pt ? Hp : H + pt, Wc = Wp > W + pl ? Wp : W + pl;
+            padded = (uint8_t *)calloc((size_t)(N * Hc * Wc * Cb) + 8, 1);
+            if (!padded) { free(c.flip16); return -1; }
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t y = 0; y < H; y++)
+                    memcpy(padded + ((n * Hc + y + pt) * Wc + pl) * Cb, pix + ((n * H + y) * W) * Cb,
+                           (size_t)(W * Cb));
+            c.pix = padded; c.H = Hc; c.W = Wc; c.pt = 0; c.pl = 0;
+        }
+        c.nseg = (int)KH; c.seglen = KW * Cb / 8;
+    }
     int64_t row_blocks = (c.M + RB - 1) / RB;
     if (threads > 64) threads = 64;
     /* a thread per 2M word pairs at least: below that, starting a thread costs more than it saves */
-    int64_t enough = c.M * O * Kw / ((int64_t)1 << 21);
+    int64_t enough = c.M * O * Kp / ((int64_t)1 << 21);
     if (threads > enough) threads = (int)enough;
     if (threads < 1) threads = 1;
-    if (row_blocks < 4 * threads) {  /* few rows (batch 1, dense layers): split the filters too, 8 at a time */
+    if (row_blocks < 4 * threads) {  /* few rows (batch 1, dense layers): split the filters too, NB at a time */
         int64_t want = (4 * threads + row_blocks - 1) / row_blocks;
-        int64_t width = ((O + want - 1) / want + 7) / 8 * 8;
-        c.col_width = width < 8 ? 8 : width;
+        int64_t width = ((O + want - 1) / want + NB - 1) / NB * NB;
+        c.col_width = width < NB ? NB : width;
     } else {
-        c.col_width = O;
+        c.col_width = (O + NB - 1) / NB * NB;
     }
     c.col_ranges = (O + c.col_width - 1) / c.col_width;
     c.items = row_blocks * c.col_ranges;
@@ -331,6 +407,8 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
         pthread_join(ids[t], &status);
         if (status) failed = status;
     }
+    free(padded);
+    free(c.flip16);
     return failed ? -1 : 0;
 }
 
