@@ -5,14 +5,14 @@
     python benchmarks/gpu_check.py --list       # print the GPU plan (with --dry, the CPU one); run nothing
 
 Needs torch with CUDA, lightning, pyyaml and pytest; installs nothing, reaches no network, imports torchbop from
-``src/``. The steps (``--only`` picks some), each a process with its own timeout, all under one deadline (``--budget``):
-``tests``, ``pytest -m gpu tests`` (every test marked ``gpu``; junit XML in ``tests.xml``); ``train``, the ``cifar10``
+``src/``. The steps (``--only`` picks some), each a process with its own timeout, under one deadline (``--budget``):
+``tests``: ``pytest -m gpu tests``, every test marked ``gpu`` (junit XML in ``tests.xml``); ``train``: the ``cifar10``
 recipe at full width with ``compile: true`` for ``--epochs`` epochs, killed at its timeout (the time box), on real
 CIFAR-10 when found, else on a synthetic learnable set of its shape (``train.json``: images/s, test accuracy, steps);
-then the benchmarks ``optimizer_step``, ``train_step``, ``data_pipeline`` and ``lightning_overhead`` with their own
-``--device cuda`` (one whose script is gone is skipped). Each step writes ``OUT/<step>.log``; ``OUT/summary.json`` and
-``OUT/summary.md`` (versions, GPU; per step its status, ``ok``, ``failed (exit N)``, ``timeout`` or ``skipped``, with
-seconds, command, numbers, last lines) are rewritten after every step. Exit status 1 when a step failed.
+the benchmarks ``optimizer_step``, ``train_step``, ``data_pipeline``, ``lightning_overhead``, each with its own
+``--device cuda``. Each step writes ``OUT/<step>.log``; ``OUT/summary.json`` and ``OUT/summary.md`` (versions; per
+step its status, ``ok``, ``failed (exit N)``, ``timeout`` or ``skipped``, its seconds, command, numbers, last lines)
+are rewritten after every step. Exit status 1 when a step failed or timed out.
 
 Without CUDA, or with ``--dry``, the same steps run on the CPU (``--device cpu``, one thread, every flag of the GPU
 command at tiny sizes, BinaryNet 1/32 wide for 5 steps without ``compile``: inductor takes minutes on a CPU, and
@@ -48,7 +48,7 @@ def plan(dry: bool, out: Path, epochs: int = 4) -> list[tuple[str, list[str], fl
         ("tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfEs",
                    "--continue-on-collection-errors", f"--junitxml={out / 'tests.xml'}", "tests"], 240),
         ("train", [PY, str(Path(__file__).resolve()), str(out), "--train", "--epochs", str(epochs)]
-         + (["--dry"] if dry else []), 60 if dry else 200),
+         + (["--dry"] if dry else []), 120 if dry else 200),
         ("optimizer_step", bench("optimizer_step.py", "--rounds 8 --warmup 3",
                                  "--rounds 1 --warmup 1 --width 0.03125 --no-fused"), 60),
         ("train_step", bench("train_step.py", "--widths 1.0,0.25 --steps 8 --warmup 3",
@@ -81,19 +81,12 @@ def run_step(cmd: list[str], log: Path, timeout: float) -> tuple[str, float]:
     return ("ok" if rc == 0 else f"failed (exit {rc})"), time.perf_counter() - start
 
 
-def environment() -> dict:
-    import torch
-
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def write_summary(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     env = summary["env"]
-    lines = [f"# GPU check ({summary['mode']}): {env['gpu'] or 'no GPU'}, torch {env['torch']}", "",
-             f"{summary['seconds']:.0f} s of a {summary['budget_s']:.0f} s budget.", "",
-             "| step | status | seconds |", "|---|---|---|"]
+    lines = [f"# GPU check ({summary['mode']}): {env['gpu'] or 'no GPU'}, torch {env['torch']}, "
+             f"{summary['seconds']:.0f} s of {summary['budget_s']:.0f}", "", "| step | status | seconds |",
+             "|---|---|---|"]
     lines += [f"| {n} | {s['status']} | {s.get('seconds', '')} |" for n, s in summary["steps"].items()]
     for name, step in summary["steps"].items():
         lines += ["", f"## {name}: {step['status']}", "", f"`{' '.join(step['command'])}`", step.get("note", "")]
@@ -106,9 +99,13 @@ def write_summary(out: Path, summary: dict) -> None:
 
 def check(out: Path, dry: bool, budget: float, only: list[str] | None = None, epochs: int = 4) -> int:
     """Run the plan's steps (those in ``only``) into ``out``; 0 when none failed or timed out."""
+    import torch
+
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    summary = {"mode": "dry (CPU)" if dry else "gpu", "env": environment(), "budget_s": budget, "steps": {}}
+    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+           "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    summary = {"mode": "dry (CPU)" if dry else "gpu", "env": env, "budget_s": budget, "steps": {}}
     for name, cmd, timeout in plan(dry, out, epochs):
         if only is not None and name not in only:
             continue
@@ -154,16 +151,15 @@ def train_run(out: Path, dry: bool, epochs: int) -> None:
     overrides = [f"out={out / 'train'}", "progress_bar=false", "devices=1", f"accelerator={'cpu' if dry else 'gpu'}"]
     overrides += (["model_kwargs.width=0.03125", "epochs=1", "limit_train_batches=5", "limit_eval_batches=1"] if dry
                   else ["compile=true", f"epochs={epochs}"])
-    data, source = None, "SYNTHETIC (a dry run)"
+    data, source = {"train": synthetic_cifar(500, 1), "test": synthetic_cifar(250, 2)}, "SYNTHETIC (a dry run)"
     if not dry:
         try:
             from torchbop.data import load_cifar10
 
             data, source = {s: load_cifar10(train=s == "train") for s in ("train", "test")}, "CIFAR-10"
         except Exception as error:  # a GPU machine may have no CIFAR-10: train on a synthetic set of its shape
+            data = {"train": synthetic_cifar(50_000, 1), "test": synthetic_cifar(10_000, 2)}
             source = f"SYNTHETIC (no CIFAR-10: {str(error)[:200]})"
-    if data is None:
-        data = {"train": synthetic_cifar(500 if dry else 50_000, 1), "test": synthetic_cifar(250 if dry else 10_000, 2)}
     shutil.rmtree(out / "train", ignore_errors=True)
     result = train(load_recipe("cifar10", overrides), data=data)
     for checkpoint in (out / "train").rglob("*.ckpt"):  # 100+ MB at full width: too large to bring back

@@ -81,12 +81,12 @@ def test_statuses_time_out_and_summary(gpu_check, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_dry_run(tmp_path):
-    """The script end to end on the CPU, as `make gpu-check` runs it without CUDA, with two of its steps (about 20 s
+    """The script end to end on the CPU, as `make gpu-check` runs it without CUDA, with two of its steps (20 to 45 s
     on a 2-core machine; the whole dry plan takes about 2 minutes): the training run reports its numbers and leaves
     no checkpoint, the benchmark its table, the summary both."""
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--dry", "--only", "train,data_pipeline"],
-                          capture_output=True, text=True, timeout=170, cwd=ROOT)
+                          capture_output=True, text=True, timeout=200, cwd=ROOT)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "dry (CPU)" and list(summary["steps"]) == ["train", "data_pipeline"], proc.stdout
     for name, step in summary["steps"].items():
@@ -96,7 +96,7 @@ def test_dry_run(tmp_path):
     assert trained["global_step"] == 5 and trained["train_images_per_s"] > 0 and 0.0 <= trained["test_acc"] <= 1.0
     assert trained["data_source"].startswith("SYNTHETIC") and trained["device"] == "cpu"
     assert not list((out / "train").rglob("*.ckpt"))
-    assert "images/s" in (out / "data_pipeline.log").read_text()
+    assert "img/s" in (out / "data_pipeline.log").read_text()  # its table
     assert proc.returncode == 0 and (out / "summary.md").is_file()
 
 
