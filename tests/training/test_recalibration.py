@@ -6,26 +6,25 @@ from __future__ import annotations
 import copy
 import json
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
 
-from tests.training.test_resume import Kill, assert_same, renamed
+from tests.training.test_resume import RUN_STATE, Kill, assert_same
 from torchbop.data.loader import scale_images
 from torchbop.experiments.common import evaluate
 from torchbop.nn import ShiftBatchNorm1d, ShiftBatchNorm2d
-from torchbop.training import train
-from torchbop.training.recalibration import BatchNormRecalibration, recalibrate_batch_norm
+from torchbop.training import Observer, train
+from torchbop.training.recalibration import recalibrate_batch_norm
 
 
-class Keep(L.Callback):
-    """Keeps the module (its model is the one tested, after train() returns)."""
+class Keep(Observer):
+    """Keeps the run (its model is the one tested, after train() returns)."""
 
     module = None
 
-    def on_train_end(self, trainer, pl_module):
-        self.module = pl_module
+    def on_train_end(self, run):
+        self.module = run
 
 
 def batch_norm_inputs_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -> dict[str, tuple]:
@@ -79,19 +78,18 @@ class TestFunction:
             recalibrate_batch_norm(model, images, torch.zeros(32, dtype=torch.long), batch_size=8)
         assert_same(a.state_dict(), b.state_dict())
 
-    def test_callback_arguments(self):
-        with pytest.raises(ValueError, match="Invalid when value: 'off'"):
-            BatchNormRecalibration("off", batch_size=8)
+    def test_arguments(self):
+        images = torch.zeros(8, 1, 6, 6, dtype=torch.uint8)
         with pytest.raises(ValueError, match="Invalid batch_size value: 0"):
-            BatchNormRecalibration("end", batch_size=0)
+            recalibrate_batch_norm(self.make(), images, torch.zeros(8, dtype=torch.long), batch_size=0)
 
 
 class TestInARun:
     def test_end_recalibrates_the_tested_weights_and_reports_it(self, tiny_config, synthetic, tmp_path):
         keep_off, keep_end = Keep(), Keep()
-        off = train(tiny_config(out=str(tmp_path / "off")), data=synthetic, loggers=False, callbacks=[keep_off])
+        off = train(tiny_config(out=str(tmp_path / "off")), data=synthetic, loggers=False, observers=[keep_off])
         end = train(tiny_config(out=str(tmp_path / "end"), recalibrate_bn="end"), data=synthetic, loggers=False,
-                    callbacks=[keep_end])
+                    observers=[keep_end])
         model = keep_end.module.model
         # training followed the same path: the same weights; only the running statistics differ
         params_off = dict(keep_off.module.model.named_parameters())
@@ -124,14 +122,14 @@ class TestInARun:
         assert "bn_recalibration_s" in header.split(",")
 
 
-class Spy(L.Callback):
-    """Counts the recalibrations of the run (to check that the resumed run did some)."""
+class Spy(Observer):
+    """Counts the validations of the run (to check that the resumed run did some)."""
 
     def __init__(self) -> None:
         self.validations = 0
 
-    def on_validation_end(self, trainer, pl_module):
-        self.validations += 1
+    def on_epoch_end(self, run, metrics):
+        self.validations += "val_loss" in metrics
 
 
 @pytest.mark.parametrize("every_n_steps", [None, 3], ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
@@ -144,20 +142,16 @@ def test_resume_with_recalibration_equals_uninterrupted(tiny_config, synthetic, 
     full = train(tiny_config(out=str(tmp_path / "full"), **common), data=synthetic, loggers=False)
     killed = tiny_config(out=str(tmp_path / "killed"), **common)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(killed, data=synthetic, loggers=False, callbacks=[Kill(epoch=1, batch=6)])
+        train(killed, data=synthetic, loggers=False, observers=[Kill(epoch=1, batch=6)])
     spy = Spy()
-    resumed = train(killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False, callbacks=[spy])
+    resumed = train(killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False, observers=[spy])
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 24
-    assert_same(a["state_dict"], b["state_dict"], "model")  # the recalibrated running statistics included
-    assert_same(a["optimizer_states"], b["optimizer_states"], "optimizer")  # interpolated rates in the groups
-    callbacks_b = renamed(b["callbacks"], str(tmp_path / "killed"), str(tmp_path / "full"))
-    for name in a["callbacks"]:
-        a["callbacks"][name].pop("current_score", None)
-        callbacks_b[name].pop("current_score", None)
-    assert_same(a["callbacks"], callbacks_b, "callbacks")
+    assert_same(a["model"], b["model"], "model")  # the recalibrated running statistics included
+    assert_same(a["optimizer"], b["optimizer"], "optimizer")  # interpolated rates in the groups
+    assert_same({k: a[k] for k in RUN_STATE}, {k: b[k] for k in RUN_STATE}, "run state")
     assert resumed["test_acc"] == full["test_acc"] and resumed["val_loss"] == full["val_loss"]
     assert spy.validations == 2 and resumed["bn_recalibrations"] == 2  # epochs 1 and 2 validated after the resume
-    bop_groups = a["optimizer_states"][0]["optimizers"][0]["param_groups"]
+    bop_groups = a["optimizer"]["param_groups"]  # torch's shape: the composite's groups, Bop's first
     assert bop_groups[0]["sigma"] == pytest.approx(1e-2)  # after the last step: the rate of step 24 = T, the end

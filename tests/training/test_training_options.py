@@ -6,30 +6,28 @@ from __future__ import annotations
 import csv
 import json
 
-import lightning as L
 import pytest
 import torch
 
 from torchbop.cli import main
 from torchbop.optim import CEMA, Bop2ndOrder
-from torchbop.training import train
+from torchbop.training import History, Observer, train
 from torchbop.training.config import TrainConfig, apply_overrides, load_recipe
-from torchbop.training.history import History
-from torchbop.training.schedules import LinearInterpolation
+from torchbop.training.optimizers import LinearInterpolation
 
 
-class StepRates(L.Callback):
+class StepRates(Observer):
     """The rates each optimizer step used: (global_step, Bop group values, Adam's lr), read right before the step."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[int, dict, float]] = []
         self.optimizer = None
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        groups = optimizer.param_groups
+    def on_before_step(self, run):
+        groups = run.optimizer.param_groups
         bop = {k: groups[0][k] for k in ("lr", "threshold", "sigma", "unbiased") if k in groups[0]}
-        self.steps.append((trainer.global_step, bop, groups[-1]["lr"]))
-        self.optimizer = optimizer
+        self.steps.append((run.step, bop, groups[-1]["lr"]))
+        self.optimizer = run.optimizer
 
 
 class TestConfigDomains:
@@ -67,6 +65,12 @@ class TestConfigDomains:
     def test_errors(self, overrides, error):
         with pytest.raises(ValueError, match=error):
             apply_overrides(TrainConfig(), overrides)
+
+    def test_unquoted_off_is_off(self, tmp_path):
+        assert apply_overrides(TrainConfig(recalibrate_bn="end"), ["recalibrate_bn=off"]).recalibrate_bn == "off"
+        path = tmp_path / "mine.yaml"
+        path.write_text("recalibrate_bn: off\n")  # YAML 1.1: false
+        assert load_recipe(path).recalibrate_bn == "off"
 
     def test_defaults_keep_the_old_behaviour(self):
         cfg = TrainConfig()
@@ -113,7 +117,7 @@ class TestOptimizers:
     def test_cema_trains_and_logs_alpha(self, tiny_config, synthetic):
         rates, history = StepRates(), History()
         result = train(tiny_config(optimizer="cema", alpha=0.5, gamma=0.1, epochs=2, decay_schedule="linear"),
-                       data=synthetic, loggers=False, callbacks=[rates, history])
+                       data=synthetic, loggers=False, observers=[rates, history])
         cema = rates.optimizer.optimizers[0]
         assert isinstance(cema, CEMA) and result["global_step"] == 16
         assert cema.param_groups[0]["gamma"] == 0.1
@@ -125,7 +129,7 @@ class TestOptimizers:
     def test_bop2nd_unbiased_reaches_the_optimizer(self, tiny_config, synthetic):
         rates = StepRates()
         train(tiny_config(optimizer="bop2nd", unbiased=True, gamma=1e-2, sigma=1e-2, threshold=1e-3, epochs=1),
-              data=synthetic, loggers=False, callbacks=[rates])
+              data=synthetic, loggers=False, observers=[rates])
         assert isinstance(rates.optimizer.optimizers[0], Bop2ndOrder)
         assert all(s[1]["unbiased"] is True for s in rates.steps)
 
@@ -145,7 +149,7 @@ class TestInterpolation:
         rates = StepRates()
         cfg = tiny_config(optimizer="bop2nd", epochs=2, decay_schedule="interpolate", gamma=1e-2, gamma_end=1e-5,
                           threshold=1e-5, threshold_end=1e-8, sigma=1e-7, sigma_end=1e-2, lr=0.01, lr_end=0.001)
-        result = train(cfg, data=synthetic, loggers=False, callbacks=[rates])
+        result = train(cfg, data=synthetic, loggers=False, observers=[rates])
         total = result["global_step"]
         assert total == 16 and [s[0] for s in rates.steps] == list(range(16))
 
@@ -160,14 +164,14 @@ class TestInterpolation:
     def test_only_rates_with_an_end_move(self, tiny_config, synthetic):
         rates = StepRates()
         train(tiny_config(epochs=1, decay_schedule="interpolate", gamma=1e-2, gamma_end=0.0), data=synthetic,
-              loggers=False, callbacks=[rates])
+              loggers=False, observers=[rates])
         assert [s[1]["lr"] for s in rates.steps] == [1e-2 * (1 - t / 8) for t in range(8)]
         assert {s[1]["threshold"] for s in rates.steps} == {1e-6} and {s[2] for s in rates.steps} == {0.01}
 
     def test_epoch_logs_show_the_rates_of_the_epochs_first_step(self, tiny_config, synthetic, tmp_path):
         history = History()
         cfg = tiny_config(epochs=2, decay_schedule="interpolate", gamma=1e-2, gamma_end=0.0, lr_end=0.0)
-        train(cfg, data=synthetic, callbacks=[history])
+        train(cfg, data=synthetic, observers=[history])
         assert [e["rate"] for e in history.epochs] == [1e-2, 0.5e-2]  # 8 steps per epoch, 16 in all
         rows = list(csv.DictReader(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv")).open()))
         epochs = [r for r in rows if r["gamma"]]
