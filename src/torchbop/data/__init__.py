@@ -6,7 +6,8 @@ Modules: :mod:`~torchbop.data.paths` (the data root, the atomic checksummed down
 :mod:`~torchbop.data.fetch` (:func:`fetch_datasets`: download what is missing, with progress, then verify),
 :mod:`~torchbop.data.verify` (content digests), :mod:`~torchbop.data.progress` (download progress),
 :mod:`~torchbop.data.idx` and :mod:`~torchbop.data.mnist` (MNIST, Fashion-MNIST), :mod:`~torchbop.data.cifar10`,
-:mod:`~torchbop.data.split` and :mod:`~torchbop.data.loader`.
+:mod:`~torchbop.data.split` and :mod:`~torchbop.data.loader`; :mod:`~torchbop.data.datasets` is the table of
+datasets (files, loader, input shape, classes) that everything else looks them up in.
 
 Every loader verifies what it reads (``verify=False`` turns this off, for synthetic files): MNIST files by the md5
 of their uncompressed content, CIFAR-10 splits by an order-independent digest of their images and labels, whether
@@ -26,7 +27,8 @@ Example:
 import torch
 
 from torchbop.data.cifar10 import CIFAR10_CLASSES, load_cifar10, read_cifar10_batch
-from torchbop.data.fetch import DATASETS, fetch_datasets
+from torchbop.data.datasets import DATASETS, Dataset, get_dataset, load_dataset
+from torchbop.data.fetch import fetch_datasets
 from torchbop.data.idx import parse_idx, read_idx
 from torchbop.data.loader import DeviceLoader, pad_crop_flip, scale_images
 from torchbop.data.mnist import load_mnist
@@ -44,6 +46,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "ChecksumError",
     "DATASETS",
+    "Dataset",
     "DatasetNotFoundError",
     "DatasetUnavailableError",
     "DeviceLoader",
@@ -51,7 +54,9 @@ __all__ = [
     "class_balanced_split",
     "download_file",
     "fetch_datasets",
+    "get_dataset",
     "load_cifar10",
+    "load_dataset",
     "load_mnist",
     "pad_crop_flip",
     "parse_idx",

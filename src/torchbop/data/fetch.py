@@ -6,7 +6,7 @@ missing, from the canonical URLs, each checked against its md5 and renamed into 
 (:func:`~torchbop.data.paths.download_file`), with progress on stderr; then it reads every split once with
 verification on, so that a corrupt file is reported now, by name, rather than hours into a run.
 
-What each dataset needs:
+What each dataset needs (its row of :data:`~torchbop.data.datasets.DATASETS` lists the files):
 
 * ``mnist``, ``fashion-mnist``: the four IDX files in ``<root>/<name>/`` (``.gz`` or uncompressed);
 * ``cifar10``: ``<root>/cifar10/cifar-10-batches-py/`` with all six batches, or else the canonical archive
@@ -31,22 +31,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from torchbop.data import cifar10, mnist
+from torchbop.data.datasets import DATASETS, check_dataset_names, load_dataset
 from torchbop.data.paths import RemoteFile, describe_data_dir, fetch_files, resolve_data_dir
 
 __all__ = ["DATASETS", "fetch_datasets", "missing_files"]
-
-DATASETS = ("mnist", "fashion-mnist", "cifar10")
-
-
-def _check_names(names: Iterable[str]) -> list[str]:
-    if isinstance(names, str):
-        names = [names]
-    unique = list(dict.fromkeys(names))
-    unknown = [n for n in unique if n not in DATASETS]
-    if unknown:
-        raise ValueError(f"Unknown dataset(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(DATASETS)}")
-    return unique
 
 
 def missing_files(
@@ -60,18 +48,9 @@ def missing_files(
     """
     data_root = resolve_data_dir(root)
     missing: list[tuple[Path, RemoteFile]] = []
-    for name in _check_names(names):
-        missing += cifar10.missing_files(data_root) if name == "cifar10" else mnist.missing_files(data_root, name)
+    for name in check_dataset_names(names):
+        missing += DATASETS[name].files(data_root)
     return missing
-
-
-def _verify(name: str, root: Path) -> None:
-    """Read both splits of ``name`` with verification on (the loaders raise on any corrupt file)."""
-    for train in (True, False):
-        if name == "cifar10":
-            cifar10.load_cifar10(root, train=train)
-        else:
-            mnist.load_mnist(root, train=train, variant=name)
 
 
 def fetch_datasets(
@@ -84,7 +63,7 @@ def fetch_datasets(
     """Make sure each named dataset is present and intact under the data root, downloading only what is missing.
 
     Args:
-        names: datasets among ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"`` (a single name works too).
+        names: datasets of :data:`~torchbop.data.datasets.DATASETS` (a single name works too).
         root: the data root, as ``--data-dir``/``data_dir``; ``None`` uses ``$TORCHBOP_DATA`` or
             ``~/.cache/torchbop`` (:func:`~torchbop.data.paths.resolve_data_dir`).
         progress: where downloads report progress: ``True`` for stderr, a text stream, ``False`` for silence.
@@ -102,11 +81,12 @@ def fetch_datasets(
             file and the fix.
         ValueError: a file on disk is unreadable (truncated, not the format); the message names it.
     """
-    unique = _check_names(names)
+    unique = check_dataset_names(names)
     data_root = resolve_data_dir(root)
     fetch_files(missing_files(unique, data_root), root=data_root, data_dir_source=describe_data_dir(root),
                 progress=progress)
     if verify:
-        for name in unique:
-            _verify(name, data_root)
+        for name in unique:  # both splits, read with verification on: the loaders raise on any corrupt file
+            for train in (True, False):
+                load_dataset(name, data_root, train=train)
     return data_root

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from torchbop.data.paths import resolve_data_dir
+from torchbop.domains import check_known, parse_scalar
 from torchbop.experiments.cluster_job import experiment_reference
 from torchbop.experiments.execution import claim_and_execute, init_worker, quiet_lightning
 from torchbop.experiments.launchers import Launcher, require_submitit
@@ -57,6 +58,7 @@ from torchbop.experiments.registry import get_experiment
 from torchbop.experiments.spec import RunSpec
 from torchbop.experiments.store import (compute_time_s, environment, jsonable, read_json, time_stamp, write_csv,
                                         write_json)
+from torchbop.training.config import field_domains
 
 __all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", "write_outputs", "quiet_lightning"]
 
@@ -64,7 +66,10 @@ __all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", 
 def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = None) -> Any:
     """The experiment's config of ``profile`` with ``overrides`` (field -> value) applied.
 
-    Values are converted to the field's type (``"3"`` -> 3, ``[1e-3]`` -> ``(0.001,)``); unknown fields raise.
+    Values are read as ``torchbop train --set`` reads them: a setting named like a ``TrainConfig`` field (``epochs``,
+    ``subset``, ``lr``, ``precision``, ...) is checked against that field's domain, with the same message; any
+    other is converted to its default's type (``"3"`` -> 3, ``[1e-3]`` -> ``(0.001,)``). Unknown settings raise
+    with the closest one.
 
     Example:
         >>> configure("quick", "cifar10", {"epochs": "2", "subset": None}).epochs
@@ -72,18 +77,33 @@ def configure(profile: str, experiment: str, overrides: dict[str, Any] | None = 
         >>> configure("quick", "cifar10", {"retrain_epochs": 1})
         Traceback (most recent call last):
         ...
-        ValueError: cifar10 has no setting 'retrain_epochs' (its settings: protocol, seeds, epochs, width, subset, test_subset, gamma_decay_every, precision)
+        ValueError: cifar10 has no setting 'retrain_epochs' (did you mean 'epochs'?)
+        >>> configure("quick", "cifar10", {"epochs": 0})
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid epochs value: 0 (expected an integer >= 1)
     """
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
     config = get_experiment(experiment).CONFIGS[profile]
     fields = {f.name: f for f in dataclasses.fields(config)}
-    changes = {}
-    for name, value in (overrides or {}).items():
-        if name not in fields:
-            raise ValueError(f"{experiment} has no setting {name!r} (its settings: {', '.join(fields)})")
-        changes[name] = _convert(name, value, getattr(config, name))
+    check_known(experiment, overrides or {}, list(fields))
+    changes = {name: _setting(name, value, getattr(config, name)) for name, value in (overrides or {}).items()}
     return dataclasses.replace(config, **changes)
+
+
+def _setting(name: str, value: Any, default: Any) -> Any:
+    """One ``--set`` value of an experiment, typed and checked (see :func:`configure`)."""
+    domains = field_domains()
+    value = parse_scalar(value) if isinstance(value, str) else value
+    if name in domains and not isinstance(default, tuple):
+        return domains[name].check(name, value)
+    try:
+        return _convert(name, value, default)
+    except (TypeError, ValueError):
+        kind = type(default[0] if isinstance(default, tuple) and default else default).__name__
+        raise ValueError(f"Invalid {name} value: {value!r} (expected {kind}"
+                         f"{' values, comma-separated' if isinstance(default, tuple) else ''})") from None
 
 
 def config_from_dict(experiment: str, values: dict[str, Any]) -> Any:
