@@ -275,8 +275,8 @@ class Text(Domain):
     def _inside(self, value: str) -> str:
         return self.rule if not value.strip() or (self.forbid and re.search(self.forbid, value)) else ""
 
-    def outside(self) -> list[str]:
-        return [*super().outside(), " ", *self.examples]
+    def outside(self) -> list[str]:  # as typed text, "null" is a name like any other
+        return [" ", *self.examples]
 
 
 @dataclass(frozen=True)
