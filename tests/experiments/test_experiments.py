@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from torchbop.experiments import arbitrary_lr
+from torchbop.experiments import arbitrary_lr, optimizers
 from torchbop.experiments.store import load_manifest, load_records
 
 
@@ -18,7 +19,7 @@ def stored(results: Path, name: str):
 
 
 def test_every_experiment_writes_manifest_summary_csv_and_figure(smoke_results):
-    for name in ("approximation", "arbitrary-lr", "hyperparameters", "cifar10", "architectures"):
+    for name in ("approximation", "arbitrary-lr", "hyperparameters", "cifar10", "architectures", "optimizers"):
         manifest, records, _, out = stored(smoke_results, name)
         assert len(records) == len(manifest["runs"]) > 0
         assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,3 +140,72 @@ def test_architectures(smoke_results):
     rows = {r["optimizer"]: r for r in summary["tables"]["optimizers"]}
     assert rows["bop"]["seeds"] == rows["latent"]["seeds"] == 1 and rows["bop"]["ms_per_step_median"] > 0
     assert rows["bop"]["test_acc_mean"] == by_optimizer["bop"]["result"]["test_acc"]
+
+
+def test_optimizers(smoke_results):
+    _, records, summary, _ = stored(smoke_results, "optimizers")
+    runs = {(r["params"]["network"], r["params"]["optimizer"]): r for r in records}
+    assert sorted(runs) == sorted((n, o) for n in ("mnist_bnn", "binarynet")
+                                  for o in ("bop", "bop2nd", "bop2nd_unbiased", "cema", "latent"))
+    for (network, optimizer), record in runs.items():
+        params, train, result = record["params"], record["params"]["train"], record["result"]
+        assert params["point"] == 0 and params["hyper"] == optimizers.GRIDS[optimizer][0]  # smoke: the first point
+        for field, value in params["hyper"].items():  # the grid point is what the run trained with
+            assert train[field] == value, (network, optimizer, field)
+        # the shared protocol: schedule shape, recalibration, held-out split, last weights
+        assert (train["decay_schedule"], train["recalibrate_bn"], train["protocol"], train["test_weights"]) == (
+            "linear", "eval", "reproduction", "last")
+        assert "gamma_decay_every" not in train or train["gamma_decay_every"] is None
+        assert result["train_images"] + result["val_images"] == params["subset"]
+        assert result["test_images"] == params["test_subset"]
+        assert len(result["history"]) == result["epochs"] == 1 and result["history"][0]["flips"] >= 0
+        assert 0.0 <= result["val_acc"] <= 1.0 and 0.0 <= result["test_acc"] <= 1.0
+    for network in ("mnist_bnn", "binarynet"):  # the same budget for every optimizer of a network
+        trains = [runs[network, o]["params"]["train"] for o in optimizers.GRIDS]
+        for key in ("model", "model_kwargs", "batch_size", "epochs", "augment", "dataset", "seed", "val_fraction"):
+            assert len({json.dumps(t[key], sort_keys=True) for t in trains}) == 1, (network, key)
+    assert runs["binarynet", "bop"]["params"]["train"]["augment"] is True
+    assert runs["binarynet", "bop"]["params"]["train"]["model_kwargs"]["width"] == 0.0625
+    unbiased = {o: runs["mnist_bnn", o]["params"]["train"] for o in ("bop2nd", "bop2nd_unbiased")}
+    assert unbiased["bop2nd"]["optimizer"] == unbiased["bop2nd_unbiased"]["optimizer"] == "bop2nd"
+    assert not unbiased["bop2nd"].get("unbiased", False) and unbiased["bop2nd_unbiased"]["unbiased"] is True
+    assert runs["mnist_bnn", "latent"]["params"]["train"]["mode"] == "latent"
+    # epoch 0 of the linear schedule: factor 1 on the rate the group keeps as "lr" (CEMA: alpha; latent: Adam's lr)
+    assert runs["mnist_bnn", "cema"]["result"]["history"][0]["rate"] == pytest.approx(1e-2)
+    assert runs["binarynet", "latent"]["result"]["history"][0]["rate"] == pytest.approx(1.25e-3)
+    points = summary["tables"]["points"]
+    assert len(points) == 10 and all(p["chosen"] and p["seeds"] == 1 for p in points)
+    for p in points:
+        assert p["test_acc_mean"] == runs[p["network"], p["optimizer"]]["result"]["test_acc"]
+        assert p["ms_per_step_median"] > 0
+    assert optimizers.verdicts(summary) == []
+    text = "\n".join(optimizers.results(summary))
+    assert "**mnist_bnn**" in text and "**binarynet**" in text and "gamma 0.001, alpha 0.01" in text
+
+
+def _fake_record(point: int, seed: int, val_acc: float, test_acc: float) -> dict:
+    return {"params": {"network": "mnist_bnn", "optimizer": "bop", "point": point, "seed": seed,
+                       "hyper": dict(optimizers.GRIDS["bop"][point]), "train": {"batch_size": 100}},
+            "result": {"val_acc": val_acc, "test_acc": test_acc, "epochs": 2, "train_images_per_s": 1000.0,
+                       "history": [{"flips": 10}, {"flips": 4}], "train_images": 90, "val_images": 10,
+                       "test_images": 50}}
+
+
+def test_optimizers_chooses_the_point_of_highest_mean_validation_accuracy_not_test_accuracy():
+    records = [_fake_record(0, 0, 0.90, 0.99), _fake_record(0, 1, 0.92, 0.99),
+               _fake_record(1, 0, 0.95, 0.80), _fake_record(1, 1, 0.93, 0.82)]
+    points = optimizers.summarize(records, optimizers.CONFIGS["smoke"])["tables"]["points"]
+    chosen = [p for p in points if p["chosen"]]
+    assert [p["point"] for p in chosen] == [1] and len(points) == 2
+    assert chosen[0]["test_acc_mean"] == pytest.approx(0.81)  # chosen by validation, though its test is lower
+    assert chosen[0]["test_acc_std"] == pytest.approx(0.02 ** 0.5 / 10)  # sample std of 0.80, 0.82
+    assert chosen[0]["ms_per_step_median"] == pytest.approx(100.0)
+    assert (chosen[0]["flips_first_epoch_mean"], chosen[0]["flips_last_epoch_mean"]) == (10, 4)
+
+
+@pytest.mark.parametrize("changes, match", [({"optimizers": ("adamw",)}, "Invalid optimizers"),
+                                            ({"networks": ()}, "Invalid networks"),
+                                            ({"grid_points": 3}, "Invalid grid_points value: 3")])
+def test_optimizers_plan_rejects_unknown_names_and_grid_sizes(changes, match):
+    with pytest.raises(ValueError, match=match):
+        optimizers.plan(dataclasses.replace(optimizers.CONFIGS["smoke"], **changes))

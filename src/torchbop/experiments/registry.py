@@ -5,12 +5,12 @@ runner, the command line, the figures and the report pick it up from this table.
 
 Example:
     >>> list(EXPERIMENTS)
-    ['approximation', 'arbitrary-lr', 'hyperparameters', 'cifar10', 'architectures']
+    ['approximation', 'arbitrary-lr', 'hyperparameters', 'cifar10', 'architectures', 'optimizers']
 """
 
 from __future__ import annotations
 
-from torchbop.experiments import approximation, arbitrary_lr, architectures, cifar10, hyperparameters
+from torchbop.experiments import approximation, arbitrary_lr, architectures, cifar10, hyperparameters, optimizers
 from torchbop.experiments.spec import Experiment
 
 __all__ = ["EXPERIMENTS", "get_experiment"]
@@ -22,6 +22,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "hyperparameters": hyperparameters,
     "cifar10": cifar10,
     "architectures": architectures,
+    "optimizers": optimizers,
 }
 
 
