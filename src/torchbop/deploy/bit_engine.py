@@ -190,13 +190,13 @@ class BinaryLayerOp(nn.Module):
         return self._rows[key]
 
     def _base_of(self, h: int, w: int, fan_in: int) -> Tensor:
-        """int32 ``[Ho * Wo, O]``: ``K + (pad_value - 1) * (sum of W over the padded positions)``."""
+        """int32 ``[Ho * Wo, O]``: ``K + (pad_value - 1) * (sum of W over the padded positions)``; ``[1, O]`` where
+        that is ``K`` at every position (no correction)."""
         key = (h, w)
         if key not in self._base:
             conv = self.conv
             if conv is None or not any(conv["pad"]) or conv["pad_value"] == 1.0:
-                ho, wo = self._out_size(h, w)
-                base = torch.full((ho * wo, self.out_channels), fan_in, dtype=torch.int32)
+                base = torch.full((1, self.out_channels), fan_in, dtype=torch.int32)
             else:
                 weight = self.weight_sign.float()
                 indicator = F.pad(torch.zeros(1, weight.shape[1], h, w), conv["pad"], value=1.0)

@@ -95,8 +95,8 @@ def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(library))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.tb_paths.restype = ctypes.c_int
-    lib.tb_binary_conv.argtypes = [ptr] + [i64] * 14 + [ptr, i64, i64, ptr, ctypes.c_int, ptr, i64, ptr, ptr,
-                                                        ctypes.c_int, ctypes.c_int]
+    lib.tb_binary_conv.argtypes = [ptr] + [i64] * 14 + [ptr, i64, i64, ptr, i64, ctypes.c_int, ptr, i64, ptr,
+                                                        ptr, ctypes.c_int, ctypes.c_int]
     lib.tb_binary_conv.restype = ctypes.c_int
     lib.tb_panel_width.argtypes = [ctypes.c_int]
     lib.tb_panel_width.restype = ctypes.c_int
@@ -185,7 +185,8 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
     """XNOR-popcount convolution of packed pixels ``[N, H, W, Cb]`` (uint8) with weight rows ``[O, Kw]`` (int64),
     or their panels for ``path`` (:func:`weight_panels`; then ``out_channels`` gives ``O``).
 
-    Returns float32 ``[N * Ho * Wo, O]`` = ``base[p] - 2 * popcount`` (``base`` int32 ``[Ho * Wo, O]``), or, with
+    Returns float32 ``[N * Ho * Wo, O]`` = ``base[p] - 2 * popcount`` (``base`` int32 ``[Ho * Wo, O]``, or ``[1, O]``
+    when every output position has the same: the epilogue then folds it into the thresholds), or, with
     ``thresholds = (thr int32 [O], flip uint8 [O])``, packed bits uint8 ``[N, Ho, Wo, ceil(O / 8)]``, bit
     ``((base - 2 s) < thr) ^ flip``. ``pad`` is ``(left, right, top, bottom)``, read as +1 (zero bits).
     """
@@ -219,8 +220,8 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
     wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"binary_conv: input {h}x{w} is smaller than the kernel {kernel_size} (with padding)")
-    if tuple(base.shape) != (ho * wo, o):
-        raise ValueError(f"binary_conv: base {tuple(base.shape)} should be [{ho * wo}, {o}]")
+    if tuple(base.shape) not in ((ho * wo, o), (1, o)):
+        raise ValueError(f"binary_conv: base {tuple(base.shape)} should be [{ho * wo}, {o}] or [1, {o}]")
     if path not in available_paths():
         raise ValueError(f"path {path!r} does not run on this CPU (it runs {available_paths()})")
     lib = _library()
@@ -240,7 +241,7 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
         kind, stride_bytes = EPI_BITS, (o + 7) // 8
     if rows and o:
         status = lib.tb_binary_conv(pixels.data_ptr(), n, h, w, cb, ho, wo, kh, kw, sh, sw, dh, dw, top, left,
-                                    panels.data_ptr(), o, words, base.data_ptr(), kind, out.data_ptr(),
+                                    panels.data_ptr(), o, words, base.data_ptr(), base.shape[0], kind, out.data_ptr(),
                                     stride_bytes, thr_ptr, flip_ptr, PATHS.index(path), max(1, int(threads)))
         if status != 0:
             raise MemoryError("binary_conv: out of memory for the row buffers")

@@ -56,14 +56,16 @@ typedef struct conv_s conv_t;
 /* s[r][q] = sum over the row's segments and words of popcount(a ^ filter q of the panel), rows r < mr. */
 typedef void (*tile_fn)(const conv_t *c, const uint64_t *const *a, int mr, const uint64_t *panel,
                         int64_t s[MAXMR][NB]);
-typedef void (*epi_fn)(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t s[MAXMR][NB]);
+typedef void (*epi_fn)(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t s[MAXMR][NB], const int64_t *pos);
 
 struct conv_s {
     const uint8_t *pix;  /* [N, H, W, Cb] (H, W: the zero-padded copy's in direct mode) */
     int64_t N, H, W, Cb, Ho, Wo, KH, KW, sh, sw, dh, dw, pt, pl;
     const uint64_t *P;   /* panels [ceil(O / NB), Kp, pw] */
     int64_t O, Kp, pw;
-    const int32_t *base; /* [Ho * Wo, O] */
+    const int32_t *base; /* [Ho * Wo, O], or [1, O] (base_rows 1) where every position has the same */
+    int64_t base_rows;
+    int64_t *half;       /* base_rows 1 and bits: floor((base - thr) / 2) per filter (past O: 0), else NULL */
     int kind;
     void *out;           /* float [M, O], or bit rows of out_stride bytes */
     int64_t out_stride;
@@ -92,12 +94,12 @@ static void tile_portable(const conv_t *c, const uint64_t *const *a, int mr, con
 }
 
 /* Scalar epilogue (every path's reference; the last panel when O is not a multiple of NB; float output). */
-static void epi_scalar(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t s[MAXMR][NB]) {
-    const int64_t per_image = c->Ho * c->Wo;
+static void epi_scalar(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t s[MAXMR][NB],
+                       const int64_t *pos) {
     const int64_t nr = c->O - j0 < NB ? c->O - j0 : NB;
     for (int r = 0; r < mr; r++) {
         int64_t i = i0 + r;
-        const int32_t *base = c->base + (i % per_image) * c->O + j0;
+        const int32_t *base = c->base + (c->base_rows == 1 ? 0 : pos[r]) * c->O + j0;
         if (c->kind == EPI_FLOAT) {
             float *out = (float *)c->out + i * c->O + j0;
             for (int64_t q = 0; q < nr; q++) out[q] = (float)(base[q] - 2 * (int32_t)s[r][q]);
@@ -167,23 +169,32 @@ __attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uin
         for (int q = 0; q < 4; q++) _mm256_storeu_si256((__m256i *)(s[r] + 4 * q), t[r][q]);
 }
 
-/* Bits of a full panel: v = base - 2 s against the thresholds (pcmpgtq), 4 filters a compare. */
+/* Bits of a full panel: with one base for every position, bit = (s > floor((base - thr) / 2)) ^ flip (the same
+   integer test as (base - 2 s < thr) ^ flip), 4 filters a pcmpgtq; else v = base - 2 s against thr. */
 __attribute__((target("avx2"))) static void epi_avx2(const conv_t *c, int64_t i0, int mr, int64_t j0,
-                                                     int64_t s[MAXMR][NB]) {
-    if (c->kind != EPI_BITS || j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s); return; }
-    const int64_t per_image = c->Ho * c->Wo;
+                                                     int64_t s[MAXMR][NB], const int64_t *pos) {
+    if (c->kind != EPI_BITS || j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s, pos); return; }
     __m256i thr[4];
-    for (int q = 0; q < 4; q++)
-        thr[q] = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(c->thr + j0 + 4 * q)));
+    if (c->half)
+        for (int q = 0; q < 4; q++) thr[q] = _mm256_loadu_si256((const __m256i *)(c->half + j0 + 4 * q));
+    else
+        for (int q = 0; q < 4; q++)
+            thr[q] = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(c->thr + j0 + 4 * q)));
     const unsigned flip = c->flip16[j0 / NB];
     for (int r = 0; r < mr; r++) {
         int64_t i = i0 + r;
-        const int32_t *base = c->base + (i % per_image) * c->O + j0;
         unsigned bits = 0;
-        for (int q = 0; q < 4; q++) {
-            __m256i b = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(base + 4 * q)));
-            __m256i v = _mm256_sub_epi64(b, _mm256_slli_epi64(_mm256_loadu_si256((const __m256i *)(s[r] + 4 * q)), 1));
-            bits |= (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr[q], v))) << (4 * q);
+        if (c->half) {
+            for (int q = 0; q < 4; q++)
+                bits |= (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(
+                            _mm256_loadu_si256((const __m256i *)(s[r] + 4 * q)), thr[q]))) << (4 * q);
+        } else {
+            const int32_t *base = c->base + (c->base_rows == 1 ? 0 : pos[r]) * c->O + j0;
+            for (int q = 0; q < 4; q++) {
+                __m256i b = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(base + 4 * q)));
+                __m256i v = _mm256_sub_epi64(b, _mm256_slli_epi64(_mm256_loadu_si256((const __m256i *)(s[r] + 4 * q)), 1));
+                bits |= (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr[q], v))) << (4 * q);
+            }
         }
         bits ^= flip;
         uint8_t *out = (uint8_t *)c->out + i * c->out_stride + (j0 >> 3);
@@ -237,20 +248,33 @@ __attribute__((target(TB_AVX512))) static void tile_avx512(const conv_t *c, cons
     }
 }
 
-/* Bits of a full panel in one compare (16 int32 lanes); float output through vcvtdq2ps. */
+/* Bits of a full panel: with one base for every position, two vpcmpgtq against floor((base - thr) / 2); else
+   v = base - 2 s in 16 int32 lanes against thr. Float output through vcvtdq2ps. */
 __attribute__((target(TB_AVX512))) static void epi_avx512(const conv_t *c, int64_t i0, int mr, int64_t j0,
-                                                          int64_t s[MAXMR][NB]) {
-    if (j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s); return; }
-    const int64_t per_image = c->Ho * c->Wo;
-    const __m512i thr = c->kind == EPI_BITS ? _mm512_loadu_si512((const void *)(c->thr + j0)) : _mm512_setzero_si512();
+                                                          int64_t s[MAXMR][NB], const int64_t *pos) {
+    if (j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s, pos); return; }
     const __mmask16 flip = c->kind == EPI_BITS ? (__mmask16)c->flip16[j0 / NB] : 0;
+    if (c->half) {
+        const __m512i h0 = _mm512_loadu_si512((const void *)(c->half + j0));
+        const __m512i h1 = _mm512_loadu_si512((const void *)(c->half + j0 + 8));
+        for (int r = 0; r < mr; r++) {
+            unsigned bits = (unsigned)_mm512_cmpgt_epi64_mask(_mm512_loadu_si512((const void *)s[r]), h0)
+                            | (unsigned)_mm512_cmpgt_epi64_mask(_mm512_loadu_si512((const void *)(s[r] + 8)), h1) << 8;
+            bits ^= flip;
+            uint8_t *out = (uint8_t *)c->out + (i0 + r) * c->out_stride + (j0 >> 3);
+            out[0] = (uint8_t)bits;
+            out[1] = (uint8_t)(bits >> 8);
+        }
+        return;
+    }
+    const __m512i thr = c->kind == EPI_BITS ? _mm512_loadu_si512((const void *)(c->thr + j0)) : _mm512_setzero_si512();
     for (int r = 0; r < mr; r++) {
         int64_t i = i0 + r;
         __m256i lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)s[r]));
         __m256i hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(s[r] + 8)));
         __m512i sum = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(c->base + (i % per_image) * c->O + j0)),
-                                     _mm512_slli_epi32(sum, 1));
+        const int32_t *base = c->base + (c->base_rows == 1 ? 0 : pos[r]) * c->O + j0;
+        __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)base), _mm512_slli_epi32(sum, 1));
         if (c->kind == EPI_FLOAT) {
             _mm512_storeu_ps((float *)c->out + i * c->O + j0, _mm512_cvtepi32_ps(v));
         } else {
@@ -267,12 +291,13 @@ __attribute__((target(TB_AVX512))) static void epi_avx512(const conv_t *c, int64
    row's segment kh is the KW pixels (ho * sh + kh * dh, wo * sw ...) of the image, contiguous in NHWC; else the
    row is the im2col row in buf. */
 static void row_pointers(const conv_t *c, int64_t i, int mr, int64_t r0, const uint64_t *buf,
-                         const uint64_t **a) {
+                         const uint64_t **a, int64_t *pos) {
     const int64_t per_image = c->Ho * c->Wo;
     for (int r = 0; r < c->mr; r++) {
         int64_t row = i + (r < mr ? r : mr - 1);
-        if (!c->direct) { a[r] = buf + (row - r0) * c->Kp; continue; }
         int64_t n = row / per_image, p = row % per_image, ho = p / c->Wo, wo = p % c->Wo;
+        pos[r] = p;
+        if (!c->direct) { a[r] = buf + (row - r0) * c->Kp; continue; }
         for (int64_t kh = 0; kh < c->KH; kh++)
             a[r * c->nseg + kh] = (const uint64_t *)(c->pix + ((n * c->H + ho * c->sh + kh * c->dh) * c->W
                                                                + wo * c->sw) * c->Cb);
@@ -311,16 +336,16 @@ static void run_item(conv_t *c, int64_t item, uint64_t *buf) {
     /* panels a block at a time: about 48 KiB of weights stay in L1/L2 while every row of the block passes */
     int64_t pan = c->Kp * c->pw * 8, per = (48 * 1024) / (pan > 0 ? pan : 1);
     int64_t ncb = (per < 1 ? 1 : per) * NB;
-    int64_t s[MAXMR][NB];
+    int64_t s[MAXMR][NB], pos[MAXMR];
     const uint64_t *a[MAXMR * MAXSEG];
     for (int64_t jb = c0; jb < c1; jb += ncb) {
         int64_t je = jb + ncb < c1 ? jb + ncb : c1;
         for (int64_t i = r0; i < r1; i += c->mr) {
             int mr = (int)(r1 - i < c->mr ? r1 - i : c->mr);
-            row_pointers(c, i, mr, r0, buf, a);
+            row_pointers(c, i, mr, r0, buf, a, pos);
             for (int64_t j = jb; j < je; j += NB) {
                 c->tile(c, a, mr, c->P + (j / NB) * c->Kp * c->pw, s);
-                c->epi(c, i, mr, j, s);
+                c->epi(c, i, mr, j, s, pos);
             }
         }
     }
@@ -344,13 +369,14 @@ static void *conv_worker(void *arg) {
    step; on the AVX2 path its low nibbles, then at word NB + q its high nibbles; filters past O are 0). */
 int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t Cb, int64_t Ho, int64_t Wo,
                    int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl,
-                   const uint64_t *P, int64_t O, int64_t Kp, const int32_t *base, int kind, void *out,
+                   const uint64_t *P, int64_t O, int64_t Kp, const int32_t *base, int64_t base_rows, int kind,
+                   void *out,
                    int64_t out_stride, const int32_t *thr, const uint8_t *flip, int path, int threads) {
     conv_t c;
     memset(&c, 0, sizeof c);
     c.pix = pix; c.N = N; c.H = H; c.W = W; c.Cb = Cb; c.Ho = Ho; c.Wo = Wo; c.KH = KH; c.KW = KW;
     c.sh = sh; c.sw = sw; c.dh = dh; c.dw = dw; c.pt = pt; c.pl = pl; c.P = P; c.O = O; c.Kp = Kp;
-    c.pw = tb_panel_width(path); c.base = base; c.kind = kind; c.out = out; c.out_stride = out_stride;
+    c.pw = tb_panel_width(path); c.base = base; c.base_rows = base_rows; c.kind = kind; c.out = out; c.out_stride = out_stride;
     c.thr = thr; c.flip = flip;
     c.tile = tile_portable; c.epi = epi_scalar; c.mr = 1;
 #ifdef TB_X86
@@ -364,6 +390,14 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
     if (!c.flip16) return -1;
     if (kind == EPI_BITS)
         for (int64_t j = 0; j < O; j++) c.flip16[j / NB] |= (uint16_t)((flip[j] & 1) << (j % NB));
+    if (kind == EPI_BITS && base_rows == 1) {  /* base - 2 s < thr  <=>  2 s > base - thr  <=>  s > floor(/ 2) */
+        c.half = (int64_t *)calloc((size_t)(panels * NB), sizeof(int64_t));
+        if (!c.half) { free(c.flip16); return -1; }
+        for (int64_t j = 0; j < O; j++) {
+            int64_t d = (int64_t)base[j] - thr[j];
+            c.half[j] = d >= 0 ? d / 2 : -((-d + 1) / 2);
+        }
+    }
     /* Direct mode (no im2col): whole words per pixel and contiguous kernel rows. Padding: a zero-padded copy. */
     c.direct = Cb % 8 == 0 && dw == 1 && KH <= MAXSEG;
     c.nseg = 1; c.seglen = Kp;
@@ -372,7 +406,7 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
         if (pt || pl || Hp > H || Wp > W) {
             int64_t Hc = Hp > H + pt ? Hp : H + pt, Wc = Wp > W + pl ? Wp : W + pl;
             padded = (uint8_t *)calloc((size_t)(N * Hc * Wc * Cb) + 8, 1);
-            if (!padded) { free(c.flip16); return -1; }
+            if (!padded) { free(c.flip16); free(c.half); return -1; }
             for (int64_t n = 0; n < N; n++)
                 for (int64_t y = 0; y < H; y++)
                     memcpy(padded + ((n * Hc + y + pt) * Wc + pl) * Cb, pix + ((n * H + y) * W) * Cb,
@@ -409,6 +443,7 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
     }
     free(padded);
     free(c.flip16);
+    free(c.half);
     return failed ? -1 : 0;
 }
 
