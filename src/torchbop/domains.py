@@ -131,6 +131,7 @@ class Domain:
 
 
 _WRONG_TYPE = object()
+_YAML_BOOLS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
 def _number(value: Any) -> bool:
@@ -236,8 +237,12 @@ class Choice(Domain):
         return "one of " + ", ".join(map(repr, self.choices))
 
     def _typed(self, value: Any) -> Any:
-        if _number(value) and all(isinstance(c, str) for c in self.choices):
-            return str(value)  # precision: 32 -> "32"
+        if all(isinstance(c, str) for c in self.choices):
+            if _number(value):
+                return str(value)  # precision: 32 -> "32"
+            if isinstance(value, bool):  # YAML 1.1 reads an unquoted off/no/on/yes as a bool: the choice it spelled
+                spelled = [c for c in _YAML_BOOLS[value] if c in self.choices]
+                return spelled[0] if spelled else value
         return value
 
     def _inside(self, value: Any) -> str:
