@@ -131,21 +131,23 @@ __attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uin
     const int64_t L = c->seglen;
     const uint64_t *a0[MAXSEG], *a1[MAXSEG];
     for (int g = 0; g < nseg; g++) { a0[g] = a[g]; a1[g] = a[(mr > 1 ? 1 : 0) * nseg + g]; }
-    __m256i t[2][4];
-    for (int q = 0; q < 4; q++) { t[0][q] = z; t[1][q] = z; }
+    for (int r = 0; r < 2; r++)  /* 64-bit sums in memory (L1): kept in registers they would crowd out the counters */
+        for (int q = 0; q < NB; q++) s[r][q] = 0;
     __m256i b00 = z, b01 = z, b02 = z, b03 = z, b10 = z, b11 = z, b12 = z, b13 = z;
     int steps = 0;
     const uint64_t *w = panel;
+#define TB_ADD64(p, b) \
+    _mm256_storeu_si256((__m256i *)(p), _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(p)), _mm256_sad_epu8(b, z)))
 #define TB_FLUSH()                                                                                              \
     do {                                                                                                        \
-        t[0][0] = _mm256_add_epi64(t[0][0], _mm256_sad_epu8(b00, z)); b00 = z;                                   \
-        t[0][1] = _mm256_add_epi64(t[0][1], _mm256_sad_epu8(b01, z)); b01 = z;                                   \
-        t[0][2] = _mm256_add_epi64(t[0][2], _mm256_sad_epu8(b02, z)); b02 = z;                                   \
-        t[0][3] = _mm256_add_epi64(t[0][3], _mm256_sad_epu8(b03, z)); b03 = z;                                   \
-        t[1][0] = _mm256_add_epi64(t[1][0], _mm256_sad_epu8(b10, z)); b10 = z;                                   \
-        t[1][1] = _mm256_add_epi64(t[1][1], _mm256_sad_epu8(b11, z)); b11 = z;                                   \
-        t[1][2] = _mm256_add_epi64(t[1][2], _mm256_sad_epu8(b12, z)); b12 = z;                                   \
-        t[1][3] = _mm256_add_epi64(t[1][3], _mm256_sad_epu8(b13, z)); b13 = z;                                   \
+        TB_ADD64(s[0] + 0, b00); b00 = z;                                                                   \
+        TB_ADD64(s[0] + 4, b01); b01 = z;                                                                   \
+        TB_ADD64(s[0] + 8, b02); b02 = z;                                                                   \
+        TB_ADD64(s[0] + 12, b03); b03 = z;                                                                  \
+        TB_ADD64(s[1] + 0, b10); b10 = z;                                                                   \
+        TB_ADD64(s[1] + 4, b11); b11 = z;                                                                   \
+        TB_ADD64(s[1] + 8, b12); b12 = z;                                                                   \
+        TB_ADD64(s[1] + 12, b13); b13 = z;                                                                  \
     } while (0)
 #define TB_STEP(acc, xl, xh, q)                                                                                 \
     acc = _mm256_add_epi8(acc, _mm256_add_epi8(                                                                 \
@@ -153,20 +155,26 @@ __attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uin
         _mm256_shuffle_epi8(table, _mm256_xor_si256(xh, _mm256_loadu_si256((const __m256i *)(w + 16 + 4 * (q)))))))
     for (int g = 0; g < nseg; g++) {
         const uint64_t *x0 = a0[g], *x1 = a1[g];
-        for (int64_t k = 0; k < L; k++, w += 2 * NB) {
-            __m256i v0 = _mm256_set1_epi64x((long long)x0[k]), v1 = _mm256_set1_epi64x((long long)x1[k]);
-            __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
-            __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
-            TB_STEP(b00, l0, h0, 0); TB_STEP(b01, l0, h0, 1); TB_STEP(b02, l0, h0, 2); TB_STEP(b03, l0, h0, 3);
-            TB_STEP(b10, l1, h1, 0); TB_STEP(b11, l1, h1, 1); TB_STEP(b12, l1, h1, 2); TB_STEP(b13, l1, h1, 3);
-            if (++steps == 31) { TB_FLUSH(); steps = 0; }
+        for (int64_t k0 = 0; k0 < L;) {  /* runs of at most 31 steps between flushes, no test inside a run */
+            int64_t n = L - k0 < 31 - steps ? L - k0 : 31 - steps;
+            if (n == 0) { TB_FLUSH(); steps = 0; continue; }
+            for (int64_t k = k0; k < k0 + n; k++, w += 2 * NB) {
+                __m256i v = _mm256_set1_epi64x((long long)x0[k]);  /* one row at a time: 16 ymm registers in all */
+                __m256i l = _mm256_and_si256(v, low), h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                TB_STEP(b00, l, h, 0); TB_STEP(b01, l, h, 1); TB_STEP(b02, l, h, 2); TB_STEP(b03, l, h, 3);
+                v = _mm256_set1_epi64x((long long)x1[k]);
+                l = _mm256_and_si256(v, low); h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                TB_STEP(b10, l, h, 0); TB_STEP(b11, l, h, 1); TB_STEP(b12, l, h, 2); TB_STEP(b13, l, h, 3);
+            }
+            steps += (int)n;
+            k0 += n;
         }
     }
     TB_FLUSH();
 #undef TB_STEP
 #undef TB_FLUSH
-    for (int r = 0; r < mr; r++)
-        for (int q = 0; q < 4; q++) _mm256_storeu_si256((__m256i *)(s[r] + 4 * q), t[r][q]);
+#undef TB_ADD64
+    (void)mr;
 }
 
 /* Bits of a full panel: with one base for every position, bit = (s > floor((base - thr) / 2)) ^ flip (the same
