@@ -309,9 +309,10 @@ def field_domains() -> dict[str, Domain]:
 def check_environment(config: TrainConfig) -> None:
     """The part of each domain that depends on this machine and its files, checked before a run writes anything.
 
-    ``resume`` names a checkpoint that exists, the accelerator is on this machine and the devices exist there, and the model accepts ``model_kwargs`` and the
-    dataset's images: it is built on the ``meta`` device (no memory, no computation) and given one image of the
-    dataset's :attr:`~torchbop.data.datasets.Dataset.input_shape`, and must return one score per class.
+    ``resume`` names a checkpoint that exists, the accelerator is on this machine and the devices exist there, and
+    the model accepts ``model_kwargs`` and the dataset's images: it is built on the ``meta`` device (no memory, no
+    computation) and given one image of the dataset's :attr:`~torchbop.data.datasets.Dataset.input_shape`, and must
+    return one score per class.
 
     Raises:
         ValueError: naming the key, the value and the fix.
