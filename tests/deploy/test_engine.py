@@ -260,3 +260,65 @@ class TestBadInput:
             K.binary_conv(torch.zeros(1, 3, 3, 8, dtype=torch.uint8), torch.zeros(1, 4, dtype=torch.int64),
                           torch.zeros(1, 1, dtype=torch.int32), kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1),
                           pad=(0, 0, 0, 0), path=PATHS[0], threads=1)
+
+
+def _reference_conv(pixels, rows, kernel_size, stride, dilation, pad):
+    """``sum of +-1 products`` over every bit position of the rows (unused bits are 0 in both: +1 * +1), padding read
+    as +1: what the kernel computes with ``base`` = the number of bit positions."""
+    n, h, w, cb = pixels.shape
+    kh, kw = kernel_size
+    signs = 1.0 - 2.0 * ((pixels.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(n, h, w, -1).float()
+    signs = torch.nn.functional.pad(signs.permute(0, 3, 1, 2), pad, value=1.0)
+    wbits = rows.contiguous().view(torch.uint8)[:, :kh * kw * cb].reshape(-1, kh, kw, cb)
+    weight = 1.0 - 2.0 * ((wbits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1, kh, kw, 8 * cb)
+    out = torch.nn.functional.conv2d(signs, weight.permute(0, 3, 1, 2).float(), stride=stride, dilation=dilation)
+    return out.permute(0, 2, 3, 1).reshape(-1, rows.shape[0])
+
+
+@pytest.mark.parametrize("cb", [2, 8, 16], ids=["im2col", "direct", "direct-2-words"])
+@pytest.mark.parametrize("o", [24, 37, 64])
+@pytest.mark.parametrize("stride, dilation, pad", [((1, 1), (1, 1), (0, 0, 0, 0)), ((2, 1), (1, 1), (1, 1, 1, 1)),
+                                                   ((1, 2), (2, 1), (2, 0, 1, 1))])
+def test_every_path_equals_a_float_convolution(cb, o, stride, dilation, pad):
+    """Panels, filters in lanes, direct and im2col rows, the zero-padded copy, the last partial panel, a base of one
+    row (folded into the thresholds) and a base per position: every path equals ``F.conv2d`` of the +-1 values."""
+    g = torch.Generator().manual_seed(cb * 1000 + o)
+    pixels = torch.randint(0, 256, (3, 7, 9, cb), dtype=torch.uint8, generator=g)
+    words = (9 * cb + 7) // 8
+    rows = torch.randint(-2 ** 62, 2 ** 62, (o, words + 3), dtype=torch.int64, generator=g)
+    rows.view(torch.uint8).view(o, -1)[:, 9 * cb:] = 0
+    geometry = dict(kernel_size=(3, 3), stride=stride, dilation=dilation, pad=pad)
+    expected = _reference_conv(pixels, rows, (3, 3), stride, dilation, pad)
+    positions = expected.shape[0] // 3
+    uniform = torch.full((1, o), 9 * cb * 8, dtype=torch.int32)
+    per_position = uniform.expand(positions, o).contiguous()
+    thr = (torch.randint(-40, 40, (o,), dtype=torch.int32, generator=g),
+           torch.randint(0, 2, (o,), dtype=torch.uint8, generator=g))
+    want_bits = (expected < thr[0].float()) ^ thr[1].bool()
+    for path in PATHS:
+        panels = K.weight_panels(rows, words, path)
+        for weights, extra in ((rows, {}), (panels, {"out_channels": o})):
+            for base in (uniform, per_position):
+                got = K.binary_conv(pixels, weights, base, path=path, threads=2, **geometry, **extra)
+                assert torch.equal(got, expected), (path, base.shape)
+                bits = K.binary_conv(pixels, weights, base, path=path, threads=1, thresholds=thr, **geometry, **extra)
+                unpacked = ((bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten(1)
+                assert torch.equal(unpacked[:, :o].bool(), want_bits), (path, base.shape)
+                assert not unpacked[:, o:].any()  # bits past the last channel are 0
+
+
+def test_weight_panels_layout_and_errors():
+    rows = torch.arange(20 * 8, dtype=torch.int64).view(20, 8)
+    panels = K.weight_panels(rows, 5, "portable")
+    assert panels.shape == (2, 5, 16)
+    assert torch.equal(panels[0, 3], rows[:16, 3]) and torch.equal(panels[1, 2, :4], rows[16:, 2])
+    assert not panels[1, :, 4:].any()  # filters past O are zero
+    split = K.weight_panels(rows, 5, "avx2")
+    assert split.shape == (2, 5, 32)
+    assert torch.equal(split[..., :16] | (split[..., 16:] << 4), panels)
+    with pytest.raises(ValueError, match="words=9 for rows of 8 words"):
+        K.weight_panels(rows, 9, "portable")
+    with pytest.raises(ValueError, match="panels .* for 20 filters"):
+        K.binary_conv(torch.zeros(1, 3, 3, 8, dtype=torch.uint8), panels, torch.zeros(1, 20, dtype=torch.int32),
+                      kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1), pad=(0, 0, 0, 0), path="portable",
+                      threads=1, out_channels=20)

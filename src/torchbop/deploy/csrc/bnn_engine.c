@@ -137,7 +137,8 @@ __attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uin
     int steps = 0;
     const uint64_t *w = panel;
 #define TB_ADD64(p, b) \
-    _mm256_storeu_si256((__m256i *)(p), _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(p)), _mm256_sad_epu8(b, z)))
+    _mm256_storeu_si256((__m256i *)(p),                                                                        \
+                        _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(p)), _mm256_sad_epu8(b, z)))
 #define TB_FLUSH()                                                                                              \
     do {                                                                                                        \
         TB_ADD64(s[0] + 0, b00); b00 = z;                                                                   \
@@ -200,7 +201,8 @@ __attribute__((target("avx2"))) static void epi_avx2(const conv_t *c, int64_t i0
             const int32_t *base = c->base + (c->base_rows == 1 ? 0 : pos[r]) * c->O + j0;
             for (int q = 0; q < 4; q++) {
                 __m256i b = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(base + 4 * q)));
-                __m256i v = _mm256_sub_epi64(b, _mm256_slli_epi64(_mm256_loadu_si256((const __m256i *)(s[r] + 4 * q)), 1));
+                __m256i twice = _mm256_slli_epi64(_mm256_loadu_si256((const __m256i *)(s[r] + 4 * q)), 1);
+                __m256i v = _mm256_sub_epi64(b, twice);
                 bits |= (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr[q], v))) << (4 * q);
             }
         }
@@ -384,7 +386,8 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
     memset(&c, 0, sizeof c);
     c.pix = pix; c.N = N; c.H = H; c.W = W; c.Cb = Cb; c.Ho = Ho; c.Wo = Wo; c.KH = KH; c.KW = KW;
     c.sh = sh; c.sw = sw; c.dh = dh; c.dw = dw; c.pt = pt; c.pl = pl; c.P = P; c.O = O; c.Kp = Kp;
-    c.pw = tb_panel_width(path); c.base = base; c.base_rows = base_rows; c.kind = kind; c.out = out; c.out_stride = out_stride;
+    c.pw = tb_panel_width(path); c.base = base; c.base_rows = base_rows; c.kind = kind; c.out = out;
+    c.out_stride = out_stride;
     c.thr = thr; c.flip = flip;
     c.tile = tile_portable; c.epi = epi_scalar; c.mr = 1;
 #ifdef TB_X86
