@@ -302,7 +302,7 @@ def test_every_path_equals_a_float_convolution(cb, o, stride, dilation, pad):
                 got = K.binary_conv(pixels, weights, base, path=path, threads=2, **geometry, **extra)
                 assert torch.equal(got, expected), (path, base.shape)
                 bits = K.binary_conv(pixels, weights, base, path=path, threads=1, thresholds=thr, **geometry, **extra)
-                unpacked = ((bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten(1)
+                unpacked = ((bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(len(got), -1)
                 assert torch.equal(unpacked[:, :o].bool(), want_bits), (path, base.shape)
                 assert not unpacked[:, o:].any()  # bits past the last channel are 0
 
