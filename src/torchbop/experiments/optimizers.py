@@ -49,6 +49,14 @@ excluded; every run at the same threads). The other point's numbers are shown be
 Every point is valid for its optimizer as the code checks it (CEMA's gamma and alpha in (0, 1], Bop2ndOrder's sigma
 in (0, 1]): none had to be moved. CEMA takes no threshold: its runs keep the recipe's unused ``threshold``.
 
+.. note::
+    Two pairs of runs differ less than their grid points suggest. CEMA's inertia is the gradient passed through two
+    first-order filters in cascade, and such a cascade is symmetric in its two rates: (gamma 1e-3, alpha 1e-2) and
+    (gamma 1e-2, alpha 1e-3) give the same ``I`` and the same flips (up to rounding) until the linear schedule,
+    which decays alpha alone, first changes alpha after epoch 1. The unbiased Bop2ndOrder tests
+    ``(m / gamma) / (sqrt(v / sigma) + eps)``, the biased ratio times ``sqrt(sigma) / gamma`` up to eps: the biased
+    variant's flips with tau scaled by ``gamma / sqrt(sigma)``.
+
 ``grid_points`` = 1 runs only the first point of each optimizer (the ``smoke`` profile). ``*_epochs``, ``*_subset``
 and ``binarynet_width`` scale the runs down to what a CPU affords; the ranking holds at the scale it was measured,
 not beyond it.
@@ -314,7 +322,7 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
                      == (network, optimizer, row["point"])]
             acc_ax.bar(x, row["test_acc_mean"], width=0.6, color=color[optimizer], alpha=0.35)
             acc_ax.plot([x] * len(seeds), seeds, "o", color=color[optimizer], ms=5)
-            acc_ax.annotate(f"{row['test_acc_mean']:.1%}", (x, row["test_acc_mean"]), textcoords="offset points",
+            acc_ax.annotate(f"{row['test_acc_mean']:.1%}", (x, max(seeds)), textcoords="offset points",
                             xytext=(0, 4), ha="center", fontsize=7)
             curves = [[h.get("flips", math.nan) for h in rec["result"]["history"]] for rec in records
                       if (rec["params"]["network"], rec["params"]["optimizer"], rec["params"]["point"])
