@@ -158,6 +158,7 @@ class BinaryLayerOp(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._rows: dict[Any, tuple[Tensor, tuple[int, int], int]] = {}
         self._base: dict[tuple[int, int], Tensor] = {}
+        self._plans: dict[Any, Any] = {}
         self.fused = fused
         if conv is not None:
             self.register_buffer("rows", _weight_rows(weight))
@@ -216,6 +217,15 @@ class BinaryLayerOp(nn.Module):
 
     def forward(self, x: Tensor | Bits) -> Tensor | Bits:
         x = _to_bits(x, self.path)
+        key = (tuple(x.data.shape), x.channels, x.flat, len(x.shape), _threads())
+        run = self._plans.get(key)
+        if run is None:  # once per input layout: validate, build rows, base and the prepared kernel calls
+            run = self._plans[key] = self._plan(x, key[-1])
+        return run(x)
+
+    def _plan(self, x: Bits, threads: int):
+        """``run(bits) -> Bits or Tensor`` for inputs laid out as ``x``: the kernel calls prepared once (arguments
+        validated, pointers kept), so a call costs the kernel and a few microseconds of Python."""
         n, h, w, _ = x.data.shape
         if self.conv is None:
             rows, kernel, fan_in = self._dense_rows(x)
@@ -229,27 +239,34 @@ class BinaryLayerOp(nn.Module):
                             dilation=tuple(self.conv["dilation"]), pad=tuple(self.conv["pad"]))
             base = self._base_of(h, w, fan_in)
         ho, wo = self._out_size(h, w)
+        shape = tuple(x.data.shape)
         if self.fused is not None:
-            bits = K.binary_conv(x.data, rows, base, path=self.path, threads=_threads(), thresholds=self.thr,
-                                 out_channels=self.out_channels, **geometry)
-            shape = (n, self.out_channels, ho, wo) if self.conv is not None else (n, self.out_channels)
-            if self.pool is not None:
-                p = self.pool
-                bits = K.maxpool_bits(bits, kernel_size=p["kernel_size"], stride=p["stride"],
-                                      padding=p["padding"], dilation=p["dilation"], ceil_mode=p["ceil_mode"],
-                                      flip=self.pool_mask)
-                shape = (n, self.out_channels, bits.shape[1], bits.shape[2])
-            return Bits(bits, self.out_channels, shape)
-        out = K.binary_conv(x.data, rows, base, path=self.path, threads=_threads(), out_channels=self.out_channels,
-                            **geometry)
-        if self.conv is None:
-            channel_shape: tuple[int, ...] = (1, -1)
-        else:
-            out = out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # channels_last memory
-            channel_shape = (1, -1, 1, 1)
-        if self.scale is not None:
-            out = out * self.scale.view(channel_shape)
-        return out if self.bias is None else out + self.bias.view(channel_shape)
+            conv = K.prepare_binary_conv(shape, rows, base, path=self.path, threads=threads, thresholds=self.thr,
+                                         out_channels=self.out_channels, **geometry)
+            out_shape = (n, self.out_channels, ho, wo) if self.conv is not None else (n, self.out_channels)
+            if self.pool is None:
+                return lambda v: Bits(conv(v.data), self.out_channels, out_shape)
+            p = self.pool
+            pool = K.prepare_maxpool_bits(tuple(conv.out_shape), kernel_size=p["kernel_size"], stride=p["stride"],
+                                          padding=p["padding"], dilation=p["dilation"], ceil_mode=p["ceil_mode"],
+                                          flip=self.pool_mask)
+            pooled = (n, self.out_channels, pool.out_shape[1], pool.out_shape[2])
+            return lambda v: Bits(pool(conv(v.data)), self.out_channels, pooled)
+        conv = K.prepare_binary_conv(shape, rows, base, path=self.path, threads=threads,
+                                     out_channels=self.out_channels, **geometry)
+        dense = self.conv is None
+        channel_shape = (1, -1) if dense else (1, -1, 1, 1)
+        scale = None if self.scale is None else self.scale.view(channel_shape)
+        bias = None if self.bias is None else self.bias.view(channel_shape)
+
+        def run(v: Bits) -> Tensor:
+            out = conv(v.data)
+            if not dense:
+                out = out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # channels_last memory
+            if scale is not None:
+                out = out * scale
+            return out if bias is None else out + bias
+        return run
 
 
 class MaxPoolBitsOp(nn.Module):
@@ -343,10 +360,11 @@ class FloatThresholdOp(nn.Module):
         self.path = path
         self.register_buffer("threshold", threshold)
         self.register_buffer("flip", flip)
+        self.flipbytes = K.pack_flip(flip.contiguous())
 
     def forward(self, x: Tensor | Bits) -> Bits:
         x = to_float(x)
-        data = K.pack_thresholds_nhwc(x, self.threshold, self.flip, self.path)
+        data = K.pack_thresholds_nhwc(x, self.threshold, self.flip, self.path, self.flipbytes)
         return Bits(data, x.shape[1], tuple(x.shape))
 
 

@@ -51,6 +51,7 @@ from torch import Tensor
 from torchbop.deploy.xnor_kernel import _cache_folder
 
 __all__ = ["PATHS", "ENV_VAR", "available_paths", "engine_available", "resolve_engine", "binary_conv", "weight_panels",
+           "prepare_binary_conv", "prepare_maxpool_bits", "PreparedCall",
            "maxpool_bits", "pack_signs_nhwc", "pack_thresholds_nhwc", "EPI_FLOAT", "EPI_BITS"]
 
 #: The C paths, slowest first.
@@ -191,9 +192,45 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
     ``((base - 2 s) < thr) ^ flip``. ``pad`` is ``(left, right, top, bottom)``, read as +1 (zero bits).
     """
     _check(pixels, "pixels", torch.uint8, 4)
+    return prepare_binary_conv(tuple(pixels.shape), weights, base, kernel_size=kernel_size, stride=stride,
+                               dilation=dilation, pad=pad, path=path, threads=threads, thresholds=thresholds,
+                               out_channels=out_channels)(pixels)
+
+
+class PreparedCall:
+    """A kernel call whose arguments were validated once, for inputs of one shape: ``call(x) -> out`` checks only
+    ``x`` (a contiguous CPU tensor of that dtype and shape), allocates the output and calls C (the batch-1 cost of a
+    layer is then a few microseconds of Python)."""
+
+    __slots__ = ("name", "shape", "dtype", "out_shape", "out_dtype", "fn", "head", "tail", "keep", "empty")
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, out_shape: tuple[int, ...],
+                 out_dtype: torch.dtype, fn, head: tuple, tail: tuple, keep: tuple, empty: bool) -> None:
+        self.name, self.shape, self.dtype, self.out_shape, self.out_dtype = name, shape, dtype, out_shape, out_dtype
+        self.fn, self.head, self.tail, self.keep, self.empty = fn, head, tail, keep, empty
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dtype != self.dtype or tuple(x.shape) != self.shape \
+                or x.device.type != "cpu" or not x.is_contiguous():
+            got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{self.name}: prepared for a contiguous CPU {self.dtype} tensor {self.shape}, got {got}")
+        out = torch.empty(self.out_shape, dtype=self.out_dtype)
+        if not self.empty and self.fn(x.data_ptr(), *self.head, out.data_ptr(), *self.tail) not in (None, 0):
+            raise MemoryError(f"{self.name}: out of memory for the row buffers")
+        return out
+
+
+def prepare_binary_conv(shape: tuple[int, int, int, int], weights: Tensor, base: Tensor, *,
+                        kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                        pad: tuple[int, int, int, int], path: str, threads: int,
+                        thresholds: tuple[Tensor, Tensor] | None = None,
+                        out_channels: int | None = None) -> PreparedCall:
+    """:func:`binary_conv` for pixels of ``shape`` ``[N, H, W, Cb]``, every argument validated now."""
     if path not in PATHS:
         raise ValueError(f"Invalid path: {path!r} (expected one of {PATHS})")
-    n, h, w, cb = pixels.shape
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"binary_conv: pixels of shape {shape}, expected [N, H, W, Cb]")
+    n, h, w, cb = (int(v) for v in shape)
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
     words = (kh * kw * cb + 7) // 8
     if isinstance(weights, Tensor) and weights.dim() == 3:
@@ -227,7 +264,7 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
     lib = _library()
     rows = n * ho * wo
     if thresholds is None:
-        out = torch.empty(rows, o, dtype=torch.float32)
+        out_shape, out_dtype = (rows, o), torch.float32
         thr_ptr = flip_ptr = None
         kind, stride_bytes = EPI_FLOAT, 0
     else:
@@ -236,16 +273,14 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
         _check(flip, "flip", torch.uint8, 1)
         if thr.numel() != o or flip.numel() != o:
             raise ValueError(f"binary_conv: thresholds of {thr.numel()} and {flip.numel()} channels for {o} filters")
-        out = torch.empty(n, ho, wo, (o + 7) // 8, dtype=torch.uint8)  # every byte is written
+        out_shape, out_dtype = (n, ho, wo, (o + 7) // 8), torch.uint8  # every byte is written
         thr_ptr, flip_ptr = thr.data_ptr(), flip.data_ptr()
         kind, stride_bytes = EPI_BITS, (o + 7) // 8
-    if rows and o:
-        status = lib.tb_binary_conv(pixels.data_ptr(), n, h, w, cb, ho, wo, kh, kw, sh, sw, dh, dw, top, left,
-                                    panels.data_ptr(), o, words, base.data_ptr(), base.shape[0], kind, out.data_ptr(),
-                                    stride_bytes, thr_ptr, flip_ptr, PATHS.index(path), max(1, int(threads)))
-        if status != 0:
-            raise MemoryError("binary_conv: out of memory for the row buffers")
-    return out
+    head = (n, h, w, cb, ho, wo, kh, kw, sh, sw, dh, dw, top, left, panels.data_ptr(), o, words, base.data_ptr(),
+            base.shape[0], kind)
+    tail = (stride_bytes, thr_ptr, flip_ptr, PATHS.index(path), max(1, int(threads)))
+    return PreparedCall("binary_conv", (n, h, w, cb), torch.uint8, out_shape, out_dtype, lib.tb_binary_conv, head,
+                        tail, (panels, base, thresholds), not (rows and o))
 
 
 def maxpool_bits(bits: Tensor, *, kernel_size: tuple[int, int], stride: tuple[int, int],
@@ -254,7 +289,15 @@ def maxpool_bits(bits: Tensor, *, kernel_size: tuple[int, int], stride: tuple[in
     """Max pooling of packed +-1 pixels ``[N, H, W, Cb]``: the AND of each window's bits (bit 1 = -1), torch's
     output size (``ceil_mode`` included), then ``^ flip`` (uint8 ``[Cb]``) when given."""
     _check(bits, "bits", torch.uint8, 4)
-    n, h, w, cb = bits.shape
+    return prepare_maxpool_bits(tuple(bits.shape), kernel_size=kernel_size, stride=stride, padding=padding,
+                                dilation=dilation, ceil_mode=ceil_mode, flip=flip)(bits)
+
+
+def prepare_maxpool_bits(shape: tuple[int, int, int, int], *, kernel_size: tuple[int, int],
+                         stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                         ceil_mode: bool, flip: Tensor | None = None) -> PreparedCall:
+    """:func:`maxpool_bits` for bits of ``shape`` ``[N, H, W, Cb]``, every argument validated now."""
+    n, h, w, cb = (int(v) for v in shape)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"maxpool_bits: invalid kernel {kernel_size}, stride {stride}, padding {padding}")
@@ -273,11 +316,9 @@ def maxpool_bits(bits: Tensor, *, kernel_size: tuple[int, int], stride: tuple[in
         _check(flip, "flip", torch.uint8, 1)
         if flip.numel() != cb:
             raise ValueError(f"maxpool_bits: flip of {flip.numel()} bytes for pixels of {cb}")
-    out = torch.empty(n, ho, wo, cb, dtype=torch.uint8)
-    if out.numel():
-        _library().tb_maxpool_bits(bits.data_ptr(), out.data_ptr(), n, h, w, cb, ho, wo, kh, kw, sh, sw, ph, pw,
-                                   dh, dw, None if flip is None else flip.data_ptr())
-    return out
+    tail = (n, h, w, cb, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, None if flip is None else flip.data_ptr())
+    return PreparedCall("maxpool_bits", (n, h, w, cb), torch.uint8, (n, ho, wo, cb), torch.uint8,
+                        _library().tb_maxpool_bits, (), tail, (flip,), n * ho * wo * cb == 0)
 
 
 def pack_signs_nhwc(x: Tensor, path: str) -> Tensor:
@@ -298,16 +339,22 @@ def _nhwc(x: Tensor, name: str) -> Tensor:
     return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x[:, None, None, :]).contiguous()
 
 
-def pack_thresholds_nhwc(x: Tensor, threshold: Tensor, flip: Tensor, path: str) -> Tensor:
+def pack_thresholds_nhwc(x: Tensor, threshold: Tensor, flip: Tensor, path: str,
+                         flipbytes: Tensor | None = None) -> Tensor:
     """Bits ``(x < threshold) ^ flip`` per channel of float32 ``x`` ``[N, C, H, W]`` or ``[N, C]``: uint8
-    ``[N, H, W, ceil(C / 8)]`` (``threshold`` float32 ``[C]``, ``flip`` uint8 ``[C]`` of 0 and 1)."""
+    ``[N, H, W, ceil(C / 8)]`` (``threshold`` float32 ``[C]``, ``flip`` uint8 ``[C]`` of 0 and 1; ``flipbytes``:
+    :func:`pack_flip` of ``flip``, when the caller keeps it)."""
     nhwc = _nhwc(x, "pack_thresholds_nhwc")
     n, h, w, c = nhwc.shape
     _check(threshold, "threshold", torch.float32, 1)
     _check(flip, "flip", torch.uint8, 1)
     if threshold.numel() != c or flip.numel() != c:
         raise ValueError(f"pack_thresholds_nhwc: {threshold.numel()} thresholds for {c} channels")
-    flipbytes = pack_flip(flip)
+    if flipbytes is None:
+        flipbytes = pack_flip(flip)
+    _check(flipbytes, "flipbytes", torch.uint8, 1)
+    if flipbytes.numel() != (c + 7) // 8:
+        raise ValueError(f"pack_thresholds_nhwc: {flipbytes.numel()} flip bytes for {c} channels")
     out = torch.empty(n, h, w, (c + 7) // 8, dtype=torch.uint8)
     if out.numel():
         _library().tb_pack_thresholds(nhwc.data_ptr(), out.data_ptr(), n * h * w, c, threshold.data_ptr(),
