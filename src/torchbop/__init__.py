@@ -11,8 +11,8 @@ Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural Netwo
 :mod:`torchbop.deploy` (``summary``, ``load_packed``) summarizes a trained BNN and runs its 1-bit packed export;
 ``export_onnx`` writes it as an ONNX graph for ONNX Runtime and the other ONNX runtimes.
 
-Models (:mod:`torchbop.models`), data (:mod:`torchbop.data`), the Lightning training engine
-(:mod:`torchbop.training`) and the paper's experiments (:mod:`torchbop.experiments`) build on it. Importing
+Models (:mod:`torchbop.models`), data (:mod:`torchbop.data`), the training engine on Lightning Fabric
+(:mod:`torchbop.training`; :func:`load_model` returns a run's trained network) and the paper's experiments (:mod:`torchbop.experiments`) build on it. Importing
 ``torchbop`` imports the core only.
 
 Example:
@@ -34,6 +34,19 @@ from torchbop.quantizers import sign, ste_sign
 
 __version__ = "0.1.0"
 
+
+def load_model(source):  # noqa: ANN001, ANN201  (typed in torchbop.training.checkpoints.load_model)
+    """The trained network of a run folder or checkpoint file (``nn.Module``, trained weights, eval mode, CPU).
+
+    ``torchbop.load_model("runs/mnist")`` or ``torchbop.load_model("runs/mnist/checkpoints/best.ckpt")``: the model
+    is rebuilt from the checkpoint's configuration and given its weights
+    (:func:`torchbop.training.checkpoints.load_model`; imports the training engine on first use).
+    """
+    from torchbop.training.checkpoints import load_model as load
+
+    return load(source)
+
+
 __all__ = [
     "BinaryConv2d",
     "BinaryLinear",
@@ -44,6 +57,7 @@ __all__ = [
     "export",
     "export_onnx",
     "FlipCounter",
+    "load_model",
     "load_packed",
     "ThresholdScheduler",
     "sign",

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from torchbop.data import fetch_datasets
 from torchbop.data.fetch import missing_files
@@ -51,10 +51,10 @@ from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import EXPERIMENTS
 from torchbop.experiments.report import build_report
 from torchbop.models import create_model
-from torchbop.training.checkpoints import load_checkpoint
+from torchbop.training.checkpoints import load_checkpoint, load_model, stored_config
 from torchbop.training.config import PRECISIONS, TrainConfig, apply_overrides, available_recipes, load_recipe
 from torchbop.training.run_folder import checkpoint_of
-from torchbop.training.train import check_config, format_summary, train
+from torchbop.training.loop import check_config, format_summary, train
 
 __all__ = ["Command", "COMMANDS", "SHARED_OPTIONS", "build_parser", "config_from_args", "settings_from_args", "main"]
 
@@ -152,9 +152,10 @@ def _config_of_checkpoint(resume: str) -> TrainConfig:
 
 
 def _stored_config(path: Any, checkpoint: dict[str, Any]) -> TrainConfig:
-    stored = checkpoint.get("hyper_parameters", {}).get("config")
-    if not isinstance(stored, dict):
-        raise UserError(f"{path}: not a torchbop training checkpoint (no stored configuration); give --recipe too")
+    try:
+        stored = stored_config(checkpoint, path)
+    except UserError as error:
+        raise UserError(f"{error}; give --recipe too") from None
     with blame_user(ValueError, what=f"{path}: stored configuration"):
         return TrainConfig.from_dict({**stored, "out": None})
 
@@ -332,15 +333,8 @@ def _model_of_recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig]:
 def _trained_model(source: str) -> tuple[Any, TrainConfig, Any]:
     """``(model with the checkpoint's weights, its config, checkpoint path)`` of a run folder or ``.ckpt`` file."""
     path, _ = checkpoint_of(source)
-    checkpoint = load_checkpoint(path)
-    config = _stored_config(path, checkpoint)
-    with blame_user(ValueError, TypeError, what=f"{path}: model {config.model} {config.model_kwargs}"):
-        model = create_model(config.model, mode=config.mode, **config.model_kwargs)
-    state = {key[len("model."):]: value for key, value in checkpoint.get("state_dict", {}).items()
-             if key.startswith("model.")}
-    with blame_user(RuntimeError, what=f"{path}: the stored weights do not fit {config.model}"):
-        model.load_state_dict(state)
-    return model.eval(), config, path
+    config = _stored_config(path, load_checkpoint(path))
+    return load_model(path), config, path
 
 
 def _run_summary(args: argparse.Namespace) -> int:

@@ -30,19 +30,29 @@ import collections
 import traceback
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from torchbop.nn import BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
-from torchbop.training import train
-from torchbop.training.module import BinaryClassifier
+import torchbop.training.loop as loop
+from torchbop.training import Observer, train
 from torchbop.training.run_logs import read_metrics
 
 
 def last_checkpoint(result: dict) -> dict:
     return torch.load(result["last_checkpoint"], weights_only=True)
+
+
+def split_optimizer(state: dict) -> list[dict]:
+    """(Bop's, Adam's) ``{"state", "param_groups"}`` out of the composite's torch-shaped state_dict (its parameters
+    numbered across the children; Bop's groups are those with a threshold)."""
+    parts = []
+    for bop in (True, False):
+        groups = [g for g in state["param_groups"] if ("threshold" in g) == bop]
+        ids = [i for g in groups for i in g["params"]]
+        parts.append({"param_groups": groups, "state": {i: state["state"][i] for i in ids if i in state["state"]}})
+    return parts
 
 
 def assert_equal_tree(a, b, path: str = "") -> None:
@@ -66,7 +76,7 @@ def dynamo_eager(monkeypatch):
     the straight-through estimator's backward taking its traced path in eager runs too (see the module docstring)."""
     import torchbop.quantizers
 
-    monkeypatch.setattr(BinaryClassifier, "compile_options", {"backend": "eager"})
+    monkeypatch.setattr(loop, "COMPILE_OPTIONS", {"backend": "eager"})
     monkeypatch.setattr(torchbop.quantizers, "_is_compiling", lambda: True)
 
 
@@ -76,9 +86,9 @@ def test_compiled_run_is_bit_identical_with_the_eager_backend(tiny_config, synth
     eager = train(tiny_config(out=str(tmp_path / "eager"), **common), data=synthetic)
     compiled = train(tiny_config(out=str(tmp_path / "compiled"), compile=True, **common), data=synthetic)
     a, b = last_checkpoint(eager), last_checkpoint(compiled)
-    assert_equal_tree(a["state_dict"], b["state_dict"], "model")
-    bop_a, adam_a = a["optimizer_states"][0]["optimizers"]
-    bop_b, adam_b = b["optimizer_states"][0]["optimizers"]
+    assert_equal_tree(a["model"], b["model"], "model")
+    bop_a, adam_a = split_optimizer(a["optimizer"])
+    bop_b, adam_b = split_optimizer(b["optimizer"])
     assert [g["nonfinite"] for g in bop_b["param_groups"]] == ["mask"]  # the compiled path's Bop
     assert_equal_tree(adam_a["state"], adam_b["state"], "adam")
     for key in ("exp_avg", "flips", "step"):  # Bop's m, its last flip count and step
@@ -103,12 +113,12 @@ def one_step_model() -> nn.Module:
     )
 
 
-class StepLoss(L.Callback):
+class StepLoss(Observer):
     def __init__(self) -> None:
         self.values: list[tuple[float, float]] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        logged = pl_module.last_step_metrics  # every step's values, whatever is logged
+    def on_batch_end(self, run):
+        logged = run.step_metrics  # every step's values, whatever is logged
         self.values.append((float(logged["train_loss_step"]), float(logged["train_acc_step"])))
 
 
@@ -121,14 +131,14 @@ def test_compiled_step_matches_eager_within_tolerance(tiny_config, synthetic, tm
         losses = StepLoss()
         config = tiny_config(out=str(tmp_path / str(compile_)), epochs=1, limit_train_batches=1,
                              limit_eval_batches=0, compile=compile_, gamma=0.5, threshold=1e-4)
-        result = train(config, data=synthetic, model=one_step_model(), callbacks=[losses], loggers=False)
+        result = train(config, data=synthetic, model=one_step_model(), observers=[losses], loggers=False)
         runs[compile_] = (last_checkpoint(result), losses.values)
     (a, loss_a), (b, loss_b) = runs[False], runs[True]
     assert len(loss_a) == len(loss_b) == 1
     assert loss_b[0] == pytest.approx(loss_a[0], rel=1e-5)
 
-    bop_a, adam_a = a["optimizer_states"][0]["optimizers"]
-    bop_b, adam_b = b["optimizer_states"][0]["optimizers"]
+    bop_a, adam_a = split_optimizer(a["optimizer"])
+    bop_b, adam_b = split_optimizer(b["optimizer"])
 
     def close(x: torch.Tensor, y: torch.Tensor, what: str) -> torch.Tensor:
         bound = 1e-4 * float(x.abs().max()) + 1e-12
@@ -144,27 +154,27 @@ def test_compiled_step_matches_eager_within_tolerance(tiny_config, synthetic, tm
     for index, name in zip(bop_a["param_groups"][0]["params"], names):
         m_a, m_b = bop_a["state"][index]["exp_avg"], bop_b["state"][index]["exp_avg"]
         bound = close(m_a, m_b, f"bop m {name}")
-        w_a, w_b = a["state_dict"][f"model.{name}"], b["state_dict"][f"model.{name}"]
+        w_a, w_b = a["model"][name], b["model"][name]
         may_differ = (initial[name].detach() * m_a - tau).abs() <= bound  # a flip that d in m can turn
         undecided += int(may_differ.sum())
         assert torch.equal(w_a[~may_differ], w_b[~may_differ]), name
         assert not torch.equal(w_a, initial[name].detach()), name  # the step flipped something
-    total = sum(a["state_dict"][f"model.{n}"].numel() for n in names)
+    total = sum(a["model"][n].numel() for n in names)
     assert undecided <= total // 1000, f"{undecided} of {total} flips too close to call"
-    for key, value in a["state_dict"].items():
-        if value.dtype.is_floating_point and not any(key == f"model.{n}" for n in names):
-            close(value, b["state_dict"][key], key)
+    for key, value in a["model"].items():
+        if value.dtype.is_floating_point and key not in names:
+            close(value, b["model"][key], key)
 
 
-class NaNGradient(L.Callback):
+class NaNGradient(Observer):
     """Puts a NaN into the first binary weight's gradient at global step ``step``."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if trainer.global_step == self.step:
-            weight = next(p for p in pl_module.model.parameters() if p.dim() > 1)
+    def on_before_step(self, run):
+        if run.step == self.step:
+            weight = next(p for p in run.model.parameters() if p.dim() > 1)
             weight.grad[(0,) * weight.dim()] = float("nan")
 
 
@@ -172,7 +182,7 @@ def test_nonfinite_gradient_stops_the_compiled_run(tiny_config, synthetic, tmp_p
     config = tiny_config(epochs=2, compile=True, log_every_n_steps=4)
     with pytest.raises(RuntimeError, match=r"non-finite gradients .* in 1 binary-weight entries, in one of the "
                                            r"optimizer steps 1 to 4 "):
-        train(config, data=synthetic, callbacks=[NaNGradient(step=1)], loggers=False)
+        train(config, data=synthetic, observers=[NaNGradient(step=1)], loggers=False)
     assert not (Path(config.out) / "checkpoints" / "last.ckpt").exists()
 
 
@@ -180,7 +190,7 @@ def test_nonfinite_gradient_is_caught_before_a_checkpoint(tiny_config, synthetic
     # logged steps every 50: the epoch-end checkpoint (after step 8) is where it is caught
     config = tiny_config(epochs=2, compile=True, log_every_n_steps=50, checkpoint_every_n_steps=6)
     with pytest.raises(RuntimeError, match="non-finite gradients"):
-        train(config, data=synthetic, callbacks=[NaNGradient(step=2)], loggers=False)
+        train(config, data=synthetic, observers=[NaNGradient(step=2)], loggers=False)
     assert not (Path(config.out) / "checkpoints" / "last.ckpt").exists()
 
 
@@ -235,15 +245,15 @@ class HostReads:
         return "?"
 
 
-class Window(L.Callback):
+class Window(Observer):
     """Counts host reads from the second training step to the one before the epoch's last (none of them logged)."""
 
     def __init__(self, reads: HostReads) -> None:
         self.reads = reads
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if 1 <= batch_idx < trainer.num_training_batches - 1:
-            for optimizer in getattr(trainer.optimizers[0], "optimizers", trainer.optimizers):
+    def on_batch_start(self, run, batch):
+        if 1 <= run.batch < run.batches - 1:
+            for optimizer in getattr(run.optimizer, "optimizers", [run.optimizer]):
                 for state in optimizer.state.values():
                     if isinstance(state.get("step"), torch.Tensor) and state["step"].device.type == "cpu":
                         state["step"]._host_resident = True
@@ -251,7 +261,7 @@ class Window(L.Callback):
         else:
             self.reads.stop()
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_epoch_end(self, run, metrics):
         self.reads.stop()
 
 
@@ -260,7 +270,7 @@ def test_no_host_read_per_step_in_module_or_lightning(tiny_config, synthetic, dy
     reads = HostReads()
     try:
         train(tiny_config(epochs=1, compile=compile_, log_every_n_steps=50), data=synthetic, loggers=False,
-              callbacks=[Window(reads)])
+              observers=[Window(reads)])
     finally:
         reads.stop()
     ours = {where: n for where, n in reads.reads.items() if any(p in where for p in _OURS)}

@@ -147,7 +147,7 @@ def test_a_run_records_the_precision_it_used(monkeypatch, tiny_config, synthetic
     assert text.splitlines()[0] == f"# precision auto -> {resolved} ({'' if native else 'no '}native bf16 on cpu)"
     assert yaml.safe_load(text)["precision"] == resolved  # what a resumed run continues with
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["config"]["precision"] == resolved
+    assert ckpt["config"]["precision"] == resolved
 
 
 def test_explicit_precision_writes_no_comment(tiny_config, synthetic):

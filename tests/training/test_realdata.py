@@ -40,4 +40,4 @@ def test_cli_resume_takes_the_config_from_the_checkpoint(data_dir, tmp_path, cap
     import torch
 
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 8 and checkpoint["hyper_parameters"]["config"]["batch_size"] == 50
+    assert checkpoint["global_step"] == 8 and checkpoint["config"]["batch_size"] == 50

@@ -5,32 +5,35 @@ from __future__ import annotations
 
 import os
 
-import lightning as L
 import pytest
 import torch
 
 from torchbop.errors import UserError
-from torchbop.training import train
-from torchbop.training.callbacks import AtomicCheckpointIO, atomic_torch_save
+from torchbop.training import Observer, train
+from torchbop.training.checkpoints import load_checkpoint, save_checkpoint
+
+#: what a checkpoint holds besides the model and the optimizer, compared between the runs
+RUN_STATE = ("scheduler", "epoch", "batch", "epochs_completed", "stopped_early", "rng", "epoch_state", "early_stop",
+             "best_val_loss", "observers")
 
 
-class Kill(L.Callback):
+class Kill(Observer):
     """Simulates a crash: raises at the start of training batch ``batch`` of epoch ``epoch``."""
 
     def __init__(self, epoch: int, batch: int) -> None:
         self.epoch, self.batch = epoch, batch
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+    def on_batch_start(self, run, batch):
+        if run.epoch == self.epoch and run.batch == self.batch:
             raise RuntimeError("simulated crash")
 
 
-class EpochFlips(L.Callback):
+class EpochFlips(Observer):
     def __init__(self) -> None:
         self.flips: dict[int, int] = {}
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.flips[trainer.current_epoch] = int(pl_module.flip_counter.epoch_total)
+    def on_epoch_end(self, run, metrics):
+        self.flips[run.epoch] = int(run.counter.epoch_total)
 
 
 def renamed(obj, old: str, new: str):
@@ -66,31 +69,24 @@ def test_resume_after_kill_equals_uninterrupted(tiny_config, synthetic, tmp_path
                   checkpoint_every_n_steps=every_n_steps)
     full_flips, resumed_flips = EpochFlips(), EpochFlips()
     full = train(tiny_config(out=str(tmp_path / "full"), **common), data=synthetic, loggers=False,
-                 callbacks=[full_flips])
+                 observers=[full_flips])
 
     killed = tiny_config(out=str(tmp_path / "killed"), **common)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(killed, data=synthetic, loggers=False, callbacks=[Kill(epoch=1, batch=6)])
+        train(killed, data=synthetic, loggers=False, observers=[Kill(epoch=1, batch=6)])
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == (12 if every_n_steps else 8)
 
     resumed = train(killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False,
-                    callbacks=[resumed_flips])
+                    observers=[resumed_flips])
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["global_step"] == b["global_step"] == 24 and a["epoch"] == b["epoch"]
-    assert_same(a["state_dict"], b["state_dict"], "model")
-    assert_same(a["optimizer_states"], b["optimizer_states"], "optimizer")  # Bop's m, Adam's moments, steps
-    bop_state = a["optimizer_states"][0]["optimizers"][0]["state"]
-    assert bop_state and all("exp_avg" in s for s in bop_state.values())
-    assert_same(a["lr_schedulers"], b["lr_schedulers"], "schedulers")
-    # early-stopping counter, RNG states, best validation loss. The run directories differ, and ModelCheckpoint's
-    # `current_score` (the score of the checkpoint it last wrote, not restored by Lightning) is informational.
-    callbacks_b = renamed(b["callbacks"], str(tmp_path / "killed"), str(tmp_path / "full"))
-    for name in a["callbacks"]:
-        a["callbacks"][name].pop("current_score", None)
-        callbacks_b[name].pop("current_score", None)
-    assert_same(a["callbacks"], callbacks_b, "callbacks")
+    assert_same(a["model"], b["model"], "model")
+    assert_same(a["optimizer"], b["optimizer"], "optimizer")  # Bop's m, Adam's moments, steps
+    assert any("exp_avg" in s and "flips" in s for s in a["optimizer"]["state"].values())  # Bop's m (torch's shape)
+    # schedule, early-stopping counter, RNG states, epoch sums, best validation loss: the checkpoint names no path
+    assert_same({k: a[k] for k in RUN_STATE}, {k: b[k] for k in RUN_STATE}, "run state")
     assert resumed["test_acc"] == full["test_acc"]
     for epoch, flips in resumed_flips.flips.items():  # the interrupted epoch's flips are counted in full
         assert flips == full_flips.flips[epoch]
@@ -105,8 +101,8 @@ def test_resume_from_a_finished_run_extends_it(tiny_config, synthetic, tmp_path)
                      data=synthetic, loggers=False)
     a = torch.load(two["last_checkpoint"], weights_only=True)
     b = torch.load(extended["last_checkpoint"], weights_only=True)
-    assert_same(a["state_dict"], b["state_dict"])
-    assert_same(a["optimizer_states"], b["optimizer_states"])
+    assert_same(a["model"], b["model"])
+    assert_same(a["optimizer"], b["optimizer"])
 
 
 def test_resume_missing_checkpoint(tiny_config, synthetic, tmp_path):
@@ -117,7 +113,7 @@ def test_resume_missing_checkpoint(tiny_config, synthetic, tmp_path):
 class TestAtomicCheckpoint:
     def test_failed_write_leaves_previous_checkpoint(self, tmp_path, monkeypatch):
         path = tmp_path / "ckpts" / "last.ckpt"
-        atomic_torch_save({"step": 1, "w": torch.ones(3)}, path)
+        save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
         before = path.read_bytes()
 
         def crash_midway(obj, f, *args, **kwargs):
@@ -126,54 +122,38 @@ class TestAtomicCheckpoint:
 
         monkeypatch.setattr(torch, "save", crash_midway)
         with pytest.raises(OSError, match="disk full"):
-            AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+            save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
         assert path.read_bytes() == before
         assert torch.load(path)["step"] == 1
         assert os.listdir(path.parent) == ["last.ckpt"]  # no temporary file left behind
 
     def test_successful_write_replaces(self, tmp_path):
         path = tmp_path / "last.ckpt"
-        io = AtomicCheckpointIO()
-        io.save_checkpoint({"step": 1}, path)
-        io.save_checkpoint({"step": 2}, path)
-        assert io.load_checkpoint(path)["step"] == 2 and os.listdir(tmp_path) == ["last.ckpt"]
+        save_checkpoint({"step": 1}, path)
+        save_checkpoint({"step": 2}, path)
+        assert load_checkpoint(path)["step"] == 2 and os.listdir(tmp_path) == ["last.ckpt"]
 
 
-class TestResumableLoader:
-    @staticmethod
-    def make(consumed, epoch=None):
-        from torchbop.data import DeviceLoader
-        from torchbop.training.data import ResumableLoader
+class TestEarlierFormat:
+    """A checkpoint of the Lightning engine (tests/training/data, written by torchbop at e0bdf48's parent)."""
 
-        images = torch.arange(20, dtype=torch.uint8).reshape(20, 1, 1, 1)
-        inner = DeviceLoader(images, torch.arange(20), batch_size=4, shuffle=True, seed=0, drop_last=True)
-        return ResumableLoader(inner, epoch=epoch, consumed=consumed)
+    PATH = os.path.join(os.path.dirname(__file__), "data", "lightning_2.6_checkpoint.pt")
 
-    def test_epochs_are_counted_on_the_first_batch_not_on_iter(self):
-        loader = self.make(lambda: 0)
-        iter(loader)  # Lightning probes iterability: must not start an epoch
-        first = [y.tolist() for _, y in loader]
-        second = [y.tolist() for _, y in loader]
-        assert loader.epoch == 1 and first != second and sorted(sum(first, [])) == list(range(20))
+    def test_its_weights_load(self):
+        import torchbop
 
-    def test_mid_epoch_state_skips_consumed_batches(self):
-        reference = self.make(lambda: 0)
-        epochs = [[y.tolist() for _, y in reference] for _ in range(2)]
-        consumed = {"n": 0}
-        loader = self.make(lambda: consumed["n"])
-        batches = iter(loader)
-        next(batches), next(batches)
-        consumed["n"] = 2
-        state = loader.state_dict()
-        assert state == {"epoch": 0, "consumed": 2, "finished": False}
-        resumed = self.make(lambda: 0)
-        resumed.load_state_dict(state)
-        assert [y.tolist() for _, y in resumed] == epochs[0][2:]  # the rest of epoch 0
-        assert [y.tolist() for _, y in resumed] == epochs[1]  # then epoch 1 in full
+        model = torchbop.load_model(self.PATH)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)[:2].float() / 127.5 - 1
+        assert not model.training and type(model).__name__ == "BinaryNet"
+        with torch.no_grad():  # the logits the Lightning engine's model computed from these weights
+            logits = model(x)[:, :3]
+        expected = torch.tensor([[-4.3456, -1.9373, 1.3769], [-2.6247, -3.2452, 7.2140]])
+        assert torch.allclose(logits, expected, atol=1e-4)
 
-    def test_finished_epoch_state_starts_the_next(self):
-        loader = self.make(lambda: 5)
-        list(loader)
-        resumed = self.make(lambda: 0, epoch=lambda: 1)  # Lightning's restored loop counter says epoch 1
-        resumed.load_state_dict(loader.state_dict())
-        assert len(list(resumed)) == 5 and resumed.epoch == 1
+    def test_resuming_it_is_refused_in_one_line(self, tiny_config, synthetic, tmp_path):
+        with pytest.raises(UserError) as error:
+            train(tiny_config(resume=self.PATH, out=str(tmp_path / "continued")), data=synthetic, loggers=False)
+        message = str(error.value)
+        assert "\n" not in message and "earlier Lightning engine" in message and "cannot resume" in message
+        assert not (tmp_path / "continued").exists()

@@ -13,10 +13,9 @@ import torch
 
 from torchbop.errors import UserError
 from torchbop.training import train
-from torchbop.training.callbacks import AtomicCheckpointIO
 from torchbop.training.checkpoints import load_checkpoint
 
-from .test_resume import assert_same, renamed
+from .test_resume import RUN_STATE, assert_same
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -44,36 +43,24 @@ class TestResumeFolder:
         assert Path(result["best_checkpoint"]).parent == (copy / "checkpoints").resolve()
         assert json.loads((copy / "summary.json").read_text())["epochs"] == 2
 
-        # The copy's checkpoint callbacks carry on as the uninterrupted run's do (best score kept, paths rebased).
+        # The copy carries on as the uninterrupted run does (best score kept; the checkpoints name no path).
         full = train(tiny_config(out=str(tmp_path / "full"), epochs=2), data=synthetic, loggers=False)
         a = torch.load(full["last_checkpoint"], weights_only=True)
         b = torch.load(result["last_checkpoint"], weights_only=True)
-        callbacks_b = renamed(b["callbacks"], str(copy), str(tmp_path / "full"))
-        for name in a["callbacks"]:
-            a["callbacks"][name].pop("current_score", None)
-            callbacks_b[name].pop("current_score", None)
-        assert_same(a["callbacks"], callbacks_b)
-        assert_same(a["state_dict"], b["state_dict"])
+        assert_same({k: a[k] for k in RUN_STATE}, {k: b[k] for k in RUN_STATE})
+        assert_same(a["model"], b["model"])
+        assert str(tmp_path) not in repr({k: v for k, v in b.items() if k not in ("model", "optimizer", "config")})
 
-    def test_checkpoint_state_is_rebased_onto_the_copy(self, one_epoch, tmp_path):
-        """Lightning's ModelCheckpoint forgets the best score of a moved folder and keeps the old best path (the
-        resumed copy would pick its next epoch as "best" whatever its loss, and test the original's best.ckpt)."""
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        from torchbop.training.checkpoints import RelocatableCheckpoint
-
+    def test_resumed_copy_keeps_the_best_score(self, one_epoch, synthetic, tmp_path):
+        """A moved folder keeps its best validation loss: the copy's next epoch is "best" only if it is lower, and
+        the test of the best weights reads the copy's own best.ckpt."""
         shutil.copytree(tmp_path / "original", tmp_path / "copy")
         stored = torch.load(tmp_path / "copy" / "checkpoints" / "last.ckpt", weights_only=True)
-        key, state = next((k, v) for k, v in stored["callbacks"].items() if "'val_loss'" in k)
-        kwargs = dict(dirpath=tmp_path / "copy" / "checkpoints", filename="best", monitor="val_loss", mode="min")
-        relocated, plain = RelocatableCheckpoint(**kwargs), ModelCheckpoint(**kwargs)
-        assert relocated.state_key == key == plain.state_key  # old checkpoints restore into either class
-        relocated.load_state_dict(state)
-        assert relocated.best_model_score == state["best_model_score"] is not None
-        assert relocated.best_model_path == str((tmp_path / "copy" / "checkpoints" / "best.ckpt").resolve())
-        with pytest.warns(UserWarning, match="dirpath has changed"):
-            plain.load_state_dict(state)
-        assert plain.best_model_score is None and "original" in plain.best_model_path  # the control
+        assert stored["best_val_loss"] is not None
+        result = train(one_epoch.replace(out=None, resume=str(tmp_path / "copy"), epochs=2), data=synthetic,
+                       loggers=False)
+        assert result["best_val_loss"] <= stored["best_val_loss"]
+        assert Path(result["best_checkpoint"]) == (tmp_path / "copy" / "checkpoints" / "best.ckpt").resolve()
 
     def test_resuming_from_another_directory_writes_only_into_the_run(self, one_epoch, synthetic, tmp_path,
                                                                      monkeypatch):
@@ -175,6 +162,7 @@ class Exploit:
 
 class TestCheckpointLoading:
     def test_a_crafted_checkpoint_never_runs(self, tmp_path, capsys):
+        import torchbop
         from torchbop.cli import main
 
         marker = tmp_path / "pwned"
@@ -184,7 +172,7 @@ class TestCheckpointLoading:
         with pytest.raises(UserError, match="refused to load"):
             load_checkpoint(evil)
         with pytest.raises(UserError, match="refused to load"):
-            AtomicCheckpointIO().load_checkpoint(evil)  # the path Lightning's restore takes
+            torchbop.load_model(evil)  # the path summary, export and the experiments take
         assert main(["train", "--resume", str(tmp_path / "evil")]) == 2
         assert "refused to load" in capsys.readouterr().err
         assert not marker.exists()

@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
 from torchbop.nn import named_binary_parameters
 from torchbop.optim import Bop, CompositeOptimizer
-from torchbop.training import BinaryDataModule, train
-from torchbop.training.history import History
+from torchbop.training import History, Observer, train
+from torchbop.training.data import make_splits
 
 
-class Recorder(L.Callback):
+class Recorder(Observer):
     """Keeps what the tests look at: the group rates at each epoch start and the flips of each epoch."""
 
     def __init__(self) -> None:
@@ -25,20 +24,20 @@ class Recorder(L.Callback):
         self.module = None
         self.optimizer = None
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.rates.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+    def on_epoch_start(self, run):
+        self.rates.append([group["lr"] for group in run.optimizer.param_groups])
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.epoch_flips.append(int(pl_module.flip_counter.epoch_total))
+    def on_epoch_end(self, run, metrics):
+        self.epoch_flips.append(int(run.counter.epoch_total))
 
-    def on_train_end(self, trainer, pl_module):
-        self.module, self.optimizer = pl_module, trainer.optimizers[0]
+    def on_train_end(self, run):
+        self.module, self.optimizer = run, run.optimizer
 
 
 class TestSmoke:
     def test_bop(self, tiny_config, synthetic, tmp_path):
         rec = Recorder()
-        result = train(tiny_config(epochs=3), data=synthetic, callbacks=[rec])
+        result = train(tiny_config(epochs=3), data=synthetic, observers=[rec])
         model, optimizer = rec.module.model, rec.optimizer
         assert isinstance(optimizer, CompositeOptimizer) and isinstance(optimizer.optimizers[0], Bop)
         for _, w in named_binary_parameters(model):  # Bop keeps the weights binary
@@ -62,7 +61,7 @@ class TestSmoke:
     def test_bop2nd(self, tiny_config, synthetic):
         rec = Recorder()
         result = train(tiny_config(optimizer="bop2nd", gamma=1e-2, threshold=1e-6, epochs=1), data=synthetic,
-                       callbacks=[rec], loggers=False)
+                       observers=[rec], loggers=False)
         assert type(rec.optimizer.optimizers[0]).__name__ == "Bop2ndOrder"
         assert rec.epoch_flips[0] > 0 and result["global_step"] == 8
 
@@ -71,7 +70,7 @@ class TestSmoke:
         rec, history = Recorder(), History()
         lr = 0.01 if optimizer == "adam" else 1.0
         result = train(tiny_config(mode="latent", optimizer=optimizer, lr=lr, epochs=2), data=synthetic,
-                       callbacks=[rec, history], loggers=False)
+                       observers=[rec, history], loggers=False)
         latent = [w for _, w in named_binary_parameters(rec.module.model)]
         assert all(float(w.abs().max()) <= 1.0 for w in latent)  # clipped after every step
         at_clip = sum(int((w.abs() == 1).sum()) for w in latent) / sum(w.numel() for w in latent)
@@ -87,7 +86,7 @@ class TestSmoke:
         model = MnistBNN(mode="bop")
         rec = Recorder()
         result = train(tiny_config(epochs=1, limit_train_batches=3, limit_eval_batches=1), data=synthetic,
-                       model=model, callbacks=[rec], loggers=False)
+                       model=model, observers=[rec], loggers=False)
         assert rec.module.model is model and result["global_step"] == 3
 
 
@@ -95,7 +94,7 @@ def test_gamma_schedule(tiny_config, synthetic):
     """gamma decays x0.1 every 2 epochs (the per-epoch staircase of the original recipe); Adam's lr stays."""
     rec = Recorder()
     train(tiny_config(epochs=5, gamma=1e-2, gamma_decay=0.1, gamma_decay_every=2, limit_train_batches=2,
-                      limit_eval_batches=1), data=synthetic, callbacks=[rec], loggers=False)
+                      limit_eval_batches=1), data=synthetic, observers=[rec], loggers=False)
     bop_lr = [r[0] for r in rec.rates]
     adam_lr = [r[-1] for r in rec.rates]
     assert bop_lr == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4], rel=1e-12)
@@ -107,7 +106,7 @@ def test_linear_schedule(tiny_config, synthetic):
     """decay_schedule 'linear' (AdamBNN's): the latent-mode lr of every group falls by lr / epochs each epoch."""
     rec = Recorder()
     train(tiny_config(mode="latent", optimizer="adam", lr=0.004, epochs=4, decay_schedule="linear",
-                      limit_train_batches=1, limit_eval_batches=1), data=synthetic, callbacks=[rec], loggers=False)
+                      limit_train_batches=1, limit_eval_batches=1), data=synthetic, observers=[rec], loggers=False)
     assert [r[0] for r in rec.rates] == pytest.approx([0.004, 0.003, 0.002, 0.001], rel=1e-12)
 
 
@@ -115,7 +114,7 @@ def test_early_stopping_on_flips(tiny_config, synthetic):
     """A gamma so small that m never crosses tau: nothing flips, and training stops after the patience."""
     rec = Recorder()
     result = train(tiny_config(epochs=20, gamma=1e-12, threshold=1e-6, early_stop_flip_epochs=3,
-                               limit_train_batches=2, limit_eval_batches=1), data=synthetic, callbacks=[rec],
+                               limit_train_batches=2, limit_eval_batches=1), data=synthetic, observers=[rec],
                    loggers=False)
     assert rec.epoch_flips == [0, 0, 0]
     assert result["epochs"] == 3 and result["stopped_early"] is True
@@ -135,9 +134,9 @@ def test_bf16_autocast_keeps_fp32_params_and_state(tiny_config, synthetic):
     model = MnistBNN()
     model.features[3].register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
     train(tiny_config(epochs=1, precision="bf16-mixed", limit_train_batches=2, limit_eval_batches=1),
-          data=synthetic, model=model, callbacks=[rec], loggers=False)
+          data=synthetic, model=model, observers=[rec], loggers=False)
     assert seen and set(seen) == {torch.bfloat16}  # the convolutions ran under autocast
-    assert all(p.dtype == torch.float32 for p in rec.module.parameters())
+    assert all(p.dtype == torch.float32 for p in rec.module.model.parameters())
     for state in rec.optimizer.optimizers[0].state.values():
         assert state["exp_avg"].dtype == torch.float32
     for state in rec.optimizer.optimizers[1].state.values():
@@ -151,15 +150,13 @@ def test_reproduction_protocol_tests_best_checkpoint(tiny_config, synthetic):
     assert "train 229, validation 27 (held-out 10%), test 128" in result["data"]  # per-class rounding
     assert result["best_checkpoint"].endswith("best.ckpt")
     best = torch.load(result["best_checkpoint"], weights_only=True)
-    monitor = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
-    assert float(monitor["best_model_score"]) == pytest.approx(result["best_val_loss"])
+    assert best["best_val_loss"] == pytest.approx(result["best_val_loss"])
 
 
 class TestDataModule:
     def test_reproduction_split_is_class_balanced_and_held_out(self, tiny_config, synthetic):
-        dm = BinaryDataModule(tiny_config(protocol="reproduction", val_fraction=0.25), data=synthetic)
-        dm.setup("fit")
-        (xt, yt), (xv, yv), (xs, ys) = dm.train_set, dm.val_set, dm.test_set
+        dm = make_splits(tiny_config(protocol="reproduction", val_fraction=0.25), data=synthetic)
+        (xt, yt), (xv, yv), (xs, ys) = dm.train, dm.val, dm.test
         assert len(yt) + len(yv) == 256 and abs(len(yv) - 64) <= 10
         assert xt.shape[1:] == (1, 28, 28)
         assert ys is synthetic["test"][1] or torch.equal(ys, synthetic["test"][1])
@@ -170,20 +167,17 @@ class TestDataModule:
         assert not any(bytes(x.numpy().tobytes()) in seen for x in xv)
 
     def test_original_protocol_validates_on_test_and_subset(self, tiny_config, synthetic):
-        dm = BinaryDataModule(tiny_config(subset=100), data=synthetic)
-        dm.setup("fit")
-        assert len(dm.train_set[1]) == 100
-        assert torch.equal(dm.val_set[1], synthetic["test"][1])
-        again = BinaryDataModule(tiny_config(subset=100), data=synthetic)
-        again.setup("fit")
-        assert torch.equal(again.train_set[1], dm.train_set[1])  # the subset is seeded
+        dm = make_splits(tiny_config(subset=100), data=synthetic)
+        assert len(dm.train[1]) == 100
+        assert torch.equal(dm.val[1], synthetic["test"][1])
+        again = make_splits(tiny_config(subset=100), data=synthetic)
+        assert torch.equal(again.train[1], dm.train[1])  # the subset is seeded
 
-    def test_init_touches_no_file(self, tiny_config, tmp_path):
-        dm = BinaryDataModule(tiny_config(data_dir=str(tmp_path / "missing")))
+    def test_missing_files(self, tiny_config, tmp_path):
         from torchbop.data import DatasetNotFoundError
 
         with pytest.raises(DatasetNotFoundError):
-            dm.setup("fit")
+            make_splits(tiny_config(data_dir=str(tmp_path / "missing")))
 
 
 def test_latent_with_frozen_binary_weights(tiny_config, synthetic):
@@ -197,7 +191,7 @@ def test_latent_with_frozen_binary_weights(tiny_config, synthetic):
         w.requires_grad_(False)
     rec = Recorder()
     result = train(tiny_config(mode="latent", optimizer="adam", epochs=1, limit_train_batches=3), data=synthetic,
-                   model=model, callbacks=[rec], loggers=False)
+                   model=model, observers=[rec], loggers=False)
     for name, w in named_binary_parameters(rec.module.model):
         assert torch.equal(w, frozen[name])
     assert rec.epoch_flips == [0] and result["last_checkpoint"] is not None
@@ -214,7 +208,7 @@ def test_latent_other_lr_trains_batch_norm_at_its_own_rate(tiny_config, syntheti
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     rec = Recorder()
     train(tiny_config(mode="latent", optimizer="sgd", lr=1.0, other_lr=0.0, epochs=1, limit_train_batches=3),
-          data=synthetic, model=model, callbacks=[rec], loggers=False)
+          data=synthetic, model=model, observers=[rec], loggers=False)
     assert rec.rates == [[1.0, 0.0]]
     groups = rec.optimizer.param_groups
     assert {id(p) for p in groups[0]["params"]} == latent_ids and not latent_ids & {id(p) for p in groups[1]["params"]}
@@ -232,7 +226,7 @@ def test_latent_weights_at_the_clip_are_recorded(tiny_config, synthetic):
         w.data.uniform_(-1.5, 1.5)
     history = History()
     train(tiny_config(mode="latent", optimizer="sgd", lr=0.01, epochs=1, limit_train_batches=3), data=synthetic,
-          model=model, callbacks=[history], loggers=False)
+          model=model, observers=[history], loggers=False)
     latent = [w for _, w in named_binary_parameters(model)]
     at_clip = sum(int((w.abs() == 1).sum()) for w in latent) / sum(w.numel() for w in latent)
     assert history.epochs[-1]["latent_at_clip"] == at_clip and 0.05 < at_clip < 0.34

@@ -3,14 +3,12 @@ budget is gone, and reports what it completed (a fake clock: one second per trai
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 
-from torchbop.training import train
-from torchbop.training.callbacks import WallClockBudget
+from torchbop.training import Observer, WallClockBudget, train
 
 
-class Clock(L.Callback):
+class Clock(Observer):
     """A clock that advances one second at the end of every training batch (listed before the budget)."""
 
     def __init__(self) -> None:
@@ -19,7 +17,7 @@ class Clock(L.Callback):
     def __call__(self) -> float:
         return self.now
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_batch_end(self, run):
         self.now += 1.0
 
 
@@ -32,7 +30,7 @@ class Clock(L.Callback):
 def test_budget_stops_training(tiny_config, synthetic, seconds, steps, epochs, stopped):
     clock = Clock()
     budget = WallClockBudget(seconds, clock=clock)
-    result = train(tiny_config(epochs=4, limit_eval_batches=0), data=synthetic, callbacks=[clock, budget],
+    result = train(tiny_config(epochs=4, limit_eval_batches=0), data=synthetic, observers=[clock, budget],
                    loggers=False)
     assert (result["global_step"], budget.epochs_completed, budget.stopped) == (steps, epochs, stopped)
     assert budget.elapsed == steps

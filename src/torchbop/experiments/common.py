@@ -17,9 +17,9 @@ from torchbop.errors import UserError
 from torchbop.experiments.spec import RunContext
 from torchbop.nn import binary_parameters, named_binary_layers
 from torchbop.training import TrainConfig, train
-from torchbop.training.checkpoints import load_checkpoint
+from torchbop.training.checkpoints import load_checkpoint, observer_state, stored_config
 from torchbop.training.history import History
-from torchbop.training.module import build_model
+from torchbop.training.optimizers import build_model
 from torchbop.training.precision import resolve_precision
 from torchbop.training.subset import seeded_subset
 
@@ -123,14 +123,14 @@ def train_run(config: TrainConfig, data: dict[str, Split], model: nn.Module, *, 
     step = resumable_checkpoint(config)
     if step is None:
         _set_aside_checkpoints(folder, log)
-        result = train(config, data=data, model=model, callbacks=[history], loggers=False, overwrite=True)
+        result = train(config, data=data, model=model, observers=[history], loggers=False, overwrite=True)
     else:
         if log is not None:
             log(f"resuming from step {step}: {folder / 'checkpoints' / 'last.ckpt'} (an interrupted attempt's)")
         # The run's stored record, not train()'s summary.json, says that a run is done. Without the summary, a
         # checkpoint that has finished training is restored (weights into ``model``, History) and tested again.
         (folder / "summary.json").unlink(missing_ok=True)
-        result = train(config.replace(resume=str(folder)), data=data, model=model, callbacks=[history], loggers=False)
+        result = train(config.replace(resume=str(folder)), data=data, model=model, observers=[history], loggers=False)
         # A run resumed after its last epoch validates nothing in this process: its last validation is the History's.
         validated = [row for row in history.epochs if "val_loss" in row]
         if validated:
@@ -165,7 +165,10 @@ def resumable_checkpoint(config: TrainConfig) -> int | None:
         checkpoint = load_checkpoint(path)
     except UserError:  # truncated or not a checkpoint: start afresh
         return None
-    stored = checkpoint.get("hyper_parameters", {}).get("config")
+    try:
+        stored = stored_config(checkpoint, path)
+    except UserError:
+        return None
     if isinstance(stored, dict):
         stored = {**TrainConfig().to_dict(), **stored}
     expected = config.replace(precision=resolve_precision(config.precision, config.accelerator)).to_dict()
@@ -173,8 +176,8 @@ def resumable_checkpoint(config: TrainConfig) -> int | None:
     if not isinstance(stored, dict) or ({k: v for k, v in stored.items() if k not in ignored}
                                         != {k: v for k, v in expected.items() if k not in ignored}):
         return None
-    if History().state_key not in checkpoint.get("callbacks", {}):
-        return None  # written without a History: resumed, the run would lose the epochs before the checkpoint
+    if observer_state(checkpoint, "History") is None:
+        return None  # written without a History (or by the Lightning engine): resumed, it would lose its epochs
     return int(checkpoint.get("global_step", 0))
 
 

@@ -15,8 +15,7 @@ from typing import Any
 
 from torchbop.errors import UserError
 from torchbop.experiments.run_clock import time_spent
-from torchbop.training.checkpoints import load_checkpoint
-from torchbop.training.history import History
+from torchbop.training.checkpoints import load_checkpoint, observer_state, stored_config
 
 __all__ = ["runs_in_progress", "progress_table"]
 
@@ -39,8 +38,8 @@ def runs_in_progress(exp_dir: Path, manifest: dict[str, Any], records: list[dict
                 checkpoint = load_checkpoint(path)
             except UserError:
                 checkpoint = {}
-            history = checkpoint.get("callbacks", {}).get(History().state_key, {})
-            config = checkpoint.get("hyper_parameters", {}).get("config", {})
+            history = observer_state(checkpoint, "History") or {}
+            config = stored_config(checkpoint, path) if history else {}
             epochs = history.get("epochs", [])
             if epochs:
                 row.update(epochs_done=len(epochs), epochs=config.get("epochs"), val_acc=epochs[-1].get("val_acc"))

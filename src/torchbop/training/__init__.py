@@ -1,6 +1,6 @@
-"""Training engine: Lightning module, data module, callbacks and ``train(config)``.
+"""Training engine: ``train(config)``, one explicit loop on Lightning Fabric (:mod:`torchbop.training.loop`).
 
-Everything here imports Lightning; the core (quantizers, nn, optim, metrics) does not.
+Lightning Fabric is imported here (devices, processes, precision); the core (quantizers, nn, optim, metrics) does not.
 
 Example:
     >>> from torchbop.training import load_recipe
@@ -9,21 +9,10 @@ Example:
     ('bop', 1)
 """
 
-from torchbop.training.callbacks import AtomicCheckpointIO, FlipEarlyStopping
+from torchbop.training.checkpoints import load_model
 from torchbop.training.config import TrainConfig, apply_overrides, available_recipes, load_recipe
-from torchbop.training.data import BinaryDataModule
-from torchbop.training.module import BinaryClassifier
-from torchbop.training.train import format_summary, train
+from torchbop.training.history import History, Observer, WallClockBudget
+from torchbop.training.loop import format_summary, train
 
-__all__ = [
-    "AtomicCheckpointIO",
-    "BinaryClassifier",
-    "BinaryDataModule",
-    "FlipEarlyStopping",
-    "TrainConfig",
-    "apply_overrides",
-    "available_recipes",
-    "format_summary",
-    "load_recipe",
-    "train",
-]
+__all__ = ["History", "Observer", "TrainConfig", "WallClockBudget", "apply_overrides", "available_recipes",
+           "format_summary", "load_model", "load_recipe", "train"]

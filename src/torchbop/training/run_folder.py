@@ -26,7 +26,7 @@ from typing import Any
 
 from torchbop.atomic_file import atomic_write
 from torchbop.errors import UserError
-from torchbop.training.checkpoints import epochs_completed, load_checkpoint
+from torchbop.training.checkpoints import checkpoint_of, load_checkpoint
 from torchbop.training.config import TrainConfig
 
 __all__ = ["RUN_FILES", "RunFolder", "checkpoint_of", "clear_run_files", "resolve_run_folder", "finished_summary", "write_summary", "strict_json"]
@@ -45,16 +45,6 @@ class RunFolder:
     def holds_a_run(self) -> bool:
         """True when the folder has the files of a run (a config, a summary or checkpoints)."""
         return any((self.path / name).exists() for name in ("config.yaml", "summary.json", "checkpoints"))
-
-
-def checkpoint_of(resume: str | os.PathLike[str]) -> tuple[Path, Path | None]:
-    """``(checkpoint file, run folder it belongs to or None)`` for a ``--resume`` argument."""
-    path = Path(resume).expanduser()
-    if path.is_dir():
-        return path / "checkpoints" / "last.ckpt", path
-    if path.parent.name == "checkpoints":
-        return path, path.parent.parent
-    return path, None
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -116,9 +106,8 @@ def finished_summary(config: TrainConfig, folder: RunFolder) -> dict[str, Any] |
     if folder.checkpoint is None or not (folder.path / "summary.json").is_file():
         return None
     checkpoint = load_checkpoint(folder.checkpoint)
-    stopped = any(isinstance(state, dict) and state.get("stopped_epoch") is not None
-                  for key, state in checkpoint.get("callbacks", {}).items() if key.startswith("FlipEarlyStopping"))
-    done = epochs_completed(checkpoint) >= config.epochs or (stopped and config.early_stop_flip_epochs is not None)
+    stopped = bool(checkpoint.get("stopped_early")) and config.early_stop_flip_epochs is not None
+    done = int(checkpoint.get("epochs_completed", 0)) >= config.epochs or stopped
     if not done:
         return None
     try:
