@@ -7,18 +7,29 @@
    Layout. An activation is packed pixels [N, H, W, Cb]: the sign bits of the C channels of a pixel, 8 to a byte,
    channel 8b + i at bit i of byte b, bit 1 = -1 and bit 0 = +1 (Cb = ceil(C / 8); the last byte's unused bits are
    0). A convolution's row (one output position) is the Cb bytes of each kernel position (kh, kw) in turn, zero
-   bytes for a position outside the image (they read as +1: the caller's `base` corrects for it), zero-filled to Kw
-   words, Kw a multiple of 4. Weights are rows [O, Kw] of the same layout. For a row a and a filter b,
-   s = popcount(a ^ b) counts disagreements, and the +-1 dot product is base - 2 s, base = the number of real bit
-   positions plus the padding correction (exact integers).
+   bytes for a position outside the image (they read as +1: the caller's `base` corrects for it): Kp = ceil(KH KW
+   Cb / 8) 64-bit words. For a row a and a filter b, s = popcount(a ^ b) counts disagreements, and the +-1 dot
+   product is base - 2 s, base = the number of real bit positions plus the padding correction (exact integers).
+
+   Weights are panels of NB = 16 filters: word k of the 16 filters side by side ([ceil(O / 16), Kp, 16]; on the
+   AVX2 path the 16 filters' low nibbles, then their high nibbles). The SIMD tiles put filters in lanes: word k of
+   a row is broadcast and XORed with word k of 4 or 8 filters, so each lane sums one filter's count: no horizontal
+   sum, no padding of short rows to a vector's width, and the counts of 16 filters land as one vector. (The
+   earlier layout, K in lanes, spent a transposing reduction per tile and padded an 18-word row to 24.)
+
+   Rows. Where a pixel is whole words (Cb % 8 == 0) and the kernel's columns are adjacent (dilation 1 along W), a
+   row is KH segments, each the KW adjacent pixels of one kernel row, contiguous in NHWC: the tiles read them in
+   place (direct convolution, no im2col; zero padding through one zero-padded copy of the input). Otherwise an
+   item builds its rows (bit-level im2col) in a private buffer that stays in L1/L2.
 
    Output ("epilogue"): float32 [M, O] = base - 2 s (EPI_FLOAT), or packed bits (EPI_BITS): bit j of output row i
    is ((base - 2 s) < thr[j]) ^ flip[j], the batch norm and sign that follow the layer folded into one integer
-   comparison per channel (torchbop.deploy.thresholds derives thr and flip).
+   comparison per channel (torchbop.deploy.thresholds derives thr and flip); with one base for every position it
+   is s > floor((base - thr) / 2), two vector compares per 16 filters.
 
    Work is split into items of (a block of RB output rows, a range of output channels); threads take items from an
-   atomic counter. An item builds its rows (bit-level im2col) in a private buffer that stays in L1/L2, then runs
-   the register tile over them, NCB filters at a time (a block of weights that stays in cache). */
+   atomic counter, and each runs the register tile over its rows, a block of panels at a time (about 48 KiB of
+   weights that stay in cache). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
