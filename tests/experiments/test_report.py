@@ -120,6 +120,7 @@ def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
     import torch
 
     from torchbop.experiments.progress import progress_table, runs_in_progress
+    from torchbop.training.checkpoints import FORMAT
     from torchbop.training.history import History
 
     manifest = {"runs": [{"label": "done", "key": "k1"}, {"label": "training", "key": "k2"},
@@ -128,7 +129,7 @@ def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
     history.epochs = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.625}]
     folder = tmp_path / "runs" / "k2" / "checkpoints"
     folder.mkdir(parents=True)
-    torch.save({"hyper_parameters": {"config": {"epochs": 100}}, "callbacks": {history.state_key: history.state_dict()}},
+    torch.save({"format": FORMAT, "config": {"epochs": 100}, "observers": {"History": history.state_dict()}},
                folder / "last.ckpt")
     (tmp_path / "runs" / "k4" / "checkpoints").mkdir(parents=True)
     (tmp_path / "runs" / "k4" / "checkpoints" / "last.ckpt").write_bytes(b"truncated")

@@ -228,7 +228,7 @@ def test_only_an_intact_checkpoint_of_the_same_configuration_with_a_history_is_r
     assert resumable_checkpoint(config.replace(lr=config.lr * 2)) is None  # another configuration
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint = load_checkpoint(path)
-    del checkpoint["callbacks"]["History"]
+    del checkpoint["observers"]["History"]
     torch.save(checkpoint, path)
     assert resumable_checkpoint(config) is None  # written without a History (before it travelled with checkpoints)
     path.write_bytes(b"truncated")
@@ -244,7 +244,7 @@ def test_a_checkpoint_from_before_a_config_field_was_added_resumes(tmp_path, uni
     config = reference.replace(out=str(tmp_path / "run"))
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint = load_checkpoint(path)
-    del checkpoint["hyper_parameters"]["config"]["other_lr"]
+    del checkpoint["config"]["other_lr"]
     torch.save(checkpoint, path)
     assert resumable_checkpoint(config) == 16
     assert resumable_checkpoint(config.replace(mode="latent", optimizer="sgd", other_lr=0.5)) is None

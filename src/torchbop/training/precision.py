@@ -1,22 +1,12 @@
 """``precision: auto``: bf16-mixed where the device computes in bf16 natively, fp32 everywhere else.
 
 A run's ``precision`` is ``"32"``, ``"bf16-mixed"`` (autocast to bf16 in the forward pass; parameters, gradients and
-the optimizers' state, Bop's ``m`` included, stay float32) or ``"auto"``, which :func:`resolve_precision` turns into
-one of the two when the run starts. The resolved value is what the run records (``config.yaml``, the checkpoints'
-configuration, ``summary.json``), so a resumed run keeps the precision it started with, on any machine.
-
-Which signal decides (:func:`native_bf16`, evaluated once per device type and cached):
-
-* **CUDA**: ``torch.cuda.is_bf16_supported(including_emulation=False)``, i.e. compute capability 8.0 or newer
-  (Ampere and later), whose tensor cores run bf16; older GPUs only emulate it and stay fp32.
-* **CPU**: the CPU's own instruction set as ``torch.cpu`` reads it with cpuinfo (CPUID):
-  ``torch.cpu._is_avx512_bf16_supported()`` (AVX512-BF16, the instructions Linux lists as ``avx512_bf16`` in
-  ``/proc/cpuinfo``) or ``torch.cpu._is_amx_tile_supported()`` (AMX, whose CPUs all have AMX-BF16). Where those
-  functions are missing (another torch build), the ``flags`` line of ``/proc/cpuinfo`` is read for
-  ``avx512_bf16`` or ``amx_bf16``. ``torch.backends.cpu.get_cpu_capability()`` is *not* used: it says which
-  vector kernels ATen dispatches to ("AVX512" also on CPUs without bf16 instructions), not whether bf16 is native.
-  Without these instructions oneDNN emulates bf16 convolutions, which is slower than fp32.
-* **MPS and anything else**: fp32.
+the optimizers' state stay float32) or ``"auto"``, which :func:`resolve_precision` turns into one of the two when the
+run starts; the run records the resolved value, so a resumed run keeps it on any machine. Native bf16
+(:func:`native_bf16`, cached per device type): on CUDA ``torch.cuda.is_bf16_supported(including_emulation=False)``
+(compute capability 8.0 and later); on the CPU the AVX512-BF16 or AMX instructions (``torch.cpu``'s probes, else the
+``flags`` of ``/proc/cpuinfo``; ``get_cpu_capability()`` says which kernels ATen dispatches to, not whether bf16 is
+native: without it oneDNN emulates bf16, slower than fp32); fp32 on MPS and anything else.
 
 Example:
     >>> resolve_precision("32", "cpu"), resolve_precision("bf16-mixed", "cpu")
