@@ -47,7 +47,8 @@ SCRIPT = textwrap.dedent(
         config = TrainConfig(epochs=2, batch_size=32, gamma=1e-2, threshold=1e-6, accelerator="cpu", devices=2,
                              strategy="ddp", progress_bar=False, limit_train_batches=3, out={out!r})
         result = train(config, data=data, loggers=False, observers=[SaveWeights()])
-        name = "result_zero.txt" if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 else f"result_{{os.getpid()}}.txt"
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+        name = "result_zero.txt" if rank == 0 else f"result_{{os.getpid()}}.txt"
         (Path({out!r}) / name).write_text(f"{{result['world_size']}} {{result['global_step']}} {{result['test_acc']}}")
     """
 )

@@ -4,9 +4,9 @@
 A checkpoint (written by :mod:`torchbop.training.train`) holds ``format`` (:data:`FORMAT`), ``config`` (the run's
 ``TrainConfig.to_dict()``), ``model`` (the network's ``state_dict``), ``optimizer`` (the optimizer's own
 ``state_dict``), ``scheduler``, ``epoch`` and ``batch`` (the epoch under way and the batches of it consumed: the
-loader's position), ``global_step``, ``epochs_completed``, ``rng`` (python, numpy, torch and CUDA states), ``epoch_state``
-(the epoch's loss and accuracy sums, rates and flip counts so far), ``early_stop``, ``best_val_loss`` and
-``observers`` (the state of each observer, e.g. a :class:`~torchbop.training.history.History`). It names no path, so
+loader's position), ``global_step``, ``epochs_completed``, ``rng`` (python, numpy, torch and CUDA states),
+``epoch_state`` (the epoch's loss and accuracy sums, rates and flip counts so far), ``early_stop``,
+``best_val_loss`` and ``observers`` (the state of each observer, e.g. a :class:`~torchbop.training.history.History`). It names no path, so
 a run folder can be moved or copied and resumed there.
 
 :func:`load_checkpoint` refuses a pickle that names any other global (``os.system``, a class) before anything of it

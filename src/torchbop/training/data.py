@@ -4,14 +4,16 @@
 * ``"reproduction"``: a seeded class-balanced ``val_fraction`` of the training set is held out for validation (the
   reproducibility report's 45k/5k split on CIFAR-10); the test set is used only for the final test.
 
-``subset`` then keeps a seeded random ``subset`` of the training images (:func:`~torchbop.training.subset.seeded_subset`).
+``subset`` then keeps a seeded random ``subset`` of the training images
+(:func:`~torchbop.training.subset.seeded_subset`).
 The loop serves each split with a :class:`torchbop.data.DeviceLoader` on the training device.
 
 Example:
     >>> import torch
     >>> from torchbop.training.config import TrainConfig
     >>> x, y = torch.zeros(20, 28, 28, dtype=torch.uint8), torch.arange(20) % 10
-    >>> make_splits(TrainConfig(subset=8), {"train": (x, y), "test": (x[:4], y[:4])}).describe(TrainConfig())
+    >>> config = TrainConfig(subset=8, batch_size=4)
+    >>> make_splits(config, {"train": (x, y), "test": (x[:4], y[:4])}).describe(config)
     'mnist: train 8, validation 4 (test set), test 4; protocol original'
 """
 

@@ -88,7 +88,8 @@ def check_config(config: TrainConfig, model: nn.Module | None = None) -> nn.Modu
     before anything is written; return the model. Its failures are :class:`UserError` naming the key."""
     with blame_user(TypeError, ValueError, what=f"model {config.model!r} with model_kwargs {config.model_kwargs}"):
         model = model if model is not None else build_model(config)
-    with blame_user(ValueError, RuntimeError, what="optimizer hyperparameters (gamma, threshold, sigma, alpha, lr, momentum)"):
+    with blame_user(ValueError, RuntimeError,
+                    what="optimizer hyperparameters (gamma, threshold, sigma, alpha, lr, momentum)"):
         build_optimizer(config, model)
     return model
 
@@ -503,7 +504,8 @@ def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float], flips:
     parts = []
     for stage, suffix in (("train", "_epoch"), ("val", "")):
         if f"{stage}_loss{suffix}" in metrics:
-            parts.append(f"{stage} loss {metrics[f'{stage}_loss{suffix}']:.4f} acc {metrics[f'{stage}_acc{suffix}']:.4f}")
+            loss, acc = metrics[f"{stage}_loss{suffix}"], metrics[f"{stage}_acc{suffix}"]
+            parts.append(f"{stage} loss {loss:.4f} acc {acc:.4f}")
     if flips is not None:
         parts.append(f"{int(flips)} flips")
     parts.append(f"{seconds:.1f} s")

@@ -29,7 +29,8 @@ from torchbop.errors import UserError
 from torchbop.training.checkpoints import checkpoint_of, load_checkpoint
 from torchbop.training.config import TrainConfig
 
-__all__ = ["RUN_FILES", "RunFolder", "checkpoint_of", "clear_run_files", "resolve_run_folder", "finished_summary", "write_summary", "strict_json"]
+__all__ = ["RUN_FILES", "RunFolder", "checkpoint_of", "clear_run_files", "resolve_run_folder", "finished_summary",
+           "write_summary", "strict_json"]
 
 #: What a run writes into its folder; ``--overwrite`` removes exactly these.
 RUN_FILES = ("config.yaml", "summary.json", "checkpoints", "csv", "tb")
