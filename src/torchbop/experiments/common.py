@@ -21,7 +21,7 @@ from torchbop.training.checkpoints import load_checkpoint, observer_state, store
 from torchbop.training.history import History
 from torchbop.training.optimizers import build_model
 from torchbop.training.precision import resolve_precision
-from torchbop.training.subset import seeded_subset
+from torchbop.training.data import seeded_subset
 
 __all__ = ["load_data", "evaluate", "stored_train_config", "run_config", "seeded_model", "train_run",
            "resumable_checkpoint", "train_stored_run", "set_weight_quantizers", "freeze_binary_weights"]

@@ -4,9 +4,9 @@
 * ``"reproduction"``: a seeded class-balanced ``val_fraction`` of the training set is held out for validation (the
   reproducibility report's 45k/5k split on CIFAR-10); the test set is used only for the final test.
 
-``subset`` then keeps a seeded random ``subset`` of the training images
-(:func:`~torchbop.training.subset.seeded_subset`).
-The loop serves each split with a :class:`torchbop.data.DeviceLoader` on the training device.
+``subset`` then keeps a seeded random ``subset`` of the training images (:func:`seeded_subset`, the one subset rule
+of torchbop: the experiments draw theirs with seed 0, so every seed and configuration sees the same images). The loop
+serves each split with a :class:`torchbop.data.DeviceLoader` on the training device.
 
 Example:
     >>> import torch
@@ -15,6 +15,8 @@ Example:
     >>> config = TrainConfig(subset=8, batch_size=4)
     >>> make_splits(config, {"train": (x, y), "test": (x[:4], y[:4])}).describe(config)
     'mnist: train 8, validation 4 (test set), test 4; protocol original'
+    >>> seeded_subset((x, y), 3, seed=0)[1]
+    tensor([4, 5, 3])
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ import torch
 from torchbop.data import class_balanced_split, load_cifar10, load_mnist
 from torchbop.errors import UserError
 from torchbop.training.config import TrainConfig
-from torchbop.training.subset import seeded_subset
 
-__all__ = ["Split", "Splits", "load_split", "make_splits"]
+__all__ = ["Split", "Splits", "load_split", "make_splits", "seeded_subset"]
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -77,6 +78,16 @@ def make_splits(config: TrainConfig, data: dict[str, Split] | None = None) -> Sp
         train_idx, val_idx = class_balanced_split(train[1], val_fraction=config.val_fraction, seed=config.seed)
         train, val = (train[0][train_idx], train[1][train_idx]), (train[0][val_idx], train[1][val_idx])
     return Splits(seeded_subset(train, config.subset, config.seed), val, test)
+
+
+def seeded_subset(split: Split, n: int | None, seed: int) -> Split:
+    """``(images, labels)`` cut to the first ``n`` of ``torch.randperm(len(labels))`` drawn with ``seed``; ``None``,
+    or an ``n`` as large as the set, returns ``split`` itself."""
+    images, labels = split
+    if n is None or n >= len(labels):
+        return split
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[keep], labels[keep]
 
 
 def _with_channels(split: Split) -> Split:
