@@ -84,6 +84,7 @@ struct conv_s {
     const uint8_t *flip; /* [O], 0 or 1 */
     uint16_t *flip16;    /* [ceil(O / NB)]: the flips of a panel's filters as bits */
     int direct, nseg, mr;
+    int64_t pxb;         /* bytes per pixel of pix: Cb, or 2 Cb with the nibbles split (AVX2, direct rows) */
     int64_t seglen;
     tile_fn tile;
     epi_fn epi;
@@ -133,15 +134,16 @@ static void epi_scalar(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t 
    splits), so a step costs 2 XOR, 2 lookups and 2 adds per vector of 4 filters; per-byte counters (a byte gains
    at most 8 a step) go to 64-bit sums by vpsadbw every 31 steps. 2 rows x 16 filters. */
 #define TB_AVX2_MR 2
-__attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uint64_t *const *a, int mr,
-                                                      const uint64_t *panel, int64_t s[MAXMR][NB]) {
+__attribute__((always_inline, target("avx2"))) static inline void
+tile_avx2_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, int64_t s[MAXMR][NB],
+               const int split) {
     const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f), z = _mm256_setzero_si256();
     const int nseg = c->nseg;
     const int64_t L = c->seglen;
     const uint64_t *a0[MAXSEG], *a1[MAXSEG];
-    for (int g = 0; g < nseg; g++) { a0[g] = a[g]; a1[g] = a[(mr > 1 ? 1 : 0) * nseg + g]; }
+    for (int g = 0; g < nseg; g++) { a0[g] = a[g]; a1[g] = a[nseg + g]; }  /* row 1 repeats row 0 if mr = 1 */
     for (int r = 0; r < 2; r++)  /* 64-bit sums in memory (L1): kept in registers they would crowd out the counters */
         for (int q = 0; q < NB; q++) s[r][q] = 0;
     __m256i b00 = z, b01 = z, b02 = z, b03 = z, b10 = z, b11 = z, b12 = z, b13 = z;
@@ -171,11 +173,20 @@ __attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uin
             int64_t n = L - k0 < 31 - steps ? L - k0 : 31 - steps;
             if (n == 0) { TB_FLUSH(); steps = 0; continue; }
             for (int64_t k = k0; k < k0 + n; k++, w += 2 * NB) {
-                __m256i v = _mm256_set1_epi64x((long long)x0[k]);  /* one row at a time: 16 ymm registers in all */
-                __m256i l = _mm256_and_si256(v, low), h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                __m256i l, h;  /* one row at a time: 16 ymm registers in all */
+                if (split) {   /* the input's nibbles split in advance: word 2k low, 2k + 1 high */
+                    l = _mm256_set1_epi64x((long long)x0[2 * k]); h = _mm256_set1_epi64x((long long)x0[2 * k + 1]);
+                } else {
+                    __m256i v = _mm256_set1_epi64x((long long)x0[k]);
+                    l = _mm256_and_si256(v, low); h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                }
                 TB_STEP(b00, l, h, 0); TB_STEP(b01, l, h, 1); TB_STEP(b02, l, h, 2); TB_STEP(b03, l, h, 3);
-                v = _mm256_set1_epi64x((long long)x1[k]);
-                l = _mm256_and_si256(v, low); h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                if (split) {
+                    l = _mm256_set1_epi64x((long long)x1[2 * k]); h = _mm256_set1_epi64x((long long)x1[2 * k + 1]);
+                } else {
+                    __m256i v = _mm256_set1_epi64x((long long)x1[k]);
+                    l = _mm256_and_si256(v, low); h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                }
                 TB_STEP(b10, l, h, 0); TB_STEP(b11, l, h, 1); TB_STEP(b12, l, h, 2); TB_STEP(b13, l, h, 3);
             }
             steps += (int)n;
@@ -186,7 +197,20 @@ __attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uin
 #undef TB_STEP
 #undef TB_FLUSH
 #undef TB_ADD64
+}
+
+__attribute__((target("avx2"))) static void tile_avx2(const conv_t *c, const uint64_t *const *a, int mr,
+                                                      const uint64_t *panel, int64_t s[MAXMR][NB]) {
     (void)mr;
+    tile_avx2_body(c, a, panel, s, 0);
+}
+
+/* Direct rows from an input whose words were split into nibbles once per call (3 fewer operations per row and
+   step: about 10 % of the step). */
+__attribute__((target("avx2"))) static void tile_avx2_split(const conv_t *c, const uint64_t *const *a, int mr,
+                                                            const uint64_t *panel, int64_t s[MAXMR][NB]) {
+    (void)mr;
+    tile_avx2_body(c, a, panel, s, 1);
 }
 
 /* Bits of a full panel: with one base for every position, bit = (s > floor((base - thr) / 2)) ^ flip (the same
@@ -321,7 +345,7 @@ static void row_pointers(const conv_t *c, int64_t i, int mr, int64_t r0, const u
         if (!c->direct) { a[r] = buf + (row - r0) * c->Kp; continue; }
         for (int64_t kh = 0; kh < c->KH; kh++)
             a[r * c->nseg + kh] = (const uint64_t *)(c->pix + ((n * c->H + ho * c->sh + kh * c->dh) * c->W
-                                                               + wo * c->sw) * c->Cb);
+                                                               + wo * c->sw) * c->pxb);
     }
 }
 
@@ -406,6 +430,7 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
     if (path == PATH_AVX512) { c.tile = tile_avx512; c.epi = epi_avx512; c.mr = MAXMR; }
 #endif
     c.M = N * Ho * Wo;
+    c.pxb = Cb;
     int64_t panels = (O + NB - 1) / NB;
     uint8_t *padded = 0;
     c.flip16 = (uint16_t *)calloc((size_t)panels + 1, sizeof(uint16_t));
@@ -425,15 +450,29 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
     c.nseg = 1; c.seglen = Kp;
     if (c.direct) {
         int64_t Hp = (Ho - 1) * sh + (KH - 1) * dh + 1, Wp = (Wo - 1) * sw + KW;
-        if (pt || pl || Hp > H || Wp > W) {
-            int64_t Hc = Hp > H + pt ? Hp : H + pt, Wc = Wp > W + pl ? Wp : W + pl;
-            padded = (uint8_t *)calloc((size_t)(N * Hc * Wc * Cb) + 8, 1);
+        int split = path == PATH_AVX2;
+        if (pt || pl || Hp > H || Wp > W || split) {
+            int64_t Hc = Hp > H + pt ? Hp : H + pt, Wc = Wp > W + pl ? Wp : W + pl, pxb = split ? 2 * Cb : Cb;
+            padded = (uint8_t *)calloc((size_t)(N * Hc * Wc * pxb) + 8, 1);
             if (!padded) { free(c.flip16); free(c.half); return -1; }
+            const uint64_t m = 0x0f0f0f0f0f0f0f0fULL;
             for (int64_t n = 0; n < N; n++)
-                for (int64_t y = 0; y < H; y++)
-                    memcpy(padded + ((n * Hc + y + pt) * Wc + pl) * Cb, pix + ((n * H + y) * W) * Cb,
-                           (size_t)(W * Cb));
-            c.pix = padded; c.H = Hc; c.W = Wc; c.pt = 0; c.pl = 0;
+                for (int64_t y = 0; y < H; y++) {
+                    const uint8_t *src = pix + ((n * H + y) * W) * Cb;
+                    uint8_t *dst = padded + ((n * Hc + y + pt) * Wc + pl) * pxb;
+                    if (!split) { memcpy(dst, src, (size_t)(W * Cb)); continue; }
+                    for (int64_t q = 0; q < W * Cb / 8; q++) {
+                        uint64_t v, lo, hi;
+                        memcpy(&v, src + 8 * q, 8);
+                        lo = v & m; hi = (v >> 4) & m;
+                        memcpy(dst + 16 * q, &lo, 8);
+                        memcpy(dst + 16 * q + 8, &hi, 8);
+                    }
+                }
+            c.pix = padded; c.H = Hc; c.W = Wc; c.pt = 0; c.pl = 0; c.pxb = pxb;
+#ifdef TB_X86
+            if (split) c.tile = tile_avx2_split;
+#endif
         }
         c.nseg = (int)KH; c.seglen = KW * Cb / 8;
     }
