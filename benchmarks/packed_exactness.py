@@ -9,6 +9,10 @@ not bit-identical to the reference path's, and prints the largest logit differen
 Data: ``$TORCHBOP_DATA``.
 
     python benchmarks/packed_exactness.py [--models mnist_bnn binarynet ...] [--width 0.125] [--limit N]
+                                          [--paths torch avx2 ...]
+
+The first path listed is the reference of the ``logits != ref`` column (``torch`` by default); with ``--paths``
+not starting with ``torch`` that column compares to the first path given.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.125, help="width of BinaryNet and the families")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--paths", nargs="+", default=None, help="torch and C paths (default: all this CPU runs)")
     args = parser.parse_args()
     root = resolve_data_dir()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    paths = ("torch", *available_paths())
+    paths = tuple(args.paths) if args.paths else ("torch", *available_paths())
     print(f"torch {torch.__version__}; paths {', '.join(paths)}; untrained models (random +-1 weights, batch-norm "
           f"statistics from 1,000 training images)")
     print(f"{'model':<16} {'images':>6} {'path':<9} {'argmax differs':>14} {'logits != ref':>13} "
