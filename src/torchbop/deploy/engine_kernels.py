@@ -14,7 +14,10 @@ one integer comparison per channel, :mod:`torchbop.deploy.thresholds`) is one ve
 output byte. Weights are laid out once as *panels* of 16 filters, word ``k`` of the 16 filters side by side
 (:func:`weight_panels`); register tiles are 6 rows x 16 filters (AVX-512) and 2 x 16 (AVX2). Where a pixel is a
 whole number of words (channels a multiple of 64) the convolution reads the rows straight from the NHWC image (a
-kernel row of ``KW`` pixels is contiguous), with no im2col; zero padding then goes through one zero-padded copy.
+kernel row of ``KW`` pixels is contiguous), with no im2col; zero padding then goes through one zero-padded copy
+(on the AVX2 path that copy also splits the input's nibbles, once per call rather than once per filter block).
+:func:`prepare_binary_conv` validates a layer's arguments once per input shape and returns a
+:class:`PreparedCall` (what the packed engine calls at inference: a few microseconds of Python per layer).
 
 The library is built with ``cc -O3`` and no ``-march`` flag: each SIMD function carries its own
 ``__attribute__((target(...)))``, so the same file runs on every x86-64, and :func:`available_paths` asks the CPU
