@@ -15,7 +15,7 @@ from torchbop.data.loader import scale_images
 from torchbop.experiments.common import evaluate
 from torchbop.nn import ShiftBatchNorm1d, ShiftBatchNorm2d
 from torchbop.training import Observer, train
-from torchbop.training.loop import recalibrate_batch_norm
+from torchbop.training.data import recalibrate_batch_norm
 
 
 class Keep(Observer):

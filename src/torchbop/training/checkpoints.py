@@ -6,8 +6,8 @@ A checkpoint (written by :mod:`torchbop.training.train`) holds ``format`` (:data
 ``state_dict``), ``scheduler``, ``epoch`` and ``batch`` (the epoch under way and the batches of it consumed: the
 loader's position), ``global_step``, ``epochs_completed``, ``rng`` (python, numpy, torch and CUDA states),
 ``epoch_state`` (the epoch's loss and accuracy sums, rates and flip counts so far), ``early_stop``,
-``best_val_loss`` and ``observers`` (the state of each observer, e.g. a :class:`~torchbop.training.history.History`). It names no path, so
-a run folder can be moved or copied and resumed there.
+``best_val_loss`` and ``observers`` (the state of each observer, e.g. a
+:class:`~torchbop.training.history.History`). It names no path, so a run folder can be moved or copied and resumed.
 
 :func:`load_checkpoint` refuses a pickle that names any other global (``os.system``, a class) before anything of it
 runs; a missing, truncated or garbage file is a :class:`~torchbop.errors.UserError` naming the file and, where the

@@ -154,7 +154,7 @@ class TrainConfig:
     # Batch norm's running statistics lag weights that still flip. "end": before the test, recompute every batch
     # norm's running mean and variance over the training set (no augmentation, dataset order, batches of batch_size,
     # cumulative average) with the weights tested | "eval": also before every validation | "off": keep the running
-    # averages of training. Its cost is reported (torchbop.training.loop.recalibrate_batch_norm).
+    # averages of training. Its cost is reported (torchbop.training.data.recalibrate_batch_norm).
     recalibrate_bn: str = setting("off", Choice(RECALIBRATIONS))
 
     # --- runtime ------------------------------------------------------------------------------------------------

@@ -21,15 +21,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
 
-from torchbop.data import class_balanced_split, load_cifar10, load_mnist
+from torchbop.data import DeviceLoader, class_balanced_split, load_cifar10, load_mnist
 from torchbop.errors import UserError
 from torchbop.training.config import TrainConfig
 
-__all__ = ["Split", "Splits", "load_split", "make_splits", "seeded_subset"]
+__all__ = ["Split", "Splits", "load_split", "make_splits", "seeded_subset", "recalibrate_batch_norm"]
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -88,6 +93,56 @@ def seeded_subset(split: Split, n: int | None, seed: int) -> Split:
         return split
     keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
     return images[keep], labels[keep]
+
+
+def recalibrate_batch_norm(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    forward_context: Callable[[], Any] = contextlib.nullcontext,
+) -> float:
+    """Recompute every batch norm's running statistics of ``model`` over ``(images, labels)``; return the seconds.
+
+    Batch norm's running averages (momentum 0.01 in ``ShiftBatchNorm``: about the last hundred batches) lag weights
+    that Bop still flips; on the MNIST BNN after one epoch the test accuracy with them was 0.55-0.96 over 5 seeds, and
+    0.972-0.975 with the statistics recomputed (issue 23). The model runs in training mode without gradients over the
+    images in dataset order (no shuffle, no augmentation, the last partial batch dropped) with every batch norm reset
+    and its momentum ``None``, a cumulative average (:func:`torch.optim.swa_utils.update_bn`); weights, other buffers
+    and the RNG states are kept. ``TrainConfig.recalibrate_bn``: ``"end"`` before the test, ``"eval"`` also before
+    every validation.
+
+    Args:
+        model: the network (its mode and the momenta of its batch norms are restored afterwards).
+        images: uint8 ``[N, C, H, W]`` (or ``[N, H, W]``) training images, scaled as the training loader does.
+        labels: their labels (unused by the statistics; the loader checks them).
+        batch_size: images per forward pass; the training batch size gives the statistics training normalized with.
+        device: where the batches are made and the model runs.
+        memory_format: the batches' layout (the model's input memory format).
+        forward_context: a context manager factory around the forward passes (the run's autocast, if any).
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.BatchNorm1d(2))
+        >>> images = torch.randint(0, 256, (8, 1, 2, 2), dtype=torch.uint8)
+        >>> seconds = recalibrate_batch_norm(model, images, torch.zeros(8, dtype=torch.long), batch_size=8)
+        >>> x = images.float().reshape(8, 4) / 127.5 - 1  # the loader's scaling to [-1, 1]
+        >>> torch.allclose(model[2].running_mean, model[1](x).mean(0).detach())
+        True
+    """
+    start = time.perf_counter()
+    loader = DeviceLoader(images, labels, batch_size, shuffle=False, augment=False, device=device,
+                          drop_last=len(labels) >= batch_size, memory_format=memory_format)
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+            forward_context():
+        update_bn(loader, model)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _with_channels(split: Split) -> Split:

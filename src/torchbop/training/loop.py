@@ -35,12 +35,11 @@ steps, epoch ends and before every checkpoint: a non-finite gradient stops the r
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -49,7 +48,6 @@ import yaml
 from lightning.fabric import Fabric, seed_everything
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from torchbop.data import DatasetNotFoundError, DeviceLoader
 from torchbop.errors import UserError, blame_user
@@ -58,15 +56,15 @@ from torchbop.models.memory_format import input_memory_format
 from torchbop.nn import clip_latent_weights_
 from torchbop.training.checkpoints import FORMAT, check_resumable, load_checkpoint, save_checkpoint
 from torchbop.training.config import TrainConfig
-from torchbop.training.data import load_split, make_splits
+from torchbop.training.data import load_split, make_splits, recalibrate_batch_norm
 from torchbop.training.history import Observer
 from torchbop.training.optimizers import Optimization, build_model, build_optimizer
 from torchbop.training.precision import describe_resolution, resolve_precision
-from torchbop.training.run_folder import clear_run_files, finished_summary, resolve_run_folder, write_summary
+from torchbop.training.run_folder import (clear_run_files, finished_summary, format_summary, resolve_run_folder,
+                                         write_summary)
 from torchbop.training.run_logs import RunLogs
 
-__all__ = ["train", "check_config", "format_summary", "loss_and_accuracy", "recalibrate_batch_norm", "Run",
-           "COMPILE_OPTIONS"]
+__all__ = ["train", "check_config", "format_summary", "loss_and_accuracy", "Run", "COMPILE_OPTIONS"]
 
 #: TrainConfig.precision (resolved) -> Fabric's precision
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}
@@ -475,56 +473,6 @@ def _as_tuple(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------------------------
-def recalibrate_batch_norm(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    *,
-    device: str | torch.device = "cpu",
-    memory_format: torch.memory_format = torch.contiguous_format,
-    forward_context: Callable[[], Any] = contextlib.nullcontext,
-) -> float:
-    """Recompute every batch norm's running statistics of ``model`` over ``(images, labels)``; return the seconds.
-
-    Batch norm's running averages (momentum 0.01 in ``ShiftBatchNorm``: about the last hundred batches) lag weights
-    that Bop still flips; on the MNIST BNN after one epoch the test accuracy with them was 0.55-0.96 over 5 seeds, and
-    0.972-0.975 with the statistics recomputed (issue 23). The model runs in training mode without gradients over the
-    images in dataset order (no shuffle, no augmentation, the last partial batch dropped) with every batch norm reset
-    and its momentum ``None``, a cumulative average (:func:`torch.optim.swa_utils.update_bn`); weights, other buffers
-    and the RNG states are kept. ``TrainConfig.recalibrate_bn``: ``"end"`` before the test, ``"eval"`` also before
-    every validation.
-
-    Args:
-        model: the network (its mode and the momenta of its batch norms are restored afterwards).
-        images: uint8 ``[N, C, H, W]`` (or ``[N, H, W]``) training images, scaled as the training loader does.
-        labels: their labels (unused by the statistics; the loader checks them).
-        batch_size: images per forward pass; the training batch size gives the statistics training normalized with.
-        device: where the batches are made and the model runs.
-        memory_format: the batches' layout (the model's input memory format).
-        forward_context: a context manager factory around the forward passes (the run's autocast, if any).
-
-    Example:
-        >>> torch.manual_seed(0) and None
-        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.BatchNorm1d(2))
-        >>> images = torch.randint(0, 256, (8, 1, 2, 2), dtype=torch.uint8)
-        >>> seconds = recalibrate_batch_norm(model, images, torch.zeros(8, dtype=torch.long), batch_size=8)
-        >>> x = images.float().reshape(8, 4) / 127.5 - 1  # the loader's scaling to [-1, 1]
-        >>> torch.allclose(model[2].running_mean, model[1](x).mean(0).detach())
-        True
-    """
-    start = time.perf_counter()
-    loader = DeviceLoader(images, labels, batch_size, shuffle=False, augment=False, device=device,
-                          drop_last=len(labels) >= batch_size, memory_format=memory_format)
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-            forward_context():
-        update_bn(loader, model)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def _limit(limit: int | float | None, available: int) -> int:
     """Batches to run of ``available``: all (None), ``limit`` (int) or a fraction (float)."""
     if limit is None:
@@ -564,26 +512,3 @@ def format_epoch_line(epoch: int, epochs: int, metrics: dict[str, float], flips:
     if "bn_recalibration_s" in metrics:  # recalibrate_bn "eval": included in the epoch's seconds
         parts[-1] += f" (batch norm recalibration {metrics['bn_recalibration_s']:.1f} s)"
     return f"epoch {epoch}/{epochs}: " + ", ".join(parts)
-
-
-def format_summary(result: dict[str, Any]) -> str:
-    """A few human-readable lines about a finished run."""
-    where = "the test set" if result["protocol"] == "original" else "a held-out validation split"
-    weights = "last weights" if result["test_weights"] == "last" else "lowest-validation-loss weights"
-    note = ""
-    if "precision" in result:  # absent from summaries written before it was recorded
-        note = f", precision {result['precision']}" + (" (auto)" if result.get("precision_requested") == "auto"
-                                                       else "")
-        note += f", {result['memory_format']}" if result.get("memory_format") == "channels_last" else ""
-    return "\n".join([
-        f"{result['name']}: test accuracy {result['test_acc']:.4f} (loss {result['test_loss']:.4f}) on "
-        f"{result['dataset']}, protocol {result['protocol']} (validated on {where}; tested with the {weights})",
-        f"  data: {result['data']}",
-        f"  {result['epochs']} epochs, {result['global_step']} steps"
-        + (" (stopped early: no flips)" if result["stopped_early"] else "")
-        + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
-        f" on {result['device']} x{result['world_size']}" + note
-        + (f", batch norm recalibrated {result['bn_recalibrations']}x ({result['bn_recalibration_s']:.1f} s)"
-           if result.get("bn_recalibrations") else ""),
-        f"  checkpoints: {result['last_checkpoint']} (last), {result['best_checkpoint']} (best)",
-    ])

@@ -30,7 +30,7 @@ from torchbop.training.checkpoints import checkpoint_of, load_checkpoint
 from torchbop.training.config import TrainConfig
 
 __all__ = ["RUN_FILES", "RunFolder", "checkpoint_of", "clear_run_files", "resolve_run_folder", "finished_summary",
-           "write_summary", "strict_json"]
+           "write_summary", "strict_json", "format_summary"]
 
 #: What a run writes into its folder; ``--overwrite`` removes exactly these.
 RUN_FILES = ("config.yaml", "summary.json", "checkpoints", "csv", "tb")
@@ -142,3 +142,26 @@ def write_summary(path: Path, result: dict[str, Any]) -> None:
     text = json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n"
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A few human-readable lines about a finished run."""
+    where = "the test set" if result["protocol"] == "original" else "a held-out validation split"
+    weights = "last weights" if result["test_weights"] == "last" else "lowest-validation-loss weights"
+    note = ""
+    if "precision" in result:  # absent from summaries written before it was recorded
+        note = f", precision {result['precision']}" + (" (auto)" if result.get("precision_requested") == "auto"
+                                                       else "")
+        note += f", {result['memory_format']}" if result.get("memory_format") == "channels_last" else ""
+    return "\n".join([
+        f"{result['name']}: test accuracy {result['test_acc']:.4f} (loss {result['test_loss']:.4f}) on "
+        f"{result['dataset']}, protocol {result['protocol']} (validated on {where}; tested with the {weights})",
+        f"  data: {result['data']}",
+        f"  {result['epochs']} epochs, {result['global_step']} steps"
+        + (" (stopped early: no flips)" if result["stopped_early"] else "")
+        + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
+        f" on {result['device']} x{result['world_size']}" + note
+        + (f", batch norm recalibrated {result['bn_recalibrations']}x ({result['bn_recalibration_s']:.1f} s)"
+           if result.get("bn_recalibrations") else ""),
+        f"  checkpoints: {result['last_checkpoint']} (last), {result['best_checkpoint']} (best)",
+    ])
