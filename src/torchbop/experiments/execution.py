@@ -37,8 +37,8 @@ Outcome = tuple[str, "dict[str, Any] | None", "str | None"]
 
 
 def quiet_lightning() -> None:
-    """Silence Lightning's banners (GPU/TPU availability, tips): an experiment builds one Trainer per run. (The known
-    noise warnings are filtered by :mod:`torchbop.training.console` wherever training is imported.)"""
+    """Keep Lightning's loggers to errors in a process that executes many runs (the training loop on Fabric prints no
+    banner of its own; a strategy or plugin that logs at INFO stays quiet too)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
                  "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)
