@@ -78,7 +78,8 @@ def test_user_error_is_one_line_and_exit_2(case, argv, named, workspace, capsys,
 def test_training_set_smaller_than_a_batch(data_dir, tmp_path, capsys):
     code = main(["train", "--recipe", "mnist", "--subset", "20", "--batch-size", "32", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == 2 and "has 20 images, fewer than one batch of batch_size=32" in err
+    assert code == 2 and "Invalid batch_size value: 32 (more than the 20 training images" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 

@@ -12,6 +12,13 @@ Errors: a mistake in the input (a recipe that does not exist, a bad value, a mis
 checkpoint, hardware that is not there) is a :class:`~torchbop.errors.UserError`; ``main`` prints its message on
 stderr as one short line and returns 2. ``--debug`` (or ``TORCHBOP_DEBUG=1``) shows the traceback instead.
 
+Every option declares its domain as its ``type`` (a :class:`~torchbop.domains.Domain`; the options that set a
+``TrainConfig`` field take that field's), or as ``choices``: a value outside it is one line and exit status 2 from
+the parser, before anything runs. ``--set key=value`` is read the same way by ``train`` and ``experiment``
+(:func:`~torchbop.domains.parse_assignments`: YAML scalars, the same errors for the same mistake), and both check
+everything before a run or results folder exists (``train``: :func:`~torchbop.training.config.check_environment`;
+``experiment``: the experiment's plan, which builds every run's ``TrainConfig``).
+
 Each subcommand is a row of :data:`COMMANDS`. An option that several subcommands take is defined once, in
 :data:`SHARED_OPTIONS`.
 
@@ -35,24 +42,27 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from torchbop.data import fetch_datasets
+from torchbop.data import DATASETS, fetch_datasets
+from torchbop.data.datasets import check_dataset_names
 from torchbop.data.fetch import missing_files
 from torchbop.data.paths import describe_data_dir, resolve_data_dir
 from torchbop.deploy import export, export_onnx, summary
+from torchbop.domains import Folder, Int, Parsed, Real, Text, parse_assignments
 from torchbop.errors import UserError, blame_user
 from torchbop.experiments import runner
-from torchbop.experiments.launchers import LAUNCHERS, Launcher, parse_extra, require_submitit
+from torchbop.experiments.launchers import LAUNCHERS, Launcher, parse_extra, parse_mem, parse_time, require_submitit
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import EXPERIMENTS
 from torchbop.experiments.report import build_report
 from torchbop.models import create_model
 from torchbop.training.checkpoints import load_checkpoint, load_model, stored_config
-from torchbop.training.config import PRECISIONS, TrainConfig, apply_overrides, available_recipes, load_recipe
+from torchbop.training.config import (PROTOCOLS, TrainConfig, apply_overrides, available_recipes, check_environment,
+                                      field_domains, load_recipe)
 from torchbop.training.run_folder import checkpoint_of
 from torchbop.training.loop import check_config, format_summary, train
 
@@ -68,20 +78,58 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line (``main`` prints it and returns 2), as a UserError is."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+#: The domain of each TrainConfig field; an option that sets a field takes the field's.
+FIELDS = field_domains()
+#: Paths that must exist: a run folder or a checkpoint file.
+EXISTING = Parsed(rule="an existing run folder or checkpoint file", examples=("{tmp}/nothing",),
+                  parse=lambda text: _must_exist(text))
+
+
+#: A recipe: a shipped name or a .yaml file (load_recipe says which exist).
+RECIPE = Text(rule="a shipped recipe name or a .yaml file")
+#: A file to write: not a folder, and nothing on its way is a file.
+OUTPUT_FILE = Parsed(rule="a file to write", examples=("{tmp}",), parse=lambda text: _writable_file(text))
+
+
+def _writable_file(text: str) -> None:
+    Folder(rule="a file to write").check("output", os.path.dirname(os.path.abspath(text)))
+    if os.path.isdir(text):
+        raise ValueError(f"{text}: a folder (expected a file to write, e.g. {os.path.join(text, 'model.tbop')})")
+
+
+def _must_exist(text: str) -> None:
+    if not os.path.exists(os.path.expanduser(text)):
+        raise ValueError(f"{text}: no such file or folder (expected a run folder or a checkpoint file)")
+
+
 #: Options of more than one subcommand, each defined once: flag -> ``add_argument`` keywords.
 SHARED_OPTIONS: dict[str, dict[str, Any]] = {
-    "--epochs": dict(type=int, help="training epochs"),
-    "--width": dict(type=float, help="width multiplier of the model (BinaryNet; model_kwargs.width)"),
-    "--subset": dict(type=int, help="train on this many training images (a seeded random subset)"),
-    "--data-dir": dict(help="data root (default: $TORCHBOP_DATA, else ~/.cache/torchbop)"),
+    "--epochs": dict(type=FIELDS["epochs"], help="training epochs"),
+    "--width": dict(type=Real(0, low_open=True), help="width multiplier of the model (BinaryNet; "
+                                                      "model_kwargs.width)"),
+    "--subset": dict(type=FIELDS["subset"], help="train on this many training images (a seeded random subset)"),
+    "--data-dir": dict(type=Folder(), help="data root (default: $TORCHBOP_DATA, else ~/.cache/torchbop)"),
     "--download": dict(action="store_true", help="download missing datasets first (checksummed)"),
     "--set": dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                  type=Text(forbid=r"^[^=]*$|^\s*=", rule="KEY=VALUE", examples=("gamma", "=1")),
                   help="change any setting (repeatable): a config field for train (--set gamma=1e-3, --set "
                        "model_kwargs.variant=reproduction), a setting of the experiment (--set retrain_epochs=3)"),
     "--print-config": dict(action="store_true", help="print the resolved configuration and exit"),
-    "--profile": dict(default="quick", help=f"named scale ({', '.join(PROFILES)}; default quick): the experiment's "
-                                            "settings, and results/<profile>"),
-    "--results-dir": dict(default="results", help="results root (default: results)"),
+    "--profile": dict(default="quick", choices=list(PROFILES),
+                      help=f"named scale ({', '.join(PROFILES)}; default quick): the experiment's settings, and "
+                           "results/<profile>"),
+    "--results-dir": dict(default="results", type=Folder(), help="results root (default: results)"),
 }
 
 
@@ -103,18 +151,20 @@ TRAIN_FIELDS = ("--epochs", "--batch-size", "--data-dir", "--subset", "--seed", 
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", help=f"a shipped recipe ({', '.join(available_recipes())}) or a .yaml path; "
-                                          "optional with --resume (the checkpoint's configuration is used)")
+    parser.add_argument("--recipe", type=RECIPE, help=f"a shipped recipe ({', '.join(available_recipes())}) or a "
+                                                       ".yaml path; optional with --resume (the checkpoint's "
+                                                       "configuration is used)")
     _add_shared(parser, "--epochs", "--width", "--subset", "--data-dir", "--download", "--set", "--print-config")
-    parser.add_argument("--batch-size", type=int, help="training batch size")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    parser.add_argument("--resume", help="continue a run: its folder (checkpoints/last.ckpt is used) or a .ckpt "
-                                         "file; the run goes on in that folder")
-    parser.add_argument("--precision", help=" | ".join(PRECISIONS))
-    parser.add_argument("--devices", help="devices per node (an int or 'auto')")
-    parser.add_argument("--accelerator", help="cpu, gpu or auto")
-    parser.add_argument("--strategy", help="auto or ddp")
+    parser.add_argument("--batch-size", type=FIELDS["batch_size"], help="training batch size")
+    parser.add_argument("--seed", type=FIELDS["seed"], help="random seed (0 to 2**32 - 1)")
+    parser.add_argument("--out", type=FIELDS["out"], help="run directory (default: runs/<recipe name>)")
+    parser.add_argument("--resume", type=FIELDS["resume"], help="continue a run: its folder (checkpoints/last.ckpt "
+                                                                "is used) or a .ckpt file; the run goes on in that "
+                                                                "folder")
+    parser.add_argument("--precision", type=FIELDS["precision"], help=FIELDS["precision"].describe())
+    parser.add_argument("--devices", type=FIELDS["devices"], help="devices per node: " + FIELDS["devices"].describe())
+    parser.add_argument("--accelerator", type=FIELDS["accelerator"], help=FIELDS["accelerator"].describe())
+    parser.add_argument("--strategy", type=FIELDS["strategy"], help=FIELDS["strategy"].describe())
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a folder that holds another run, removing that run's files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
@@ -130,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         config = _config_of_checkpoint(args.resume)
     else:
         raise UserError("give --recipe NAME_OR_FILE (or --resume RUN_FOLDER to continue a run)")
-    with blame_user(ValueError, what="--set"):
+    with blame_user(ValueError):
         config = apply_overrides(config, args.overrides)
     changes = {_dest(flag): getattr(args, _dest(flag)) for flag in TRAIN_FIELDS}
     changes = {field: value for field, value in changes.items() if value is not None}
@@ -141,7 +191,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.no_progress:
         changes["progress_bar"] = False
     with blame_user(ValueError):
-        return config.replace(**changes) if changes else config
+        config = config.replace(**changes) if changes else config
+        check_environment(config)  # the machine, the files and the model, before a run folder exists
+    return config
 
 
 def _config_of_checkpoint(resume: str) -> TrainConfig:
@@ -194,27 +246,32 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
     _add_shared(parser, "--profile", "--epochs", "--width", "--subset", "--set", "--results-dir", "--data-dir",
                 "--download", "--print-config")
-    parser.add_argument("--seeds", type=int, help="number of seeds (random initializations)")
-    parser.add_argument("--test-subset", type=int, help="evaluate on this many test images")
-    parser.add_argument("--dataset", help="approximation only: comma-separated datasets (mnist, fashion-mnist, "
-                                          "cifar10)")
-    parser.add_argument("--protocol", help="cifar10 only: original | reproduction")
-    parser.add_argument("--jobs", type=int, help="independent runs in parallel processes (default 1); with "
-                                                 "--launcher, at most this many jobs at once (default: all)")
-    parser.add_argument("--threads", type=int, help="torch threads per job (default: cores // jobs; with --launcher: "
-                                                    "--cpus-per-task, else 1 on SLURM)")
+    parser.add_argument("--seeds", type=Int(1), help="number of seeds (random initializations)")
+    parser.add_argument("--test-subset", type=Int(1), help="evaluate on this many test images")
+    parser.add_argument("--dataset", type=Parsed(rule="datasets", parse=lambda t: check_dataset_names(t.split(",")),
+                                                 examples=("svhn", "mnist,svhn")),
+                        help=f"approximation only: comma-separated datasets ({', '.join(DATASETS)})")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="cifar10 only: " + " | ".join(PROTOCOLS))
+    parser.add_argument("--jobs", type=Int(1), help="independent runs in parallel processes (default 1); with "
+                                                    "--launcher, at most this many jobs at once (default: all)")
+    parser.add_argument("--threads", type=Int(1), help="torch threads per job (default: cores // jobs; with "
+                                                       "--launcher: --cpus-per-task, else 1 on SLURM)")
     parser.add_argument("--quiet", action="store_true", help="only one line per finished run")
     cluster = parser.add_argument_group("cluster jobs", "each run to do as one job, through submitit (pip install "
                                                         "'torchbop[cluster]'); the results land in --results-dir")
     cluster.add_argument("--launcher", choices=list(LAUNCHERS),
                          help="; ".join(f"{k}: {v}" for k, v in LAUNCHERS.items()) + " (default: local processes)")
-    cluster.add_argument("--partition", help="SLURM partition (default: the cluster's)")
-    cluster.add_argument("--time", help="each job's time limit, as sbatch --time takes it (90, 4:00:00, 1-12:00); "
-                                        "required with --launcher slurm")
-    cluster.add_argument("--cpus-per-task", type=int, help="CPUs of each job (also its torch threads)")
-    cluster.add_argument("--gpus-per-node", type=int, help="GPUs of each job")
-    cluster.add_argument("--mem", help="memory of each job, as sbatch --mem takes it (16G, 4000M)")
+    cluster.add_argument("--partition", type=Text(forbid=r"[^\w.,-]", rule="a SLURM partition name",
+                                                  examples=("a b",)), help="SLURM partition (default: the cluster's)")
+    cluster.add_argument("--time", type=Parsed(parse=parse_time, rule="a time limit", examples=("1h", "0")),
+                         help="each job's time limit, as sbatch --time takes it (90, 4:00:00, 1-12:00); "
+                              "required with --launcher slurm")
+    cluster.add_argument("--cpus-per-task", type=Int(1), help="CPUs of each job (also its torch threads)")
+    cluster.add_argument("--gpus-per-node", type=Int(0), help="GPUs of each job")
+    cluster.add_argument("--mem", type=Parsed(parse=parse_mem, rule="an amount of memory", examples=("lots",)),
+                         help="memory of each job, as sbatch --mem takes it (16G, 4000M)")
     cluster.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                         type=Parsed(parse=lambda t: parse_extra([t]), rule="KEY=VALUE", examples=("=x",)),
                          help="any other sbatch option (repeatable): --slurm-extra account=myproject, "
                               "--slurm-extra qos=high, --slurm-extra exclusive")
 
@@ -243,12 +300,8 @@ def _launcher_from_args(args: argparse.Namespace) -> Launcher | None:
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, object]:
     """Settings changed by the command line: ``--set`` first, then the dedicated flags."""
-    changes: dict[str, object] = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"Invalid --set {item!r}: expected key=value")
-        changes[key.strip()] = value.strip()
+    with blame_user(ValueError):
+        changes: dict[str, object] = parse_assignments(args.overrides)
     for flag, setting in EXPERIMENT_SETTINGS.items():
         value = getattr(args, _dest(flag))
         if value is not None:
@@ -262,6 +315,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=1))
         return 0
+    with blame_user(ValueError, TypeError, what=f"{args.name}"):  # every run's TrainConfig, before results/ exists
+        EXPERIMENTS[args.name].plan(config)
     launcher = _launcher_from_args(args)
     _check_data(EXPERIMENTS[args.name].datasets(config), args.data_dir, download=args.download)
     runner.quiet_lightning()
@@ -290,7 +345,8 @@ def _check_data(names: tuple[str, ...], data_dir: str | None, *, download: bool)
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     _add_shared(parser, "--profile", "--results-dir")
-    parser.add_argument("--out", default="reports", help="reports root: writes <out>/<profile>/REPORT.md")
+    parser.add_argument("--out", default="reports", type=Folder(),
+                        help="reports root: writes <out>/<profile>/REPORT.md")
     parser.add_argument("--rebuild", action="store_true",
                         help="build every section from the results, even where they no longer hold all the runs a "
                              "section of the existing report was built from (by default such a section is kept)")
@@ -306,23 +362,19 @@ def _run_report(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # summary, export
 # ----------------------------------------------------------------------------------------------------------------
-#: One image of each dataset, as the models take it: [channels, height, width].
-INPUT_SHAPES = {"mnist": [1, 28, 28], "fashion-mnist": [1, 28, 28], "cifar10": [3, 32, 32]}
-
-
 def _add_summary_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--recipe", help=f"the model of a recipe ({', '.join(available_recipes())}) or a .yaml "
-                                         "path")
-    source.add_argument("--checkpoint", help="a trained model: a run folder (its checkpoints/last.ckpt) or a "
-                                             ".ckpt file")
+    source.add_argument("--recipe", type=RECIPE, help=f"the model of a recipe ({', '.join(available_recipes())}) "
+                                                      "or a .yaml path")
+    source.add_argument("--checkpoint", type=EXISTING,
+                        help="a trained model: a run folder (its checkpoints/last.ckpt) or a .ckpt file")
     _add_shared(parser, "--width", "--set")
 
 
 def _model_of_recipe(args: argparse.Namespace) -> tuple[Any, TrainConfig]:
     with blame_user(ValueError, OSError):
         config = load_recipe(args.recipe)
-    with blame_user(ValueError, what="--set"):
+    with blame_user(ValueError):
         config = apply_overrides(config, args.overrides)
     if args.width is not None:
         config = config.replace(model_kwargs={**config.model_kwargs, "width": args.width})
@@ -345,15 +397,17 @@ def _run_summary(args: argparse.Namespace) -> int:
     else:
         model, config = _model_of_recipe(args)
     kwargs = f" {config.model_kwargs}" if config.model_kwargs else ""
-    print(f"{config.model}{kwargs}, mode {config.mode}, on {config.dataset} images {INPUT_SHAPES[config.dataset]}")
-    print(summary(model, INPUT_SHAPES[config.dataset]))
+    shape = list(DATASETS[config.dataset].input_shape)
+    print(f"{config.model}{kwargs}, mode {config.mode}, on {config.dataset} images {shape}")
+    print(summary(model, shape))
     return 0
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT",
+    parser.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", type=EXISTING,
                         help="a run folder (its checkpoints/last.ckpt is used) or a .ckpt file")
-    parser.add_argument("-o", "--output", required=True, help="the file to write (e.g. model.tbop, model.onnx)")
+    parser.add_argument("-o", "--output", required=True, type=OUTPUT_FILE,
+                        help="the file to write (e.g. model.tbop, model.onnx)")
     parser.add_argument("--format", choices=("packed", "onnx"), default="packed",
                         help="packed: the 1-bit file torchbop.load_packed reads (default); onnx: an ONNX graph for "
                              "ONNX Runtime and other runtimes (needs pip install 'torchbop[onnx]')")
@@ -368,10 +422,10 @@ def _run_export(args: argparse.Namespace) -> int:
               "mode": config.mode, "dataset": config.dataset}
     with blame_user(ValueError, ImportError, what=f"{path}: {config.model}"):
         if args.format == "onnx":
-            written = export_onnx(model, args.output, input_shape=INPUT_SHAPES[config.dataset],
+            written = export_onnx(model, args.output, input_shape=list(DATASETS[config.dataset].input_shape),
                                   overwrite=args.overwrite)
         else:
-            written = export(model, args.output, input_shape=INPUT_SHAPES[config.dataset],
+            written = export(model, args.output, input_shape=list(DATASETS[config.dataset].input_shape),
                              overwrite=args.overwrite, source=source)
     size = written.stat().st_size
     fp32 = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
@@ -396,7 +450,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchbop", description="Binarized neural networks trained with Bop.")
+    parser = _Parser(prog="torchbop", description="Binarized neural networks trained with Bop.")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also: TORCHBOP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -408,8 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand; a :class:`UserError` becomes one line on stderr and exit status 2."""
-    args = build_parser().parse_args(argv)
+    """Run a subcommand; a usage error or a :class:`UserError` becomes one line on stderr and exit status 2."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
     try:
         return args._run(args)
     except UserError as error:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchbop.data import DeviceLoader, load_cifar10, load_mnist
+from torchbop.data import DeviceLoader, load_dataset
 from torchbop.errors import UserError
 from torchbop.experiments.spec import RunContext
 from torchbop.nn import binary_parameters, named_binary_layers
@@ -44,20 +44,8 @@ def load_data(dataset: str, data_dir: str | None, subset: int | None = None,
               test_subset: int | None = None) -> dict[str, Split]:
     """``{"train": (uint8 images [N, C, H, W], labels), "test": ...}``, each cut to ``seeded_subset(..., seed=0)``:
     the same images for every seed and configuration of an experiment."""
-    if dataset == "cifar10":
-        train_set, test_set = load_cifar10(data_dir, train=True), load_cifar10(data_dir, train=False)
-    elif dataset in ("mnist", "fashion-mnist"):
-        train_set = load_mnist(data_dir, train=True, variant=dataset)
-        test_set = load_mnist(data_dir, train=False, variant=dataset)
-    else:
-        raise ValueError(f"Invalid dataset: {dataset!r} (expected 'mnist', 'fashion-mnist' or 'cifar10')")
-    return {"train": seeded_subset(_with_channels(train_set), subset, seed=0),
-            "test": seeded_subset(_with_channels(test_set), test_subset, seed=0)}
-
-
-def _with_channels(split: Split) -> Split:
-    images, labels = split
-    return (images.unsqueeze(1) if images.dim() == 3 else images), labels  # MNIST [N, 28, 28] -> [N, 1, 28, 28]
+    return {"train": seeded_subset(load_dataset(dataset, data_dir, train=True), subset, seed=0),
+            "test": seeded_subset(load_dataset(dataset, data_dir, train=False), test_subset, seed=0)}
 
 
 @torch.no_grad()
