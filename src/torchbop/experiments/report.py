@@ -248,6 +248,8 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def _verdict_table(claims: list[Verdict], below: list[str], pending: str | None) -> list[str]:
+    if not claims:  # torchbop's own comparisons: nothing published to hold them against
+        return ["No published claim: these numbers are torchbop's own comparison, with no verdict."]
     return ["| claim | criterion | ours | verdict |", "|---|---|---|---|",
             *(f"| {v.claim} | {v.criterion} | {v.measured} | {_outcome(v, below, pending)} |" for v in claims)]
 
