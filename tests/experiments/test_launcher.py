@@ -285,16 +285,16 @@ def test_the_command_line_builds_the_launcher(tmp_path, toy, monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------
 SLURM = ["--launcher", "slurm", "--time", "1:00:00"]
 CLI_ERRORS = [
-    ("negative cpus", [*SLURM, "--cpus-per-task", "-1"], "Invalid cpus_per_task value: -1"),
+    ("negative cpus", [*SLURM, "--cpus-per-task", "-1"], "argument --cpus-per-task: invalid value -1"),
     ("malformed time", ["--launcher", "slurm", "--time", "1h"], "Invalid time value: '1h'"),
     ("no time on SLURM", ["--launcher", "slurm"], "a SLURM job needs a time limit"),
     ("zero time", ["--launcher", "local", "--time", "0"], "Invalid time value: '0'"),
-    ("negative gpus", ["--launcher", "local", "--gpus-per-node", "-2"], "Invalid gpus_per_node value: -2"),
+    ("negative gpus", ["--launcher", "local", "--gpus-per-node", "-2"], "argument --gpus-per-node: invalid value -2"),
     ("malformed mem", [*SLURM, "--mem", "16GiB"], "Invalid mem value: '16GiB'"),
     ("reserved extra", [*SLURM, "--slurm-extra", "time=5"], "time is not an extra: use --time"),
     ("malformed extra", [*SLURM, "--slurm-extra", "qos="], "Invalid slurm-extra value: 'qos='"),
-    ("jobs 0", ["--launcher", "local", "--jobs", "0"], "Invalid max_running value: 0"),
-    ("bad partition", [*SLURM, "--partition", "a b"], "Invalid partition value: 'a b'"),
+    ("jobs 0", ["--launcher", "local", "--jobs", "0"], "argument --jobs: invalid value 0"),
+    ("bad partition", [*SLURM, "--partition", "a b"], "argument --partition: invalid value 'a b'"),
     ("option without a launcher", ["--partition", "gpu"], "--partition: options of cluster jobs, which need"),
 ]
 

@@ -4,7 +4,7 @@ The slow tests start ``torchbop experiment`` as a user does, in subprocesses: on
 an epoch, then invoked again (in the test's process); two at once on one results folder, one with two workers. The
 killed one runs :class:`Resumable`, an experiment defined here whose training runs checkpoint every 2 steps; :func:`cli`
 registers it and, with ``kill_at_step``, makes the process SIGKILL itself right after that optimizer step (a checkpoint
-of a step before it is on disk by then). The fast tests interrupt a run in-process (an exception: Lightning writes no
+of a step before it is on disk by then). The fast tests interrupt a run in-process (an exception: the loop writes no
 checkpoint on one) and compare the resumed run with an uninterrupted one: result, History and weights, bit for bit.
 """
 
@@ -94,14 +94,14 @@ def cli(argv: list[str], kill_at_step: int | None = None) -> int:
     registry.EXPERIMENTS[Resumable.NAME] = Resumable
     if kill_at_step is not None:
         RunClock.INTERVAL_S = 0.2  # the run's clock on disk when the kill comes
-        record = History.on_train_batch_end
+        record = History.on_batch_end
 
-        def on_train_batch_end(self, trainer, *args):
-            record(self, trainer, *args)
-            if trainer.global_step == kill_at_step:
+        def on_batch_end(self, run):
+            record(self, run)
+            if run.step == kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        History.on_train_batch_end = on_train_batch_end
+        History.on_batch_end = on_batch_end
     return main(argv)
 
 
@@ -163,7 +163,7 @@ def test_a_killed_invocation_continues_mid_epoch_and_ends_as_an_uninterrupted_ru
 
 
 class Interrupted(Exception):
-    """Stands for a kill in-process: Lightning writes no checkpoint on an exception, so the files are a killed run's."""
+    """Stands for a kill in-process: the loop writes no checkpoint on an exception, so the files are a killed run's."""
 
 
 @pytest.fixture(scope="module")
@@ -187,14 +187,14 @@ def test_a_resumed_run_ends_with_the_uninterrupted_result_weights_and_history(tm
                                                                                stop_at_step, resumed_at):
     reference, data, expected, expected_history, expected_weights = uninterrupted
     config = reference.replace(out=str(tmp_path / "run"))
-    record = History.on_train_batch_end
+    record = History.on_batch_end
 
-    def stop(self, trainer, *args):
-        record(self, trainer, *args)
-        if trainer.global_step == stop_at_step:
+    def stop(self, run):
+        record(self, run)
+        if run.step == stop_at_step:
             raise Interrupted
 
-    monkeypatch.setattr(History, "on_train_batch_end", stop)
+    monkeypatch.setattr(History, "on_batch_end", stop)
     with pytest.raises(Interrupted):
         train_run(config, data, seeded_model(config), per_step=True)
     monkeypatch.undo()

@@ -124,7 +124,9 @@ def _convert(name: str, value: Any, default: Any) -> Any:
     if value is None or isinstance(value, str) and value.lower() in ("none", "null"):
         return None
     if isinstance(default, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        # a single value (``--set gammas=0.01``, read as a number) is a list of one
+        single = isinstance(value, (int, float)) and not isinstance(value, bool)
+        items = value.split(",") if isinstance(value, str) else [value] if single else list(value)
         kind = type(default[0]) if default else str
         return tuple(_convert(name, v.strip() if isinstance(v, str) else v, kind()) for v in items)
     if isinstance(default, bool):
