@@ -9,8 +9,8 @@ Needs torch with CUDA, lightning, pyyaml and pytest; installs nothing, reaches n
 ``tests``: ``pytest -m gpu tests``, every test marked ``gpu`` (junit XML in ``tests.xml``); ``train``: the ``cifar10``
 recipe at full width with ``compile: true`` for ``--epochs`` epochs, killed at its timeout (the time box), on real
 CIFAR-10 when found, else on a synthetic learnable set of its shape (``train.json``: images/s, test accuracy, steps);
-the benchmarks ``optimizer_step``, ``train_step``, ``data_pipeline``, ``lightning_overhead``, each with its own
-``--device cuda``. Each step writes ``OUT/<step>.log``; ``OUT/summary.json`` and ``OUT/summary.md`` (versions; per
+the benchmarks ``optimizer_step``, ``train_step``, ``data_pipeline``, each with its own ``--device cuda``
+(``train_speed.py``, the engine against a lean loop, has no CUDA flag yet: not in the plan). Each step writes ``OUT/<step>.log``; ``OUT/summary.json`` and ``OUT/summary.md`` (versions; per
 step its status, ``ok``, ``failed (exit N)``, ``timeout`` or ``skipped``, its seconds, command, numbers, last lines)
 are rewritten after every step. Exit status 1 when a step failed or timed out.
 
@@ -43,7 +43,6 @@ def plan(dry: bool, out: Path, epochs: int = 4) -> list[tuple[str, list[str], fl
         return [PY, f"benchmarks/{script}", "--device", "cpu" if dry else "cuda",
                 *(["--threads", "1", *cpu.split()] if dry else gpu.split())]
 
-    overhead = f"--repeats 1 --json {out / 'lightning_overhead.json'}"
     return [
         ("tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfEs",
                    "--continue-on-collection-errors", f"--junitxml={out / 'tests.xml'}", "tests"], 240),
@@ -55,9 +54,6 @@ def plan(dry: bool, out: Path, epochs: int = 4) -> list[tuple[str, list[str], fl
                              "--widths 0.03125 --steps 1 --warmup 1"), 90),
         ("data_pipeline", bench("data_pipeline.py", "--images 20000 --repeats 2",
                                 "--images 500 --repeats 1 --baseline-images 100 --batch-sizes 50"), 60),
-        ("lightning_overhead", bench("lightning_overhead.py", "--model binarynet --width 1.0 --compile "
-                                     f"none,reduce-overhead --steps 100 --warmup 20 {overhead}", "--model tiny "
-                                     f"--width 0.03125 --compile none --steps 5 --warmup 2 {overhead}"), 120),
     ]
 
 
@@ -118,7 +114,7 @@ def check(out: Path, dry: bool, budget: float, only: list[str] | None = None, ep
             print(f"[gpu_check] {name} (at most {min(timeout, left):.0f} s) ...", flush=True)
             status, seconds = run_step(cmd, out / f"{name}.log", min(timeout, left))
             tail = (out / f"{name}.log").read_text(errors="replace").splitlines()[-(25 if status == "ok" else 40):]
-            result = out / f"{name}.json"  # the train step's and lightning_overhead's numbers
+            result = out / f"{name}.json"  # the train step's numbers
             summary["steps"][name] = {"status": status, "seconds": round(seconds, 1), "command": cmd,
                                       "log": f"{name}.log", "tail": "\n".join(tail),
                                       "numbers": json.loads(result.read_text()) if result.is_file() else None}

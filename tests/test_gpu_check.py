@@ -36,7 +36,7 @@ def test_the_gpu_plan_and_its_dry_twin(gpu_check, tmp_path):
     steps with every flag of the GPU commands (so the dry run tries each flag once), on the CPU."""
     gpu, dry = gpu_check.plan(False, tmp_path), gpu_check.plan(True, tmp_path)
     assert [name for name, _, _ in gpu] == [name for name, _, _ in dry] == [
-        "tests", "train", "optimizer_step", "train_step", "data_pipeline", "lightning_overhead"]
+        "tests", "train", "optimizer_step", "train_step", "data_pipeline"]
     assert gpu[0][1][gpu[0][1].index("-m", 3) + 1] == "gpu" and gpu[0][1][-1] == "tests"
     for (name, cmd, _), (_, dry_cmd, _) in zip(gpu, dry):
         if cmd[1].startswith("benchmarks/"):
@@ -49,9 +49,9 @@ def test_the_gpu_plan_and_its_dry_twin(gpu_check, tmp_path):
 def test_list_prints_the_plan_and_runs_nothing(gpu_check, capsys, tmp_path):
     assert gpu_check.main(["--list", str(tmp_path / "out")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 6 and all("--device cuda" in line for line in lines[2:])
+    assert len(lines) == 5 and all("--device cuda" in line for line in lines[2:])
     assert gpu_check.main(["--list", "--dry"]) == 0
-    assert capsys.readouterr().out.count("--device cpu") == 4
+    assert capsys.readouterr().out.count("--device cpu") == 3
     assert not (tmp_path / "out").exists()
 
 

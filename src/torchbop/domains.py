@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Domain", "Int", "Real", "Bool", "Choice", "Text", "Folder", "Parsed", "Mapping", "AnyOf", "parse_scalar",
+__all__ = ["Domain", "Int", "Real", "Bool", "Choice", "KeyOf", "Text", "Folder", "Parsed", "Mapping", "AnyOf", "parse_scalar",
            "parse_assignments", "check_known"]
 
 
@@ -253,6 +253,24 @@ class Choice(Domain):
 
     def outside(self) -> list[str]:
         return [*super().outside(), "no-such-choice", *(k for k, _ in self.hint)]
+
+
+@dataclass(frozen=True)
+class KeyOf(Choice):
+    """A key of ``registry`` as it is when the value is checked: a model registered at run time
+    (``MODELS["my_net"] = MyNet``) is a valid choice from then on."""
+
+    registry: Any = None
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "one of " + ", ".join(map(repr, self.registry))
+
+    def _typed(self, value: Any) -> Any:
+        return value
+
+    def _inside(self, value: Any) -> str:
+        return "" if isinstance(value, str) and value in self.registry else self.kind
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def test_missing_experiments_are_marked_not_run(smoke_results, tmp_path):
     partial = tmp_path / "results"
     shutil.copytree(smoke_results / "smoke" / "cifar10", partial / "smoke" / "cifar10")
     text = build_report("smoke", results_root=partial, reports_root=tmp_path / "reports").read_text()
-    assert text.count("not run at scale** (no results)") == 3
+    assert text.count("not run at scale** (no results)") == 5  # every experiment but cifar10
     assert "## Figure 3" in text
 
 
@@ -283,7 +283,8 @@ def test_an_experiment_planned_but_without_a_stored_run_is_pending(smoke_results
     runs = len(manifest["runs"])
     assert f"| Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2) | **pending** (0 of {runs} runs " \
            "stored) | - |" in text
-    assert text.count("not run at scale** (no results)") == 2  # approximation and arbitrary-lr: nothing planned
+    # approximation, arbitrary-lr and torchbop's own two comparisons: nothing planned
+    assert text.count("not run at scale** (no results)") == 4
     section = text.split("## Figure 2")[1].split("## Figure 3")[0]
     assert "not finished: still running" in section
     assert section.count("| not started (or no epoch finished) | - | - | - |") == runs
@@ -328,7 +329,8 @@ def test_a_section_whose_runs_are_gone_is_kept_with_its_figure(smoke_results, tm
     text = build_report("smoke", results_root=results, reports_root=reports, rebuild=False,
                         log=logged.append).read_text()
     assert [line.split(" section")[0] for line in logged] == ["kept the approximation", "kept the arbitrary-lr",
-                                                              "kept the hyperparameters"]
+                                                              "kept the hyperparameters", "kept the architectures",
+                                                              "kept the optimizers"]
     assert f"holds {saved['planned'] - 1} of the {saved['planned']} runs it was built from" in logged[2]
     assert (reports / "smoke" / "hyperparameters.png").read_bytes() == figure + b"unchanged"
     for title, after in (("Table 1", "Figure 1"), ("Figure 1", "Figure 2"), ("Figure 2", "Figure 3")):
@@ -337,14 +339,15 @@ def test_a_section_whose_runs_are_gone_is_kept_with_its_figure(smoke_results, tm
         assert kept.startswith(f"{heading}\n\n*Kept from the report generated ") and kept.endswith(rest)
     kept = _section_text(text, "Figure 2", "Figure 3")
     assert f"holds {saved['planned'] - 1} of those runs now.*\n\nRuns not stored yet" in kept  # and where they stand
-    assert "*Kept from" not in _section_text(text, "Figure 3")  # its runs are all there: rebuilt
+    assert "*Kept from" not in _section_text(text, "Figure 3", "Bi-Real Net-18")  # its runs are all there: rebuilt
     assert text.split("## Verdicts at a glance")[1].split("Time:")[0] == \
         full.split("## Verdicts at a glance")[1].split("Time:")[0]  # the summary keeps the kept sections' rows
     assert text.split("Time: ")[1].split("\n")[0] == full.split("Time: ")[1].split("\n")[0]
 
     text = build_report("smoke", results_root=results, reports_root=reports, rebuild=True,
                         log=logged.append).read_text()
-    assert "*Kept from" not in text and text.count("not run at scale** (no results)") == 2
+    assert "*Kept from" not in text
+    assert text.count("not run at scale** (no results)") == 4  # approximation, arbitrary-lr and the two comparisons
     assert "**pending** (its runs are not all stored yet)" in _section_text(text, "Figure 2", "Figure 3")
     assert len(json.loads((reports / "smoke" / "sections" / "hyperparameters.json").read_text())["runs"]) == \
         saved["planned"] - 1  # the rebuilt section now records what it was built from

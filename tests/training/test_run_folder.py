@@ -128,12 +128,13 @@ class TestFinishedRun:
 
 class TestRefusedBeforeWriting:
     def test_training_set_smaller_than_a_batch(self, tiny_config, synthetic, tmp_path):
-        with pytest.raises(UserError, match="training set has 20 images, fewer than one batch of batch_size=32"):
+        # the configuration itself refuses it now (batch_size against the dataset's training images)
+        with pytest.raises(ValueError, match="Invalid batch_size value: 32 \\(more than the 20 training images"):
             train(tiny_config(subset=20, batch_size=32), data=synthetic, loggers=False)
         assert not (tmp_path / "run").exists()
 
     def test_optimizer_hyperparameters(self, tiny_config, synthetic, tmp_path):
-        with pytest.raises(UserError, match="gamma"):
+        with pytest.raises(ValueError, match="Invalid gamma value: 2.0"):
             train(tiny_config(gamma=2.0), data=synthetic, loggers=False)
         assert not (tmp_path / "run").exists()
 

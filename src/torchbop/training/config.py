@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from torchbop.data.datasets import DATASETS
-from torchbop.domains import (AnyOf, Bool, Choice, Domain, Folder, Int, Mapping, Real, Text, check_known,
+from torchbop.domains import (AnyOf, Bool, Choice, Domain, Folder, Int, KeyOf, Mapping, Real, Text, check_known,
                               parse_assignments)
 from torchbop.models import MODELS, create_model
 
@@ -92,7 +92,7 @@ class TrainConfig:
     recipe_version: int = setting(1, Int(1))  # bumped whenever a recipe's numbers change
 
     # --- model --------------------------------------------------------------------------------------------------
-    model: str = setting("mnist_bnn", Choice(tuple(MODELS)))  # a key of torchbop.models.MODELS
+    model: str = setting("mnist_bnn", KeyOf(registry=MODELS))  # a key of torchbop.models.MODELS (registered then)
     # e.g. {width: 0.25, variant: original}; what the model accepts is checked by check_environment (a meta build)
     model_kwargs: dict = setting(dict, Mapping())
     # "bop": weights are +-1 and Bop flips them; "latent": real latent weights, SGD/Adam, clipped
