@@ -33,7 +33,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from torchbop.experiments.common import stored_train_config, train_stored_run
+from torchbop.experiments.common import number, percent, stored_train_config, train_epochs_run
 from torchbop.experiments.plots import COLORS, scale_note
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict
@@ -44,7 +44,8 @@ __all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "RECIPES", "datasets
            "summarize", "plot", "verdicts", "results"]
 
 NAME = "architectures"
-TITLE = "Bi-Real Net-18 on CIFAR-10: Bop against latent weights with Adam (torchbop's own comparison, no published claim)"
+TITLE = ("Bi-Real Net-18 on CIFAR-10: Bop against latent weights with Adam (torchbop's own comparison, no published "
+         "claim)")
 VERSION = 1
 KEEP_RUN_DIR = False
 NOT_SCALE = frozenset({"precision"})
@@ -103,9 +104,7 @@ def plan(cfg: Config) -> list[RunSpec]:
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    result, history, data = train_stored_run(params, ctx, "cifar10")
-    return {**result, "history": history["epochs"], "train_images": len(data["train"][1]),
-            "test_images": len(data["test"][1])}
+    return train_epochs_run(params, ctx, "cifar10")
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -183,23 +182,19 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2%}"
-
-    def num(value: float | None, fmt: str = ",.0f") -> str:
-        return "-" if value is None else format(value, fmt)
-
     lines = ["| optimizer | seeds | test accuracy, mean | std (sample) | min-max | flips, first epoch | "
              "flips, last epoch | ms per step (median) |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["tables"]["optimizers"]:
-        lines.append(f"| {r['optimizer']} | {r['seeds']} | {pct(r['test_acc_mean'])} | {pct(r['test_acc_std'])} | "
-                     f"{pct(r['test_acc_min'])}-{pct(r['test_acc_max'])} | {num(r['flips_first_epoch_mean'])} | "
-                     f"{num(r['flips_last_epoch_mean'])} | {num(r['ms_per_step_median'], '.1f')} |")
+        lines.append(f"| {r['optimizer']} | {r['seeds']} | {percent(r['test_acc_mean'])} | "
+                     f"{percent(r['test_acc_std'])} | {percent(r['test_acc_min'])}-{percent(r['test_acc_max'])} | "
+                     f"{number(r['flips_first_epoch_mean'])} | "
+                     f"{number(r['flips_last_epoch_mean'])} | {number(r['ms_per_step_median'], '.1f')} |")
     lines += ["", "| optimizer | seed | test accuracy | epochs | flips, first / last epoch | ms per step | "
               "train / test images |", "|---|---|---|---|---|---|---|"]
     for r in summary["tables"]["runs"]:
-        lines.append(f"| {r['optimizer']} | {r['seed']} | {pct(r['test_acc'])} | {r['epochs']} | "
-                     f"{num(r['flips_first_epoch'])} / {num(r['flips_last_epoch'])} | {num(r['ms_per_step'], '.1f')} "
+        lines.append(f"| {r['optimizer']} | {r['seed']} | {percent(r['test_acc'])} | {r['epochs']} | "
+                     f"{number(r['flips_first_epoch'])} / {number(r['flips_last_epoch'])} | "
+                     f"{number(r['ms_per_step'], '.1f')} "
                      f"| {r['train_images']} / {r['test_images']} |")
     lines += ["", "Same network, data, batch size, epochs and seeds for both optimizers; test accuracy of the final "
               "weights. Milliseconds per step: the run's wall-clock time per training step, evaluation excluded "

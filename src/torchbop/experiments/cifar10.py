@@ -24,7 +24,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from torchbop.experiments.common import stored_train_config, train_stored_run
+from torchbop.experiments.common import stored_train_config, train_epochs_run
 from torchbop.experiments.plots import COLORS, scale_note
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict
@@ -94,9 +94,7 @@ def plan(cfg: Config) -> list[RunSpec]:
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    result, history, data = train_stored_run(params, ctx, "cifar10")
-    return {**result, "history": history["epochs"], "train_images": len(data["train"][1]),
-            "test_images": len(data["test"][1])}
+    return train_epochs_run(params, ctx, "cifar10")
 
 
 def describe(result: dict[str, Any]) -> str:

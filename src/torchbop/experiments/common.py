@@ -23,7 +23,8 @@ from torchbop.training.optimizers import build_model
 from torchbop.training.precision import resolve_precision
 from torchbop.training.data import seeded_subset
 
-__all__ = ["load_data", "evaluate", "stored_train_config", "run_config", "seeded_model", "train_run",
+__all__ = ["load_data", "evaluate", "train_epochs_run", "percent", "number",
+           "stored_train_config", "run_config", "seeded_model", "train_run",
            "resumable_checkpoint", "train_stored_run", "set_weight_quantizers", "freeze_binary_weights"]
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -178,3 +179,21 @@ def train_stored_run(params: dict[str, Any], ctx: RunContext, dataset: str, *,
     config = run_config(params["train"], ctx.run_dir)
     result, history = train_run(config, data, seeded_model(config), per_step=per_step, log=ctx.log)
     return result, history, data
+
+
+def train_epochs_run(params: dict[str, Any], ctx: RunContext, dataset: str) -> dict[str, Any]:
+    """:func:`train_stored_run`'s result with the per-epoch history and the numbers of training and test images: what
+    the experiments that compare whole runs store."""
+    result, history, data = train_stored_run(params, ctx, dataset)
+    return {**result, "history": history["epochs"], "train_images": len(data["train"][1]),
+            "test_images": len(data["test"][1])}
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a table cell: ``0.4467 -> '44.67%'``, None -> ``'-'``."""
+    return "-" if value is None else f"{value:.2%}"
+
+
+def number(value: float | None, fmt: str = ",.0f") -> str:
+    """A number as a table cell in ``fmt`` (thousands separated by default), None -> ``'-'``."""
+    return "-" if value is None else format(value, fmt)

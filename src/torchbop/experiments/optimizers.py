@@ -81,7 +81,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from torchbop.data import class_balanced_split
-from torchbop.experiments.common import load_data, stored_train_config, train_run, run_config, seeded_model
+from torchbop.experiments.common import (load_data, number, percent, run_config, seeded_model, stored_train_config,
+                                        train_run)
 from torchbop.experiments.plots import COLORS
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict
@@ -381,17 +382,12 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2%}"
-
-    def num(value: float | None, fmt: str = ",.0f") -> str:
-        return "-" if value is None else format(value, fmt)
-
     def row(r: dict[str, Any]) -> str:
-        return (f"| {r['optimizer']} | {r['hyper']} | {r['seeds']} | {pct(r['val_acc_mean'])} | "
-                f"{pct(r['test_acc_mean'])} | {pct(r['test_acc_std'])} | {pct(r['test_acc_min'])}-"
-                f"{pct(r['test_acc_max'])} | {num(r['flips_first_epoch_mean'])} | {num(r['flips_last_epoch_mean'])} "
-                f"| {num(r['ms_per_step_median'], '.1f')} |")
+        return (f"| {r['optimizer']} | {r['hyper']} | {r['seeds']} | {percent(r['val_acc_mean'])} | "
+                f"{percent(r['test_acc_mean'])} | {percent(r['test_acc_std'])} | {percent(r['test_acc_min'])}-"
+                f"{percent(r['test_acc_max'])} | {number(r['flips_first_epoch_mean'])} | "
+                f"{number(r['flips_last_epoch_mean'])} "
+                f"| {number(r['ms_per_step_median'], '.1f')} |")
 
     header = ["| optimizer | grid point | seeds | validation accuracy, mean | test accuracy, mean | std (sample) | "
               "min-max | flips, first epoch | flips, last epoch | ms per step (median) |",
