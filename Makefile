@@ -24,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 # One worker per CPU core (the tests run one thread each); a test file stays on one worker, so that its fixtures are
 # built once. Plain `pytest` runs the same tests in one process.
 test: install
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 # `make demo`: the paper's four experiments at the quick profile (under 15 minutes on a 2-core CPU), then the report

@@ -28,13 +28,12 @@ import statistics
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from train_step import timed  # benchmarks/train_step.py: wall and CPU seconds of one call
+
 from torchbop.models import create_model
 from torchbop.models.memory_format import to_channels_last
-from torchbop.nn import clip_latent_weights_, named_binary_layers
+from torchbop.nn import clip_latent_weights_, named_binary_layers, split_binary_params
 from torchbop.optim import Bop, CompositeOptimizer
-from torchbop.nn import split_binary_params
 
 VARIANTS = ("bop", "latent", "float")
 

@@ -33,8 +33,7 @@ from typing import Callable
 
 import torch
 
-from torchbop.optim import Bop, Bop2ndOrder, CEMA
-from torchbop.optim import _fused
+from torchbop.optim import CEMA, Bop, Bop2ndOrder, _fused
 from torchbop.optim.bop import _fused_bop, _nonfinite_entries, _single_tensor_bop
 
 BASELINE = "SGD(momentum=0.9, foreach)"

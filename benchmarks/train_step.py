@@ -61,7 +61,6 @@ from torchbop.models import BinaryNet, MnistBNN
 from torchbop.models.memory_format import to_channels_last
 from torchbop.training.precision import describe_resolution, resolve_precision
 
-
 FORMATS = ("nchw", "channels_last")
 
 

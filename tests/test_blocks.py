@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from torchbop.nn import BiRealBlock, BinaryConv2d, ReActNetBlock, RPReLU, RSign
+from torchbop.nn import BinaryConv2d, BiRealBlock, ReActNetBlock, RPReLU, RSign
 from torchbop.quantizers import ApproxSign, SteSign, approx_sign
 
 

@@ -14,9 +14,9 @@ from torch import fx, nn
 
 from torchbop.deploy.summary import summary
 from torchbop.models import MODELS, BinaryResNet18, BiRealNet18, ReActNetA, create_model
+from torchbop.models.binary_resnet import BinaryBasicBlock
 from torchbop.models.memory_format import input_memory_format
 from torchbop.nn import BiRealBlock, ReActNetBlock, named_binary_layers, split_binary_params
-from torchbop.models.binary_resnet import BinaryBasicBlock
 from torchbop.optim import Bop, CompositeOptimizer
 
 BN = 4  # numbers per batch-norm channel: weight, bias, running mean, running var

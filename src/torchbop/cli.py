@@ -61,10 +61,17 @@ from torchbop.experiments.registry import EXPERIMENTS
 from torchbop.experiments.report import build_report
 from torchbop.models import create_model
 from torchbop.training.checkpoints import load_checkpoint, load_model, stored_config
-from torchbop.training.config import (PROTOCOLS, TrainConfig, apply_overrides, available_recipes, check_environment,
-                                      field_domains, load_recipe)
-from torchbop.training.run_folder import checkpoint_of
+from torchbop.training.config import (
+    PROTOCOLS,
+    TrainConfig,
+    apply_overrides,
+    available_recipes,
+    check_environment,
+    field_domains,
+    load_recipe,
+)
 from torchbop.training.loop import check_config, format_summary, train
+from torchbop.training.run_folder import checkpoint_of
 
 __all__ = ["Command", "COMMANDS", "SHARED_OPTIONS", "build_parser", "config_from_args", "settings_from_args", "main"]
 

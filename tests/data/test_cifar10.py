@@ -12,7 +12,6 @@ import pickle
 import shutil
 import struct
 import tarfile
-
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from torchbop.data import ChecksumError, DatasetNotFoundError, load_cifar10, rea
 from torchbop.data import cifar10 as cifar10_module
 from torchbop.data.paths import RemoteFile
 from torchbop.data.verify import image_set_digest
-
 
 # ------------------------------------------------------------------------------------------------------------------
 #  A Python 2 cPickle (protocol 2) of a CIFAR-10 batch, written opcode by opcode: str keys, an ndarray whose raw

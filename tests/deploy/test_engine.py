@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import torchbop
-from torchbop.deploy import pack_model
 from torchbop.deploy import engine_kernels as K
+from torchbop.deploy import pack_model
 from torchbop.deploy.bit_engine import BinaryLayerOp, FloatThresholdOp
 from torchbop.deploy.graph_export import network_nodes
 from torchbop.models import create_model

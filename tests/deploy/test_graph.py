@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchbop.deploy.bit_engine import BinaryLayerOp
 from torchbop.deploy import export, load_packed, pack_model
+from torchbop.deploy.bit_engine import BinaryLayerOp
 from torchbop.deploy.packed_format import read_packed
 from torchbop.errors import UserError
 from torchbop.models.memory_format import to_channels_last

@@ -45,7 +45,7 @@ from torchbop.deploy import export_onnx, onnx_model
 from torchbop.deploy.graph_tracer import SIGN_QUANTIZERS
 from torchbop.models import create_model
 from torchbop.nn import BinaryConv2d, BinaryLinear, RSign, ShiftBatchNorm2d
-from torchbop.quantizers import StochasticSign, SteSign
+from torchbop.quantizers import SteSign, StochasticSign
 from torchbop.training.config import TrainConfig
 
 BATCH_SIZES = (1, 7, 64)

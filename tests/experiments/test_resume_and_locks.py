@@ -27,8 +27,15 @@ import torch
 
 from torchbop.cli import main
 from torchbop.experiments import configure, registry, run_experiment
-from torchbop.experiments.common import (load_data, resumable_checkpoint, run_config, seeded_model,
-                                         stored_train_config, train_run, train_stored_run)
+from torchbop.experiments.common import (
+    load_data,
+    resumable_checkpoint,
+    run_config,
+    seeded_model,
+    stored_train_config,
+    train_run,
+    train_stored_run,
+)
 from torchbop.experiments.run_clock import RunClock
 from torchbop.experiments.run_lock import RunLock
 from torchbop.experiments.spec import RunContext, RunSpec

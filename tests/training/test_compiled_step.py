@@ -34,8 +34,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchbop.nn import BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
 import torchbop.training.loop as loop
+from torchbop.nn import BinaryConv2d, BinaryLinear, ShiftBatchNorm1d, ShiftBatchNorm2d
 from torchbop.training import Observer, train
 from torchbop.training.run_logs import read_metrics
 

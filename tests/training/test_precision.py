@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from torchbop.training import train
 from torchbop.training import precision as P
+from torchbop.training import train
 from torchbop.training.config import TrainConfig, load_recipe
 
 

@@ -156,7 +156,7 @@ def test_reproduction_protocol_tests_best_checkpoint(tiny_config, synthetic):
 class TestDataModule:
     def test_reproduction_split_is_class_balanced_and_held_out(self, tiny_config, synthetic):
         dm = make_splits(tiny_config(protocol="reproduction", val_fraction=0.25), data=synthetic)
-        (xt, yt), (xv, yv), (xs, ys) = dm.train, dm.val, dm.test
+        (xt, yt), (xv, yv), (_xs, ys) = dm.train, dm.val, dm.test
         assert len(yt) + len(yv) == 256 and abs(len(yv) - 64) <= 10
         assert xt.shape[1:] == (1, 28, 28)
         assert ys is synthetic["test"][1] or torch.equal(ys, synthetic["test"][1])

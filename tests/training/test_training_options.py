@@ -4,10 +4,8 @@ schedule (the Bop2ndOrder authors' CIFAR-10 recipe), batch-norm recalibration, a
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
-import torch
 
 from torchbop.cli import main
 from torchbop.optim import CEMA, Bop2ndOrder

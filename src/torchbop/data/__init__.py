@@ -24,7 +24,7 @@ Example:
     (torch.Size([8, 1, 28, 28]), -1.0)
 """
 
-import torch
+import torch  # noqa: F401  (the module docstring's doctest uses it)
 
 from torchbop.data.cifar10 import CIFAR10_CLASSES, load_cifar10, read_cifar10_batch
 from torchbop.data.datasets import DATASETS, Dataset, get_dataset, load_dataset

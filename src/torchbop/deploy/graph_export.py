@@ -35,8 +35,7 @@ from torch import Tensor, fx, nn
 from torchbop.deploy.graph_tracer import BATCH_NORMS, SIGN_QUANTIZERS, owner, trace_network
 from torchbop.deploy.packed_ops import pack_weight_bits
 from torchbop.models.memory_format import to_channels_last
-from torchbop.nn import BinaryConv2d, BinaryLinear
-from torchbop.nn import RPReLU, RSign
+from torchbop.nn import BinaryConv2d, BinaryLinear, RPReLU, RSign
 from torchbop.quantizers import sign
 
 __all__ = ["network_nodes", "SUPPORTED_MODULES", "SUPPORTED_FUNCTIONS"]

@@ -43,10 +43,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchbop.deploy.graph_export import network_nodes
-from torchbop.deploy.packed_format import read_packed, write_packed
 from torchbop.deploy.bit_engine import build_engine_ops, to_float
 from torchbop.deploy.engine_kernels import resolve_engine
+from torchbop.deploy.graph_export import network_nodes
+from torchbop.deploy.packed_format import read_packed, write_packed
 from torchbop.deploy.packed_ops import build_op
 from torchbop.errors import UserError
 

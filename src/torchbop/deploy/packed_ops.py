@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchbop.models.memory_format import to_channels_last
 from torchbop.deploy.bit_layout import pack_bytes
 from torchbop.deploy.packed_layers import PackedBatchNorm, PackedBinaryConv2d, PackedBinaryLinear
+from torchbop.models.memory_format import to_channels_last
 from torchbop.quantizers import sign
 
 __all__ = ["OPS", "build_op", "pack_weight_bits", "unpack_weight_bits", "MEMORY_FORMATS"]

@@ -35,8 +35,16 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from torchbop.data import DeviceLoader
-from torchbop.experiments.common import (evaluate, freeze_binary_weights, load_data, run_config, seeded_model,
-                                         set_weight_quantizers, stored_train_config, train_run)
+from torchbop.experiments.common import (
+    evaluate,
+    freeze_binary_weights,
+    load_data,
+    run_config,
+    seeded_model,
+    set_weight_quantizers,
+    stored_train_config,
+    train_run,
+)
 from torchbop.experiments.plots import COLORS, scale_note
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict

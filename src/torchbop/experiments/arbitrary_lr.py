@@ -73,8 +73,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from torchbop.data import DeviceLoader
-from torchbop.experiments.common import (load_data, run_config, seeded_model, set_weight_quantizers,
-                                         stored_train_config, train_run)
+from torchbop.experiments.common import (
+    load_data,
+    run_config,
+    seeded_model,
+    set_weight_quantizers,
+    stored_train_config,
+    train_run,
+)
 from torchbop.experiments.plots import COLORS, scale_note
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict

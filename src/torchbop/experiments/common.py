@@ -18,10 +18,10 @@ from torchbop.experiments.spec import RunContext
 from torchbop.nn import binary_parameters, named_binary_layers
 from torchbop.training import TrainConfig, train
 from torchbop.training.checkpoints import load_checkpoint, observer_state, stored_config
+from torchbop.training.data import seeded_subset
 from torchbop.training.history import History
 from torchbop.training.optimizers import build_model
 from torchbop.training.precision import resolve_precision
-from torchbop.training.data import seeded_subset
 
 __all__ = ["load_data", "evaluate", "train_epochs_run", "percent", "number",
            "stored_train_config", "run_config", "seeded_model", "train_run",

@@ -81,8 +81,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from torchbop.data import class_balanced_split
-from torchbop.experiments.common import (load_data, number, percent, run_config, seeded_model, stored_train_config,
-                                        train_run)
+from torchbop.experiments.common import (
+    load_data,
+    number,
+    percent,
+    run_config,
+    seeded_model,
+    stored_train_config,
+    train_run,
+)
 from torchbop.experiments.plots import COLORS
 from torchbop.experiments.spec import RunContext, RunSpec
 from torchbop.experiments.verdicts import Verdict

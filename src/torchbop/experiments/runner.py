@@ -56,8 +56,15 @@ from torchbop.experiments.plots import save_figure
 from torchbop.experiments.profiles import PROFILES
 from torchbop.experiments.registry import get_experiment
 from torchbop.experiments.spec import RunSpec
-from torchbop.experiments.store import (compute_time_s, environment, jsonable, read_json, time_stamp, write_csv,
-                                        write_json)
+from torchbop.experiments.store import (
+    compute_time_s,
+    environment,
+    jsonable,
+    read_json,
+    time_stamp,
+    write_csv,
+    write_json,
+)
 from torchbop.training.config import field_domains
 
 __all__ = ["configure", "config_from_dict", "run_experiment", "experiment_dir", "write_outputs", "quiet_lightning"]

@@ -17,8 +17,8 @@ Example:
 
 from torchbop.nn.activations import RPReLU, RSign
 from torchbop.nn.blocks import BiRealBlock, ReActNetBlock
-from torchbop.nn.init import INIT_SCHEMES, binarize_, clip_latent_weights_, init_binary_weights_
 from torchbop.nn.convert import binarize
+from torchbop.nn.init import INIT_SCHEMES, binarize_, clip_latent_weights_, init_binary_weights_
 from torchbop.nn.layers import (
     MODES,
     SCALES,

@@ -43,8 +43,20 @@ import torch
 import yaml
 
 from torchbop.data.datasets import DATASETS
-from torchbop.domains import (AnyOf, Bool, Choice, Domain, Folder, Int, KeyOf, Mapping, Real, Text, check_known,
-                              parse_assignments)
+from torchbop.domains import (
+    AnyOf,
+    Bool,
+    Choice,
+    Domain,
+    Folder,
+    Int,
+    KeyOf,
+    Mapping,
+    Real,
+    Text,
+    check_known,
+    parse_assignments,
+)
 from torchbop.models import MODELS, create_model
 
 __all__ = ["TrainConfig", "load_recipe", "apply_overrides", "available_recipes", "recipe_path", "field_domains",

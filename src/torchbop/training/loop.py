@@ -38,7 +38,6 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -50,7 +49,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from torchbop.data import DatasetNotFoundError, DeviceLoader
-from torchbop.errors import UserError, blame_user
+from torchbop.errors import blame_user
 from torchbop.metrics import latent_at_clip
 from torchbop.models.memory_format import input_memory_format
 from torchbop.nn import clip_latent_weights_
@@ -60,8 +59,13 @@ from torchbop.training.data import load_split, make_splits, recalibrate_batch_no
 from torchbop.training.history import Observer
 from torchbop.training.optimizers import Optimization, build_model, build_optimizer
 from torchbop.training.precision import describe_resolution, resolve_precision
-from torchbop.training.run_folder import (clear_run_files, finished_summary, format_summary, resolve_run_folder,
-                                         write_summary)
+from torchbop.training.run_folder import (
+    clear_run_files,
+    finished_summary,
+    format_summary,
+    resolve_run_folder,
+    write_summary,
+)
 from torchbop.training.run_logs import RunLogs
 
 __all__ = ["train", "check_config", "format_summary", "loss_and_accuracy", "Run", "COMPILE_OPTIONS"]
