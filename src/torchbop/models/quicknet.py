@@ -89,24 +89,19 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from torchbop.models.memory_format import memory_format_of
+from torchbop.models._family import FamilyModel, scaled
 from torchbop.nn import BinaryConv2d
-from torchbop.nn.layers import MODES
 from torchbop.quantizers import SteSign, sign
 
 __all__ = ["QuickNet", "QuickNetSmall", "QuickNetLarge", "ResidualBlock", "STEMS", "LATENT_WEIGHT_BOUND",
            "CLIP_VALUE"]
 
 #: Input sizes (and default class counts) the stem is built for.
-STEMS = {"imagenet": 1000, "cifar10": 10}
+STEMS = {"imagenet": 1000, "cifar10": 10}  # stem -> classes (the arguments are checked by FamilyModel)
 #: ``clip_value`` of the SteSign input and weight quantizers (Larq Zoo's ``SteSign(clip_value=1.25)``).
 CLIP_VALUE = 1.25
 #: Larq Zoo's ``WeightClip(clip_value=1.25)`` on latent weights: pass it to ``clip_latent_weights_`` in latent mode.
 LATENT_WEIGHT_BOUND = 1.25
-
-
-def _scaled(n: int, width: float) -> int:
-    return max(1, round(n * width))
 
 
 def _bn(channels: int, keras_default: bool = False, affine: bool = True) -> nn.BatchNorm2d:
@@ -165,7 +160,7 @@ class ResidualBlock(nn.Module):
         return x + self.bn(self.act(self.conv(x)))
 
 
-class QuickNet(nn.Module):
+class QuickNet(FamilyModel):
     r"""QuickNet (Larq Zoo); see the module docstring for the layers, the stems and what was compared.
 
     Args:
@@ -193,23 +188,11 @@ class QuickNet(nn.Module):
 
     def __init__(self, mode: str = "bop", stem: str = "imagenet", num_classes: int | None = None,
                  width: float = 1.0, channels_last: bool = True) -> None:
-        super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
-        if stem not in STEMS:
-            raise ValueError(f"Invalid stem: {stem!r} (expected one of {tuple(STEMS)})")
-        if num_classes is None:
-            num_classes = STEMS[stem]
-        if isinstance(num_classes, bool) or not (isinstance(num_classes, int) and num_classes >= 1):
-            raise ValueError(f"Invalid num_classes: {num_classes!r} (must be an int >= 1, or None for the stem's)")
-        if isinstance(width, bool) or not (isinstance(width, (int, float)) and width > 0):
-            raise ValueError(f"Invalid width: {width!r} (must be a number > 0, e.g. 0.25)")
-        if not isinstance(channels_last, bool):
-            raise ValueError(f"Invalid channels_last: {channels_last!r} (must be true or false)")
-        self.mode, self.stem, self.num_classes, self.width = mode, stem, num_classes, width
+        super().__init__(mode=mode, stem=stem, num_classes=num_classes, width=width, channels_last=channels_last)
+        num_classes = self.num_classes
 
-        filters = [_scaled(f, width) for f in self.section_filters]
-        mid = _scaled(self.section_filters[0] // 4, width)
+        filters = [scaled(f, width) for f in self.section_filters]
+        mid = scaled(self.section_filters[0] // 4, width)
         sections: list[tuple[str, nn.Module]] = [("stem", self._stem(stem, mid, filters[0]))]
         previous = self.section_filters[0]
         for s, (blocks, f, f_scaled) in enumerate(zip(self.section_blocks, self.section_filters, filters)):
@@ -227,8 +210,6 @@ class QuickNet(nn.Module):
             act=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
             fc=nn.Linear(filters[-1], num_classes)))
         self._init_weights()
-        self.channels_last = channels_last
-        self.memory_format = memory_format_of(channels_last)  # what the training engine's loader produces
 
     @staticmethod
     def _stem(stem: str, mid: int, out: int) -> nn.Sequential:
@@ -264,24 +245,6 @@ class QuickNet(nn.Module):
                 _keras_normal_(section.transition.conv.weight, 1.0, "fan_avg")
         _keras_normal_(self.head.fc.weight, 1.0, "fan_avg")
         nn.init.zeros_(self.head.fc.bias)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Stem and the four sections: images ``[N, 3, H, W]`` to feature maps ``[N, C, H/32, W/32]`` (``H/8`` with
-        the CIFAR-10 stem), channels_last when the model is."""
-        if self.channels_last:  # one method call that torch.fx records (to_channels_last branches on strides)
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.features(x)
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        """ReLU, global average pooling, dense: feature maps to logits ``[N, num_classes]``."""
-        return self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def extra_repr(self) -> str:
-        return (f"mode={self.mode}, stem={self.stem}, num_classes={self.num_classes}, width={self.width}"
-                + ("" if self.channels_last else ", channels_last=False"))
 
 
 class QuickNetSmall(QuickNet):
