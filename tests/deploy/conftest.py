@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from torchbop.data import DatasetNotFoundError, load_cifar10, load_mnist, scale_images
 from torchbop.data.paths import resolve_data_dir
@@ -33,3 +34,32 @@ def cifar10_images() -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = _load(load_cifar10, False)
     return scale_images(images[:N_IMAGES]), labels[:N_IMAGES]
 
+
+def _realistic(model: nn.Module, images: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Random learned activations and scales, batch-norm statistics of ``images``; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, value in [*model.named_parameters(), *model.named_buffers()]:
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("threshold", "shift_in", "shift_out"):
+                value.copy_(torch.randn(value.shape, generator=g) * 0.3)
+            elif leaf == "slope":
+                value.copy_(torch.rand(value.shape, generator=g))
+            elif leaf == "weight_scale":
+                value.copy_(torch.rand(value.shape, generator=g) + 0.5)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.5)
+        model.train()(images)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def realistic():
+    """``realistic(model, images, seed=0) -> model``: random learned activations (RSign thresholds, RPReLU shifts and
+    slopes), weight scales and batch-norm shifts, batch-norm statistics of ``images``; eval mode (shared by the
+    packed-model and ONNX tests)."""
+    return _realistic

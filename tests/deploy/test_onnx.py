@@ -67,28 +67,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def realistic(model: nn.Module, images: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Random learned activations and scales, batch-norm statistics of ``images``; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, value in [*model.named_parameters(), *model.named_buffers()]:
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("threshold", "shift_in", "shift_out"):
-                value.copy_(torch.randn(value.shape, generator=g) * 0.3)
-            elif leaf == "slope":
-                value.copy_(torch.rand(value.shape, generator=g))
-            elif leaf == "weight_scale":
-                value.copy_(torch.rand(value.shape, generator=g) + 0.5)
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.5)
-        model.train()(images)
-    return model.eval()
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Following every sign
 
@@ -173,7 +151,7 @@ CIFAR_FAMILIES = ["binarynet", "bireal_net18", "reactnet_a", "binary_resnet18", 
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("mode", ["bop", "latent"])
-def test_mnist_bnn_predicts_as_torch(mnist_images, mode):
+def test_mnist_bnn_predicts_as_torch(mnist_images, mode, realistic):
     images, _ = mnist_images
     assert_predicts_as_torch(realistic(create_model("mnist_bnn", mode=mode), images), images)
 
@@ -181,14 +159,14 @@ def test_mnist_bnn_predicts_as_torch(mnist_images, mode):
 @pytest.mark.realdata
 @pytest.mark.parametrize("mode", ["bop", "latent"])
 @pytest.mark.parametrize("name", CIFAR_FAMILIES)
-def test_cifar10_families_predict_as_torch(cifar10_images, name, mode):
+def test_cifar10_families_predict_as_torch(cifar10_images, name, mode, realistic):
     images, _ = cifar10_images
     kwargs = {"width": 1 / 8} if name == "binarynet" else {"stem": "cifar10", "width": 1 / 8}
     assert_predicts_as_torch(realistic(create_model(name, mode=mode, **kwargs), images), images)
 
 
 @pytest.mark.realdata
-def test_a_binarized_model_with_scales_and_pad_values_predicts_as_torch(cifar10_images):
+def test_a_binarized_model_with_scales_and_pad_values_predicts_as_torch(cifar10_images, realistic):
     images, _ = cifar10_images
     torch.manual_seed(0)
     real = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardtanh(),

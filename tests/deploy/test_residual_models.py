@@ -39,28 +39,6 @@ def cifar10_test_images(data_dir) -> torch.Tensor:
     return scale_images(images[:N_IMAGES])
 
 
-def realistic(model: nn.Module, images: torch.Tensor, seed: int) -> nn.Module:
-    """Random learned activations and scales, batch-norm statistics from ``images``; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, value in [*model.named_parameters(), *model.named_buffers()]:
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("threshold", "shift_in", "shift_out"):
-                value.copy_(torch.randn(value.shape, generator=g) * 0.3)
-            elif leaf == "slope":
-                value.copy_(torch.rand(value.shape, generator=g))
-            elif leaf == "weight_scale":
-                value.copy_(torch.rand(value.shape, generator=g) + 0.5)
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.5)
-        model.train()(images)
-    return model.eval()
-
-
 def assert_same_predictions(model: nn.Module, packed: nn.Module, images: torch.Tensor) -> None:
     with torch.no_grad():
         expected = model(images)
@@ -77,7 +55,7 @@ FAMILIES = [("bireal_net18", {}), ("reactnet_a", {}), ("binary_resnet18", {}), (
 @pytest.mark.realdata
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name, kwargs", FAMILIES)
-def test_export_load_predicts_as_the_model(cifar10_test_images, tmp_path, name, kwargs, backend):
+def test_export_load_predicts_as_the_model(cifar10_test_images, tmp_path, name, kwargs, backend, realistic):
     torch.manual_seed(0)
     model = realistic(create_model(name, stem="cifar10", width=1 / 8, **kwargs), cifar10_test_images, seed=1)
     path = export(model, tmp_path / f"{name}.tbop", input_shape=[3, 32, 32])
@@ -87,7 +65,7 @@ def test_export_load_predicts_as_the_model(cifar10_test_images, tmp_path, name, 
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_imagenet_stem_with_zero_padding(cifar10_test_images, backend):
+def test_imagenet_stem_with_zero_padding(cifar10_test_images, backend, realistic):
     """QuickNet's ImageNet stem pads with ``nn.ZeroPad2d``; 64x64 images keep the test fast."""
     images = nn.functional.interpolate(cifar10_test_images[:64], size=64, mode="bilinear", align_corners=False)
     torch.manual_seed(1)
@@ -118,7 +96,7 @@ class FloatResNet(nn.Module):
 @pytest.mark.realdata
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scale", [None, "fixed"])
-def test_a_binarized_model(cifar10_test_images, backend, scale):
+def test_a_binarized_model(cifar10_test_images, backend, scale, realistic):
     torch.manual_seed(2)
     model = torchbop.binarize(FloatResNet(), scale=scale)
     assert sum(getattr(m, "is_binary", False) for m in model.modules()) == 3  # first and last layer stay real
