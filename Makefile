@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml
 # built once. Plain `pytest` runs the same tests in one process.
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 # `make demo`: the paper's four experiments at the quick profile (under 15 minutes on a 2-core CPU), then the report

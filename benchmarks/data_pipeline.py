@@ -92,16 +92,19 @@ def main() -> None:
         images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8)
         labels = torch.randint(0, 10, (50_000,))
         source = "random uint8 images of CIFAR-10's shape (real data not found)"
-    print(f"torch {torch.__version__}, device {device}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-          f"{torch.get_num_threads()} threads; data: {source}")
+    print(
+        f"torch {torch.__version__}, device {device}"
+        f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"{torch.get_num_threads()} threads; data: {source}"
+    )
     print(f"{'batch':>6} {'DeviceLoader img/s':>20} {'per-image loop img/s':>21} {'ratio':>7}")
     for batch_size in args.batch_sizes:
         loader = DeviceLoader(images, labels, batch_size, augment=True, seed=0, device=device)
         fast = best_time(lambda: device_loader_batches(loader, args.images), args.repeats, device)
         device_images = images.to(device)
-        slow = best_time(lambda: per_image_batches(device_images, batch_size, args.baseline_images, 0),
-                         args.repeats, device)
+        slow = best_time(
+            lambda: per_image_batches(device_images, batch_size, args.baseline_images, 0), args.repeats, device
+        )
         fast_rate, slow_rate = args.images / fast, args.baseline_images / slow
         print(f"{batch_size:>6} {fast_rate:>20,.0f} {slow_rate:>21,.0f} {fast_rate / slow_rate:>6.1f}x")
 

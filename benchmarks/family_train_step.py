@@ -54,8 +54,9 @@ def build(model_name: str, width: float, variant: str) -> nn.Module:
 def make_step(model: nn.Module, variant: str, x: torch.Tensor, y: torch.Tensor):
     if variant == "bop":
         binary, other = split_binary_params(model)
-        optimizer = CompositeOptimizer(Bop(binary, gamma=1e-4, threshold=1e-8), torch.optim.Adam(other, lr=0.01),
-                                       model=model)
+        optimizer = CompositeOptimizer(
+            Bop(binary, gamma=1e-4, threshold=1e-8), torch.optim.Adam(other, lr=0.01), model=model
+        )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1.25e-3)
 
@@ -83,24 +84,28 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = to_channels_last(torch.rand(args.batch_size, 3, 32, 32, generator=g) * 2 - 1)
     y = torch.randint(0, 10, (args.batch_size,), generator=g)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model} (CIFAR-10 stem), "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up (median)")
-    print(f"{'width':>6} {'variant':>8} {'ms/step':>9} {'images/s':>9} {'cpu ms/step':>12} "
-          f"{'time / bop (wall, cpu)':>23}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model} (CIFAR-10 stem), "
+        f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up (median)"
+    )
+    print(
+        f"{'width':>6} {'variant':>8} {'ms/step':>9} {'images/s':>9} {'cpu ms/step':>12} {'time / bop (wall, cpu)':>23}"
+    )
     for width in (float(w) for w in args.widths.split(",")):
         steps = {v: make_step(build(args.model, width, v), v, x, y) for v in VARIANTS}
         times: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
         for i in range(args.warmup + args.steps):
-            for variant in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
+            for variant in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
                 t = timed(steps[variant], x.device)
                 if i >= args.warmup:
                     times[variant].append(t)
-        med = {v: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
-               for v, ts in times.items()}
+        med = {v: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for v, ts in times.items()}
         for variant in VARIANTS:
             wall, cpu = med[variant]
-            print(f"{width:6.3g} {variant:>8} {wall * 1e3:9.1f} {args.batch_size / wall:9.1f} {cpu * 1e3:12.1f} "
-                  f"{wall / med['bop'][0]:>11.3f}, {cpu / med['bop'][1]:.3f}")
+            print(
+                f"{width:6.3g} {variant:>8} {wall * 1e3:9.1f} {args.batch_size / wall:9.1f} {cpu * 1e3:12.1f} "
+                f"{wall / med['bop'][0]:>11.3f}, {cpu / med['bop'][1]:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ Needs torch with CUDA, lightning, pyyaml and pytest; installs nothing, reaches n
 recipe at full width with ``compile: true`` for ``--epochs`` epochs, killed at its timeout (the time box), on real
 CIFAR-10 when found, else on a synthetic learnable set of its shape (``train.json``: images/s, test accuracy, steps);
 the benchmarks ``optimizer_step``, ``train_step``, ``data_pipeline``, each with its own ``--device cuda``
-(``train_speed.py``, the engine against a lean loop, has no CUDA flag yet: not in the plan). Each step writes ``OUT/<step>.log``; ``OUT/summary.json`` and ``OUT/summary.md`` (versions; per
-step its status, ``ok``, ``failed (exit N)``, ``timeout`` or ``skipped``, its seconds, command, numbers, last lines)
-are rewritten after every step. Exit status 1 when a step failed or timed out.
+(``train_speed.py``, the engine against a lean loop, has no CUDA flag yet: not in the plan). Each step writes
+``OUT/<step>.log``; ``OUT/summary.json`` and ``OUT/summary.md`` (versions; per step its status, ``ok``, ``failed (exit
+N)``, ``timeout`` or ``skipped``, its seconds, command, numbers, last lines) are rewritten after every step. Exit status
+1 when a step failed or timed out.
 
 Without CUDA, or with ``--dry``, the same steps run on the CPU (``--device cpu``, one thread, every flag of the GPU
 command at tiny sizes, BinaryNet 1/32 wide for 5 steps without ``compile``: inductor takes minutes on a CPU, and
@@ -39,21 +40,60 @@ PY = sys.executable
 
 def plan(dry: bool, out: Path, epochs: int = 4) -> list[tuple[str, list[str], float]]:
     """The steps as ``(name, command, timeout in seconds)``, run in this order from the repository root."""
+
     def bench(script: str, gpu: str, cpu: str) -> list[str]:  # cpu: every flag of gpu too, at tiny sizes
-        return [PY, f"benchmarks/{script}", "--device", "cpu" if dry else "cuda",
-                *(["--threads", "1", *cpu.split()] if dry else gpu.split())]
+        return [
+            PY,
+            f"benchmarks/{script}",
+            "--device",
+            "cpu" if dry else "cuda",
+            *(["--threads", "1", *cpu.split()] if dry else gpu.split()),
+        ]
 
     return [
-        ("tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfEs",
-                   "--continue-on-collection-errors", f"--junitxml={out / 'tests.xml'}", "tests"], 240),
-        ("train", [PY, str(Path(__file__).resolve()), str(out), "--train", "--epochs", str(epochs)]
-         + (["--dry"] if dry else []), 120 if dry else 200),
-        ("optimizer_step", bench("optimizer_step.py", "--rounds 8 --warmup 3",
-                                 "--rounds 1 --warmup 1 --width 0.03125 --no-fused"), 60),
-        ("train_step", bench("train_step.py", "--widths 1.0,0.25 --steps 8 --warmup 3",
-                             "--widths 0.03125 --steps 1 --warmup 1"), 90),
-        ("data_pipeline", bench("data_pipeline.py", "--images 20000 --repeats 2",
-                                "--images 500 --repeats 1 --baseline-images 100 --batch-sizes 50"), 60),
+        (
+            "tests",
+            [
+                PY,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-m",
+                "gpu",
+                "-rfEs",
+                "--continue-on-collection-errors",
+                f"--junitxml={out / 'tests.xml'}",
+                "tests",
+            ],
+            240,
+        ),
+        (
+            "train",
+            [PY, str(Path(__file__).resolve()), str(out), "--train", "--epochs", str(epochs)]
+            + (["--dry"] if dry else []),
+            120 if dry else 200,
+        ),
+        (
+            "optimizer_step",
+            bench("optimizer_step.py", "--rounds 8 --warmup 3", "--rounds 1 --warmup 1 --width 0.03125 --no-fused"),
+            60,
+        ),
+        (
+            "train_step",
+            bench("train_step.py", "--widths 1.0,0.25 --steps 8 --warmup 3", "--widths 0.03125 --steps 1 --warmup 1"),
+            90,
+        ),
+        (
+            "data_pipeline",
+            bench(
+                "data_pipeline.py",
+                "--images 20000 --repeats 2",
+                "--images 500 --repeats 1 --baseline-images 100 --batch-sizes 50",
+            ),
+            60,
+        ),
     ]
 
 
@@ -64,8 +104,14 @@ def run_step(cmd: list[str], log: Path, timeout: float) -> tuple[str, float]:
     with open(log, "w") as stream:
         stream.write(f"$ {' '.join(cmd)}\n")
         stream.flush()
-        proc = subprocess.Popen(cmd, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -80,9 +126,13 @@ def run_step(cmd: list[str], log: Path, timeout: float) -> tuple[str, float]:
 def write_summary(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     env = summary["env"]
-    lines = [f"# GPU check ({summary['mode']}): {env['gpu'] or 'no GPU'}, torch {env['torch']}, "
-             f"{summary['seconds']:.0f} s of {summary['budget_s']:.0f}", "", "| step | status | seconds |",
-             "|---|---|---|"]
+    lines = [
+        f"# GPU check ({summary['mode']}): {env['gpu'] or 'no GPU'}, torch {env['torch']}, "
+        f"{summary['seconds']:.0f} s of {summary['budget_s']:.0f}",
+        "",
+        "| step | status | seconds |",
+        "|---|---|---|",
+    ]
     lines += [f"| {n} | {s['status']} | {s.get('seconds', '')} |" for n, s in summary["steps"].items()]
     for name, step in summary["steps"].items():
         lines += ["", f"## {name}: {step['status']}", "", f"`{' '.join(step['command'])}`", step.get("note", "")]
@@ -99,8 +149,13 @@ def check(out: Path, dry: bool, budget: float, only: list[str] | None = None, ep
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     summary = {"mode": "dry (CPU)" if dry else "gpu", "env": env, "budget_s": budget, "steps": {}}
     for name, cmd, timeout in plan(dry, out, epochs):
         if only is not None and name not in only:
@@ -113,11 +168,16 @@ def check(out: Path, dry: bool, budget: float, only: list[str] | None = None, ep
         else:
             print(f"[gpu_check] {name} (at most {min(timeout, left):.0f} s) ...", flush=True)
             status, seconds = run_step(cmd, out / f"{name}.log", min(timeout, left))
-            tail = (out / f"{name}.log").read_text(errors="replace").splitlines()[-(25 if status == "ok" else 40):]
+            tail = (out / f"{name}.log").read_text(errors="replace").splitlines()[-(25 if status == "ok" else 40) :]
             result = out / f"{name}.json"  # the train step's numbers
-            summary["steps"][name] = {"status": status, "seconds": round(seconds, 1), "command": cmd,
-                                      "log": f"{name}.log", "tail": "\n".join(tail),
-                                      "numbers": json.loads(result.read_text()) if result.is_file() else None}
+            summary["steps"][name] = {
+                "status": status,
+                "seconds": round(seconds, 1),
+                "command": cmd,
+                "log": f"{name}.log",
+                "tail": "\n".join(tail),
+                "numbers": json.loads(result.read_text()) if result.is_file() else None,
+            }
             print(f"[gpu_check] {name}: {status} in {seconds:.0f} s", flush=True)
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_summary(out, summary)
@@ -134,7 +194,7 @@ def synthetic_cifar(n: int, seed: int) -> tuple:
     labels = torch.randint(0, 10, (n,), generator=g)
     images = (torch.rand(n, 3, 32, 32, generator=g) * 120).to(torch.uint8)
     for c in range(10):
-        images[labels == c, c % 3, 4 + 12 * (c // 5):10 + 12 * (c // 5), 2 + 6 * (c % 5):8 + 6 * (c % 5)] = 255
+        images[labels == c, c % 3, 4 + 12 * (c // 5) : 10 + 12 * (c // 5), 2 + 6 * (c % 5) : 8 + 6 * (c % 5)] = 255
     return images, labels
 
 
@@ -145,8 +205,11 @@ def train_run(out: Path, dry: bool, epochs: int) -> None:
     from torchbop.training import load_recipe, train
 
     overrides = [f"out={out / 'train'}", "progress_bar=false", "devices=1", f"accelerator={'cpu' if dry else 'gpu'}"]
-    overrides += (["model_kwargs.width=0.03125", "epochs=1", "limit_train_batches=5", "limit_eval_batches=1"] if dry
-                  else ["compile=true", f"epochs={epochs}"])
+    overrides += (
+        ["model_kwargs.width=0.03125", "epochs=1", "limit_train_batches=5", "limit_eval_batches=1"]
+        if dry
+        else ["compile=true", f"epochs={epochs}"]
+    )
     data, source = {"train": synthetic_cifar(500, 1), "test": synthetic_cifar(250, 2)}, "SYNTHETIC (a dry run)"
     if not dry:
         try:

@@ -30,8 +30,18 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_larq(args: argparse.Namespace, seed: int) -> dict:
-    command = [args.larq_python, str(HERE / "larq_mnist_bnn.py"), "--data-dir", args.data_dir,
-               "--threads", str(args.threads), "--epochs", str(args.epochs), "--seed", str(seed)]
+    command = [
+        args.larq_python,
+        str(HERE / "larq_mnist_bnn.py"),
+        "--data-dir",
+        args.data_dir,
+        "--threads",
+        str(args.threads),
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(seed),
+    ]
     if args.subset is not None:
         command += ["--subset", str(args.subset)]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -45,8 +55,23 @@ def run_larq(args: argparse.Namespace, seed: int) -> dict:
 def run_torchbop(args: argparse.Namespace, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "run"
-        command = [sys.executable, "-m", "torchbop.cli", "train", "--recipe", "mnist", "--epochs", str(args.epochs),
-                   "--seed", str(seed), "--data-dir", args.data_dir, "--out", str(out), "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "torchbop.cli",
+            "train",
+            "--recipe",
+            "mnist",
+            "--epochs",
+            str(args.epochs),
+            "--seed",
+            str(seed),
+            "--data-dir",
+            args.data_dir,
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
         if args.subset is not None:
             command += ["--subset", str(args.subset)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -60,8 +85,11 @@ def run_torchbop(args: argparse.Namespace, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--larq-python", required=True, help="a Python with larq, tensorflow and tf-keras")
-    parser.add_argument("--data-dir", default=os.environ.get("TORCHBOP_DATA"),
-                        help="the data root holding mnist/ (default: $TORCHBOP_DATA)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("TORCHBOP_DATA"),
+        help="the data root holding mnist/ (default: $TORCHBOP_DATA)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
@@ -76,18 +104,28 @@ def main() -> None:
         for side, runner in runners if r % 2 == 0 else runners[::-1]:
             rows[side].append(runner(args, seed=r))
             last = rows[side][-1]
-            print(f"round {r + 1}: {last['name']}: {last['images_per_s']:.0f} images/s, test accuracy "
-                  f"{last['test_acc']:.4f}", flush=True)
-    print(f"\nMNIST BNN, recipe mnist, {args.epochs} epoch(s){'' if args.subset is None else f' on {args.subset} images'}"
-          f", {args.threads} thread(s), first epoch's training images/s:")
+            print(
+                f"round {r + 1}: {last['name']}: {last['images_per_s']:.0f} images/s, test accuracy "
+                f"{last['test_acc']:.4f}",
+                flush=True,
+            )
+    print(
+        f"\nMNIST BNN, recipe mnist, {args.epochs} epoch(s){'' if args.subset is None else f' on {args.subset} images'}"
+        f", {args.threads} thread(s), first epoch's training images/s:"
+    )
     print("| | " + " | ".join(f"round {r + 1}" for r in range(args.rounds)) + " | median | test accuracy |")
     print("|---" * (args.rounds + 3) + "|")
     medians = {}
     for side, results in rows.items():
         speeds = [x["images_per_s"] for x in results]
         medians[side] = statistics.median(speeds)
-        print(f"| {results[0]['name']} | " + " | ".join(f"{s:.0f}" for s in speeds)
-              + f" | {medians[side]:.0f} | " + ", ".join(f"{x['test_acc']:.4f}" for x in results) + " |")
+        print(
+            f"| {results[0]['name']} | "
+            + " | ".join(f"{s:.0f}" for s in speeds)
+            + f" | {medians[side]:.0f} | "
+            + ", ".join(f"{x['test_acc']:.4f}" for x in results)
+            + " |"
+        )
     print(f"\ntorchbop / Larq images/s (medians): {medians['torchbop'] / medians['larq']:.2f}")
 
 

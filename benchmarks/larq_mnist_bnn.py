@@ -11,7 +11,8 @@ blocks (32, 64, 64 filters, 3x3, "same", no bias; the first without an input qua
 pooling and ``BatchNormalization(scale=False)`` (Keras' defaults: momentum 0.99, epsilon 1e-3), then two
 ``QuantDense`` blocks (64, 10) with batch norm; sign quantizers with the STE (``ste_sign``) on weights and inputs.
 The recipe is torchbop's ``mnist``: batch 100, ``Bop(gamma=1e-3, threshold=1e-6)`` for the binary kernels and
-``Adam(0.01)`` (Keras' legacy optimizer, which Larq 0.14 requires) for the rest through ``CaseOptimizer``, pixels scaled to [-1, 1], training set shuffled.
+``Adam(0.01)`` (Keras' legacy optimizer, which Larq 0.14 requires) for the rest through ``CaseOptimizer``, pixels scaled
+to [-1, 1], training set shuffled.
 
 Prints one JSON line: ``images_per_s`` of each training epoch (from the first batch's start to the last batch's end;
 validation is not run during ``fit``, so it is excluded) and the test accuracy after training.
@@ -37,7 +38,7 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     rank = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape)
 
 
@@ -55,12 +56,18 @@ def build_model(tf, lq):
         kwargs = dict(quantized, input_quantizer=None) if i == 0 else quantized
         if i == 0:
             kwargs["input_shape"] = (28, 28, 1)
-        layers += [lq.layers.QuantConv2D(filters, 3, padding="same", **kwargs),
-                   tf.keras.layers.MaxPool2D(2),
-                   tf.keras.layers.BatchNormalization(scale=False)]
-    layers += [tf.keras.layers.Flatten(),
-               lq.layers.QuantDense(64, **quantized), tf.keras.layers.BatchNormalization(scale=False),
-               lq.layers.QuantDense(10, **quantized), tf.keras.layers.BatchNormalization(scale=False)]
+        layers += [
+            lq.layers.QuantConv2D(filters, 3, padding="same", **kwargs),
+            tf.keras.layers.MaxPool2D(2),
+            tf.keras.layers.BatchNormalization(scale=False),
+        ]
+    layers += [
+        tf.keras.layers.Flatten(),
+        lq.layers.QuantDense(64, **quantized),
+        tf.keras.layers.BatchNormalization(scale=False),
+        lq.layers.QuantDense(10, **quantized),
+        tf.keras.layers.BatchNormalization(scale=False),
+    ]
     return tf.keras.Sequential(layers)
 
 
@@ -82,14 +89,16 @@ def main() -> None:
     x_train, y_train = load(Path(args.data_dir), "train")
     x_test, y_test = load(Path(args.data_dir), "test")
     if args.subset is not None:
-        x_train, y_train = x_train[:args.subset], y_train[:args.subset]
+        x_train, y_train = x_train[: args.subset], y_train[: args.subset]
 
     model = build_model(tf, lq)
     optimizer = lq.optimizers.CaseOptimizer(
         (lq.optimizers.Bop.is_binary_variable, lq.optimizers.Bop(threshold=1e-6, gamma=1e-3)),
-        default_optimizer=tf.keras.optimizers.legacy.Adam(0.01))  # Larq 0.14 takes legacy optimizers
-    model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+        default_optimizer=tf.keras.optimizers.legacy.Adam(0.01),
+    )  # Larq 0.14 takes legacy optimizers
+    model.compile(
+        optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
 
     class EpochTimer(tf.keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -107,9 +116,18 @@ def main() -> None:
     model.fit(x_train, y_train, batch_size=100, epochs=args.epochs, shuffle=True, verbose=0, callbacks=[timer])
     _, test_acc = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
     steps = len(x_train) // 100 + (len(x_train) % 100 > 0)
-    print(json.dumps({"framework": f"larq {lq.__version__}, tensorflow {tf.__version__}", "threads": args.threads,
-                      "images": len(x_train), "steps_per_epoch": steps,
-                      "images_per_s": [len(x_train) / s for s in timer.seconds], "test_acc": float(test_acc)}))
+    print(
+        json.dumps(
+            {
+                "framework": f"larq {lq.__version__}, tensorflow {tf.__version__}",
+                "threads": args.threads,
+                "images": len(x_train),
+                "steps_per_epoch": steps,
+                "images_per_s": [len(x_train) / s for s in timer.seconds],
+                "test_acc": float(test_acc),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,15 @@ def binarynet_weight_shapes(width: float = 1.0) -> list[tuple[int, ...]]:
     c = [max(1, round(n * width)) for n in (128, 256, 512)]
     d = max(1, round(1024 * width))
     return [
-        (c[0], 3, 3, 3), (c[0], c[0], 3, 3), (c[1], c[0], 3, 3), (c[1], c[1], 3, 3),
-        (c[2], c[1], 3, 3), (c[2], c[2], 3, 3), (d, c[2] * 9), (d, d), (10, d),
+        (c[0], 3, 3, 3),
+        (c[0], c[0], 3, 3),
+        (c[1], c[0], 3, 3),
+        (c[1], c[1], 3, 3),
+        (c[2], c[1], 3, 3),
+        (c[2], c[2], 3, 3),
+        (d, c[2] * 9),
+        (d, d),
+        (10, d),
     ]
 
 
@@ -60,8 +67,9 @@ class NaiveBop(torch.optim.Optimizer):
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]
             ms = [self.state[p].setdefault("m", torch.zeros_like(p)) for p in ps]
-            _single_tensor_bop(ps, [p.grad for p in ps], ms, gamma=group["lr"], threshold=group["threshold"],
-                               tie_break="larq")
+            _single_tensor_bop(
+                ps, [p.grad for p in ps], ms, gamma=group["lr"], threshold=group["threshold"], tie_break="larq"
+            )
 
 
 def make_params(shapes, device, seed):
@@ -159,9 +167,11 @@ def main() -> None:
                 times[name].append(t)
 
     base = statistics.median(times[BASELINE])
-    print(f"one optimizer step on {n:,} binary weights ({len(shapes)} tensors), device {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, median of "
-          f"{args.rounds} rounds; Bop() took the {default_path(device)} path")
+    print(
+        f"one optimizer step on {n:,} binary weights ({len(shapes)} tensors), device {device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, median of "
+        f"{args.rounds} rounds; Bop() took the {default_path(device)} path"
+    )
     print(f"{'optimizer':<36}{'ms/step':>10}{'vs SGD':>9}{'min vs SGD':>12}")
     for name, ts in times.items():
         med = statistics.median(ts)

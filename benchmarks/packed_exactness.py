@@ -58,10 +58,14 @@ def main() -> None:
     root = resolve_data_dir()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     paths = tuple(args.paths) if args.paths else ("torch", *available_paths())
-    print(f"torch {torch.__version__}; paths {', '.join(paths)}; untrained models (random +-1 weights, batch-norm "
-          f"statistics from 1,000 training images)")
-    print(f"{'model':<16} {'images':>6} {'path':<9} {'argmax differs':>14} {'logits != ref':>13} "
-          f"{'max |logit - model|':>19} {'s':>6}")
+    print(
+        f"torch {torch.__version__}; paths {', '.join(paths)}; untrained models (random +-1 weights, batch-norm "
+        f"statistics from 1,000 training images)"
+    )
+    print(
+        f"{'model':<16} {'images':>6} {'path':<9} {'argmax differs':>14} {'logits != ref':>13} "
+        f"{'max |logit - model|':>19} {'s':>6}"
+    )
     for name in args.models:
         if name == "mnist_bnn":
             train, _ = load_mnist(root, True, "mnist")
@@ -73,23 +77,26 @@ def main() -> None:
             test, _ = load_cifar10(root, False)
             train, test = scale_images(train[:1000]), scale_images(test)
             kwargs = {"width": args.width} if name == "binarynet" else {"stem": "cifar10", "width": args.width}
-        test = test[:args.limit]
+        test = test[: args.limit]
         torch.manual_seed(0)
         model = realistic(create_model(name, **kwargs), train)
         with torch.no_grad():
-            expected = torch.cat([model(test[i:i + args.batch]) for i in range(0, len(test), args.batch)])
+            expected = torch.cat([model(test[i : i + args.batch]) for i in range(0, len(test), args.batch)])
         reference = None
         for path in paths:
             start = time.perf_counter()
             packed = pack_model(model, backend=path)
-            got = torch.cat([packed(test[i:i + args.batch]) for i in range(0, len(test), args.batch)])
+            got = torch.cat([packed(test[i : i + args.batch]) for i in range(0, len(test), args.batch)])
             seconds = time.perf_counter() - start
             if reference is None:
                 reference = got
             wrong = int((got.argmax(1) != expected.argmax(1)).sum())
             unequal = int((got != reference).any(1).sum())
-            print(f"{name:<16} {len(test):>6} {path:<9} {wrong:>14} {unequal:>13} "
-                  f"{(got - expected).abs().max().item():>19.3g} {seconds:>6.1f}", flush=True)
+            print(
+                f"{name:<16} {len(test):>6} {path:<9} {wrong:>14} {unequal:>13} "
+                f"{(got - expected).abs().max().item():>19.3g} {seconds:>6.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "
 
 def build(name: str, width: float) -> nn.Module:
     torch.manual_seed(0)
-    kwargs = {} if name == "mnist_bnn" else {"width": width} if name == "binarynet" else \
-        {"stem": "cifar10", "width": width}
+    kwargs = (
+        {} if name == "mnist_bnn" else {"width": width} if name == "binarynet" else {"stem": "cifar10", "width": width}
+    )
     model = create_model(name, **kwargs)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -72,8 +73,16 @@ def float_twin(model: nn.Module) -> nn.Module:
     for parent in list(twin.modules()):
         for key, child in list(parent.named_children()):
             if isinstance(child, BinaryConv2d):
-                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 child.padding, child.dilation, child.groups, child.bias is not None)
+                conv = nn.Conv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                )
                 conv.load_state_dict({k: v for k, v in child.state_dict().items() if k in ("weight", "bias")})
                 setattr(parent, key, conv)
             elif isinstance(child, BinaryLinear):
@@ -88,9 +97,17 @@ def float_twin(model: nn.Module) -> nn.Module:
 
 def onnx_session(twin: nn.Module, shape: tuple[int, ...], threads: int):
     import onnxruntime as ort
+
     buffer = io.BytesIO()
-    torch.onnx.export(twin, (torch.zeros(1, *shape),), buffer, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        twin,
+        (torch.zeros(1, *shape),),
+        buffer,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        dynamo=False,
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
@@ -107,7 +124,7 @@ def median_seconds(engines: dict, x: torch.Tensor, rounds: int) -> dict[str, flo
     times: dict[str, list[float]] = {name: [] for name in engines}
     names = list(engines)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             for _ in range(calls[name]):
                 engines[name](x)
@@ -135,11 +152,17 @@ def throughput(name: str, width: float, args) -> None:
     shape = SHAPES.get(name, (3, 32, 32))
     twin = float_twin(model)
     packed = {path: pack_model(model, backend=path) for path in args.paths}
-    print(f"\n## {name}" + (f" width {width:g}" if name != "mnist_bnn" else "") + ": images/s (ratio = packed / "
-          "engine, same run)")
+    print(
+        f"\n## {name}" + (f" width {width:g}" if name != "mnist_bnn" else "") + ": images/s (ratio = packed / "
+        "engine, same run)"
+    )
     cols = ["fp32", "ort"] + [f"packed:{p}" for p in args.paths]
-    print(f"{'threads':>7} {'batch':>5} " + " ".join(f"{c:>14}" for c in cols) + "  " +
-          " ".join(f"{p + '/fp32':>12} {p + '/ort':>11}" for p in args.paths))
+    print(
+        f"{'threads':>7} {'batch':>5} "
+        + " ".join(f"{c:>14}" for c in cols)
+        + "  "
+        + " ".join(f"{p + '/fp32':>12} {p + '/ort':>11}" for p in args.paths)
+    )
     for threads in args.threads:
         torch.set_num_threads(threads)
         session = onnx_session(twin, shape, threads)
@@ -155,10 +178,14 @@ def throughput(name: str, width: float, args) -> None:
             engines = {"fp32": torch.inference_mode()(model), "ort": lambda v: session(v.contiguous())}
             engines.update({f"packed:{path}": p for path, p in packed.items()})
             sec = median_seconds(engines, x, args.rounds)
-            ratios = " ".join(f"{sec['fp32'] / sec['packed:' + p]:>11.1f}x {sec['ort'] / sec['packed:' + p]:>10.1f}x"
-                              for p in args.paths)
-            print(f"{threads:>7} {batch:>5} " + " ".join(f"{batch / sec[c]:>14.1f}" for c in cols) + "  " + ratios,
-                  flush=True)
+            ratios = " ".join(
+                f"{sec['fp32'] / sec['packed:' + p]:>11.1f}x {sec['ort'] / sec['packed:' + p]:>10.1f}x"
+                for p in args.paths
+            )
+            print(
+                f"{threads:>7} {batch:>5} " + " ".join(f"{batch / sec[c]:>14.1f}" for c in cols) + "  " + ratios,
+                flush=True,
+            )
 
 
 def per_layer(name: str, width: float, args) -> None:
@@ -168,20 +195,27 @@ def per_layer(name: str, width: float, args) -> None:
     shape = SHAPES.get(name, (3, 32, 32))
     torch.set_num_threads(1)
     inputs: dict[str, torch.Tensor] = {}
+
     def keep(key: str):
         def hook(module, args, output) -> None:  # returns None: the output stays
             inputs.setdefault(key, args[0].detach())
+
         return hook
 
-    hooks = [m.register_forward_hook(keep(key))
-             for key, m in model.named_modules() if isinstance(m, BinaryConv2d) and m.input_quantizer is not None]
+    hooks = [
+        m.register_forward_hook(keep(key))
+        for key, m in model.named_modules()
+        if isinstance(m, BinaryConv2d) and m.input_quantizer is not None
+    ]
     with torch.no_grad():
         model(torch.rand(1, *shape) * 2 - 1)
     for h in hooks:
         h.remove()
     print(f"\n## {name} per layer (one thread): binary convolution alone vs fp32 convolution, ms per batch")
-    print(f"{'layer':<14} {'shape (HxWxC->O, k)':<24} {'batch':>5} {'fp32 ms':>9} " +
-          " ".join(f"{p + ' ms':>10} {'x':>6}" for p in args.paths))
+    print(
+        f"{'layer':<14} {'shape (HxWxC->O, k)':<24} {'batch':>5} {'fp32 ms':>9} "
+        + " ".join(f"{p + ' ms':>10} {'x':>6}" for p in args.paths)
+    )
     packed = {path: pack_model(model, backend=path) for path in args.paths}
     for key, feature in inputs.items():
         layer = model.get_submodule(key)
@@ -189,7 +223,8 @@ def per_layer(name: str, width: float, args) -> None:
         _, c, h, w = feature.shape
         for batch in args.batches:
             signs = torch.where(torch.rand(batch, c, h, w) < 0.5, -1.0, 1.0).contiguous(
-                memory_format=torch.channels_last)
+                memory_format=torch.channels_last
+            )
             weight = layer.weight.detach().float()
             engines = {"fp32": lambda v: F.conv2d(v, weight, None, layer.stride, layer.padding)}
             for path in args.paths:
@@ -199,16 +234,21 @@ def per_layer(name: str, width: float, args) -> None:
                 engines[path] = lambda v, op=op, bits=bits: op(bits)
             with torch.inference_mode():
                 sec = median_seconds(engines, signs, args.rounds)
-            print(f"{key:<14} {f'{h}x{w}x{c}->{layer.out_channels}, {layer.kernel_size[0]}':<24} {batch:>5} "
-                  f"{sec['fp32'] * 1e3:>9.2f} " +
-                  " ".join(f"{sec[p] * 1e3:>10.2f} {sec['fp32'] / sec[p]:>5.1f}x" for p in args.paths), flush=True)
+            print(
+                f"{key:<14} {f'{h}x{w}x{c}->{layer.out_channels}, {layer.kernel_size[0]}':<24} {batch:>5} "
+                f"{sec['fp32'] * 1e3:>9.2f} "
+                + " ".join(f"{sec[p] * 1e3:>10.2f} {sec['fp32'] / sec[p]:>5.1f}x" for p in args.paths),
+                flush=True,
+            )
 
 
 def peak_memory(name: str, width: float, engine: str, folder: str) -> int:
     """Peak resident memory (KiB) of a fresh process that loads ``engine``'s form of the model (fp32: builds the
     torchbop model; ort: the float twin's ONNX file; a path: the packed file) and runs it on a batch of 64."""
-    code = (f"import sys; sys.argv = ['x']; import benchmarks.packed_inference as b; b._rss_child({name!r}, "
-            f"{width!r}, {engine!r}, {folder!r})")
+    code = (
+        f"import sys; sys.argv = ['x']; import benchmarks.packed_inference as b; b._rss_child({name!r}, "
+        f"{width!r}, {engine!r}, {folder!r})"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kib"]
 
@@ -221,6 +261,7 @@ def _rss_child(name: str, width: float, engine: str, folder: str) -> None:
         fn = torch.inference_mode()(build(name, width))
     elif engine == "ort":
         import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(f"{folder}/{name}.onnx", options, providers=["CPUExecutionProvider"])
@@ -231,8 +272,7 @@ def _rss_child(name: str, width: float, engine: str, folder: str) -> None:
     # VmHWM (peak resident set of this program image): ru_maxrss would keep the forking parent's peak across exec
     with open("/proc/self/status") as status:
         peak = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), None)
-    print(json.dumps({"maxrss_kib": peak if peak is not None else
-                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(json.dumps({"maxrss_kib": peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
 def memory_table(args) -> None:
@@ -241,9 +281,15 @@ def memory_table(args) -> None:
         for name in args.models:
             model = build(name, args.width)
             export(model, f"{folder}/{name}.tbop")
-            torch.onnx.export(float_twin(model), (torch.zeros(1, *SHAPES.get(name, (3, 32, 32))),),
-                              f"{folder}/{name}.onnx", input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+            torch.onnx.export(
+                float_twin(model),
+                (torch.zeros(1, *SHAPES.get(name, (3, 32, 32))),),
+                f"{folder}/{name}.onnx",
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                dynamo=False,
+            )
             row = {e: peak_memory(name, args.width, e, folder) / 1024 for e in ["fp32", "ort", *args.paths]}
             print(f"{name:<12} " + "  ".join(f"{e} {v:.0f}" for e, v in row.items()), flush=True)
 
@@ -261,6 +307,7 @@ def main() -> None:
     parser.add_argument("--no-throughput", action="store_true")
     args = parser.parse_args()
     import onnxruntime
+
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; {cpu_line()}")
     print(f"engine paths this CPU runs: {', '.join(available_paths())}; timed: {', '.join(args.paths)}")
     for name in args.models if not args.no_throughput else []:

@@ -48,8 +48,22 @@ def run(args: argparse.Namespace, precision: str, seed: int) -> None:
     if (out / "checkpoints" / "last.ckpt").is_file():  # killed earlier: continue where it stopped
         command = [sys.executable, "-m", "torchbop.cli", "train", "--resume", str(out), "--no-progress"]
     else:
-        command = [sys.executable, "-m", "torchbop.cli", "train", "--recipe", args.recipe, "--seed", str(seed),
-                   "--precision", precision, "--no-progress", "--out", str(out), "--overwrite"]
+        command = [
+            sys.executable,
+            "-m",
+            "torchbop.cli",
+            "train",
+            "--recipe",
+            args.recipe,
+            "--seed",
+            str(seed),
+            "--precision",
+            precision,
+            "--no-progress",
+            "--out",
+            str(out),
+            "--overwrite",
+        ]
         if args.width is not None:
             command += ["--width", str(args.width)]
         if args.epochs is not None:
@@ -75,15 +89,19 @@ def spread_line(what: str, acc: dict[str, list[float]]) -> str:
     spread = {p: 100 * statistics.stdev(v) for p, v in acc.items()}
     diffs = [100 * (b - a) for a, b in zip(acc["32"], acc["bf16-mixed"])]
     error = statistics.stdev(diffs) / len(diffs) ** 0.5
-    return (f"{what}: seed-to-seed standard deviation fp32 {spread['32']:.2f} points, bf16-mixed "
-            f"{spread['bf16-mixed']:.2f}; mean difference {statistics.mean(diffs):+.2f} points, standard error "
-            f"{error:.2f} (paired by seed).")
+    return (
+        f"{what}: seed-to-seed standard deviation fp32 {spread['32']:.2f} points, bf16-mixed "
+        f"{spread['bf16-mixed']:.2f}; mean difference {statistics.mean(diffs):+.2f} points, standard error "
+        f"{error:.2f} (paired by seed)."
+    )
 
 
 def table(args: argparse.Namespace, seeds: list[int]) -> str:
-    rows = ["| seed | fp32 test acc | bf16-mixed test acc | bf16 - fp32 (points) | fp32 / bf16 train acc, last epoch "
-            "| fp32 images/s | bf16 images/s |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| seed | fp32 test acc | bf16-mixed test acc | bf16 - fp32 (points) | fp32 / bf16 train acc, last epoch "
+        "| fp32 images/s | bf16 images/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     acc: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     train_acc: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for seed in seeds:
@@ -92,24 +110,35 @@ def table(args: argparse.Namespace, seeds: list[int]) -> str:
             path = run_dir(args, precision, seed) / "summary.json"
             summaries[precision] = json.loads(path.read_text()) if path.is_file() else None
         if any(s is None for s in summaries.values()):
-            rows.append(f"| {seed} | " + " | ".join(
-                f"{s['test_acc']:.4f}" if s else "(not run)" for s in summaries.values()) + " | | | | |")
+            rows.append(
+                f"| {seed} | "
+                + " | ".join(f"{s['test_acc']:.4f}" if s else "(not run)" for s in summaries.values())
+                + " | | | | |"
+            )
             continue
         for p in PRECISIONS:
             acc[p].append(summaries[p]["test_acc"])
             train_acc[p].append(last_train_acc(run_dir(args, p, seed)))
         a, b = acc["32"][-1], acc["bf16-mixed"][-1]
         speed = [summaries[p]["train_images_per_s"] for p in PRECISIONS]
-        rows.append(f"| {seed} | {a:.4f} | {b:.4f} | {100 * (b - a):+.2f} | {train_acc['32'][-1]:.4f} / "
-                    f"{train_acc['bf16-mixed'][-1]:.4f} | {speed[0]:.0f} | {speed[1]:.0f} |")
+        rows.append(
+            f"| {seed} | {a:.4f} | {b:.4f} | {100 * (b - a):+.2f} | {train_acc['32'][-1]:.4f} / "
+            f"{train_acc['bf16-mixed'][-1]:.4f} | {speed[0]:.0f} | {speed[1]:.0f} |"
+        )
     if acc["32"]:
         m32, mbf = statistics.mean(acc["32"]), statistics.mean(acc["bf16-mixed"])
         t32, tbf = statistics.mean(train_acc["32"]), statistics.mean(train_acc["bf16-mixed"])
-        rows.append(f"| mean ({len(acc['32'])}) | {m32:.4f} | {mbf:.4f} | {100 * (mbf - m32):+.2f} | {t32:.4f} / "
-                    f"{tbf:.4f} | | |")
+        rows.append(
+            f"| mean ({len(acc['32'])}) | {m32:.4f} | {mbf:.4f} | {100 * (mbf - m32):+.2f} | {t32:.4f} / "
+            f"{tbf:.4f} | | |"
+        )
     if len(acc["32"]) >= 2:
-        rows += ["", spread_line("Test accuracy", acc), spread_line("Training accuracy of the last epoch", train_acc),
-                 "The 0.3-point criterion is decidable only where the standard error is well below 0.3."]
+        rows += [
+            "",
+            spread_line("Test accuracy", acc),
+            spread_line("Training accuracy of the last epoch", train_acc),
+            "The 0.3-point criterion is decidable only where the standard error is well below 0.3.",
+        ]
     return "\n".join(rows)
 
 
@@ -128,8 +157,12 @@ def main() -> None:
         for seed in seeds:
             for precision in PRECISIONS:
                 run(args, precision, seed)
-    print(f"\n{args.recipe}" + (f", width {args.width:g}" if args.width is not None else "")
-          + (f", {args.epochs} epochs" if args.epochs is not None else "") + f", seeds {args.seeds}")
+    print(
+        f"\n{args.recipe}"
+        + (f", width {args.width:g}" if args.width is not None else "")
+        + (f", {args.epochs} epochs" if args.epochs is not None else "")
+        + f", seeds {args.seeds}"
+    )
     print(table(args, seeds))
 
 

@@ -59,10 +59,12 @@ def lean_loop(args: argparse.Namespace, data: dict) -> float:
     torch.manual_seed(0)
     model = create_model(args.model, mode="bop", **model_kwargs(args)).train()
     binary, other = split_binary_params(model)
-    optimizer = CompositeOptimizer(Bop(binary, gamma=1e-3, threshold=1e-6), torch.optim.Adam(other, lr=0.01),
-                                   model=model)
-    loader = DeviceLoader(*data["train"], args.batch_size, seed=0, drop_last=True,
-                          memory_format=input_memory_format(model))
+    optimizer = CompositeOptimizer(
+        Bop(binary, gamma=1e-3, threshold=1e-6), torch.optim.Adam(other, lr=0.01), model=model
+    )
+    loader = DeviceLoader(
+        *data["train"], args.batch_size, seed=0, drop_last=True, memory_format=input_memory_format(model)
+    )
     start = time.perf_counter()
     for x, y in loader:
         loss = F.cross_entropy(model(x), y)
@@ -75,8 +77,15 @@ def lean_loop(args: argparse.Namespace, data: dict) -> float:
 def engine(args: argparse.Namespace, data: dict) -> float:
     """``train(config)`` of the mnist recipe (one epoch, this model), loggers on, as the CLI runs it."""
     dataset = SHAPES[args.model][0]
-    overrides = [f"model={args.model}", f"dataset={dataset}", "epochs=1", "progress_bar=false",
-                 f"batch_size={args.batch_size}", "recalibrate_bn='off'", "accelerator=cpu"]
+    overrides = [
+        f"model={args.model}",
+        f"dataset={dataset}",
+        "epochs=1",
+        "progress_bar=false",
+        f"batch_size={args.batch_size}",
+        "recalibrate_bn='off'",
+        "accelerator=cpu",
+    ]
     overrides += [f"model_kwargs.{k}={v}" for k, v in model_kwargs(args).items()]
     with tempfile.TemporaryDirectory() as out:
         config = load_recipe("mnist", [*overrides, f"out={out}/run"])
@@ -101,13 +110,21 @@ def main() -> None:
         for _ in range(args.repeats):
             lean.append(lean_loop(args, data))
             eng.append(engine(args, data))
-        row = {"model": args.model, "threads": threads, "lean_images_per_s": max(lean),
-               "engine_images_per_s": max(eng), "ratio": max(eng) / max(lean)}
+        row = {
+            "model": args.model,
+            "threads": threads,
+            "lean_images_per_s": max(lean),
+            "engine_images_per_s": max(eng),
+            "ratio": max(eng) / max(lean),
+        }
         row["engine_share_of_step"] = 1 - row["ratio"]
         rows.append(row)
-        print(f"{args.model} threads {threads}: lean {row['lean_images_per_s']:.0f} images/s, engine "
-              f"{row['engine_images_per_s']:.0f} images/s, ratio {row['ratio']:.3f} (engine's own cost "
-              f"{100 * row['engine_share_of_step']:.1f}% of a step)", flush=True)
+        print(
+            f"{args.model} threads {threads}: lean {row['lean_images_per_s']:.0f} images/s, engine "
+            f"{row['engine_images_per_s']:.0f} images/s, ratio {row['ratio']:.3f} (engine's own cost "
+            f"{100 * row['engine_share_of_step']:.1f}% of a step)",
+            flush=True,
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -114,15 +114,17 @@ def timed(step, device: torch.device) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_width(width: float, args: argparse.Namespace, device: torch.device
-                ) -> dict[tuple[str, str, str], tuple[float, float]]:
+def bench_width(
+    width: float, args: argparse.Namespace, device: torch.device
+) -> dict[tuple[str, str, str], tuple[float, float]]:
     """Median (wall, CPU) seconds per step of every variant at ``width``, interleaved."""
     steps = {}
     for network, fmt, precision in variants(args):
         torch.manual_seed(0)
         x, y = batch(args, device, fmt)
-        steps[(network, fmt, precision)] = make_step(build(args, width, network, fmt).to(device), x, y,
-                                                     args.resolved[precision])
+        steps[(network, fmt, precision)] = make_step(
+            build(args, width, network, fmt).to(device), x, y, args.resolved[precision]
+        )
     times: dict[tuple[str, str, str], list[tuple[float, float]]] = {key: [] for key in steps}
     for i in range(args.warmup + args.steps):
         order = list(steps) if i % 2 == 0 else list(reversed(steps))
@@ -158,8 +160,10 @@ def profile_width(width: float, args: argparse.Namespace, device: torch.device, 
             if e.key.startswith("aten::") or e.key.endswith("Backward")
         }
     ops = sorted(set().union(*per_op.values()), key=lambda k: -max(d.get(k, 0.0) for d in per_op.values()))
-    print(f"\nprofile at width {width}, {fmt}, precision {precision}: self {'device' if cuda else 'CPU'} ms per step "
-          f"({n_steps} steps)")
+    print(
+        f"\nprofile at width {width}, {fmt}, precision {precision}: self {'device' if cuda else 'CPU'} ms per step "
+        f"({n_steps} steps)"
+    )
     print(f"{'operator':>40}" + "".join(f" {name:>8}" for name in per_op))
     for op in ops[:rows]:
         print(f"{op:>40}" + "".join(f" {d.get(op, 0.0):8.2f}" for d in per_op.values()))
@@ -184,8 +188,11 @@ def main() -> None:
     args.networks = [n.strip() for n in args.networks.split(",")]
     args.formats = [f.strip() for f in args.formats.split(",")]
     args.precisions = [p.strip() for p in args.precisions.split(",")]
-    for name, values, known in (("networks", args.networks, ("bnn", "float")), ("formats", args.formats, FORMATS),
-                                ("precisions", args.precisions, ("32", "bf16-mixed", "auto"))):
+    for name, values, known in (
+        ("networks", args.networks, ("bnn", "float")),
+        ("formats", args.formats, FORMATS),
+        ("precisions", args.precisions, ("32", "bf16-mixed", "auto")),
+    ):
         if not values or any(v not in known for v in values):
             parser.error(f"--{name}: expected a comma-separated list of {', '.join(known)}")
     if args.threads is not None:
@@ -201,8 +208,10 @@ def main() -> None:
         + describe_resolution("auto", device.type)
     )
     both = set(args.networks) == {"bnn", "float"}
-    print(f"{'width':>6} {'network':>8} {'format':>13} {'precision':>10} {'ms/step':>9} {'images/s':>9} "
-          f"{'cpu ms/step':>12} {'vs first (wall, cpu)':>21}" + ("   BNN/float (wall, cpu)" if both else ""))
+    print(
+        f"{'width':>6} {'network':>8} {'format':>13} {'precision':>10} {'ms/step':>9} {'images/s':>9} "
+        f"{'cpu ms/step':>12} {'vs first (wall, cpu)':>21}" + ("   BNN/float (wall, cpu)" if both else "")
+    )
     for width in widths:
         med = bench_width(width, args, device)
         for network, fmt, precision in variants(args):
@@ -214,8 +223,10 @@ def main() -> None:
                 twin = med[("float", fmt, precision)]
                 shown = f"   {wall / twin[0]:.3f}, {cpu / twin[1]:.3f}"
             name = precision if precision != "auto" else f"auto={args.resolved['auto']}"
-            print(f"{width:6.3g} {network:>8} {fmt:>13} {name:>10} {wall * 1e3:9.1f} {args.batch_size / wall:9.1f} "
-                  f"{cpu * 1e3:12.1f} {versus:>21}{shown}")
+            print(
+                f"{width:6.3g} {network:>8} {fmt:>13} {name:>10} {wall * 1e3:9.1f} {args.batch_size / wall:9.1f} "
+                f"{cpu * 1e3:12.1f} {versus:>21}{shown}"
+            )
     if args.profile:
         profile_width(min(widths), args, device)
 

@@ -58,8 +58,11 @@ def documented() -> tuple[set[str], set[str]]:
 
 
 def actual() -> set[str]:
-    return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*")
-            if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*")
+        if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts
+    }
 
 
 def test_the_tree_names_every_package_file_and_no_other():
@@ -78,5 +81,7 @@ def test_the_tree_names_every_package_file_and_no_other():
 def test_the_tree_names_every_benchmark():
     _, benchmarks = documented()
     scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
-    assert benchmarks == scripts, (f"benchmarks/ in docs/ARCHITECTURE.md: missing {sorted(scripts - benchmarks)}, "
-                                   f"stale {sorted(benchmarks - scripts)}")
+    assert benchmarks == scripts, (
+        f"benchmarks/ in docs/ARCHITECTURE.md: missing {sorted(scripts - benchmarks)}, "
+        f"stale {sorted(benchmarks - scripts)}"
+    )

@@ -23,12 +23,18 @@ def is_binary(t):
 
 def nested_sequential():
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
         nn.Sequential(
-            nn.Conv2d(8, 8, 3, padding="same", bias=False), nn.BatchNorm2d(8),
+            nn.Conv2d(8, 8, 3, padding="same", bias=False),
+            nn.BatchNorm2d(8),
             nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12)),
         ),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(48, 16), nn.Linear(16, 5),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(48, 16),
+        nn.Linear(16, 5),
     )
 
 
@@ -63,27 +69,42 @@ class TinyResNet(nn.Module):
 
 def depthwise_grouped():
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16),
-        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16),  # depthwise
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.BatchNorm2d(16),  # depthwise
         nn.Conv2d(16, 16, 1),  # pointwise
-        nn.Conv2d(16, 32, 3, padding="same", dilation=2, groups=4, bias=False), nn.BatchNorm2d(32),  # grouped
+        nn.Conv2d(16, 32, 3, padding="same", dilation=2, groups=4, bias=False),
+        nn.BatchNorm2d(32),  # grouped
         nn.Conv2d(32, 32, 3, stride=2, padding=1, padding_mode="reflect", groups=2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
     )
 
 
 def conv1d_net():
     return nn.Sequential(
-        nn.Conv1d(2, 8, 5, padding=2), nn.BatchNorm1d(8),
-        nn.Conv1d(8, 8, 3, padding="same", dilation=2, groups=2), nn.BatchNorm1d(8),
-        nn.Conv1d(8, 16, 3, stride=2), nn.BatchNorm1d(16),
-        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 4),
+        nn.Conv1d(2, 8, 5, padding=2),
+        nn.BatchNorm1d(8),
+        nn.Conv1d(8, 8, 3, padding="same", dilation=2, groups=2),
+        nn.BatchNorm1d(8),
+        nn.Conv1d(8, 16, 3, stride=2),
+        nn.BatchNorm1d(16),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
     )
 
 
 def mlp_head():
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 32), nn.BatchNorm1d(32), nn.Linear(32, 32, bias=False),
-                         nn.BatchNorm1d(32), nn.Linear(32, 3))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(12, 32),
+        nn.BatchNorm1d(32),
+        nn.Linear(32, 32, bias=False),
+        nn.BatchNorm1d(32),
+        nn.Linear(32, 3),
+    )
 
 
 class Reordered(nn.Module):
@@ -278,7 +299,9 @@ class TestSelectors:
         assert self.names(binarize(src, re.compile(r"layer\d\.0\.shortcut\.\d"))) == ["layer2.0.shortcut.0"]
         assert self.names(binarize(src, nn.Conv2d)) == [n for n, _ in weight_layers(src)][1:-1]
         assert self.names(binarize(src, ["layer1.0.conv2", re.compile(r".*shortcut.*")])) == [
-            "layer1.0.conv2", "layer2.0.shortcut.0"]
+            "layer1.0.conv2",
+            "layer2.0.shortcut.0",
+        ]
         assert self.names(binarize(src, nn.Linear, keep_last=False)) == ["fc"]
 
     def test_patterns_skip_the_kept_ends_and_exact_names_of_them_are_errors(self):
@@ -292,12 +315,15 @@ class TestSelectors:
 
     def test_rules_override_in_order(self):
         src, _ = build("resnet")
-        bnn = binarize(src, rules=[
-            ("layer2.*", {"scale": "fixed"}),
-            (re.compile(r".*shortcut.*"), {"mode": "latent", "scale": None}),
-            (nn.Conv2d, {"pad_value": 1.0}),
-            ("layer2.1.conv2", {"input_quantizer": None, "scale": "learnable"}),
-        ])
+        bnn = binarize(
+            src,
+            rules=[
+                ("layer2.*", {"scale": "fixed"}),
+                (re.compile(r".*shortcut.*"), {"mode": "latent", "scale": None}),
+                (nn.Conv2d, {"pad_value": 1.0}),
+                ("layer2.1.conv2", {"input_quantizer": None, "scale": "learnable"}),
+            ],
+        )
         assert bnn.layer1[0].conv1.scale is None and bnn.layer1[0].conv1.pad_value == 1.0
         assert bnn.layer2[0].conv1.scale == "fixed"
         short = bnn.layer2[0].shortcut[0]
@@ -313,8 +339,9 @@ class TestSelectors:
         assert self.names(bnn) == ["layer1.0.conv1", "layer1.0.conv2"]
 
     def test_unsupported_types_are_skipped_by_default_and_reported(self):
-        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv3d(4, 4, 1), nn.Conv2d(4, 4, 3), nn.ConvTranspose2d(4, 4, 3),
-                              nn.Conv2d(4, 4, 1))
+        model = nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.Conv3d(4, 4, 1), nn.Conv2d(4, 4, 3), nn.ConvTranspose2d(4, 4, 3), nn.Conv2d(4, 4, 1)
+        )
         got = []
         bnn = binarize(model, verbose=got.append)
         assert self.names(bnn) == ["2"] and isinstance(bnn[1], nn.Conv3d)
@@ -345,8 +372,9 @@ BAD_SELECTIONS = [
 
 def bad_model(name):
     if name == "conv3d":
-        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv3d(4, 4, 1), nn.Conv2d(4, 4, 3), nn.ConvTranspose2d(4, 4, 3),
-                             nn.Conv2d(4, 4, 1))
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.Conv3d(4, 4, 1), nn.Conv2d(4, 4, 3), nn.ConvTranspose2d(4, 4, 3), nn.Conv2d(4, 4, 1)
+        )
     if name == "nothing":
         return nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3))
     if name == "two_layers":
@@ -425,8 +453,9 @@ class TestStateDictAndTraining:
     def test_one_training_step_with_the_routed_optimizer(self):
         src, x = build("resnet")
         bnn = binarize(src, scale="learnable")
-        opt = torchbop.optim.bop_optimizer(bnn, binary_kwargs=dict(gamma=1.0, threshold=0.0),
-                                           other_kwargs=dict(lr=0.01))
+        opt = torchbop.optim.bop_optimizer(
+            bnn, binary_kwargs=dict(gamma=1.0, threshold=0.0), other_kwargs=dict(lr=0.01)
+        )
         binary, other = split_binary_params(bnn)
         before = [w.detach().clone() for w in binary]
         scales = [m.weight_scale.detach().clone() for _, m in named_binary_layers(bnn)]

@@ -20,8 +20,11 @@ def randn(*shape, seed=0):
 def authors_binary_activation(x):
     """liuzechun/ReActNet's BinaryActivation in training mode (sign forward, polynomial surrogate backward), with
     sign(0) = +1 as torchbop's convention (zero inputs do not occur with random data)."""
-    poly = torch.where(x < -1, -torch.ones_like(x), torch.where(x < 0, x * x + 2 * x,
-                       torch.where(x < 1, -x * x + 2 * x, torch.ones_like(x))))
+    poly = torch.where(
+        x < -1,
+        -torch.ones_like(x),
+        torch.where(x < 0, x * x + 2 * x, torch.where(x < 1, -x * x + 2 * x, torch.ones_like(x))),
+    )
     return torch.where(x >= 0, 1.0, -1.0).detach() - poly.detach() + poly
 
 
@@ -160,8 +163,7 @@ def authors_reactnet_block(block, x):
     c = block.conv3x3.in_channels
 
     def bn(t, m, sl=slice(None)):
-        return F.batch_norm(t, m.running_mean[sl], m.running_var[sl], m.weight[sl], m.bias[sl], m.training,
-                            0.0, m.eps)
+        return F.batch_norm(t, m.running_mean[sl], m.running_var[sl], m.weight[sl], m.bias[sl], m.training, 0.0, m.eps)
 
     out1 = authors_binary_activation(x + (-block.conv3x3.input_quantizer.threshold).view(1, -1, 1, 1))
     out1 = bn(F.conv2d(out1, block.conv3x3.weight, stride=block.conv3x3.stride, padding=1), block.bn1)
@@ -216,8 +218,11 @@ class LeafTracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-@pytest.mark.parametrize("block", [BiRealBlock(4, 8, 2), BiRealBlock(4, 4), ReActNetBlock(4, 8, 2),
-                                   ReActNetBlock(4, 4)], ids=["bireal-down", "bireal", "reactnet-down", "reactnet"])
+@pytest.mark.parametrize(
+    "block",
+    [BiRealBlock(4, 8, 2), BiRealBlock(4, 4), ReActNetBlock(4, 8, 2), ReActNetBlock(4, 4)],
+    ids=["bireal-down", "bireal", "reactnet-down", "reactnet"],
+)
 def test_blocks_trace_with_torch_fx_without_data_dependent_control_flow(block):
     graph = LeafTracer().trace(block)
     traced = fx.GraphModule(block, graph)

@@ -21,8 +21,12 @@ def workspace(tmp_path: Path) -> Path:
     (tmp_path / "empty").mkdir()
     corrupt = tmp_path / "corrupt" / "mnist"
     corrupt.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz"):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         (corrupt / name).write_bytes(b"\x1f\x8b not really gzip")
     ckpt = tmp_path / "trunc" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
@@ -53,10 +57,12 @@ CASES = [
     ("checkpoint garbage", ["train", "--resume", "{tmp}/garbage.ckpt"], "garbage.ckpt: truncated or not"),
     ("no GPU", [*MNIST, "--accelerator", "gpu"], "accelerator 'gpu': this machine has no gpu device"),
     ("devices abc", [*MNIST, "--devices", "abc"], "argument --devices: invalid value 'abc'"),
-    ("report without results", ["report", "--results-dir", "{tmp}/none", "--out", "{tmp}/run"],
-     "no results"),
-    ("experiment: unknown setting", ["experiment", "arbitrary-lr", "--profile", "smoke", "--set", "epochz=1",
-                                     "--results-dir", "{tmp}/run"], "epochz"),
+    ("report without results", ["report", "--results-dir", "{tmp}/none", "--out", "{tmp}/run"], "no results"),
+    (
+        "experiment: unknown setting",
+        ["experiment", "arbitrary-lr", "--profile", "smoke", "--set", "epochz=1", "--results-dir", "{tmp}/run"],
+        "epochz",
+    ),
 ]
 
 
@@ -95,12 +101,17 @@ def test_debug_shows_the_traceback(workspace, monkeypatch):
 
 def test_the_installed_command_prints_no_traceback(tmp_path):
     """The same through a real process (the console entry point), where nothing catches what main lets through."""
-    done = subprocess.run([sys.executable, "-m", "torchbop.cli", "train", "--recipe", str(tmp_path / "x.yaml")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "torchbop.cli", "train", "--recipe", str(tmp_path / "x.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == ""
     shipped = ", ".join(available_recipes())
-    assert done.stderr.strip().splitlines() == [f"torchbop train: error: Recipe file not found: {tmp_path}/x.yaml "
-                                                f"(shipped recipes: {shipped})"]
+    assert done.stderr.strip().splitlines() == [
+        f"torchbop train: error: Recipe file not found: {tmp_path}/x.yaml (shipped recipes: {shipped})"
+    ]
     assert "cifar10_bireal" in shipped and "mnist" in shipped
 
 
@@ -125,8 +136,9 @@ class TestExperimentData:
             raise urllib.error.URLError("no network")
 
         monkeypatch.setattr(urllib.request, "urlopen", offline)
-        code = main([*self.ARGS, "--download", "--data-dir", str(tmp_path / "none"),
-                     "--results-dir", str(tmp_path / "res")])
+        code = main(
+            [*self.ARGS, "--download", "--data-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path / "res")]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and "offline" in err
         assert "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz" in err
@@ -158,8 +170,9 @@ class TestExperimentData:
         ran = []
         monkeypatch.setattr(runner, "run_experiment", lambda *args, **kwargs: ran.append(kwargs) or {"failed": []})
 
-        code = main([*self.ARGS, "--download", "--data-dir", str(tmp_path / "root"),
-                     "--results-dir", str(tmp_path / "res")])
+        code = main(
+            [*self.ARGS, "--download", "--data-dir", str(tmp_path / "root"), "--results-dir", str(tmp_path / "res")]
+        )
         err = capsys.readouterr().err
         assert code == 0 and ran and ran[0]["data_dir"] == str(tmp_path / "root"), err
         names = sorted(remote.filename for files in patched.values() for remote, _ in files)

@@ -25,23 +25,65 @@ FIELDS = field_domains()
 
 #: The values of issue 22 (and a few more a new user would try), each with the key the message must name.
 ISSUE_VALUES = [
-    ("batch_size", "1e9"), ("batch_size", "1000000000"), ("eval_batch_size", "0"), ("seed", "-1"), ("seed", "2**40"),
-    ("seed", str(2**40)), ("seed", str(2**32)), ("devices", "0"), ("devices", "-2"), ("devices", "cpu"),
-    ("devices", "'0,'"), ("devices", "-1"), ("accelerator", "tpu"), ("num_nodes", "0"), ("strategy", "foo"),
-    ("limit_train_batches", "1.5"), ("limit_train_batches", "-1"), ("limit_train_batches", "0"),
-    ("limit_eval_batches", "2.0"), ("log_every_n_steps", "0"), ("val_fraction", "1"), ("subset", "0"),
-    ("subset", "70000"), ("precision", "16"), ("gamma", "nan"), ("gamma", "inf"), ("threshold", "-1"),
-    ("threshold", "inf"), ("lr", "inf"), ("lr", "nan"), ("momentum", "2"), ("momentum", "0.9"), ("alpha", "0"),
-    ("sigma", "2"), ("gamma_end", "2"), ("threshold_end", "nan"), ("lr_end", "inf"), ("sigma_end", "0.5"),
-    ("model_kwargs.width", "0"), ("model_kwargs.depth", "3"), ("model", "binarynet"), ("name", "a/b"),
-    ("name", ".."), ("out", "{file}"), ("out", "{file}/run"), ("data_dir", "{file}"), ("resume", "{tmp}/missing"),
-    ("epochs", "1.5"), ("epochs", "0"), ("other_lr", "0.1"), ("recipe_version", "0"), ("compile", "2"),
+    ("batch_size", "1e9"),
+    ("batch_size", "1000000000"),
+    ("eval_batch_size", "0"),
+    ("seed", "-1"),
+    ("seed", "2**40"),
+    ("seed", str(2**40)),
+    ("seed", str(2**32)),
+    ("devices", "0"),
+    ("devices", "-2"),
+    ("devices", "cpu"),
+    ("devices", "'0,'"),
+    ("devices", "-1"),
+    ("accelerator", "tpu"),
+    ("num_nodes", "0"),
+    ("strategy", "foo"),
+    ("limit_train_batches", "1.5"),
+    ("limit_train_batches", "-1"),
+    ("limit_train_batches", "0"),
+    ("limit_eval_batches", "2.0"),
+    ("log_every_n_steps", "0"),
+    ("val_fraction", "1"),
+    ("subset", "0"),
+    ("subset", "70000"),
+    ("precision", "16"),
+    ("gamma", "nan"),
+    ("gamma", "inf"),
+    ("threshold", "-1"),
+    ("threshold", "inf"),
+    ("lr", "inf"),
+    ("lr", "nan"),
+    ("momentum", "2"),
+    ("momentum", "0.9"),
+    ("alpha", "0"),
+    ("sigma", "2"),
+    ("gamma_end", "2"),
+    ("threshold_end", "nan"),
+    ("lr_end", "inf"),
+    ("sigma_end", "0.5"),
+    ("model_kwargs.width", "0"),
+    ("model_kwargs.depth", "3"),
+    ("model", "binarynet"),
+    ("name", "a/b"),
+    ("name", ".."),
+    ("out", "{file}"),
+    ("out", "{file}/run"),
+    ("data_dir", "{file}"),
+    ("resume", "{tmp}/missing"),
+    ("epochs", "1.5"),
+    ("epochs", "0"),
+    ("other_lr", "0.1"),
+    ("recipe_version", "0"),
+    ("compile", "2"),
 ]
 
 
 @pytest.fixture
 def guarded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A workspace (with a file at ``{file}``) where nothing may train or run an experiment."""
+
     def reached(*args, **kwargs):
         raise AssertionError("a value outside its domain reached the run")
 
@@ -79,8 +121,12 @@ def test_every_field_declares_a_domain():
 
 
 def _field_cases() -> list[tuple[str, str]]:
-    cases = [(key, text) for key, domain in FIELDS.items()  # through --set, a blank is null
-             for text in (domain.outside() + ([] if domain.none else ["null"])) if text.strip() or not domain.none]
+    cases = [
+        (key, text)
+        for key, domain in FIELDS.items()  # through --set, a blank is null
+        for text in (domain.outside() + ([] if domain.none else ["null"]))
+        if text.strip() or not domain.none
+    ]
     return list(dict.fromkeys(cases + ISSUE_VALUES))
 
 
@@ -162,8 +208,10 @@ def test_every_option_is_walked():
 # ----------------------------------------------------------------------------------------------------------------
 # --set means the same for train and experiment
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("item", ["epochs=0", "epochs=abc", "epochs=1.5", "epochs=null", "subset=0",
-                                  "precision=16", "batch_size=0", "epochs", "=3"])
+@pytest.mark.parametrize(
+    "item",
+    ["epochs=0", "epochs=abc", "epochs=1.5", "epochs=null", "subset=0", "precision=16", "batch_size=0", "epochs", "=3"],
+)
 def test_set_means_the_same_for_train_and_experiment(item, guarded, capsys):
     names = ("epochs", "subset", "precision", "batch_size", "seed", "--set")
     train = _refused([*BASE["train"], "--set", item], names, guarded, capsys)
@@ -179,8 +227,24 @@ def test_an_unknown_setting_has_the_same_hint(guarded, capsys):
 
 
 def test_a_real_process_prints_one_line_and_writes_nothing(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "torchbop.cli", "train", "--recipe", "mnist", "--out",
-                           str(tmp_path / "run"), "--set", "seed=-1"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchbop.cli",
+            "train",
+            "--recipe",
+            "mnist",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "seed=-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == "" and not (tmp_path / "run").exists()
-    assert done.stderr.splitlines() == ["torchbop train: error: Invalid seed value: -1 (expected an integer in "
-                                        "[0, 4294967295])"]
+    assert done.stderr.splitlines() == [
+        "torchbop train: error: Invalid seed value: -1 (expected an integer in [0, 4294967295])"
+    ]

@@ -35,8 +35,11 @@ def test_the_gpu_plan_and_its_dry_twin(gpu_check, tmp_path):
     """On the GPU the benchmarks get their own --device cuda and the tests the marker; the dry plan runs the same
     steps with every flag of the GPU commands (so the dry run tries each flag once), on the CPU."""
     gpu, dry = gpu_check.plan(False, tmp_path), gpu_check.plan(True, tmp_path)
-    assert [name for name, _, _ in gpu] == [name for name, _, _ in dry] == [
-        "tests", "train", "optimizer_step", "train_step", "data_pipeline"]
+    assert (
+        [name for name, _, _ in gpu]
+        == [name for name, _, _ in dry]
+        == ["tests", "train", "optimizer_step", "train_step", "data_pipeline"]
+    )
     assert gpu[0][1][gpu[0][1].index("-m", 3) + 1] == "gpu" and gpu[0][1][-1] == "tests"
     for (name, cmd, _), (_, dry_cmd, _) in zip(gpu, dry):
         if cmd[1].startswith("benchmarks/"):
@@ -59,10 +62,12 @@ def test_statuses_time_out_and_summary(gpu_check, tmp_path, monkeypatch):
     """Each step's status (ok, failed with its exit code, timeout after killing its process group, skipped when its
     script is gone or the budget is spent) lands in summary.json and summary.md with its log."""
     py = sys.executable
-    steps = [("fine", [py, "-c", "print('fine')"], 20),
-             ("hang", [py, "-c", "import time; print('started', flush=True); time.sleep(60)"], 2),
-             ("broken", [py, "-c", "raise SystemExit(3)"], 20),
-             ("gone", [py, "benchmarks/no_such_benchmark.py"], 20)]
+    steps = [
+        ("fine", [py, "-c", "print('fine')"], 20),
+        ("hang", [py, "-c", "import time; print('started', flush=True); time.sleep(60)"], 2),
+        ("broken", [py, "-c", "raise SystemExit(3)"], 20),
+        ("gone", [py, "benchmarks/no_such_benchmark.py"], 20),
+    ]
     monkeypatch.setattr(gpu_check, "plan", lambda dry, out, epochs=4: steps)
     assert gpu_check.check(tmp_path, dry=True, budget=60.0) == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -85,8 +90,13 @@ def test_dry_run(tmp_path):
     on a 2-core machine; the whole dry plan takes about 2 minutes): the training run reports its numbers and leaves
     no checkpoint, the benchmark its table, the summary both."""
     out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--dry", "--only", "train,data_pipeline"],
-                          capture_output=True, text=True, timeout=200, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), "--dry", "--only", "train,data_pipeline"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=ROOT,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "dry (CPU)" and list(summary["steps"]) == ["train", "data_pipeline"], proc.stdout
     for name, step in summary["steps"].items():
@@ -105,7 +115,7 @@ def test_synthetic_cifar_shape_and_classes(gpu_check):
     assert images.shape == (200, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (200,)
     assert set(labels.tolist()) == set(range(10))
     for c in range(3):  # the class's square is bright, elsewhere only noise below 120
-        assert (images[labels == c, c % 3, 4:10, 2 + 6 * c:8 + 6 * c] == 255).all()
+        assert (images[labels == c, c % 3, 4:10, 2 + 6 * c : 8 + 6 * c] == 255).all()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -114,15 +124,33 @@ def test_synthetic_cifar_shape_and_classes(gpu_check):
 def cuda_config(out, steps, **changes):
     from torchbop.training import TrainConfig
 
-    return TrainConfig(name="cuda", model="binarynet", model_kwargs={"width": 0.0625}, dataset="cifar10",
-                       augment=True, batch_size=50, eval_batch_size=200, epochs=1, gamma=1e-3, threshold=1e-6,
-                       lr=0.01, accelerator="gpu", devices=1, limit_train_batches=steps, limit_eval_batches=1,
-                       progress_bar=False, log_every_n_steps=100, out=str(out), **changes)
+    return TrainConfig(
+        name="cuda",
+        model="binarynet",
+        model_kwargs={"width": 0.0625},
+        dataset="cifar10",
+        augment=True,
+        batch_size=50,
+        eval_batch_size=200,
+        epochs=1,
+        gamma=1e-3,
+        threshold=1e-6,
+        lr=0.01,
+        accelerator="gpu",
+        devices=1,
+        limit_train_batches=steps,
+        limit_eval_batches=1,
+        progress_bar=False,
+        log_every_n_steps=100,
+        out=str(out),
+        **changes,
+    )
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("changes", [{}, {"precision": "bf16-mixed"}, {"compile": True}],
-                         ids=["fp32", "bf16", "compile"])
+@pytest.mark.parametrize(
+    "changes", [{}, {"precision": "bf16-mixed"}, {"compile": True}], ids=["fp32", "bf16", "compile"]
+)
 def test_cuda_training_20_steps(gpu_check, changes, tmp_path):
     """20 steps of BinaryNet on the GPU: the weights stay +-1 on the device, some flip, the loss is finite."""
     from torchbop.models import create_model
@@ -158,8 +186,9 @@ def test_cuda_compiled_steps_make_no_host_sync(gpu_check, tmp_path):
                 train(cuda_config(tmp_path / str(steps), steps, compile=True), data=data)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        return collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
-                                   if "synchroniz" in str(w.message))
+        return collections.Counter(
+            f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+        )
 
     short, long = syncs(10), syncs(20)
     assert sum(long.values()) == sum(short.values()), f"10 more steps, more syncs at: {dict(long - short)}"

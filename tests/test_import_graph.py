@@ -15,9 +15,22 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Packages are floors (docs/ARCHITECTURE.md, STYLE.md): an import only ever points to its own floor or below.
-FLOORS = {"errors": 0, "atomic_file": 0, "domains": 0, "quantizers": 0, "optim": 0, "data": 0, "nn": 1, "models": 1, "metrics": 1, "deploy": 1,
-          "": 2,  # the top-level package re-exports the core and deploy, and load_model (imports training on use)
-          "training": 2, "experiments": 3, "cli": 4}
+FLOORS = {
+    "errors": 0,
+    "atomic_file": 0,
+    "domains": 0,
+    "quantizers": 0,
+    "optim": 0,
+    "data": 0,
+    "nn": 1,
+    "models": 1,
+    "metrics": 1,
+    "deploy": 1,
+    "": 2,  # the top-level package re-exports the core and deploy, and load_model (imports training on use)
+    "training": 2,
+    "experiments": 3,
+    "cli": 4,
+}
 
 
 def modules(src: Path = SRC) -> dict[str, Path]:
@@ -42,8 +55,9 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             parent = node.module or ""
             if node.level:
                 parent = ".".join(base[: len(base) - node.level + 1] + ([parent] if parent else []))
-            targets = [f"{parent}.{alias.name}" if f"{parent}.{alias.name}" in known else parent
-                       for alias in node.names]
+            targets = [
+                f"{parent}.{alias.name}" if f"{parent}.{alias.name}" in known else parent for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -146,6 +160,11 @@ def test_core_does_not_import_deploy():
     """``torchbop.deploy`` sits beside models on floor 1; only the top-level package and upper floors use it."""
     core = ("quantizers", "optim", "data", "nn", "models", "metrics", "errors")
     edges = graph()
-    found = sorted(f"{a} -> {b}" for a, targets in edges.items() if a.split(".")[1:2] and a.split(".")[1] in core
-                   for b in targets if b.startswith("torchbop.deploy"))
+    found = sorted(
+        f"{a} -> {b}"
+        for a, targets in edges.items()
+        if a.split(".")[1:2] and a.split(".")[1] in core
+        for b in targets
+        if b.startswith("torchbop.deploy")
+    )
     assert not found, "core modules importing torchbop.deploy:\n" + "\n".join(found)

@@ -249,8 +249,9 @@ class TestBinaryConv1d:
         if conv.bias is not None:
             nn.init.uniform_(conv.bias)
         x = randn(2, 3, 11)
-        expected = F.conv1d(sign(x), sign(conv.weight), conv.bias, conv.stride, conv.padding, conv.dilation,
-                            conv.groups)
+        expected = F.conv1d(
+            sign(x), sign(conv.weight), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+        )
         torch.testing.assert_close(conv(x), expected)
 
     @pytest.mark.parametrize("pad_value", [-1.0, 1.0])
@@ -299,8 +300,9 @@ SCALED_LAYERS = [
 
 class TestWeightScale:
     @pytest.mark.parametrize("make, shape, conv, view", SCALED_LAYERS)
-    @pytest.mark.parametrize("mode, scale", [("latent", "mean_abs"), ("bop", "fixed"), ("bop", "learnable"),
-                                             ("latent", "learnable")])
+    @pytest.mark.parametrize(
+        "mode, scale", [("latent", "mean_abs"), ("bop", "fixed"), ("bop", "learnable"), ("latent", "learnable")]
+    )
     def test_forward_is_the_contract_formula(self, make, shape, conv, view, mode, scale):
         layer = make(mode=mode, scale=scale, dtype=torch.float64)
         with torch.no_grad():
@@ -321,8 +323,12 @@ class TestWeightScale:
         assert torch.equal(layer(x), expected)
 
     def test_no_scale_forward_is_bit_identical_to_the_old_forward(self):
-        layers = [BinaryConv2d(3, 4, 3, padding=1, bias=True), BinaryConv2d(3, 4, 3, padding=1, pad_value=-1.0),
-                  BinaryConv2d(3, 4, 3, mode="latent", bias=True), BinaryLinear(5, 4, bias=True)]
+        layers = [
+            BinaryConv2d(3, 4, 3, padding=1, bias=True),
+            BinaryConv2d(3, 4, 3, padding=1, pad_value=-1.0),
+            BinaryConv2d(3, 4, 3, mode="latent", bias=True),
+            BinaryLinear(5, 4, bias=True),
+        ]
         for layer in layers:
             assert layer.scale is None and layer.output_scale() is None and not hasattr(layer, "weight_scale")
             if layer.bias is not None:
@@ -335,8 +341,9 @@ class TestWeightScale:
             with pytest.raises(ValueError, match=r"'mean_abs' in mode='bop'.*'fixed'.*'learnable'"):
                 make()
 
-    @pytest.mark.parametrize("scale, error, match", [("xnor", ValueError, "Invalid scale"),
-                                                     (1.0, TypeError, "scale must be a string")])
+    @pytest.mark.parametrize(
+        "scale, error, match", [("xnor", ValueError, "Invalid scale"), (1.0, TypeError, "scale must be a string")]
+    )
     def test_invalid_scale(self, scale, error, match):
         with pytest.raises(error, match=match):
             BinaryLinear(2, 2, scale=scale)
@@ -353,8 +360,9 @@ class TestWeightScale:
         torch.testing.assert_close(layer.weight.grad, expected)
 
     def test_learnable_scale_gets_a_gradient_and_goes_to_the_other_optimizer(self):
-        model = nn.Sequential(BinaryConv2d(2, 3, 3, scale="learnable"), nn.Flatten(),
-                              BinaryLinear(12, 2, scale="learnable"))
+        model = nn.Sequential(
+            BinaryConv2d(2, 3, 3, scale="learnable"), nn.Flatten(), BinaryLinear(12, 2, scale="learnable")
+        )
         for layer, x in ((model[0], torch.randn(2, 2, 4, 4)), (model[2], torch.randn(2, 12))):
             out = layer(x)
             (out * torch.randn_like(out)).sum().backward()  # d/d alpha_c = sum over c's outputs of g * conv(...)

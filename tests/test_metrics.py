@@ -16,8 +16,11 @@ from torchbop.optim import Bop, CompositeOptimizer
 def tiny_bnn(mode="bop"):
     torch.manual_seed(0)
     return nn.Sequential(
-        BinaryConv2d(1, 4, 3, padding=1, input_quantizer=None, mode=mode), nn.BatchNorm2d(4), nn.Flatten(),
-        BinaryLinear(4 * 5 * 5, 3, mode=mode), nn.BatchNorm1d(3),
+        BinaryConv2d(1, 4, 3, padding=1, input_quantizer=None, mode=mode),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        BinaryLinear(4 * 5 * 5, 3, mode=mode),
+        nn.BatchNorm1d(3),
     )
 
 
@@ -55,8 +58,9 @@ def test_bop_reported_counts_equal_sign_comparison():
             assert int(flips[name]) == expected
             seen += expected
         assert int(counter.last_total) == sum(int(f) for f in flips.values())
-        assert math.isclose(float(counter.last_pi_t),
-                            math.log(int(counter.last_total) / counter.total_binary_params + 1e-9))
+        assert math.isclose(
+            float(counter.last_pi_t), math.log(int(counter.last_total) / counter.total_binary_params + 1e-9)
+        )
     assert seen > 0
     assert int(counter.epoch_total) == seen and counter.epoch_steps == 6
     counter.reset_epoch()

@@ -213,7 +213,9 @@ def test_one_bop_step_keeps_the_weights_plus_minus_one(name, kwargs, size):
     model = create_model(name, mode="bop", **kwargs)
     binary, other = split_binary_params(model)
     before = [w.detach().clone() for w in binary]
-    optimizer = CompositeOptimizer(Bop(binary, gamma=1.0, threshold=1e-12, fused=False), torch.optim.Adam(other, lr=1e-2))
+    optimizer = CompositeOptimizer(
+        Bop(binary, gamma=1.0, threshold=1e-12, fused=False), torch.optim.Adam(other, lr=1e-2)
+    )
     logits = model(images(4, size))
     nn.functional.cross_entropy(logits, torch.arange(4) % logits.shape[1]).backward()
     optimizer.step()
@@ -251,8 +253,10 @@ def test_channels_last_is_declared_and_gives_the_same_outputs(name, kwargs, size
 def test_registry_defaults():
     assert {"bireal_net18", "reactnet_a", "binary_resnet18"} <= set(MODELS)
     assert create_model("binary_resnet18").stem == "cifar10"
-    assert (create_model("bireal_net18", width=0.125).stem, create_model("bireal_net18", width=0.125).num_classes) \
-        == ("imagenet", 1000)
+    assert (create_model("bireal_net18", width=0.125).stem, create_model("bireal_net18", width=0.125).num_classes) == (
+        "imagenet",
+        1000,
+    )
     assert create_model("reactnet_a", stem="cifar10", width=0.125).num_classes == 10
     bop_conv = create_model("bireal_net18", width=0.125).features.stage2[0].conv
     assert bop_conv.scale is None and bop_conv.stride == (2, 2)

@@ -123,7 +123,12 @@ class TestBinaryNet:
     def test_original_layout(self, binarynet):
         c = convs(binarynet)
         assert [(m.in_channels, m.out_channels) for m in c] == [
-            (3, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512)
+            (3, 128),
+            (128, 128),
+            (128, 256),
+            (256, 256),
+            (256, 512),
+            (512, 512),
         ]
         assert [m.padding for m in c] == [(0, 0)] + [(1, 1)] * 5  # valid first, then 'same'
         assert all(m.kernel_size == (3, 3) and m.stride == (1, 1) and m.bias is None for m in c)
@@ -243,8 +248,10 @@ class TestBinaryNet:
 
 class TestRegistry:
     def test_models(self):
-        assert {name: MODELS[name] for name in ("mnist_bnn", "binarynet")} == {"mnist_bnn": MnistBNN,
-                                                                          "binarynet": BinaryNet}
+        assert {name: MODELS[name] for name in ("mnist_bnn", "binarynet")} == {
+            "mnist_bnn": MnistBNN,
+            "binarynet": BinaryNet,
+        }
 
     def test_create_model_passes_kwargs(self):
         model = create_model("binarynet", width=0.125, mode="latent", variant="reproduction")

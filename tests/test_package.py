@@ -29,8 +29,9 @@ def test_all_lists_exactly_what_the_package_imports():
     """``__all__`` names every public object ``torchbop/__init__.py`` imports or defines (``load_model``, which
     imports the training engine on first use), and nothing else."""
     tree = ast.parse((ROOT / "src" / "torchbop" / "__init__.py").read_text())
-    imported = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
-                for alias in node.names}
+    imported = {
+        alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
     imported |= {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")}
     assert sorted(torchbop.__all__) == sorted(imported)
     assert len(set(torchbop.__all__)) == len(torchbop.__all__)
@@ -40,7 +41,8 @@ def test_all_lists_exactly_what_the_package_imports():
 def test_readme_imports_resolve():
     """Every ``from torchbop import ...`` of the README names an exported object."""
     readme = (ROOT / "README.md").read_text()
-    names = [n.strip() for line in re.findall(r"^from torchbop import (.+)$", readme, flags=re.M)
-             for n in line.split(",")]
+    names = [
+        n.strip() for line in re.findall(r"^from torchbop import (.+)$", readme, flags=re.M) for n in line.split(",")
+    ]
     assert names, "the README shows no top-level import"
     assert set(names) <= set(torchbop.__all__), set(names) - set(torchbop.__all__)

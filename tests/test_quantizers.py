@@ -227,11 +227,35 @@ class TestGradients:
         assert grad.dtype == dtype and torch.isfinite(grad).all()
         assert grad[0] == 5.0
 
-    @pytest.mark.parametrize("quantizer", [
-        sign, ste_sign, lambda t: ste_sign(t, 0.5), lambda t: ste_sign(t, math.inf), approx_sign, swish_sign,
-        stochastic_sign, SteSign(), ApproxSign(), SwishSign(), StochasticSign(),
-    ], ids=["sign", "ste_sign", "ste_sign_0.5", "ste_sign_inf", "approx_sign", "swish_sign", "stochastic_sign",
-            "SteSign", "ApproxSign", "SwishSign", "StochasticSign"])
+    @pytest.mark.parametrize(
+        "quantizer",
+        [
+            sign,
+            ste_sign,
+            lambda t: ste_sign(t, 0.5),
+            lambda t: ste_sign(t, math.inf),
+            approx_sign,
+            swish_sign,
+            stochastic_sign,
+            SteSign(),
+            ApproxSign(),
+            SwishSign(),
+            StochasticSign(),
+        ],
+        ids=[
+            "sign",
+            "ste_sign",
+            "ste_sign_0.5",
+            "ste_sign_inf",
+            "approx_sign",
+            "swish_sign",
+            "stochastic_sign",
+            "SteSign",
+            "ApproxSign",
+            "SwishSign",
+            "StochasticSign",
+        ],
+    )
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("n", [1, 7, 1000])  # CPU kernels handle short tails with scalar code, the rest vectorized
     def test_gradient_is_zero_at_nan(self, quantizer, dtype, n):

@@ -88,10 +88,18 @@ class TestCounts:
     def test_derivation_pinned(self):
         # The derivation's ImageNet numbers, written out, so a slip in derive() cannot hide one in the model.
         assert derive(*SPECS["quicknet"], "imagenet", 1000)[:4] == (12_533_760, 709_960, 1_849_688_064, 29_651_712)
-        assert derive(*SPECS["quicknet_small"], "imagenet", 1000)[:4] == (11_980_800, 683_544, 1_156_055_040,
-                                                                           15_941_120)
-        assert derive(*SPECS["quicknet_large"], "imagenet", 1000)[:4] == (22_634_496, 724_808, 3_699_376_128,
-                                                                           29_651_712)
+        assert derive(*SPECS["quicknet_small"], "imagenet", 1000)[:4] == (
+            11_980_800,
+            683_544,
+            1_156_055_040,
+            15_941_120,
+        )
+        assert derive(*SPECS["quicknet_large"], "imagenet", 1000)[:4] == (
+            22_634_496,
+            724_808,
+            3_699_376_128,
+            29_651_712,
+        )
 
     def test_published_totals(self, variant):
         # Larq's summary (larq/larq, larq/models.py, LayerProfile) folds batch norm for inference: where a layer has
@@ -115,12 +123,26 @@ class TestLayout:
     def test_stem_imagenet(self):
         stem = full("quicknet").features.stem
         assert [name for name, _ in stem.named_children()] == [
-            "pad", "conv", "bn", "act", "dw_pad", "dw", "dw_bn", "pw", "pw_bn"]
+            "pad",
+            "conv",
+            "bn",
+            "act",
+            "dw_pad",
+            "dw",
+            "dw_bn",
+            "pw",
+            "pw_bn",
+        ]
         assert stem.pad.padding == (0, 1, 0, 1) and stem.dw_pad.padding == (0, 1, 0, 1)
         conv, dw, pw = stem.conv, stem.dw, stem.pw
         assert type(conv) is nn.Conv2d and type(dw) is nn.Conv2d and type(pw) is nn.Conv2d  # real convolutions
         assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
-            3, 16, (3, 3), (2, 2), (0, 0))
+            3,
+            16,
+            (3, 3),
+            (2, 2),
+            (0, 0),
+        )
         assert (dw.groups, dw.out_channels, dw.kernel_size, dw.stride) == (16, 16, (3, 3), (2, 2))
         assert (pw.in_channels, pw.out_channels, pw.kernel_size) == (16, 64, (1, 1))
         assert conv.bias is None and dw.bias is None and pw.bias is None
@@ -139,7 +161,12 @@ class TestLayout:
         conv = block.conv
         assert isinstance(block, ResidualBlock) and isinstance(conv, BinaryConv2d)
         assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
-            256, 256, (3, 3), (1, 1), (1, 1))
+            256,
+            256,
+            (3, 3),
+            (1, 1),
+            (1, 1),
+        )
         assert conv.pad_value == 1.0 and conv.bias is None and conv.mode == mode
         assert isinstance(conv.input_quantizer, SteSign) and conv.input_quantizer.clip_value == 1.25
         if mode == "latent":
@@ -169,7 +196,11 @@ class TestLayout:
             assert [type(m) for m in t] == [nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]
             assert (t.pool.kernel_size, t.pool.stride, t.pool.padding) == (2, 1, 0)
             assert (t.blur.groups, t.blur.kernel_size, t.blur.stride, t.blur.padding) == (
-                filters[s - 1], (3, 3), (2, 2), (1, 1))
+                filters[s - 1],
+                (3, 3),
+                (2, 2),
+                (1, 1),
+            )
             blur = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
             assert torch.equal(t.blur.weight, blur.expand(filters[s - 1], 1, 3, 3))
             assert not t.blur.weight.requires_grad  # Larq Zoo: trainable=False
@@ -279,8 +310,9 @@ class TestRegistry:
         assert {name: MODELS[name] for name in CLASSES} == CLASSES
 
     def test_create_model_passes_contract_kwargs(self):
-        model = create_model("quicknet_small", mode="latent", stem="cifar10", num_classes=5, width=0.25,
-                             channels_last=False)
+        model = create_model(
+            "quicknet_small", mode="latent", stem="cifar10", num_classes=5, width=0.25, channels_last=False
+        )
         assert isinstance(model, QuickNetSmall)
         assert (model.mode, model.stem, model.num_classes, model.width) == ("latent", "cifar10", 5, 0.25)
         assert model.memory_format == torch.contiguous_format
@@ -288,7 +320,8 @@ class TestRegistry:
 
     def test_repr(self):
         assert repr(QuickNetLarge(width=0.125)).startswith(
-            "QuickNetLarge(\n  mode=bop, stem=imagenet, num_classes=1000, width=0.125")
+            "QuickNetLarge(\n  mode=bop, stem=imagenet, num_classes=1000, width=0.125"
+        )
 
     @pytest.mark.parametrize(
         "kwargs, match",

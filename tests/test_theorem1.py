@@ -17,8 +17,11 @@ def latent_bnn(clip_value: float):
     quantizer = SteSign(clip_value=clip_value)
     return nn.Sequential(
         BinaryConv2d(1, 8, 3, padding=1, input_quantizer=None, mode="latent", weight_quantizer=quantizer),
-        nn.BatchNorm2d(8), nn.MaxPool2d(2), nn.Flatten(),
-        BinaryLinear(8 * 4 * 4, 10, mode="latent", weight_quantizer=quantizer), nn.BatchNorm1d(10),
+        nn.BatchNorm2d(8),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        BinaryLinear(8 * 4 * 4, 10, mode="latent", weight_quantizer=quantizer),
+        nn.BatchNorm1d(10),
     )
 
 

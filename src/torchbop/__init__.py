@@ -12,8 +12,8 @@ Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural Netwo
 ``export_onnx`` writes it as an ONNX graph for ONNX Runtime and the other ONNX runtimes.
 
 Models (:mod:`torchbop.models`), data (:mod:`torchbop.data`), the training engine on Lightning Fabric
-(:mod:`torchbop.training`; :func:`load_model` returns a run's trained network) and the paper's experiments (:mod:`torchbop.experiments`) build on it. Importing
-``torchbop`` imports the core only.
+(:mod:`torchbop.training`; :func:`load_model` returns a run's trained network) and the paper's experiments
+(:mod:`torchbop.experiments`) build on it. Importing ``torchbop`` imports the core only.
 
 Example:
     >>> import torch

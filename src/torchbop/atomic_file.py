@@ -27,8 +27,9 @@ __all__ = ["atomic_write"]
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, newline: str | None = None,
-                 durable: bool = False) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", *, newline: str | None = None, durable: bool = False
+) -> Iterator[IO[Any]]:
     """Open a temporary file to write ``path``'s new content in; on a clean exit it replaces ``path``.
 
     Args:

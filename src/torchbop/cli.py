@@ -99,8 +99,9 @@ class _UsageError(Exception):
 #: The domain of each TrainConfig field; an option that sets a field takes the field's.
 FIELDS = field_domains()
 #: Paths that must exist: a run folder or a checkpoint file.
-EXISTING = Parsed(rule="an existing run folder or checkpoint file", examples=("{tmp}/nothing",),
-                  parse=lambda text: _must_exist(text))
+EXISTING = Parsed(
+    rule="an existing run folder or checkpoint file", examples=("{tmp}/nothing",), parse=lambda text: _must_exist(text)
+)
 
 
 #: A recipe: a shipped name or a .yaml file (load_recipe says which exist).
@@ -123,19 +124,25 @@ def _must_exist(text: str) -> None:
 #: Options of more than one subcommand, each defined once: flag -> ``add_argument`` keywords.
 SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "--epochs": dict(type=FIELDS["epochs"], help="training epochs"),
-    "--width": dict(type=Real(0, low_open=True), help="width multiplier of the model (BinaryNet; "
-                                                      "model_kwargs.width)"),
+    "--width": dict(type=Real(0, low_open=True), help="width multiplier of the model (BinaryNet; model_kwargs.width)"),
     "--subset": dict(type=FIELDS["subset"], help="train on this many training images (a seeded random subset)"),
     "--data-dir": dict(type=Folder(), help="data root (default: $TORCHBOP_DATA, else ~/.cache/torchbop)"),
     "--download": dict(action="store_true", help="download missing datasets first (checksummed)"),
-    "--set": dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                  type=Text(forbid=r"^[^=]*$|^\s*=", rule="KEY=VALUE", examples=("gamma", "=1")),
-                  help="change any setting (repeatable): a config field for train (--set gamma=1e-3, --set "
-                       "model_kwargs.variant=reproduction), a setting of the experiment (--set retrain_epochs=3)"),
+    "--set": dict(
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=Text(forbid=r"^[^=]*$|^\s*=", rule="KEY=VALUE", examples=("gamma", "=1")),
+        help="change any setting (repeatable): a config field for train (--set gamma=1e-3, --set "
+        "model_kwargs.variant=reproduction), a setting of the experiment (--set retrain_epochs=3)",
+    ),
     "--print-config": dict(action="store_true", help="print the resolved configuration and exit"),
-    "--profile": dict(default="quick", choices=list(PROFILES),
-                      help=f"named scale ({', '.join(PROFILES)}; default quick): the experiment's settings, and "
-                           "results/<profile>"),
+    "--profile": dict(
+        default="quick",
+        choices=list(PROFILES),
+        help=f"named scale ({', '.join(PROFILES)}; default quick): the experiment's settings, and results/<profile>",
+    ),
     "--results-dir": dict(default="results", type=Folder(), help="results root (default: results)"),
 }
 
@@ -153,27 +160,49 @@ def _dest(flag: str) -> str:
 # train
 # ----------------------------------------------------------------------------------------------------------------
 #: Flags that set the TrainConfig field of their name. Everything else: --set key=value.
-TRAIN_FIELDS = ("--epochs", "--batch-size", "--data-dir", "--subset", "--seed", "--out", "--resume", "--precision",
-                "--devices", "--accelerator", "--strategy")
+TRAIN_FIELDS = (
+    "--epochs",
+    "--batch-size",
+    "--data-dir",
+    "--subset",
+    "--seed",
+    "--out",
+    "--resume",
+    "--precision",
+    "--devices",
+    "--accelerator",
+    "--strategy",
+)
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", type=RECIPE, help=f"a shipped recipe ({', '.join(available_recipes())}) or a "
-                                                       ".yaml path; optional with --resume (the checkpoint's "
-                                                       "configuration is used)")
+    parser.add_argument(
+        "--recipe",
+        type=RECIPE,
+        help=f"a shipped recipe ({', '.join(available_recipes())}) or a "
+        ".yaml path; optional with --resume (the checkpoint's "
+        "configuration is used)",
+    )
     _add_shared(parser, "--epochs", "--width", "--subset", "--data-dir", "--download", "--set", "--print-config")
     parser.add_argument("--batch-size", type=FIELDS["batch_size"], help="training batch size")
     parser.add_argument("--seed", type=FIELDS["seed"], help="random seed (0 to 2**32 - 1)")
     parser.add_argument("--out", type=FIELDS["out"], help="run directory (default: runs/<recipe name>)")
-    parser.add_argument("--resume", type=FIELDS["resume"], help="continue a run: its folder (checkpoints/last.ckpt "
-                                                                "is used) or a .ckpt file; the run goes on in that "
-                                                                "folder")
+    parser.add_argument(
+        "--resume",
+        type=FIELDS["resume"],
+        help="continue a run: its folder (checkpoints/last.ckpt "
+        "is used) or a .ckpt file; the run goes on in that "
+        "folder",
+    )
     parser.add_argument("--precision", type=FIELDS["precision"], help=FIELDS["precision"].describe())
     parser.add_argument("--devices", type=FIELDS["devices"], help="devices per node: " + FIELDS["devices"].describe())
     parser.add_argument("--accelerator", type=FIELDS["accelerator"], help=FIELDS["accelerator"].describe())
     parser.add_argument("--strategy", type=FIELDS["strategy"], help=FIELDS["strategy"].describe())
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run in a folder that holds another run, removing that run's files")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder that holds another run, removing that run's files",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
 
 
@@ -229,8 +258,10 @@ def _run_train(args: argparse.Namespace) -> int:
     if rank_zero_only.rank != 0:  # under DDP every process returns here; one prints
         return 0
     if result.get("already_finished"):
-        print(f"{result['out_dir']}: this run has already finished ({result['epochs']} epochs, test accuracy "
-              f"{_fraction(result.get('test_acc'))}); nothing was changed. Raise --epochs to train it further.")
+        print(
+            f"{result['out_dir']}: this run has already finished ({result['epochs']} epochs, test accuracy "
+            f"{_fraction(result.get('test_acc'))}); nothing was changed. Raise --epochs to train it further."
+        )
         return 0
     print(format_summary(result))
     print(f"test accuracy: {_fraction(result['test_acc'])}")
@@ -245,42 +276,89 @@ def _fraction(value: float | None) -> str:
 # experiment, report
 # ----------------------------------------------------------------------------------------------------------------
 #: Flags that change one setting of the experiment: flag -> setting. --set reaches any other.
-EXPERIMENT_SETTINGS = {"--epochs": "epochs", "--seeds": "seeds", "--width": "width", "--subset": "subset",
-                       "--test-subset": "test_subset", "--dataset": "datasets", "--protocol": "protocol"}
+EXPERIMENT_SETTINGS = {
+    "--epochs": "epochs",
+    "--seeds": "seeds",
+    "--width": "width",
+    "--subset": "subset",
+    "--test-subset": "test_subset",
+    "--dataset": "datasets",
+    "--protocol": "protocol",
+}
 
 
 def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
-    _add_shared(parser, "--profile", "--epochs", "--width", "--subset", "--set", "--results-dir", "--data-dir",
-                "--download", "--print-config")
+    _add_shared(
+        parser,
+        "--profile",
+        "--epochs",
+        "--width",
+        "--subset",
+        "--set",
+        "--results-dir",
+        "--data-dir",
+        "--download",
+        "--print-config",
+    )
     parser.add_argument("--seeds", type=Int(1), help="number of seeds (random initializations)")
     parser.add_argument("--test-subset", type=Int(1), help="evaluate on this many test images")
-    parser.add_argument("--dataset", type=Parsed(rule="datasets", parse=lambda t: check_dataset_names(t.split(",")),
-                                                 examples=("svhn", "mnist,svhn")),
-                        help=f"approximation only: comma-separated datasets ({', '.join(DATASETS)})")
+    parser.add_argument(
+        "--dataset",
+        type=Parsed(
+            rule="datasets", parse=lambda t: check_dataset_names(t.split(",")), examples=("svhn", "mnist,svhn")
+        ),
+        help=f"approximation only: comma-separated datasets ({', '.join(DATASETS)})",
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, help="cifar10 only: " + " | ".join(PROTOCOLS))
-    parser.add_argument("--jobs", type=Int(1), help="independent runs in parallel processes (default 1); with "
-                                                    "--launcher, at most this many jobs at once (default: all)")
-    parser.add_argument("--threads", type=Int(1), help="torch threads per job (default: cores // jobs; with "
-                                                       "--launcher: --cpus-per-task, else 1 on SLURM)")
+    parser.add_argument(
+        "--jobs",
+        type=Int(1),
+        help="independent runs in parallel processes (default 1); with "
+        "--launcher, at most this many jobs at once (default: all)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=Int(1),
+        help="torch threads per job (default: cores // jobs; with --launcher: --cpus-per-task, else 1 on SLURM)",
+    )
     parser.add_argument("--quiet", action="store_true", help="only one line per finished run")
-    cluster = parser.add_argument_group("cluster jobs", "each run to do as one job, through submitit (pip install "
-                                                        "'torchbop[cluster]'); the results land in --results-dir")
-    cluster.add_argument("--launcher", choices=list(LAUNCHERS),
-                         help="; ".join(f"{k}: {v}" for k, v in LAUNCHERS.items()) + " (default: local processes)")
-    cluster.add_argument("--partition", type=Text(forbid=r"[^\w.,-]", rule="a SLURM partition name",
-                                                  examples=("a b",)), help="SLURM partition (default: the cluster's)")
-    cluster.add_argument("--time", type=Parsed(parse=parse_time, rule="a time limit", examples=("1h", "0")),
-                         help="each job's time limit, as sbatch --time takes it (90, 4:00:00, 1-12:00); "
-                              "required with --launcher slurm")
+    cluster = parser.add_argument_group(
+        "cluster jobs",
+        "each run to do as one job, through submitit (pip install "
+        "'torchbop[cluster]'); the results land in --results-dir",
+    )
+    cluster.add_argument(
+        "--launcher",
+        choices=list(LAUNCHERS),
+        help="; ".join(f"{k}: {v}" for k, v in LAUNCHERS.items()) + " (default: local processes)",
+    )
+    cluster.add_argument(
+        "--partition",
+        type=Text(forbid=r"[^\w.,-]", rule="a SLURM partition name", examples=("a b",)),
+        help="SLURM partition (default: the cluster's)",
+    )
+    cluster.add_argument(
+        "--time",
+        type=Parsed(parse=parse_time, rule="a time limit", examples=("1h", "0")),
+        help="each job's time limit, as sbatch --time takes it (90, 4:00:00, 1-12:00); required with --launcher slurm",
+    )
     cluster.add_argument("--cpus-per-task", type=Int(1), help="CPUs of each job (also its torch threads)")
     cluster.add_argument("--gpus-per-node", type=Int(0), help="GPUs of each job")
-    cluster.add_argument("--mem", type=Parsed(parse=parse_mem, rule="an amount of memory", examples=("lots",)),
-                         help="memory of each job, as sbatch --mem takes it (16G, 4000M)")
-    cluster.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
-                         type=Parsed(parse=lambda t: parse_extra([t]), rule="KEY=VALUE", examples=("=x",)),
-                         help="any other sbatch option (repeatable): --slurm-extra account=myproject, "
-                              "--slurm-extra qos=high, --slurm-extra exclusive")
+    cluster.add_argument(
+        "--mem",
+        type=Parsed(parse=parse_mem, rule="an amount of memory", examples=("lots",)),
+        help="memory of each job, as sbatch --mem takes it (16G, 4000M)",
+    )
+    cluster.add_argument(
+        "--slurm-extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=Parsed(parse=lambda t: parse_extra([t]), rule="KEY=VALUE", examples=("=x",)),
+        help="any other sbatch option (repeatable): --slurm-extra account=myproject, "
+        "--slurm-extra qos=high, --slurm-extra exclusive",
+    )
 
 
 #: The options of cluster jobs, which need --launcher.
@@ -293,13 +371,22 @@ def _launcher_from_args(args: argparse.Namespace) -> Launcher | None:
     given = [flag for flag in CLUSTER_OPTIONS if getattr(args, _dest(flag)) not in (None, [])]
     if args.launcher is None:
         if given:
-            raise UserError(f"{', '.join(given)}: options of cluster jobs, which need --launcher slurm (without a "
-                            "launcher, runs are local processes)")
+            raise UserError(
+                f"{', '.join(given)}: options of cluster jobs, which need --launcher slurm (without a "
+                "launcher, runs are local processes)"
+            )
         return None
     with blame_user(ValueError):
-        launcher = Launcher(args.launcher, time=args.time, partition=args.partition, cpus_per_task=args.cpus_per_task,
-                            gpus_per_node=args.gpus_per_node, mem=args.mem, extra=parse_extra(args.slurm_extra),
-                            max_running=args.jobs)
+        launcher = Launcher(
+            args.launcher,
+            time=args.time,
+            partition=args.partition,
+            cpus_per_task=args.cpus_per_task,
+            gpus_per_node=args.gpus_per_node,
+            mem=args.mem,
+            extra=parse_extra(args.slurm_extra),
+            max_running=args.jobs,
+        )
     with blame_user(ImportError):
         require_submitit()
     return launcher
@@ -327,10 +414,18 @@ def _run_experiment(args: argparse.Namespace) -> int:
     launcher = _launcher_from_args(args)
     _check_data(EXPERIMENTS[args.name].datasets(config), args.data_dir, download=args.download)
     runner.quiet_lightning()
-    manifest = runner.run_experiment(args.name, config, profile=args.profile, results_root=args.results_dir,
-                                     data_dir=args.data_dir, jobs=1 if args.jobs is None or launcher else args.jobs,
-                                     threads=args.threads, verbose=not args.quiet, launcher=launcher,
-                                     command="torchbop " + " ".join(sys.argv[1:]))
+    manifest = runner.run_experiment(
+        args.name,
+        config,
+        profile=args.profile,
+        results_root=args.results_dir,
+        data_dir=args.data_dir,
+        jobs=1 if args.jobs is None or launcher else args.jobs,
+        threads=args.threads,
+        verbose=not args.quiet,
+        launcher=launcher,
+        command="torchbop " + " ".join(sys.argv[1:]),
+    )
     return 1 if manifest["failed"] else 0
 
 
@@ -343,20 +438,27 @@ def _check_data(names: tuple[str, ...], data_dir: str | None, *, download: bool)
         if download or not missing:  # fetch what is missing (with download), then verify every file once
             fetch_datasets(names, data_dir, progress=True)
             return
-        listing = "\n".join(f"  {remote.url}  (md5 {remote.md5})\n    -> {folder / remote.filename}"
-                             for folder, remote in missing)
-        raise UserError(f"{', '.join(names)}: {len(missing)} file(s) missing under the data root "
-                        f"{resolve_data_dir(data_dir)} (from {describe_data_dir(data_dir)}). Run again with "
-                        f"--download to fetch them (checksummed), or put each file at the path shown:\n{listing}")
+        listing = "\n".join(
+            f"  {remote.url}  (md5 {remote.md5})\n    -> {folder / remote.filename}" for folder, remote in missing
+        )
+        raise UserError(
+            f"{', '.join(names)}: {len(missing)} file(s) missing under the data root "
+            f"{resolve_data_dir(data_dir)} (from {describe_data_dir(data_dir)}). Run again with "
+            f"--download to fetch them (checksummed), or put each file at the path shown:\n{listing}"
+        )
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     _add_shared(parser, "--profile", "--results-dir")
-    parser.add_argument("--out", default="reports", type=Folder(),
-                        help="reports root: writes <out>/<profile>/REPORT.md")
-    parser.add_argument("--rebuild", action="store_true",
-                        help="build every section from the results, even where they no longer hold all the runs a "
-                             "section of the existing report was built from (by default such a section is kept)")
+    parser.add_argument(
+        "--out", default="reports", type=Folder(), help="reports root: writes <out>/<profile>/REPORT.md"
+    )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build every section from the results, even where they no longer hold all the runs a "
+        "section of the existing report was built from (by default such a section is kept)",
+    )
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -371,10 +473,12 @@ def _run_report(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 def _add_summary_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--recipe", type=RECIPE, help=f"the model of a recipe ({', '.join(available_recipes())}) "
-                                                      "or a .yaml path")
-    source.add_argument("--checkpoint", type=EXISTING,
-                        help="a trained model: a run folder (its checkpoints/last.ckpt) or a .ckpt file")
+    source.add_argument(
+        "--recipe", type=RECIPE, help=f"the model of a recipe ({', '.join(available_recipes())}) or a .yaml path"
+    )
+    source.add_argument(
+        "--checkpoint", type=EXISTING, help="a trained model: a run folder (its checkpoints/last.ckpt) or a .ckpt file"
+    )
     _add_shared(parser, "--width", "--set")
 
 
@@ -411,13 +515,22 @@ def _run_summary(args: argparse.Namespace) -> int:
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", type=EXISTING,
-                        help="a run folder (its checkpoints/last.ckpt is used) or a .ckpt file")
-    parser.add_argument("-o", "--output", required=True, type=OUTPUT_FILE,
-                        help="the file to write (e.g. model.tbop, model.onnx)")
-    parser.add_argument("--format", choices=("packed", "onnx"), default="packed",
-                        help="packed: the 1-bit file torchbop.load_packed reads (default); onnx: an ONNX graph for "
-                             "ONNX Runtime and other runtimes (needs pip install 'torchbop[onnx]')")
+    parser.add_argument(
+        "source",
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        type=EXISTING,
+        help="a run folder (its checkpoints/last.ckpt is used) or a .ckpt file",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, type=OUTPUT_FILE, help="the file to write (e.g. model.tbop, model.onnx)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("packed", "onnx"),
+        default="packed",
+        help="packed: the 1-bit file torchbop.load_packed reads (default); onnx: an ONNX graph for "
+        "ONNX Runtime and other runtimes (needs pip install 'torchbop[onnx]')",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
 
@@ -425,15 +538,26 @@ def _run_export(args: argparse.Namespace) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output}: already exists; choose another output file or pass --overwrite")
     model, config, path = _trained_model(args.source)
-    source = {"checkpoint": str(path), "model": config.model, "model_kwargs": config.model_kwargs,
-              "mode": config.mode, "dataset": config.dataset}
+    source = {
+        "checkpoint": str(path),
+        "model": config.model,
+        "model_kwargs": config.model_kwargs,
+        "mode": config.mode,
+        "dataset": config.dataset,
+    }
     with blame_user(ValueError, ImportError, what=f"{path}: {config.model}"):
         if args.format == "onnx":
-            written = export_onnx(model, args.output, input_shape=list(DATASETS[config.dataset].input_shape),
-                                  overwrite=args.overwrite)
+            written = export_onnx(
+                model, args.output, input_shape=list(DATASETS[config.dataset].input_shape), overwrite=args.overwrite
+            )
         else:
-            written = export(model, args.output, input_shape=list(DATASETS[config.dataset].input_shape),
-                             overwrite=args.overwrite, source=source)
+            written = export(
+                model,
+                args.output,
+                input_shape=list(DATASETS[config.dataset].input_shape),
+                overwrite=args.overwrite,
+                source=source,
+            )
     size = written.stat().st_size
     fp32 = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     print(f"wrote {written}: {size:,} bytes; the model's fp32 weights: {fp32:,} bytes ({fp32 / size:.1f}x)")
@@ -445,21 +569,29 @@ def _run_export(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
     "train": Command("train a binarized network from a recipe", _add_train_arguments, _run_train),
-    "experiment": Command("run one of the paper's experiments at a named scale", _add_experiment_arguments,
-                          _run_experiment),
-    "report": Command("gather experiment results into reports/<profile>/REPORT.md", _add_report_arguments,
-                      _run_report),
-    "summary": Command("per-layer parameters, 1-bit memory and MACs of a recipe's or a checkpoint's model",
-                       _add_summary_arguments, _run_summary),
-    "export": Command("write a trained model as a packed 1-bit file (torchbop.load_packed reads it) or, with "
-                      "--format onnx, as an ONNX graph", _add_export_arguments, _run_export),
+    "experiment": Command(
+        "run one of the paper's experiments at a named scale", _add_experiment_arguments, _run_experiment
+    ),
+    "report": Command("gather experiment results into reports/<profile>/REPORT.md", _add_report_arguments, _run_report),
+    "summary": Command(
+        "per-layer parameters, 1-bit memory and MACs of a recipe's or a checkpoint's model",
+        _add_summary_arguments,
+        _run_summary,
+    ),
+    "export": Command(
+        "write a trained model as a packed 1-bit file (torchbop.load_packed reads it) or, with "
+        "--format onnx, as an ONNX graph",
+        _add_export_arguments,
+        _run_export,
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="torchbop", description="Binarized neural networks trained with Bop.")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (also: TORCHBOP_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (also: TORCHBOP_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=command.help, description=command.help)

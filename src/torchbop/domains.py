@@ -36,8 +36,22 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Domain", "Int", "Real", "Bool", "Choice", "KeyOf", "Text", "Folder", "Parsed", "Mapping", "AnyOf", "parse_scalar",
-           "parse_assignments", "check_known"]
+__all__ = [
+    "Domain",
+    "Int",
+    "Real",
+    "Bool",
+    "Choice",
+    "KeyOf",
+    "Text",
+    "Folder",
+    "Parsed",
+    "Mapping",
+    "AnyOf",
+    "parse_scalar",
+    "parse_assignments",
+    "check_known",
+]
 
 
 def parse_scalar(text: str) -> Any:
@@ -101,8 +115,7 @@ class Domain:
             raise ValueError(f"Invalid {key} value: None (expected {self.describe()}; null is not allowed)")
         typed = self._typed(value)
         if typed is _WRONG_TYPE:
-            raise ValueError(f"Invalid {key} value: {value!r} (expected {self.describe()}, got "
-                             f"{type(value).__name__})")
+            raise ValueError(f"Invalid {key} value: {value!r} (expected {self.describe()}, got {type(value).__name__})")
         problem = self._inside(typed) if ranges else ""
         if problem:
             raise ValueError(f"Invalid {key} value: {typed!r} (expected {problem})")
@@ -148,8 +161,11 @@ class Int(Domain):
     def kind(self) -> str:  # type: ignore[override]
         if self.low is not None and self.high is not None:
             return f"int in [{self.low}, {self.high}]"
-        return "int" + (f" >= {self.low}" if self.low is not None else "") + (
-            f" <= {self.high}" if self.high is not None else "")
+        return (
+            "int"
+            + (f" >= {self.low}" if self.low is not None else "")
+            + (f" <= {self.high}" if self.high is not None else "")
+        )
 
     def _typed(self, value: Any) -> Any:
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
@@ -181,7 +197,7 @@ class Real(Domain):
 
     def _range(self) -> str:
         if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}")
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"{'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else "(finite)"

@@ -140,8 +140,9 @@ class FlipCounter:
         if self.optimizer is None:
             return False
         children = getattr(self.optimizer, "optimizers", [self.optimizer])
-        return any(isinstance(o, Bop) and any(p is weight for g in o.param_groups for p in g["params"])
-                   for o in children)
+        return any(
+            isinstance(o, Bop) and any(p is weight for g in o.param_groups for p in g["params"]) for o in children
+        )
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -197,8 +198,7 @@ class FlipCounter:
     def epoch_flips(self, flips: dict[str, Tensor | int]) -> None:
         if set(flips) != set(self._names):
             raise KeyError(f"epoch_flips: expected the layers {self._names}, got {sorted(flips)}")
-        self._epoch = torch.stack([torch.as_tensor(flips[n], dtype=torch.int64).to(self.device)
-                                   for n in self._names])
+        self._epoch = torch.stack([torch.as_tensor(flips[n], dtype=torch.int64).to(self.device) for n in self._names])
 
     @property
     def epoch_total(self) -> Tensor:
@@ -219,5 +219,7 @@ class FlipCounter:
         return float(self.epoch_total) / self.total_binary_params
 
     def __repr__(self) -> str:
-        return (f"FlipCounter({len(self.layers)} binary layers, {self.total_binary_params:,} weights, "
-                f"{'Bop-reported' if self.optimizer is not None else 'sign-compared'} counts)")
+        return (
+            f"FlipCounter({len(self.layers)} binary layers, {self.total_binary_params:,} weights, "
+            f"{'Bop-reported' if self.optimizer is not None else 'sign-compared'} counts)"
+        )

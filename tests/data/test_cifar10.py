@@ -27,6 +27,7 @@ from torchbop.data.verify import image_set_digest
 #  bytes are a Python 2 str (BINSTRING), labels as a list of small ints. This is the layout of the canonical files.
 # ------------------------------------------------------------------------------------------------------------------
 
+
 def _string(s: bytes) -> bytes:
     return b"U" + bytes([len(s)]) + s if len(s) < 256 else b"T" + struct.pack("<I", len(s)) + s
 
@@ -39,21 +40,53 @@ def _int(i: int) -> bytes:
     return b"J" + struct.pack("<i", i)
 
 
-def py2_batch(raw: bytes, shape: tuple[int, ...], labels: list[int], *, dtype: bytes = b"u1",
-              data_key: bytes = b"data", labels_key: bytes = b"labels") -> bytes:
+def py2_batch(
+    raw: bytes,
+    shape: tuple[int, ...],
+    labels: list[int],
+    *,
+    dtype: bytes = b"u1",
+    data_key: bytes = b"data",
+    labels_key: bytes = b"labels",
+) -> bytes:
     array = (
-        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + _int(0) + b"\x85" + _string(b"b")
-        + b"\x87R"                                                   # _reconstruct(ndarray, (0,), 'b')
-        + b"(" + _int(1)                                             # state: (1, shape, dtype, False, raw)
-        + b"(" + b"".join(_int(s) for s in shape) + b"t"
-        + b"cnumpy\ndtype\n" + _string(dtype) + _int(0) + _int(1) + b"\x87R"
-        + b"(" + _int(3) + _string(b"|") + b"NNN" + _int(-1) + _int(-1) + _int(0) + b"tb"
-        + b"\x89" + _string(raw) + b"tb"
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + _int(0)
+        + b"\x85"
+        + _string(b"b")
+        + b"\x87R"  # _reconstruct(ndarray, (0,), 'b')
+        + b"("
+        + _int(1)  # state: (1, shape, dtype, False, raw)
+        + b"("
+        + b"".join(_int(s) for s in shape)
+        + b"t"
+        + b"cnumpy\ndtype\n"
+        + _string(dtype)
+        + _int(0)
+        + _int(1)
+        + b"\x87R"
+        + b"("
+        + _int(3)
+        + _string(b"|")
+        + b"NNN"
+        + _int(-1)
+        + _int(-1)
+        + _int(0)
+        + b"tb"
+        + b"\x89"
+        + _string(raw)
+        + b"tb"
     )
     items = (
-        _string(b"batch_label") + _string(b"training batch 1 of 5")
-        + _string(labels_key) + b"](" + b"".join(_int(v) for v in labels) + b"e"
-        + _string(data_key) + array
+        _string(b"batch_label")
+        + _string(b"training batch 1 of 5")
+        + _string(labels_key)
+        + b"]("
+        + b"".join(_int(v) for v in labels)
+        + b"e"
+        + _string(data_key)
+        + array
     )
     return b"\x80\x02}(" + items + b"u."
 
@@ -129,8 +162,12 @@ class TestBatchFormat:
             data = np.asfortranarray(data)
         labels = [int(v) for v in rng.integers(0, 10, 4)]
         path = tmp_path / "b"
-        path.write_bytes(pickle.dumps({b"batch_label": b"x", b"labels": labels, b"data": data,
-                                       b"filenames": [b"a.png"] * 4}, protocol=protocol))
+        path.write_bytes(
+            pickle.dumps(
+                {b"batch_label": b"x", b"labels": labels, b"data": data, b"filenames": [b"a.png"] * 4},
+                protocol=protocol,
+            )
+        )
         x, y = read_cifar10_batch(path)
         assert torch.equal(x, torch.from_numpy(np.ascontiguousarray(data).reshape(4, 3, 32, 32)))
         assert y.tolist() == labels
@@ -173,8 +210,11 @@ class TestDamagedBatches:
 
     def test_declared_shape_larger_than_bytes(self, tmp_path):
         path = self._write(tmp_path, py2_batch(bytes(3072 * 2), (3, 3072), [0, 0, 0]))
-        with pytest.raises(ValueError, match=r"data_batch_1: 'data' declares shape \[3, 3072\] \(9216 bytes\) but "
-                                             r"holds 6144 bytes"):
+        with pytest.raises(
+            ValueError,
+            match=r"data_batch_1: 'data' declares shape \[3, 3072\] \(9216 bytes\) but "
+            r"holds 6144 bytes",
+        ):
             read_cifar10_batch(path)
 
     def test_malformed_shape(self, tmp_path):
@@ -189,8 +229,10 @@ class TestDamagedBatches:
             (dict(raw=bytes(2 * 3072), shape=(2, 3072), labels=[0]), "1 labels for 2 images"),
             (dict(raw=bytes(2 * 3072), shape=(2, 3072), labels=[0, 10]), r"labels outside 0\.\.9"),
             (dict(raw=bytes(4 * 3072), shape=(2, 3072), labels=[0, 1], dtype=b"<u2"), "dtype '<u2', expected uint8"),
-            (dict(raw=bytes(2 * 3072), shape=(2, 3072), labels=[0, 1], labels_key=b"fine_labels"),
-             "key 'labels' missing"),
+            (
+                dict(raw=bytes(2 * 3072), shape=(2, 3072), labels=[0, 1], labels_key=b"fine_labels"),
+                "key 'labels' missing",
+            ),
         ],
     )
     def test_invalid_content(self, tmp_path, kwargs, message):
@@ -252,8 +294,13 @@ class TestLoadSplit:
         with pytest.raises(DatasetNotFoundError) as info:
             load_cifar10(tmp_path, train=True)
         message = str(info.value)
-        for expected in ("cifar-10-python.tar.gz", str(tmp_path / "cifar10" / "cifar-10-batches-py"),
-                         "download=True", "$TORCHBOP_DATA", "https://www.cs.toronto.edu/~kriz/"):
+        for expected in (
+            "cifar-10-python.tar.gz",
+            str(tmp_path / "cifar10" / "cifar-10-batches-py"),
+            "download=True",
+            "$TORCHBOP_DATA",
+            "https://www.cs.toronto.edu/~kriz/",
+        ):
             assert expected in message
 
     def _mirror(self, tmp_path, md5=None):
@@ -278,10 +325,10 @@ class TestLoadSplit:
         assert not (tmp_path / "root").exists()  # the folders the download created are removed again
 
 
-
 # ------------------------------------------------------------------------------------------------------------------
 #  Content verification
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def md5_of(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -345,7 +392,8 @@ class TestVerification:
             part = slice(6 * i, 6 * (i + 1))
             raw = bytes(images[part].flatten().tolist())
             (root / "cifar10" / "cifar-10-batches-py" / f"data_batch_{i + 1}").write_bytes(
-                py2_batch(raw, (6, 3072), labels[part].tolist()))
+                py2_batch(raw, (6, 3072), labels[part].tolist())
+            )
         x, y = load_cifar10(root, train=True)
         assert torch.equal(x, images) and torch.equal(y, labels)
 
@@ -383,9 +431,12 @@ class TestVerification:
         for name in list(cifar10_module.CANONICAL_MD5):
             monkeypatch.setitem(cifar10_module.CANONICAL_MD5, name, "0" * 32)
         flip_pixel_byte(root / "cifar10" / "cifar-10-batches-py" / "data_batch_2", images[6:12])
-        with pytest.raises(ChecksumError, match=r"data_batch_1, data_batch_2, data_batch_3, data_batch_4, "
-                                                r"data_batch_5 in .*: one or more of these files is corrupt\. .*"
-                                                r"delete them \(or the whole folder\)"):
+        with pytest.raises(
+            ChecksumError,
+            match=r"data_batch_1, data_batch_2, data_batch_3, data_batch_4, "
+            r"data_batch_5 in .*: one or more of these files is corrupt\. .*"
+            r"delete them \(or the whole folder\)",
+        ):
             load_cifar10(root, train=True)
 
     def test_changed_label_names_the_file(self, known):
@@ -498,8 +549,10 @@ class TestRealDataVerification:
             load_cifar10(tmp_path, train=True)
         message = str(info.value)
         assert "CIFAR-10 train:" in message and "data_batch_3" in message and str(folder) in message
-        canonical = all(md5_of(real_batches / f"data_batch_{i}") == cifar10_module.CANONICAL_MD5[f"data_batch_{i}"]
-                        for i in (1, 2, 4, 5))
+        canonical = all(
+            md5_of(real_batches / f"data_batch_{i}") == cifar10_module.CANONICAL_MD5[f"data_batch_{i}"]
+            for i in (1, 2, 4, 5)
+        )
         if canonical:  # the canonical files: the corrupt one is named alone
             assert f"{folder / 'data_batch_3'} is corrupt" in message
         else:  # a re-ordered copy (the development one): all five are suspects
@@ -519,6 +572,9 @@ class TestRealDataVerification:
             if not changed:
                 x, y = load_cifar10(tmp_path, train=False)
                 assert torch.equal(x, real_cifar10["test"][0]) and torch.equal(y, real_cifar10["test"][1])
-        with pytest.raises(ChecksumError, match=f"CIFAR-10 test: {archive} is corrupt: .* its md5 is [0-9a-f]{{32}}, "
-                                                f"not the canonical c58f30108f718f92721af3b95e74349a"):
+        with pytest.raises(
+            ChecksumError,
+            match=f"CIFAR-10 test: {archive} is corrupt: .* its md5 is [0-9a-f]{{32}}, "
+            f"not the canonical c58f30108f718f92721af3b95e74349a",
+        ):
             load_cifar10(tmp_path, train=False)

@@ -27,8 +27,12 @@ from torchbop.data.paths import RemoteFile
 from torchbop.data.progress import format_size
 from torchbop.data.verify import image_set_digest
 
-MNIST_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_NAMES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 REAL_URLS = {  # what the offline message must point at: the canonical sources
     "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -66,8 +70,9 @@ def point_cifar_at(monkeypatch, server, payload: bytes = b"an archive") -> bytes
     folder = server / "cifar10"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cifar-10-python.tar.gz").write_bytes(payload)
-    monkeypatch.setattr(cifar10_module, "_ARCHIVE",
-                        RemoteFile("cifar-10-python.tar.gz", folder.as_uri() + "/", md5(payload)))
+    monkeypatch.setattr(
+        cifar10_module, "_ARCHIVE", RemoteFile("cifar-10-python.tar.gz", folder.as_uri() + "/", md5(payload))
+    )
     return payload
 
 
@@ -107,8 +112,9 @@ class TestFetch:
         (root / "mnist").mkdir(parents=True)
         kept = (mirror / "mnist" / MNIST_NAMES[1]).read_bytes()
         (root / "mnist" / MNIST_NAMES[1]).write_bytes(kept)
-        (root / "mnist" / MNIST_NAMES[3].removesuffix(".gz")).write_bytes(gzip.decompress(
-            (mirror / "mnist" / MNIST_NAMES[3]).read_bytes()))  # an uncompressed copy counts as present
+        (root / "mnist" / MNIST_NAMES[3].removesuffix(".gz")).write_bytes(
+            gzip.decompress((mirror / "mnist" / MNIST_NAMES[3]).read_bytes())
+        )  # an uncompressed copy counts as present
         out = io.StringIO()
         fetch_datasets("mnist", root, progress=out)
         downloaded = [line.split("/")[-1] for line in out.getvalue().splitlines() if line.startswith("Downloading")]
@@ -124,7 +130,8 @@ class TestFetch:
         for name in [f"data_batch_{i}" for i in range(1, 6)]:  # the train batches, but no test_batch
             (batches / name).write_bytes(b"")
         assert [(f.name, r.filename) for f, r in missing_files(["cifar10"], root)] == [
-            ("cifar10", "cifar-10-python.tar.gz")]
+            ("cifar10", "cifar-10-python.tar.gz")
+        ]
         fetch_datasets(["cifar10"], root, progress=False, verify=False)
         assert (root / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == b"an archive"
         assert missing_files(["cifar10"], root) == []
@@ -192,6 +199,7 @@ class TestFetch:
 class TestOffline:
     def test_every_missing_file_named_with_url_md5_and_destination(self, tmp_path, monkeypatch):
         """The canonical URLs, and urlopen failing as it does without a network."""
+
         def offline(*args, **kwargs):
             raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
@@ -205,20 +213,24 @@ class TestOffline:
         assert "Temporary failure in name resolution" in message and "offline" in message
         for variant in ("mnist", "fashion-mnist"):
             for name in MNIST_NAMES:
-                remote = next(r for s in mnist_module.MNIST_VARIANTS[variant].values() for r, _ in s
-                              if r.filename == name)
+                remote = next(
+                    r for s in mnist_module.MNIST_VARIANTS[variant].values() for r, _ in s if r.filename == name
+                )
                 assert f"  {REAL_URLS[variant]}{name}  (md5 {remote.md5})\n    -> {root / variant / name}\n" in message
         archive_md5 = cifar10_module._ARCHIVE.md5
-        assert (f"  {REAL_URLS['cifar10']}cifar-10-python.tar.gz  (md5 {archive_md5})\n"
-                f"    -> {root / 'cifar10' / 'cifar-10-python.tar.gz'}") in message
+        assert (
+            f"  {REAL_URLS['cifar10']}cifar-10-python.tar.gz  (md5 {archive_md5})\n"
+            f"    -> {root / 'cifar10' / 'cifar-10-python.tar.gz'}"
+        ) in message
         assert f"The data root {root} comes from the data_dir argument" in message
         assert "$TORCHBOP_DATA" in message and "--data-dir" in message
         assert not root.exists()  # no partial file, no temporary file, no empty folder
 
     def test_root_from_the_environment_is_named(self, tmp_path, monkeypatch):
         monkeypatch.setenv("TORCHBOP_DATA", str(tmp_path / "env-root"))
-        monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(
-            urllib.error.URLError("no route to host")))
+        monkeypatch.setattr(
+            urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("no route to host"))
+        )
         with pytest.raises(DatasetUnavailableError, match=r"The data root .*env-root comes from \$TORCHBOP_DATA"):
             fetch_datasets(["cifar10"], progress=False)
 
@@ -232,7 +244,8 @@ class TestOffline:
         assert f"Could not download {(mirror / 'mnist' / MNIST_NAMES[1]).as_uri()}" in message
         listed = [line.strip().removeprefix("-> ") for line in message.splitlines() if line.strip().startswith("->")]
         assert listed == [str(root / "mnist" / n) for n in MNIST_NAMES[1:]] + [
-            str(root / "cifar10" / "cifar-10-python.tar.gz")]
+            str(root / "cifar10" / "cifar-10-python.tar.gz")
+        ]
         assert [p.name for p in (root / "mnist").iterdir()] == [MNIST_NAMES[0]]  # complete, nothing partial
         assert leftovers(root) == []
         assert f"mnist/{MNIST_NAMES[0]}: " in out.getvalue()
@@ -240,8 +253,11 @@ class TestOffline:
     def test_loader_with_download_offline(self, tmp_path, monkeypatch):
         """load_cifar10(download=True) from a mirror that does not exist: the same message, nothing left behind."""
         archive = cifar10_module._ARCHIVE
-        monkeypatch.setattr(cifar10_module, "_ARCHIVE",
-                            RemoteFile(archive.filename, (tmp_path / "no-server").as_uri() + "/", archive.md5))
+        monkeypatch.setattr(
+            cifar10_module,
+            "_ARCHIVE",
+            RemoteFile(archive.filename, (tmp_path / "no-server").as_uri() + "/", archive.md5),
+        )
         root = tmp_path / "root"
         with pytest.raises(DatasetUnavailableError, match=r"-> .*/root/cifar10/cifar-10-python\.tar\.gz"):
             load_cifar10(root, train=False, download=True)

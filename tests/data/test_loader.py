@@ -102,7 +102,7 @@ class TestAugmentation:
         kwargs = {} if pad_value == -1.0 else {"pad_value": pad_value}  # -1.0 is the default
         loader = DeviceLoader(images, torch.zeros(64, dtype=torch.long), batch_size=64, augment=True, **kwargs)
         _, offsets, _ = loader.epoch_plan(0)
-        (x, _), = list(loader)
+        ((x, _),) = list(loader)
         source_rows = offsets[:, 0, None] + torch.arange(32) - 4  # [B, 32]
         source_cols = offsets[:, 1, None] + torch.arange(32) - 4
         row_inside = (source_rows >= 0) & (source_rows < 32)
@@ -115,14 +115,16 @@ class TestAugmentation:
         assert torch.equal(x, expected[:, None].expand(64, 3, 32, 32))
 
     def test_flip_frequency_about_half(self):
-        loader = DeviceLoader(position_images(4000), torch.zeros(4000, dtype=torch.long), batch_size=500,
-                              augment=True, seed=0)
+        loader = DeviceLoader(
+            position_images(4000), torch.zeros(4000, dtype=torch.long), batch_size=500, augment=True, seed=0
+        )
         flips = torch.cat([recover_transform(x)[2] for x, _ in loader])
         assert 0.47 < flips.float().mean() < 0.53  # 4000 draws: sd 0.008
 
     def test_crop_offsets_cover_0_to_8_uniformly(self):
-        loader = DeviceLoader(position_images(4500), torch.zeros(4500, dtype=torch.long), batch_size=500,
-                              augment=True, seed=0)
+        loader = DeviceLoader(
+            position_images(4500), torch.zeros(4500, dtype=torch.long), batch_size=500, augment=True, seed=0
+        )
         rows, cols = zip(*[recover_transform(x)[:2] for x, _ in loader])
         for offsets in (torch.cat(rows), torch.cat(cols)):
             counts = torch.bincount(offsets, minlength=9)
@@ -133,7 +135,7 @@ class TestAugmentation:
         images = position_images(50)
         loader = DeviceLoader(images, torch.arange(50), batch_size=50, augment=True, seed=3)
         order, offsets, flips = loader.epoch_plan(0)
-        (x, y), = list(loader)
+        ((x, y),) = list(loader)
         assert torch.equal(y, order)
         rows, cols, flipped = recover_transform(x)
         assert torch.equal(rows, offsets[:, 0]) and torch.equal(cols, offsets[:, 1]) and torch.equal(flipped, flips)
@@ -162,8 +164,9 @@ class TestSeeding:
         order0, offsets0, flips0 = loader.epoch_plan(0)
         order1, offsets1, flips1 = loader.epoch_plan(1)
         inverse0, inverse1 = order0.argsort(), order1.argsort()
-        assert not (torch.equal(offsets0[inverse0], offsets1[inverse1]) and torch.equal(flips0[inverse0],
-                                                                                        flips1[inverse1]))
+        assert not (
+            torch.equal(offsets0[inverse0], offsets1[inverse1]) and torch.equal(flips0[inverse0], flips1[inverse1])
+        )
 
     def test_set_epoch_reproduces_an_epoch(self, cifar_like):
         loader = DeviceLoader(*cifar_like, batch_size=64, augment=True, seed=2)
@@ -242,8 +245,9 @@ class TestLengthAndSharding:
     ],
 )
 def test_invalid_arguments(kwargs, error, message):
-    args = dict(images=torch.zeros(4, 3, 8, 8, dtype=torch.uint8), labels=torch.zeros(4, dtype=torch.long),
-                batch_size=2)
+    args = dict(
+        images=torch.zeros(4, 3, 8, 8, dtype=torch.uint8), labels=torch.zeros(4, dtype=torch.long), batch_size=2
+    )
     args.update(kwargs)
     with pytest.raises(error, match=message):
         DeviceLoader(args.pop("images"), args.pop("labels"), **args)

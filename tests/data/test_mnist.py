@@ -82,9 +82,15 @@ class TestMissingAndDownload:
             load_mnist(tmp_path, train=False)
         message = str(info.value)
         assert isinstance(info.value, FileNotFoundError)
-        for expected in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", str(tmp_path / "mnist"),
-                         "the data_dir argument", "$TORCHBOP_DATA", "download=True",
-                         "https://ossci-datasets.s3.amazonaws.com/mnist/"):
+        for expected in (
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+            str(tmp_path / "mnist"),
+            "the data_dir argument",
+            "$TORCHBOP_DATA",
+            "download=True",
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        ):
             assert expected in message
 
     def test_root_from_environment(self, synthetic, monkeypatch):

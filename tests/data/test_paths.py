@@ -60,8 +60,9 @@ class TestDownloadFile:
 
     def test_checksum_mismatch_leaves_nothing(self, tmp_path, source):
         dest = tmp_path / "out" / "payload.bin"
-        with pytest.raises(ChecksumError, match=f"Checksum mismatch for {source.as_uri()}: md5 [0-9a-f]{{32}}, "
-                                                f"expected 0{{32}}"):
+        with pytest.raises(
+            ChecksumError, match=f"Checksum mismatch for {source.as_uri()}: md5 [0-9a-f]{{32}}, expected 0{{32}}"
+        ):
             download_file(source.as_uri(), dest, "0" * 32)
         assert not dest.parent.exists()  # the folder it created for dest is removed again, being empty
 
@@ -88,8 +89,9 @@ class TestDownloadFile:
         monkeypatch.setattr(paths_module, "_CHUNK", 4096)
         calls = []
         md5 = hashlib.md5(source.read_bytes()).hexdigest()
-        download_file(source.as_uri(), tmp_path / "out.bin", md5,
-                      progress=lambda done, total: calls.append((done, total)))
+        download_file(
+            source.as_uri(), tmp_path / "out.bin", md5, progress=lambda done, total: calls.append((done, total))
+        )
         size = source.stat().st_size
         assert calls == [(min(n, size), size) for n in range(4096, size + 4096, 4096)]
 
@@ -107,8 +109,10 @@ class TestDownloadFile:
                 raise http.client.IncompleteRead(b"x" * 10, 90)
 
         monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Response())
-        with pytest.raises(DownloadError, match="Could not download https://example.org/x to .*: the transfer failed "
-                                                "after 0 B .*IncompleteRead"):
+        with pytest.raises(
+            DownloadError,
+            match="Could not download https://example.org/x to .*: the transfer failed after 0 B .*IncompleteRead",
+        ):
             download_file("https://example.org/x", tmp_path / "d" / "x", "0" * 32)
         assert list(tmp_path.iterdir()) == []
 
@@ -127,8 +131,11 @@ class TestEnsureFiles:
     def test_missing_without_download(self, tmp_path):
         (tmp_path / "a").write_bytes(b"")
         files = [RemoteFile(n, "https://example.org/data/", "0" * 32) for n in ("a", "b", "c")]
-        with pytest.raises(DatasetNotFoundError, match=r"toy: missing b, c in .*download=True to fetch them from "
-                                                       r"https://example\.org/data/"):
+        with pytest.raises(
+            DatasetNotFoundError,
+            match=r"toy: missing b, c in .*download=True to fetch them from "
+            r"https://example\.org/data/",
+        ):
             ensure_files(tmp_path, files, dataset="toy", download=False, data_dir_source="test")
 
     def test_downloads_only_missing(self, tmp_path, source):
@@ -136,8 +143,10 @@ class TestEnsureFiles:
         folder.mkdir()
         (folder / "kept.bin").write_bytes(b"local")
         md5 = hashlib.md5(source.read_bytes()).hexdigest()
-        files = [RemoteFile("kept.bin", source.parent.as_uri(), "0" * 32),
-                 RemoteFile("payload.bin", source.parent.as_uri(), md5)]
+        files = [
+            RemoteFile("kept.bin", source.parent.as_uri(), "0" * 32),
+            RemoteFile("payload.bin", source.parent.as_uri(), md5),
+        ]
         paths = ensure_files(folder, files, dataset="toy", download=True, data_dir_source="test")
         assert [p.read_bytes() for p in paths] == [b"local", source.read_bytes()]
 
@@ -146,8 +155,9 @@ class TestEnsureFiles:
         files = [RemoteFile(n, server, "0" * 32) for n in ("a.gz", "b.gz")]
         folder = tmp_path / "root" / "toy"
         with pytest.raises(DatasetUnavailableError) as info:
-            ensure_files(folder, files, dataset="toy", download=True, data_dir_source="the data_dir argument",
-                         progress=False)
+            ensure_files(
+                folder, files, dataset="toy", download=True, data_dir_source="the data_dir argument", progress=False
+            )
         message = str(info.value)
         for name in ("a.gz", "b.gz"):
             assert f"  {server}{name}  (md5 {'0' * 32})\n    -> {folder / name}" in message

@@ -72,8 +72,9 @@ def test_close_without_data_prints_nothing():
     assert out.getvalue() == ""
 
 
-@pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (170_498_071, "170.5 MB"),
-                                     (5 * 10**12, "5000.0 GB")])
+@pytest.mark.parametrize(
+    "n, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (170_498_071, "170.5 MB"), (5 * 10**12, "5000.0 GB")]
+)
 def test_format_size(n, text):
     assert format_size(n) == text
 

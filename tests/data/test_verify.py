@@ -20,7 +20,7 @@ def digest(pairs, batch_sizes=None) -> str:
     batch_sizes = batch_sizes or [len(pairs)]
     batches, start = [], 0
     for size in batch_sizes:
-        part = pairs[start:start + size]
+        part = pairs[start : start + size]
         batches.append((b"".join(p for p, _ in part), [label for _, label in part]))
         start += size
     return image_set_digest(batches, SIZE)
@@ -52,7 +52,7 @@ def test_every_single_byte_change_is_detected():
             for delta in (1, 128, 255):
                 changed = bytearray(pixels)
                 changed[position] = (changed[position] + delta) % 256
-                assert digest(pairs[:i] + [(bytes(changed), label)] + pairs[i + 1:]) != reference
+                assert digest(pairs[:i] + [(bytes(changed), label)] + pairs[i + 1 :]) != reference
 
 
 def test_labels_are_bound_to_their_images():

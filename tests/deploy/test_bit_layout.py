@@ -45,8 +45,10 @@ def test_pack_signs_values():
     assert pack_signs(x, backend="kernel").flatten().tolist() == [0b10010001, 0b1]
 
 
-@pytest.mark.parametrize("kernel_size, stride, dilation", [((3, 3), (1, 1), (1, 1)), ((3, 2), (2, 1), (1, 2)),
-                                                           ((1, 1), (1, 1), (1, 1)), ((5, 5), (2, 2), (1, 1))])
+@pytest.mark.parametrize(
+    "kernel_size, stride, dilation",
+    [((3, 3), (1, 1), (1, 1)), ((3, 2), (2, 1), (1, 2)), ((1, 1), (1, 1), (1, 1)), ((5, 5), (2, 2), (1, 1))],
+)
 @pytest.mark.parametrize("cb", [1, 3, 8])
 def test_im2col_kernel_equals_torch_and_unfold(kernel_size, stride, dilation, cb):
     g = torch.Generator().manual_seed(cb)
@@ -59,4 +61,4 @@ def test_im2col_kernel_equals_torch_and_unfold(kernel_size, stride, dilation, cb
     rows = unfolded.view(2, cb, taps, -1).permute(0, 3, 2, 1).reshape(-1, cb * taps)
     as_bytes = got.view(torch.uint8)[:, : rows.shape[1]]
     assert torch.equal(as_bytes.float(), rows)
-    assert not got.view(torch.uint8)[:, rows.shape[1]:].any()  # zero bytes fill the last word
+    assert not got.view(torch.uint8)[:, rows.shape[1] :].any()  # zero bytes fill the last word

@@ -24,8 +24,10 @@ def run_dir(tmp_path):
     config = TrainConfig(model="binarynet", model_kwargs={"width": 1 / 16}, dataset="cifar10", name="tiny")
     state = {f"model.{key}": value for key, value in model.state_dict().items()}
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    torch.save({"hyper_parameters": {"config": config.to_dict()}, "state_dict": state, "global_step": 1},
-               tmp_path / "run" / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"hyper_parameters": {"config": config.to_dict()}, "state_dict": state, "global_step": 1},
+        tmp_path / "run" / "checkpoints" / "last.ckpt",
+    )
     return tmp_path / "run", model
 
 
@@ -72,12 +74,15 @@ def test_export_refuses_to_overwrite(run_dir, tmp_path, capsys):
     assert load_packed(out) is not None
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["export", "{tmp}/nowhere", "-o", "{tmp}/x.tbop"], "nowhere: no such file or folder"),
-    (["export", "{tmp}/garbage.ckpt", "-o", "{tmp}/x.tbop"], "truncated or not a torch checkpoint"),
-    (["summary", "--checkpoint", "{tmp}/nowhere"], "nowhere: no such file or folder"),
-    (["summary", "--recipe", "no-such-recipe"], "no-such-recipe"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["export", "{tmp}/nowhere", "-o", "{tmp}/x.tbop"], "nowhere: no such file or folder"),
+        (["export", "{tmp}/garbage.ckpt", "-o", "{tmp}/x.tbop"], "truncated or not a torch checkpoint"),
+        (["summary", "--checkpoint", "{tmp}/nowhere"], "nowhere: no such file or folder"),
+        (["summary", "--recipe", "no-such-recipe"], "no-such-recipe"),
+    ],
+)
 def test_user_errors(tmp_path, capsys, argv, match):
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2

@@ -54,12 +54,17 @@ def realistic(model: nn.Module, images: torch.Tensor, seed: int) -> nn.Module:
     return model.eval()
 
 
-MODELS = [("mnist_bnn", {}), ("binarynet", {"width": 1 / 8}), ("binarynet", {"width": 1 / 8,
-                                                                             "variant": "reproduction"}),
-          ("bireal_net18", {"stem": "cifar10", "width": 1 / 8}), ("reactnet_a", {"stem": "cifar10", "width": 1 / 8}),
-          ("binary_resnet18", {"stem": "cifar10", "width": 1 / 8}),
-          ("quicknet_small", {"stem": "cifar10", "width": 1 / 8}), ("quicknet", {"stem": "cifar10", "width": 1 / 8}),
-          ("quicknet_large", {"stem": "cifar10", "width": 1 / 8})]
+MODELS = [
+    ("mnist_bnn", {}),
+    ("binarynet", {"width": 1 / 8}),
+    ("binarynet", {"width": 1 / 8, "variant": "reproduction"}),
+    ("bireal_net18", {"stem": "cifar10", "width": 1 / 8}),
+    ("reactnet_a", {"stem": "cifar10", "width": 1 / 8}),
+    ("binary_resnet18", {"stem": "cifar10", "width": 1 / 8}),
+    ("quicknet_small", {"stem": "cifar10", "width": 1 / 8}),
+    ("quicknet", {"stem": "cifar10", "width": 1 / 8}),
+    ("quicknet_large", {"stem": "cifar10", "width": 1 / 8}),
+]
 
 
 def _model(name, kwargs, mnist_images, cifar10_images):
@@ -105,8 +110,9 @@ def check_thresholds(model: nn.Module, packed: nn.Module) -> int:
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name, kwargs", MODELS, ids=[f"{n}{'-' + k.get('variant', '') if k.get('variant') else ''}"
-                                                      for n, k in MODELS])
+@pytest.mark.parametrize(
+    "name, kwargs", MODELS, ids=[f"{n}{'-' + k.get('variant', '') if k.get('variant') else ''}" for n, k in MODELS]
+)
 def test_every_path_equals_the_reference_and_the_model(mnist_images, cifar10_images, name, kwargs):
     model, images = _model(name, kwargs, mnist_images, cifar10_images)
     with torch.no_grad():
@@ -131,10 +137,20 @@ def test_every_path_equals_the_reference_and_the_model(mnist_images, cifar10_ima
 @pytest.mark.parametrize("scale", [None, "fixed"])
 def test_a_binarized_model(cifar10_images, scale):
     torch.manual_seed(2)
-    real = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardtanh(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.Hardtanh(),
-                         nn.Conv2d(16, 24, 3, padding=1, bias=True), nn.BatchNorm2d(24), nn.Hardtanh(),
-                         nn.Flatten(), nn.Linear(24 * 16 * 16, 10))
+    real = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.Hardtanh(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(16),
+        nn.Hardtanh(),
+        nn.Conv2d(16, 24, 3, padding=1, bias=True),
+        nn.BatchNorm2d(24),
+        nn.Hardtanh(),
+        nn.Flatten(),
+        nn.Linear(24 * 16 * 16, 10),
+    )
     model = realistic(torchbop.binarize(real, scale=scale), cifar10_images[0][:128], seed=3)
     reference = pack_model(model, backend="torch")(cifar10_images[0])
     for path in PATHS:
@@ -199,11 +215,13 @@ def test_float_thresholds_at_the_boundary():
 def test_kernel_paths_agree_on_large_random_products():
     g = torch.Generator().manual_seed(7)
     pixels = torch.randint(0, 256, (2, 9, 7, 40), dtype=torch.uint8, generator=g)
-    rows = torch.randint(-2 ** 62, 2 ** 62, (37, 92), dtype=torch.int64, generator=g)  # 3 x 3 x 40 bytes + zeros
+    rows = torch.randint(-(2**62), 2**62, (37, 92), dtype=torch.int64, generator=g)  # 3 x 3 x 40 bytes + zeros
     rows.view(torch.uint8).view(37, -1)[:, 360:] = 0
     base = torch.randint(-100, 100, (9 * 7, 37), dtype=torch.int32, generator=g)
-    thr = (torch.randint(-50, 50, (37,), dtype=torch.int32, generator=g), torch.randint(0, 2, (37,), generator=g,
-                                                                                         dtype=torch.uint8))
+    thr = (
+        torch.randint(-50, 50, (37,), dtype=torch.int32, generator=g),
+        torch.randint(0, 2, (37,), generator=g, dtype=torch.uint8),
+    )
     geometry = dict(kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1))
     outs = [K.binary_conv(pixels, rows, base, path=p, threads=2, **geometry) for p in PATHS]
     bits = [K.binary_conv(pixels, rows, base, path=p, threads=2, thresholds=thr, **geometry) for p in PATHS]
@@ -236,13 +254,16 @@ def packed():
 
 
 class TestBadInput:
-    @pytest.mark.parametrize("x, match", [
-        (torch.zeros(2, 1, 28, 28, dtype=torch.float64), "dtype torch.float64.*x.float()"),
-        (torch.zeros(1, 28, 28), r"shape \(1, 28, 28\).*unsqueeze\(0\)"),
-        (torch.zeros(2, 3, 28, 28), "3 channels"),
-        (torch.zeros(2, 1, 56, 28)[:, :, ::2], "neither contiguous nor channels_last.*x.contiguous()"),
-        (torch.zeros(2, 1, 20, 20), "dense layer of 576 inputs gets 256 features"),
-    ])
+    @pytest.mark.parametrize(
+        "x, match",
+        [
+            (torch.zeros(2, 1, 28, 28, dtype=torch.float64), "dtype torch.float64.*x.float()"),
+            (torch.zeros(1, 28, 28), r"shape \(1, 28, 28\).*unsqueeze\(0\)"),
+            (torch.zeros(2, 3, 28, 28), "3 channels"),
+            (torch.zeros(2, 1, 56, 28)[:, :, ::2], "neither contiguous nor channels_last.*x.contiguous()"),
+            (torch.zeros(2, 1, 20, 20), "dense layer of 576 inputs gets 256 features"),
+        ],
+    )
     def test_one_clear_error(self, packed, x, match):
         with pytest.raises(ValueError, match=match):
             packed(x)
@@ -253,13 +274,29 @@ class TestBadInput:
 
     def test_kernel_wrappers_validate_before_c(self):
         with pytest.raises(ValueError, match="pixels: needs a contiguous CPU torch.uint8"):
-            K.binary_conv(torch.zeros(1, 3, 3, 8), torch.zeros(1, 4, dtype=torch.int64),
-                          torch.zeros(1, 1, dtype=torch.int32), kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1),
-                          pad=(0, 0, 0, 0), path=PATHS[0], threads=1)
+            K.binary_conv(
+                torch.zeros(1, 3, 3, 8),
+                torch.zeros(1, 4, dtype=torch.int64),
+                torch.zeros(1, 1, dtype=torch.int32),
+                kernel_size=(3, 3),
+                stride=(1, 1),
+                dilation=(1, 1),
+                pad=(0, 0, 0, 0),
+                path=PATHS[0],
+                threads=1,
+            )
         with pytest.raises(ValueError, match="cannot hold"):
-            K.binary_conv(torch.zeros(1, 3, 3, 8, dtype=torch.uint8), torch.zeros(1, 4, dtype=torch.int64),
-                          torch.zeros(1, 1, dtype=torch.int32), kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1),
-                          pad=(0, 0, 0, 0), path=PATHS[0], threads=1)
+            K.binary_conv(
+                torch.zeros(1, 3, 3, 8, dtype=torch.uint8),
+                torch.zeros(1, 4, dtype=torch.int64),
+                torch.zeros(1, 1, dtype=torch.int32),
+                kernel_size=(3, 3),
+                stride=(1, 1),
+                dilation=(1, 1),
+                pad=(0, 0, 0, 0),
+                path=PATHS[0],
+                threads=1,
+            )
 
 
 def _reference_conv(pixels, rows, kernel_size, stride, dilation, pad):
@@ -269,7 +306,7 @@ def _reference_conv(pixels, rows, kernel_size, stride, dilation, pad):
     kh, kw = kernel_size
     signs = 1.0 - 2.0 * ((pixels.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(n, h, w, -1).float()
     signs = torch.nn.functional.pad(signs.permute(0, 3, 1, 2), pad, value=1.0)
-    wbits = rows.contiguous().view(torch.uint8)[:, :kh * kw * cb].reshape(-1, kh, kw, cb)
+    wbits = rows.contiguous().view(torch.uint8)[:, : kh * kw * cb].reshape(-1, kh, kw, cb)
     weight = 1.0 - 2.0 * ((wbits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1, kh, kw, 8 * cb)
     out = torch.nn.functional.conv2d(signs, weight.permute(0, 3, 1, 2).float(), stride=stride, dilation=dilation)
     return out.permute(0, 2, 3, 1).reshape(-1, rows.shape[0])
@@ -277,23 +314,27 @@ def _reference_conv(pixels, rows, kernel_size, stride, dilation, pad):
 
 @pytest.mark.parametrize("cb", [2, 8, 16], ids=["im2col", "direct", "direct-2-words"])
 @pytest.mark.parametrize("o", [24, 37, 64])
-@pytest.mark.parametrize("stride, dilation, pad", [((1, 1), (1, 1), (0, 0, 0, 0)), ((2, 1), (1, 1), (1, 1, 1, 1)),
-                                                   ((1, 2), (2, 1), (2, 0, 1, 1))])
+@pytest.mark.parametrize(
+    "stride, dilation, pad",
+    [((1, 1), (1, 1), (0, 0, 0, 0)), ((2, 1), (1, 1), (1, 1, 1, 1)), ((1, 2), (2, 1), (2, 0, 1, 1))],
+)
 def test_every_path_equals_a_float_convolution(cb, o, stride, dilation, pad):
     """Panels, filters in lanes, direct and im2col rows, the zero-padded copy, the last partial panel, a base of one
     row (folded into the thresholds) and a base per position: every path equals ``F.conv2d`` of the +-1 values."""
     g = torch.Generator().manual_seed(cb * 1000 + o)
     pixels = torch.randint(0, 256, (3, 7, 9, cb), dtype=torch.uint8, generator=g)
     words = (9 * cb + 7) // 8
-    rows = torch.randint(-2 ** 62, 2 ** 62, (o, words + 3), dtype=torch.int64, generator=g)
-    rows.view(torch.uint8).view(o, -1)[:, 9 * cb:] = 0
+    rows = torch.randint(-(2**62), 2**62, (o, words + 3), dtype=torch.int64, generator=g)
+    rows.view(torch.uint8).view(o, -1)[:, 9 * cb :] = 0
     geometry = dict(kernel_size=(3, 3), stride=stride, dilation=dilation, pad=pad)
     expected = _reference_conv(pixels, rows, (3, 3), stride, dilation, pad)
     positions = expected.shape[0] // 3
     uniform = torch.full((1, o), 9 * cb * 8, dtype=torch.int32)
     per_position = uniform.expand(positions, o).contiguous()
-    thr = (torch.randint(-40, 40, (o,), dtype=torch.int32, generator=g),
-           torch.randint(0, 2, (o,), dtype=torch.uint8, generator=g))
+    thr = (
+        torch.randint(-40, 40, (o,), dtype=torch.int32, generator=g),
+        torch.randint(0, 2, (o,), dtype=torch.uint8, generator=g),
+    )
     want_bits = (expected < thr[0].float()) ^ thr[1].bool()
     for path in PATHS:
         panels = K.weight_panels(rows, words, path)
@@ -319,6 +360,15 @@ def test_weight_panels_layout_and_errors():
     with pytest.raises(ValueError, match="words=9 for rows of 8 words"):
         K.weight_panels(rows, 9, "portable")
     with pytest.raises(ValueError, match="panels .* for 20 filters"):
-        K.binary_conv(torch.zeros(1, 3, 3, 8, dtype=torch.uint8), panels, torch.zeros(1, 20, dtype=torch.int32),
-                      kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1), pad=(0, 0, 0, 0), path="portable",
-                      threads=1, out_channels=20)
+        K.binary_conv(
+            torch.zeros(1, 3, 3, 8, dtype=torch.uint8),
+            panels,
+            torch.zeros(1, 20, dtype=torch.int32),
+            kernel_size=(3, 3),
+            stride=(1, 1),
+            dilation=(1, 1),
+            pad=(0, 0, 0, 0),
+            path="portable",
+            threads=1,
+            out_channels=20,
+        )

@@ -26,8 +26,9 @@ class Block(nn.Module):
     def __init__(self, channels: int, groups: int, pad_value: float, scale: str | None) -> None:
         super().__init__()
         self.sign = RSign(channels)
-        self.conv = BinaryConv2d(channels, channels, 3, padding=1, groups=groups, pad_value=pad_value, scale=scale,
-                                 input_quantizer=None)
+        self.conv = BinaryConv2d(
+            channels, channels, 3, padding=1, groups=groups, pad_value=pad_value, scale=scale, input_quantizer=None
+        )
         self.bn = ShiftBatchNorm2d(channels)
         self.act = RPReLU(channels)
 
@@ -42,8 +43,9 @@ class Everything(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.PReLU(8))
         self.block = Block(8, groups, pad_value, "fixed")
-        self.inner = BinaryConv2d(8, 8, 3, padding=1, stride=2, input_quantizer=RSign(8, quantizer=SteSign()),
-                                  bias=True)
+        self.inner = BinaryConv2d(
+            8, 8, 3, padding=1, stride=2, input_quantizer=RSign(8, quantizer=SteSign()), bias=True
+        )
         self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.bn = nn.BatchNorm2d(16)
         self.sign = ApproxSign()
@@ -141,16 +143,21 @@ def with_block(layer: nn.Module) -> nn.Module:
 
 
 class TestUnsupported:
-    @pytest.mark.parametrize("model, match", [
-        (with_block(nn.GELU()), r"^1\.1 \(GELU\): module type GELU is not supported"),
-        (with_block(Sigmoid()), r"^1\.1 \(Sigmoid\): torch\.sigmoid is not supported"),
-        (with_block(BinaryConv2d(8, 8, 3, input_quantizer=StochasticSign())),
-         r"^1\.1 \(BinaryConv2d\): input quantizer StochasticSign is not supported"),
-        (with_block(RSign(8, quantizer=StochasticSign())), r"^1\.1 \(RSign\): quantizer StochasticSign"),
-        (with_block(BinaryConv2d(8, 8, 3, padding=1, padding_mode="circular")), r"padding_mode='circular'"),
-        (with_block(nn.BatchNorm2d(8, track_running_stats=False)), r"^1\.1 \(BatchNorm2d\): .*running statistics"),
-        (Branchy(), r"^Branchy: torch\.fx cannot trace its forward"),
-    ])
+    @pytest.mark.parametrize(
+        "model, match",
+        [
+            (with_block(nn.GELU()), r"^1\.1 \(GELU\): module type GELU is not supported"),
+            (with_block(Sigmoid()), r"^1\.1 \(Sigmoid\): torch\.sigmoid is not supported"),
+            (
+                with_block(BinaryConv2d(8, 8, 3, input_quantizer=StochasticSign())),
+                r"^1\.1 \(BinaryConv2d\): input quantizer StochasticSign is not supported",
+            ),
+            (with_block(RSign(8, quantizer=StochasticSign())), r"^1\.1 \(RSign\): quantizer StochasticSign"),
+            (with_block(BinaryConv2d(8, 8, 3, padding=1, padding_mode="circular")), r"padding_mode='circular'"),
+            (with_block(nn.BatchNorm2d(8, track_running_stats=False)), r"^1\.1 \(BatchNorm2d\): .*running statistics"),
+            (Branchy(), r"^Branchy: torch\.fx cannot trace its forward"),
+        ],
+    )
     def test_one_value_error_names_it(self, model, match):
         with pytest.raises(ValueError, match=match):
             pack_model(model)
@@ -180,8 +187,10 @@ class TestUnsupported:
         config = TrainConfig(model="gelu_net", dataset="cifar10", name="g")
         (tmp_path / "run" / "checkpoints").mkdir(parents=True)
         state = {f"model.{k}": v for k, v in Gelu().state_dict().items()}
-        torch.save({"hyper_parameters": {"config": config.to_dict()}, "state_dict": state, "global_step": 1},
-                   tmp_path / "run" / "checkpoints" / "last.ckpt")
+        torch.save(
+            {"hyper_parameters": {"config": config.to_dict()}, "state_dict": state, "global_step": 1},
+            tmp_path / "run" / "checkpoints" / "last.ckpt",
+        )
         assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "g.tbop")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("torchbop export: error:")
@@ -199,7 +208,10 @@ def test_a_packed_model_is_inference_only():
 def test_a_corrupt_network_is_a_user_error(tmp_path):
     from torchbop.deploy.packed_format import write_packed
 
-    write_packed(tmp_path / "x.tbop", {"network": {"nodes": [{"name": "a", "op": "nope", "inputs": ["input"]}],
-                                                   "output": "a"}}, {})
+    write_packed(
+        tmp_path / "x.tbop",
+        {"network": {"nodes": [{"name": "a", "op": "nope", "inputs": ["input"]}], "output": "a"}},
+        {},
+    )
     with pytest.raises(UserError, match="x.tbop: malformed network description .*unknown op 'nope'"):
         load_packed(tmp_path / "x.tbop")

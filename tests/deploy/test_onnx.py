@@ -74,8 +74,11 @@ def one_thread():
 def sign_arguments(proto: onnx.ModelProto) -> list[str]:
     """The ONNX values every sign is taken of, in graph order: the input of ``Sign`` in ``Sign(Add(Sign(x), .5))``."""
     producer = {node.output[0]: node for node in proto.graph.node}
-    return [producer[node.input[0]].input[0] for node in proto.graph.node
-            if node.op_type == "Add" and node.input[1].endswith(".half")]
+    return [
+        producer[node.input[0]].input[0]
+        for node in proto.graph.node
+        if node.op_type == "Add" and node.input[1].endswith(".half")
+    ]
 
 
 def session(proto: onnx.ModelProto, with_signs: bool = False) -> ort.InferenceSession:
@@ -90,7 +93,7 @@ def session(proto: onnx.ModelProto, with_signs: bool = False) -> ort.InferenceSe
 
 def run_ort(sess: ort.InferenceSession, images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """All outputs of ``sess`` over ``images`` in batches of ``batch_size``, concatenated along the batch."""
-    runs = [sess.run(None, {"input": images[i:i + batch_size].numpy()}) for i in range(0, len(images), batch_size)]
+    runs = [sess.run(None, {"input": images[i : i + batch_size].numpy()}) for i in range(0, len(images), batch_size)]
     return [torch.from_numpy(np.concatenate(parts)) for parts in zip(*runs)]
 
 
@@ -98,8 +101,11 @@ def run_torch(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """``[logits, argument of each sign ...]`` of torch's eval forward (activation quantizers, not weights)."""
     weight_quantizers = {id(m.weight_quantizer) for m in model.modules() if getattr(m, "weight_quantizer", None)}
     arguments: list[torch.Tensor] = []
-    hooks = [m.register_forward_pre_hook(lambda _, args: arguments.append(args[0].detach().clone()))
-             for m in model.modules() if isinstance(m, SIGN_QUANTIZERS) and id(m) not in weight_quantizers]
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args: arguments.append(args[0].detach().clone()))
+        for m in model.modules()
+        if isinstance(m, SIGN_QUANTIZERS) and id(m) not in weight_quantizers
+    ]
     try:
         with torch.no_grad():
             logits = model(images)
@@ -130,8 +136,11 @@ def compare(model: nn.Module, images: torch.Tensor, proto: onnx.ModelProto, batc
     assert float(logits[same].std(0).max()) > 1e3 * LOGIT_TOL["atol"], "logits do not vary: the check is vacuous"
     assert torch.equal(got_logits[same].argmax(1), logits[same].argmax(1))
     torch.testing.assert_close(got_logits[same], logits[same], **LOGIT_TOL)
-    return {"max_diff": float((got_logits[same] - logits[same]).abs().max()), "ties": int(ties.sum()),
-            "argmax_agree_all": float((got_logits.argmax(1) == logits.argmax(1)).float().mean())}
+    return {
+        "max_diff": float((got_logits[same] - logits[same]).abs().max()),
+        "ties": int(ties.sum()),
+        "argmax_agree_all": float((got_logits.argmax(1) == logits.argmax(1)).float().mean()),
+    }
 
 
 def assert_predicts_as_torch(model: nn.Module, images: torch.Tensor) -> onnx.ModelProto:
@@ -145,8 +154,15 @@ def assert_predicts_as_torch(model: nn.Module, images: torch.Tensor) -> onnx.Mod
 # Real data: every model family
 
 
-CIFAR_FAMILIES = ["binarynet", "bireal_net18", "reactnet_a", "binary_resnet18", "quicknet_small", "quicknet",
-                  "quicknet_large"]
+CIFAR_FAMILIES = [
+    "binarynet",
+    "bireal_net18",
+    "reactnet_a",
+    "binary_resnet18",
+    "quicknet_small",
+    "quicknet",
+    "quicknet_large",
+]
 
 
 @pytest.mark.realdata
@@ -169,10 +185,22 @@ def test_cifar10_families_predict_as_torch(cifar10_images, name, mode, realistic
 def test_a_binarized_model_with_scales_and_pad_values_predicts_as_torch(cifar10_images, realistic):
     images, _ = cifar10_images
     torch.manual_seed(0)
-    real = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardtanh(),
-                         nn.Conv2d(16, 16, 3, padding="same"), nn.BatchNorm2d(16), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.AdaptiveAvgPool2d(2),
-                         nn.Flatten(), nn.Linear(128, 64), nn.BatchNorm1d(64), nn.PReLU(64), nn.Linear(64, 10))
+    real = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.Hardtanh(),
+        nn.Conv2d(16, 16, 3, padding="same"),
+        nn.BatchNorm2d(16),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 64),
+        nn.BatchNorm1d(64),
+        nn.PReLU(64),
+        nn.Linear(64, 10),
+    )
     model = torchbop.binarize(real, example_input=images[:2], scale="fixed", pad_value=-1.0)
     assert sum(isinstance(m, (BinaryConv2d, BinaryLinear)) for m in model.modules()) == 3
     proto = assert_predicts_as_torch(realistic(model, images), images)
@@ -188,8 +216,14 @@ def test_sign_of_exact_zeros_is_plus_one_as_in_torch():
     torch.manual_seed(0)
     bn = ShiftBatchNorm2d(4)
     rsign = RSign(4)
-    model = nn.Sequential(BinaryConv2d(2, 4, 3, padding=1, pad_value=1.0), bn, rsign,
-                          BinaryConv2d(4, 4, 3, input_quantizer=None), nn.Flatten(), BinaryLinear(64, 5)).eval()
+    model = nn.Sequential(
+        BinaryConv2d(2, 4, 3, padding=1, pad_value=1.0),
+        bn,
+        rsign,
+        BinaryConv2d(4, 4, 3, input_quantizer=None),
+        nn.Flatten(),
+        BinaryLinear(64, 5),
+    ).eval()
     with torch.no_grad():
         bn.running_mean.copy_(torch.tensor([0.0, 2.0, -4.0, 6.0]))
         bn.running_var.fill_(1 - bn.eps)  # sqrt(var + eps) = 1: the batch norm is exactly x - mean
@@ -209,8 +243,9 @@ def test_the_batch_dimension_is_dynamic_and_weights_are_plus_minus_one():
     shape = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert shape == ["batch", 3, 32, 32]
     assert [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["batch", 10]
-    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith(("weight",
-                                                                                                 "weight_t"))]
+    weights = [
+        onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith(("weight", "weight_t"))
+    ]
     assert len(weights) == 9 and all(set(np.unique(w)) == {-1.0, 1.0} for w in weights)
     assert proto.opset_import[0].version == torchbop.deploy.onnx_export.OPSET
 
@@ -232,22 +267,33 @@ class Sigmoidal(nn.Module):
         return torch.sigmoid(self.conv(x))
 
 
-@pytest.mark.parametrize("model, match", [
-    (nn.Sequential(BinaryConv2d(1, 2, 3), nn.Sigmoid()), r"1 \(Sigmoid\): module type Sigmoid is not supported"),
-    (Sigmoidal(), r"sigmoid is not supported by the ONNX exporter"),
-    (nn.Sequential(BinaryConv2d(1, 2, 3, input_quantizer=StochasticSign())), r"0 \(BinaryConv2d\): input quantizer "
-     "StochasticSign is not supported"),
-    (nn.Sequential(BinaryConv2d(1, 2, 3, mode="latent", weight_quantizer=None)), r"must hold exactly -1 and \+1"),
-    (nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), "divisor_override=3"),
-])
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (nn.Sequential(BinaryConv2d(1, 2, 3), nn.Sigmoid()), r"1 \(Sigmoid\): module type Sigmoid is not supported"),
+        (Sigmoidal(), r"sigmoid is not supported by the ONNX exporter"),
+        (
+            nn.Sequential(BinaryConv2d(1, 2, 3, input_quantizer=StochasticSign())),
+            r"0 \(BinaryConv2d\): input quantizer "
+            "StochasticSign is not supported",
+        ),
+        (nn.Sequential(BinaryConv2d(1, 2, 3, mode="latent", weight_quantizer=None)), r"must hold exactly -1 and \+1"),
+        (nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), "divisor_override=3"),
+    ],
+)
 def test_what_it_cannot_write_is_one_value_error_naming_it(model, match):
     with pytest.raises(ValueError, match=match):
         onnx_model(model, [1, 8, 8])
 
 
-@pytest.mark.parametrize("kwargs, match", [({"input_shape": [3, 0, 32]}, "Invalid input_shape"),
-                                           ({"input_shape": 3}, "Invalid input_shape"),
-                                           ({"input_shape": [3, 32, 32], "opset": 13}, "Invalid opset")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"input_shape": [3, 0, 32]}, "Invalid input_shape"),
+        ({"input_shape": 3}, "Invalid input_shape"),
+        ({"input_shape": [3, 32, 32], "opset": 13}, "Invalid opset"),
+    ],
+)
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         onnx_model(nn.Sequential(SteSign()), **kwargs)
@@ -270,8 +316,10 @@ def run_dir(tmp_path):
     config = TrainConfig(model="binarynet", model_kwargs={"width": 1 / 16}, dataset="cifar10", name="tiny")
     state = {f"model.{key}": value for key, value in model.state_dict().items()}
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    torch.save({"hyper_parameters": {"config": config.to_dict()}, "state_dict": state, "global_step": 1},
-               tmp_path / "run" / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"hyper_parameters": {"config": config.to_dict()}, "state_dict": state, "global_step": 1},
+        tmp_path / "run" / "checkpoints" / "last.ckpt",
+    )
     return tmp_path / "run", model
 
 

@@ -26,16 +26,20 @@ def rewrite_header(path, change):
     """Rewrite the JSON header of ``path`` through ``change(header)``, keeping the payload."""
     blob = path.read_bytes()
     length = struct.unpack_from("<I", blob, 12)[0]
-    header = json.loads(blob[16:16 + length])
+    header = json.loads(blob[16 : 16 + length])
     change(header)
     text = json.dumps(header).encode()
-    path.write_bytes(blob[:12] + struct.pack("<I", len(text)) + text + blob[16 + length:])
+    path.write_bytes(blob[:12] + struct.pack("<I", len(text)) + text + blob[16 + length :])
 
 
 class TestContent:
     def test_round_trip_of_tensors(self, tmp_path):
-        tensors = {"bits": torch.arange(10, dtype=torch.uint8), "x": torch.randn(3, 4),
-                   "h": torch.randn(2).half(), "empty": torch.zeros(0, 5)}
+        tensors = {
+            "bits": torch.arange(10, dtype=torch.uint8),
+            "x": torch.randn(3, 4),
+            "h": torch.randn(2).half(),
+            "empty": torch.zeros(0, 5),
+        }
         write_packed(tmp_path / "t", {"note": [1, "a"]}, tensors)
         header, read = read_packed(tmp_path / "t")
         assert header["note"] == [1, "a"] and header["version"] == FORMAT_VERSION
@@ -47,7 +51,12 @@ class TestContent:
         header, tensors = read_packed(packed_file)
         kinds = [node["op"] for node in header["network"]["nodes"]]
         assert kinds == ["channels_last"] + ["binary_conv2d", "max_pool2d", "batch_norm"] * 3 + [
-            "flatten", "binary_linear", "batch_norm", "binary_linear", "batch_norm"]
+            "flatten",
+            "binary_linear",
+            "batch_norm",
+            "binary_linear",
+            "batch_norm",
+        ]
         suffixes = {name.rsplit(".", 1)[1] for name in tensors}
         assert suffixes == {"weight_bits", "running_mean", "running_var", "bias"}  # no num_batches_tracked
         bits = sum(t.numel() for name, t in tensors.items() if name.endswith("weight_bits"))
@@ -106,7 +115,7 @@ class TestBadFiles:
     @pytest.mark.parametrize("keep", [12, 40, -1])
     def test_truncated(self, packed_file, keep):
         blob = packed_file.read_bytes()
-        packed_file.write_bytes(blob[:keep] if keep > 0 else blob[:keep - 100])
+        packed_file.write_bytes(blob[:keep] if keep > 0 else blob[: keep - 100])
         self.check(packed_file, "truncated|not a torchbop")
 
     def test_corrupt_payload(self, packed_file):
@@ -141,5 +150,5 @@ class TestBadFiles:
     def test_crc_checked_over_the_payload(self, packed_file):
         header, _ = read_packed(packed_file)
         blob = packed_file.read_bytes()
-        assert zlib.crc32(blob[-header["payload_bytes"]:]) == header["payload_crc32"]
+        assert zlib.crc32(blob[-header["payload_bytes"] :]) == header["payload_crc32"]
         assert blob[:8] == MAGIC

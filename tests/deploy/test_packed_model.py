@@ -63,7 +63,7 @@ def assert_same_predictions(model: nn.Module, images: torch.Tensor, backend: str
     packed = pack_model(model, backend=backend)
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            x = images[start:start + batch]
+            x = images[start : start + batch]
             expected, got = model(x), packed(x)
             assert torch.equal(got.argmax(1), expected.argmax(1))
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -118,7 +118,7 @@ class TestRealImages:
         optimizer = CompositeOptimizer(bop, torch.optim.Adam(other, lr=0.01), model=model)
         for start in range(0, 200, 50):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(images[start:start + 50]), labels[start:start + 50]).backward()
+            nn.functional.cross_entropy(model(images[start : start + 50]), labels[start : start + 50]).backward()
             optimizer.step()
         assert_same_predictions(calibrate(model, images), images, "kernel")
 

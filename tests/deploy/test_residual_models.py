@@ -48,8 +48,14 @@ def assert_same_predictions(model: nn.Module, packed: nn.Module, images: torch.T
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-FAMILIES = [("bireal_net18", {}), ("reactnet_a", {}), ("binary_resnet18", {}), ("quicknet_small", {}),
-            ("reactnet_a", {"mode": "latent"}), ("quicknet", {"mode": "latent", "channels_last": False})]
+FAMILIES = [
+    ("bireal_net18", {}),
+    ("reactnet_a", {}),
+    ("binary_resnet18", {}),
+    ("quicknet_small", {}),
+    ("reactnet_a", {"mode": "latent"}),
+    ("quicknet", {"mode": "latent", "channels_last": False}),
+]
 
 
 @pytest.mark.realdata

@@ -13,7 +13,13 @@ def binarynet_by_hand():
     """BinaryNet (SPEC section 4) counted by hand: 3x3 convs 3-128 (valid: 32 -> 30), 128-128 (pool: 15), 128-256,
     256-256 (pool: 7), 256-512, 512-512 (pool: 3); dense 4608-1024-1024-10; a shift-only batch norm after each."""
     convs = [  # (in, out, output side)
-        (3, 128, 30), (128, 128, 30), (128, 256, 15), (256, 256, 15), (256, 512, 7), (512, 512, 7)]
+        (3, 128, 30),
+        (128, 128, 30),
+        (128, 256, 15),
+        (256, 256, 15),
+        (256, 512, 7),
+        (512, 512, 7),
+    ]
     dense = [(4608, 1024), (1024, 1024), (1024, 10)]
     conv_weights = [c_in * c_out * 9 for c_in, c_out, _ in convs]
     conv_macs = [side * side * c_out * c_in * 9 for c_in, c_out, side in convs]
@@ -106,7 +112,8 @@ class TestLayerKinds:
         model = create_model("reactnet_a", stem="cifar10", width=0.125)
         s = summary(model, (1, 3, 32, 32))
         assert s.total_params == sum(p.numel() for p in model.parameters()) + sum(
-            b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
+            b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")
+        )
         binary = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
         rows = {r.name: r for r in s.rows}
         names = {m: n for n, m in model.named_modules()}

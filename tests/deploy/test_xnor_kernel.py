@@ -11,7 +11,7 @@ from torchbop.deploy.xnor_kernel import binary_dot, kernel_available, resolve_ba
 
 def random_words(rows: int, words: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(-2**63, 2**63 - 1, (rows, words), generator=g, dtype=torch.int64)
+    return torch.randint(-(2**63), 2**63 - 1, (rows, words), generator=g, dtype=torch.int64)
 
 
 def test_torch_reference_counts_differing_bits():
@@ -24,8 +24,21 @@ def test_torch_reference_counts_differing_bits():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 # k >= 4 words takes the AVX2 path where the CPU has it (4 words at a time, byte counters emptied every 124 words),
 # with a scalar tail for k % 4 words and scalar loops for the rows and columns beyond the 4 x 2 blocks
-@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (3, 7, 2), (4, 2, 1), (17, 5, 3), (64, 33, 5), (5, 130, 2),
-                                     (8, 4, 4), (9, 5, 18), (6, 3, 131), (4, 2, 260)])
+@pytest.mark.parametrize(
+    "m, n, k",
+    [
+        (1, 1, 1),
+        (3, 7, 2),
+        (4, 2, 1),
+        (17, 5, 3),
+        (64, 33, 5),
+        (5, 130, 2),
+        (8, 4, 4),
+        (9, 5, 18),
+        (6, 3, 131),
+        (4, 2, 260),
+    ],
+)
 def test_kernel_equals_torch(m, n, k, threads):
     assert kernel_available()
     a, b = random_words(m, k, seed=m * 100 + n), random_words(n, k, seed=k)

@@ -20,8 +20,17 @@ def one_thread():
 
 
 def _run_smoke(name: str, results_root: Path, data_dir: Path, **changes):
-    return run_experiment(name, configure("smoke", name, changes), profile="smoke", results_root=results_root,
-                          data_dir=str(data_dir), jobs=1, threads=1, verbose=False, log=lambda message: None)
+    return run_experiment(
+        name,
+        configure("smoke", name, changes),
+        profile="smoke",
+        results_root=results_root,
+        data_dir=str(data_dir),
+        jobs=1,
+        threads=1,
+        verbose=False,
+        log=lambda message: None,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,21 @@ from torchbop.cli import main
 
 
 def test_print_config_applies_flags_and_set(capsys):
-    code = main(["experiment", "approximation", "--profile", "paper", "--epochs", "2", "--dataset",
-                 "mnist,fashion-mnist", "--set", "retrain_epochs=3", "--print-config"])
+    code = main(
+        [
+            "experiment",
+            "approximation",
+            "--profile",
+            "paper",
+            "--epochs",
+            "2",
+            "--dataset",
+            "mnist,fashion-mnist",
+            "--set",
+            "retrain_epochs=3",
+            "--print-config",
+        ]
+    )
     assert code == 0
     config = json.loads(capsys.readouterr().out)
     assert (config["epochs"], config["retrain_epochs"], config["seeds"]) == (2, 3, 10)

@@ -65,8 +65,9 @@ def test_arbitrary_lr(smoke_results):
     assert [[e[k] for k in metrics] for e in history["3p"]] == [[e[k] for k in metrics] for e in history["2b"]]
     assert summary["same_epochs"]["2b-3p"] == {"same": 1, "epochs": 1, "seeds": 1}
     result = {r["params"]["configuration"]: r["result"] for r in figure}
-    assert result["3"]["initial_latent_abs_mean"] == pytest.approx(0.01 * result["2"]["initial_latent_abs_mean"],
-                                                                   rel=1e-5)
+    assert result["3"]["initial_latent_abs_mean"] == pytest.approx(
+        0.01 * result["2"]["initial_latent_abs_mean"], rel=1e-5
+    )
     # the control 4k: Keras's random_uniform range, U(-0.05, 0.05), against 4's U(-1, 1): mean abs 0.025 and 0.5
     assert result["4k"]["initial_latent_abs_mean"] == pytest.approx(0.025, rel=0.05)
     assert result["4"]["initial_latent_abs_mean"] == pytest.approx(0.5, rel=0.05)
@@ -111,8 +112,12 @@ def test_same_epochs_counts_leading_exact_agreement_over_every_seed():
     epoch = {"train_acc": 0.5, "train_loss": 1.0, "val_acc": 0.5, "val_loss": 1.0, "flips": 10, "rate": 1.0}
     other = {**epoch, "rate": 2.0**-7, "latent_at_clip": 0.5}  # differs only where it must
     later = {**epoch, "flips": 11}
-    histories = {("2b", 0): [epoch, epoch, epoch], ("3p", 0): [other, other, later],
-                 ("2b", 1): [epoch, epoch, epoch], ("3p", 1): [other, {**epoch, "val_acc": 0.5 + 1e-9}, epoch]}
+    histories = {
+        ("2b", 0): [epoch, epoch, epoch],
+        ("3p", 0): [other, other, later],
+        ("2b", 1): [epoch, epoch, epoch],
+        ("3p", 1): [other, {**epoch, "val_acc": 0.5 + 1e-9}, epoch],
+    }
     assert arbitrary_lr._same_epochs(histories, "2b", "3p") == {"same": 1, "epochs": 3, "seeds": 2}
     del histories["3p", 1]
     assert arbitrary_lr._same_epochs(histories, "2b", "3p") == {"same": 2, "epochs": 3, "seeds": 1}
@@ -145,8 +150,9 @@ def test_architectures(smoke_results):
 def test_optimizers(smoke_results):
     _, records, summary, _ = stored(smoke_results, "optimizers")
     runs = {(r["params"]["network"], r["params"]["optimizer"]): r for r in records}
-    assert sorted(runs) == sorted((n, o) for n in ("mnist_bnn", "binarynet")
-                                  for o in ("bop", "bop2nd", "bop2nd_unbiased", "cema", "latent"))
+    assert sorted(runs) == sorted(
+        (n, o) for n in ("mnist_bnn", "binarynet") for o in ("bop", "bop2nd", "bop2nd_unbiased", "cema", "latent")
+    )
     for (network, optimizer), record in runs.items():
         params, train, result = record["params"], record["params"]["train"], record["result"]
         assert params["point"] == 0 and params["hyper"] == optimizers.GRIDS[optimizer][0]  # smoke: the first point
@@ -154,7 +160,11 @@ def test_optimizers(smoke_results):
             assert train[field] == value, (network, optimizer, field)
         # the shared protocol: schedule shape, recalibration, held-out split, last weights
         assert (train["decay_schedule"], train["recalibrate_bn"], train["protocol"], train["test_weights"]) == (
-            "linear", "eval", "reproduction", "last")
+            "linear",
+            "eval",
+            "reproduction",
+            "last",
+        )
         assert "gamma_decay_every" not in train or train["gamma_decay_every"] is None
         assert result["train_images"] + result["val_images"] == params["subset"]
         assert result["test_images"] == params["test_subset"]
@@ -184,28 +194,52 @@ def test_optimizers(smoke_results):
 
 
 def _fake_record(point: int, seed: int, val_acc: float, test_acc: float) -> dict:
-    return {"params": {"network": "mnist_bnn", "optimizer": "bop", "point": point, "seed": seed,
-                       "hyper": dict(optimizers.GRIDS["bop"][point]), "train": {"batch_size": 100}},
-            "result": {"val_acc": val_acc, "test_acc": test_acc, "epochs": 2, "train_images_per_s": 1000.0,
-                       "history": [{"flips": 10}, {"flips": 4}], "train_images": 90, "val_images": 10,
-                       "test_images": 50}}
+    return {
+        "params": {
+            "network": "mnist_bnn",
+            "optimizer": "bop",
+            "point": point,
+            "seed": seed,
+            "hyper": dict(optimizers.GRIDS["bop"][point]),
+            "train": {"batch_size": 100},
+        },
+        "result": {
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "epochs": 2,
+            "train_images_per_s": 1000.0,
+            "history": [{"flips": 10}, {"flips": 4}],
+            "train_images": 90,
+            "val_images": 10,
+            "test_images": 50,
+        },
+    }
 
 
 def test_optimizers_chooses_the_point_of_highest_mean_validation_accuracy_not_test_accuracy():
-    records = [_fake_record(0, 0, 0.90, 0.99), _fake_record(0, 1, 0.92, 0.99),
-               _fake_record(1, 0, 0.95, 0.80), _fake_record(1, 1, 0.93, 0.82)]
+    records = [
+        _fake_record(0, 0, 0.90, 0.99),
+        _fake_record(0, 1, 0.92, 0.99),
+        _fake_record(1, 0, 0.95, 0.80),
+        _fake_record(1, 1, 0.93, 0.82),
+    ]
     points = optimizers.summarize(records, optimizers.CONFIGS["smoke"])["tables"]["points"]
     chosen = [p for p in points if p["chosen"]]
     assert [p["point"] for p in chosen] == [1] and len(points) == 2
     assert chosen[0]["test_acc_mean"] == pytest.approx(0.81)  # chosen by validation, though its test is lower
-    assert chosen[0]["test_acc_std"] == pytest.approx(0.02 ** 0.5 / 10)  # sample std of 0.80, 0.82
+    assert chosen[0]["test_acc_std"] == pytest.approx(0.02**0.5 / 10)  # sample std of 0.80, 0.82
     assert chosen[0]["ms_per_step_median"] == pytest.approx(100.0)
     assert (chosen[0]["flips_first_epoch_mean"], chosen[0]["flips_last_epoch_mean"]) == (10, 4)
 
 
-@pytest.mark.parametrize("changes, match", [({"optimizers": ("adamw",)}, "Invalid optimizers"),
-                                            ({"networks": ()}, "Invalid networks"),
-                                            ({"grid_points": 3}, "Invalid grid_points value: 3")])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"optimizers": ("adamw",)}, "Invalid optimizers"),
+        ({"networks": ()}, "Invalid networks"),
+        ({"grid_points": 3}, "Invalid grid_points value: 3"),
+    ],
+)
 def test_optimizers_plan_rejects_unknown_names_and_grid_sizes(changes, match):
     with pytest.raises(ValueError, match=match):
         optimizers.plan(dataclasses.replace(optimizers.CONFIGS["smoke"], **changes))

@@ -66,8 +66,10 @@ class Counting:
         checkpoint = ctx.run_dir / "progress.json"
         state = read_json(checkpoint) if checkpoint.is_file() else {"step": 0, "value": params["seed"]}
         resumed_from = state["step"]
-        stops = {(int(seed), int(step)): name for seed, step, name in
-                 (item.split(":") for item in filter(None, os.environ.get(STOP, "").split(",")))}
+        stops = {
+            (int(seed), int(step)): name
+            for seed, step, name in (item.split(":") for item in filter(None, os.environ.get(STOP, "").split(",")))
+        }
         for step in range(resumed_from + 1, params["steps"] + 1):
             state = {"step": step, "value": (state["value"] * 31 + step) % 1_000_003}
             write_json(checkpoint, state)
@@ -123,8 +125,16 @@ def counting(monkeypatch):
 
 def launch(name: str, root: Path, lines: list[str], log=None, **changes) -> dict[str, Any]:
     """``name`` at the smoke scale (with ``changes``) as local submitit jobs, two at a time, one thread each."""
-    return run_experiment(name, configure("smoke", name, changes), profile="smoke", results_root=root, threads=1,
-                          verbose=False, log=log or lines.append, launcher=Launcher("local", max_running=2))
+    return run_experiment(
+        name,
+        configure("smoke", name, changes),
+        profile="smoke",
+        results_root=root,
+        threads=1,
+        verbose=False,
+        log=log or lines.append,
+        launcher=Launcher("local", max_running=2),
+    )
 
 
 def stored(root: Path, name: str) -> dict[str, dict[str, Any]]:
@@ -143,11 +153,22 @@ def test_a_sweep_as_jobs_stores_every_run_once_as_the_in_process_runner(tmp_path
     assert sum("submitted" in line for line in lines) == 1 and any(line.startswith("[2/2] ") for line in lines)
     assert len(list((tmp_path / "jobs/smoke/toy/jobs").glob("*_result.pkl"))) == 2  # one job per run
 
-    here = run_experiment("toy", configure("smoke", "toy", {"seeds": 1, "thresholds": "0,0.1"}), profile="smoke",
-                          results_root=tmp_path / "here", threads=1, verbose=False, log=lambda line: None)
+    here = run_experiment(
+        "toy",
+        configure("smoke", "toy", {"seeds": 1, "thresholds": "0,0.1"}),
+        profile="smoke",
+        results_root=tmp_path / "here",
+        threads=1,
+        verbose=False,
+        log=lambda line: None,
+    )
     jobs, local = stored(tmp_path / "jobs", "toy"), stored(tmp_path / "here", "toy")
-    assert sorted(jobs) == sorted(local) == sorted(run["key"] for run in manifest["runs"]) == \
-        sorted(run["key"] for run in here["runs"])
+    assert (
+        sorted(jobs)
+        == sorted(local)
+        == sorted(run["key"] for run in manifest["runs"])
+        == sorted(run["key"] for run in here["runs"])
+    )
     assert {k: r["result"] for k, r in jobs.items()} == {k: r["result"] for k, r in local.items()}
     assert not list((tmp_path / "jobs/smoke/toy/runs").glob("*.lock"))
 
@@ -160,8 +181,9 @@ def test_a_sweep_as_jobs_stores_every_run_once_as_the_in_process_runner(tmp_path
 
 
 @pytest.mark.slow
-def test_killed_and_preempted_jobs_continue_from_their_runs_checkpoints(tmp_path, counting, jobs_import_here,
-                                                                          monkeypatch):
+def test_killed_and_preempted_jobs_continue_from_their_runs_checkpoints(
+    tmp_path, counting, jobs_import_here, monkeypatch
+):
     # seed 0's job is killed after step 3; seed 1's is preempted after step 2 (submitit requeues it at once)
     monkeypatch.setenv(STOP, "0:3:SIGKILL,1:2:SIGUSR2")
     lines: list[str] = []
@@ -211,8 +233,7 @@ class TestHeldRuns:
 
     def test_stored_by_its_holder_it_is_not_submitted(self, tmp_path, toy):
         def store_elsewhere(holder, record, spec):
-            write_json(record, {"key": record.stem, "params": spec.params, "result": {"flips": -1},
-                                "wall_time_s": 0})
+            write_json(record, {"key": record.stem, "params": spec.params, "result": {"flips": -1}, "wall_time_s": 0})
             holder.done()
 
         manifest, lines, record = self.launch_held(tmp_path, toy, store_elsewhere)
@@ -243,22 +264,52 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 
 
 def test_the_slurm_jobs_are_submitted_with_the_options_and_carry_no_module(tmp_path, fake_slurm, toy):
-    launcher = Launcher("slurm", time="1:30:00", partition="gpu", cpus_per_task=4, gpus_per_node=1, mem="16g",
-                        extra=parse_extra(["account=bnn", "exclusive", "mail_type=END"]))
+    launcher = Launcher(
+        "slurm",
+        time="1:30:00",
+        partition="gpu",
+        cpus_per_task=4,
+        gpus_per_node=1,
+        mem="16g",
+        extra=parse_extra(["account=bnn", "exclusive", "mail_type=END"]),
+    )
     executor = launcher.executor(tmp_path / "jobs", "torchbop-toy")
-    tasks = [{"experiment": "toy", "reference": experiment_reference(toy), "label": f"run{i}", "params": {"seed": i},
-              "key": f"k{i}", "version": 1, "run_dir": str(tmp_path / f"k{i}"),
-              "record_path": str(tmp_path / f"k{i}.json"), "data_dir": None, "verbose": False} for i in range(2)]
+    tasks = [
+        {
+            "experiment": "toy",
+            "reference": experiment_reference(toy),
+            "label": f"run{i}",
+            "params": {"seed": i},
+            "key": f"k{i}",
+            "version": 1,
+            "run_dir": str(tmp_path / f"k{i}"),
+            "record_path": str(tmp_path / f"k{i}.json"),
+            "data_dir": None,
+            "verbose": False,
+        }
+        for i in range(2)
+    ]
     jobs = launcher.submit(executor, RunJob(threads=4), tasks)
     assert [job.job_id for job in jobs] == ["4242_0", "4242_1"]  # one array of two jobs
 
     script = fake_slurm.read_text().splitlines()
-    for line in ("--partition=gpu", "--time=90", "--cpus-per-task=4", "--gpus-per-node=1", "--mem=16G",
-                 "--job-name=torchbop-toy", "--array=0-1%2", "--account=bnn", "--exclusive", "--mail-type=END",
-                 "--signal=USR2@90"):
+    for line in (
+        "--partition=gpu",
+        "--time=90",
+        "--cpus-per-task=4",
+        "--gpus-per-node=1",
+        "--mem=16G",
+        "--job-name=torchbop-toy",
+        "--array=0-1%2",
+        "--account=bnn",
+        "--exclusive",
+        "--mail-type=END",
+        "--signal=USR2@90",
+    ):
         assert f"#SBATCH {line}" in script, (line, script)
-    assert any(line.startswith("srun ") and "-m submitit.core._submit" in line and sys.executable in line
-               for line in script)
+    assert any(
+        line.startswith("srun ") and "-m submitit.core._submit" in line and sys.executable in line for line in script
+    )
 
     submission = jobs[1].submission()  # what the job process unpickles
     assert isinstance(submission.function, RunJob) and submission.function.threads == 4
@@ -269,13 +320,43 @@ def test_the_slurm_jobs_are_submitted_with_the_options_and_carry_no_module(tmp_p
 def test_the_command_line_builds_the_launcher(tmp_path, toy, monkeypatch):
     ran = []
     monkeypatch.setattr(runner, "run_experiment", lambda *args, **kwargs: ran.append(kwargs) or {"failed": []})
-    argv = ["experiment", "toy", "--profile", "smoke", "--results-dir", str(tmp_path), "--launcher", "slurm",
-            "--partition", "gpu", "--time", "2:00:00", "--cpus-per-task", "8", "--gpus-per-node", "1", "--mem",
-            "32G", "--slurm-extra", "account=bnn", "--slurm-extra", "exclusive", "--jobs", "5"]
+    argv = [
+        "experiment",
+        "toy",
+        "--profile",
+        "smoke",
+        "--results-dir",
+        str(tmp_path),
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--time",
+        "2:00:00",
+        "--cpus-per-task",
+        "8",
+        "--gpus-per-node",
+        "1",
+        "--mem",
+        "32G",
+        "--slurm-extra",
+        "account=bnn",
+        "--slurm-extra",
+        "exclusive",
+        "--jobs",
+        "5",
+    ]
     assert main(argv) == 0
-    assert ran[0]["launcher"] == Launcher("slurm", time="2:00:00", partition="gpu", cpus_per_task=8,
-                                          gpus_per_node=1, mem="32G", extra={"account": "bnn", "exclusive": True},
-                                          max_running=5)
+    assert ran[0]["launcher"] == Launcher(
+        "slurm",
+        time="2:00:00",
+        partition="gpu",
+        cpus_per_task=8,
+        gpus_per_node=1,
+        mem="32G",
+        extra={"account": "bnn", "exclusive": True},
+        max_running=5,
+    )
     assert main(["experiment", "toy", "--profile", "smoke", "--results-dir", str(tmp_path), "--jobs", "3"]) == 0
     assert ran[1]["launcher"] is None and ran[1]["jobs"] == 3  # the local runner stays the default
 
@@ -314,13 +395,16 @@ def test_without_submitit_the_error_names_the_extra(tmp_path, toy, capsys, monke
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'torchbop[cluster]'" in err and err.count("\n") == 1, err
     with pytest.raises(ImportError, match=r"torchbop\[cluster\]"):
-        run_experiment("toy", configure("smoke", "toy"), profile="smoke", results_root=tmp_path / "res",
-                       launcher=Launcher("local"))
+        run_experiment(
+            "toy", configure("smoke", "toy"), profile="smoke", results_root=tmp_path / "res", launcher=Launcher("local")
+        )
     assert not (tmp_path / "res").exists()
 
 
-@pytest.mark.parametrize("text, minutes", [("90", 90), ("30:30", 31), ("4:00:00", 240), ("2-0", 2880),
-                                           ("1-12:30", 2190), ("1-00:00:01", 1441)])
+@pytest.mark.parametrize(
+    "text, minutes",
+    [("90", 90), ("30:30", 31), ("4:00:00", 240), ("2-0", 2880), ("1-12:30", 2190), ("1-00:00:01", 1441)],
+)
 def test_time_limits_read_as_sbatch_reads_them(text, minutes):
     assert parse_time(text) == minutes
 
@@ -344,6 +428,7 @@ def test_an_experiment_a_job_cannot_import_is_refused():
     def local_experiment():
         class Inside:
             NAME = "inside"
+
         return Inside
 
     with pytest.raises(ValueError, match="define it at the top level"):

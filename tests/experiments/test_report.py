@@ -26,15 +26,16 @@ def test_report_from_smoke_results(smoke_results, tmp_path):
     assert "**reproduced**" in text  # the exact Theorem-1 check does not need the published scale
     assert "**not run at scale**" in text  # everything else ran below it
     # each claim below the published scale names the settings that make it so
-    assert "**not run at scale** (epochs 2 (published 500); width 0.0625 (published 1); subset 200 (published all)" in text
+    assert (
+        "**not run at scale** (epochs 2 (published 500); width 0.0625 (published 1); subset 200 (published all)" in text
+    )
     manifest = json.loads((smoke_results / "smoke" / "cifar10" / "manifest.json").read_text())
     env = manifest["environment"]
     # the machine is stated, with the vector instructions its kernels use (they decide how a run rounds)
     assert f"| machine | {env['cpu']} ({env['cpu_capability']}), {env['cores']} cores" in text
     assert env["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "NO AVX", "ZVECTOR", "VSX", "SVE256")
     # below the published scale, the scale line also names the settings that are as published
-    same = [k for k, v in manifest["paper_config"].items()
-            if k not in cifar10.NOT_SCALE and manifest["config"][k] == v]
+    same = [k for k, v in manifest["paper_config"].items() if k not in cifar10.NOT_SCALE and manifest["config"][k] == v]
     assert same and all(k not in ("epochs", "width", "subset") for k in same)
     scale_line = next(line for line in text.split("## Figure 3")[1].splitlines() if line.startswith("Scale:"))
     assert scale_line.endswith(f"; as published: {', '.join(same)}.")
@@ -53,17 +54,30 @@ def test_published_scale_detection():
     assert at_published_scale("approximation", dict(paper, datasets=["mnist", "cifar10"]), paper)
     assert not at_published_scale("approximation", dict(paper, subset=6000), paper)
     assert not at_published_scale("approximation", dict(paper, seeds=3), paper)
-    assert scale_differences("approximation", dict(paper, seeds=3, precision="auto"), dict(paper, precision="32")) \
-        == ["seeds 3 (published 10)"]  # the precision does not define the scale
-    assert scale_differences("hyperparameters", {"epochs": 100, "width": 0.125, "smooth_std": 1.0},
-                             {"epochs": 100, "width": 1.0, "smooth_std": 100.0}) == ["width 0.125 (published 1)"]
+    assert scale_differences("approximation", dict(paper, seeds=3, precision="auto"), dict(paper, precision="32")) == [
+        "seeds 3 (published 10)"
+    ]  # the precision does not define the scale
+    assert scale_differences(
+        "hyperparameters",
+        {"epochs": 100, "width": 0.125, "smooth_std": 1.0},
+        {"epochs": 100, "width": 1.0, "smooth_std": 100.0},
+    ) == ["width 0.125 (published 1)"]
 
 
 def _table1(binary, real, retrained):
     def entry(mean, published):
         return {"mean": mean, "published_mean": published}
-    return {"datasets": {"mnist": {"seeds": 10, "binary": entry(binary, 0.9663), "real": entry(real, 0.1039),
-                                   "real_retrained": entry(retrained, 0.9807)}}}
+
+    return {
+        "datasets": {
+            "mnist": {
+                "seeds": 10,
+                "binary": entry(binary, 0.9663),
+                "real": entry(real, 0.1039),
+                "real_retrained": entry(retrained, 0.9807),
+            }
+        }
+    }
 
 
 def test_table1_verdicts_follow_the_numbers():
@@ -77,8 +91,11 @@ def test_table1_verdicts_follow_the_numbers():
 def test_theorem_verdict_needs_a_control_that_fails():
     def summary(differing, control, flips=5):
         check = {"differing_total": differing, "steps": 10, "factor": 2**-7, "flips_total": flips}
-        return {"theorem1": {"check": check, "control": dict(check, differing_total=control, factor=2**10)},
-                "max_gaps": {}}
+        return {
+            "theorem1": {"check": check, "control": dict(check, differing_total=control, factor=2**10)},
+            "max_gaps": {},
+        }
+
     assert arbitrary_lr.verdicts(summary(0, 3))[0].outcome(at_scale=False) == "reproduced"
     assert arbitrary_lr.verdicts(summary(4, 3))[0].outcome(at_scale=False) == "not reproduced"
     assert arbitrary_lr.verdicts(summary(0, 0))[0].outcome(at_scale=False) == "inconclusive"
@@ -86,8 +103,15 @@ def test_theorem_verdict_needs_a_control_that_fails():
 
 
 def test_cifar10_verdict_uses_the_protocols_published_number():
-    row = {"protocol": "reproduction", "published": 0.8867, "test_acc": 0.88, "test_weights": "best", "epochs": 327,
-           "flip_ratio_first_phase": 1e-3, "flip_ratio_last_phase": 1e-6}
+    row = {
+        "protocol": "reproduction",
+        "published": 0.8867,
+        "test_acc": 0.88,
+        "test_weights": "best",
+        "epochs": 327,
+        "flip_ratio_first_phase": 1e-3,
+        "flip_ratio_last_phase": 1e-6,
+    }
     accuracy, flips = cifar10.verdicts({"tables": {"figure3": [row]}})
     assert accuracy.met and flips.met
     (accuracy, _) = cifar10.verdicts({"tables": {"figure3": [dict(row, test_acc=0.85)]}})
@@ -107,10 +131,12 @@ def test_a_claim_of_an_unfinished_profile_is_pending_not_inconclusive():
     failed = Verdict("2 and 3 behave identically", "gap <= 0.01", "0.27", met=False)
     assert _outcome(failed, [], "14 of 15 runs stored so far") == "**not reproduced**"
     assert _outcome(failed, ["width 0.125 (published 1)"], "14 of 15 runs stored so far").startswith(
-        "**not run at scale** (width 0.125 (published 1), all else as published: ")
+        "**not run at scale** (width 0.125 (published 1), all else as published: "
+    )
     # the summary names one or two departures (Figure 2 at the published length, width 1/8), not a long list
     assert _outcome(failed, ["width 0.125 (published 1)"], detail=False) == (
-        "**not run at scale** (width 0.125 (published 1), all else as published: criterion not met at this scale)")
+        "**not run at scale** (width 0.125 (published 1), all else as published: criterion not met at this scale)"
+    )
     many = ["epochs 4 (published 500)", "width 0.125 (published 1)", "subset 5000 (published all)"]
     assert _outcome(failed, many, detail=False) == "**not run at scale** (criterion not met at this scale)"
     assert _outcome(failed, many).startswith("**not run at scale** (epochs 4 (published 500); width")
@@ -123,14 +149,22 @@ def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
     from torchbop.training.checkpoints import FORMAT
     from torchbop.training.history import History
 
-    manifest = {"runs": [{"label": "done", "key": "k1"}, {"label": "training", "key": "k2"},
-                         {"label": "waiting", "key": "k3"}, {"label": "corrupt", "key": "k4"}]}
+    manifest = {
+        "runs": [
+            {"label": "done", "key": "k1"},
+            {"label": "training", "key": "k2"},
+            {"label": "waiting", "key": "k3"},
+            {"label": "corrupt", "key": "k4"},
+        ]
+    }
     history = History()
     history.epochs = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.625}]
     folder = tmp_path / "runs" / "k2" / "checkpoints"
     folder.mkdir(parents=True)
-    torch.save({"format": FORMAT, "config": {"epochs": 100}, "observers": {"History": history.state_dict()}},
-               folder / "last.ckpt")
+    torch.save(
+        {"format": FORMAT, "config": {"epochs": 100}, "observers": {"History": history.state_dict()}},
+        folder / "last.ckpt",
+    )
     (tmp_path / "runs" / "k4" / "checkpoints").mkdir(parents=True)
     (tmp_path / "runs" / "k4" / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
     (tmp_path / "runs" / "k2" / "elapsed.json").write_text('{"elapsed_s": 750.0, "started_at": "x"}')  # its clock
@@ -147,20 +181,25 @@ def test_the_runs_not_stored_yet_are_listed_with_their_progress(tmp_path):
 def test_figure1_training_accuracy_gaps_and_test_noise():
     """The full-length control's evidence: training-accuracy gaps between configurations, and how much each test
     curve moves from epoch to epoch."""
+
     def record(configuration, train, test):
         history = [{"epoch": i + 1, "train_acc": a, "val_acc": b} for i, (a, b) in enumerate(zip(train, test))]
         return {"params": {"kind": "figure", "configuration": configuration}, "result": {"history": history}}
 
-    records = [record("2", [0.90, 0.95, 0.97], [0.97, 0.98, 0.97]),
-               record("2b", [0.89, 0.94, 0.96], [0.90, 0.97, 0.80]),
-               record("3", [0.89, 0.945, 0.96], [0.95, 0.85, 0.96])]
+    records = [
+        record("2", [0.90, 0.95, 0.97], [0.97, 0.98, 0.97]),
+        record("2b", [0.89, 0.94, 0.96], [0.90, 0.97, 0.80]),
+        record("3", [0.89, 0.945, 0.96], [0.95, 0.85, 0.96]),
+    ]
     summary = arbitrary_lr.summarize(records, configure("smoke", "arbitrary-lr"))
-    assert summary["train_gaps"]["2-3"] == {"epochs": 3, "mean": pytest.approx(0.025 / 3),
-                                            "max_abs": pytest.approx(0.01)}
+    assert summary["train_gaps"]["2-3"] == {
+        "epochs": 3,
+        "mean": pytest.approx(0.025 / 3),
+        "max_abs": pytest.approx(0.01),
+    }
     assert summary["train_gaps"]["2b-3"]["mean"] == pytest.approx(-0.005 / 3)
     assert summary["train_gaps"]["2b-3"]["max_abs"] == pytest.approx(0.005)
-    assert summary["test_noise"] == {"2": pytest.approx(0.01), "2b": pytest.approx(0.12),
-                                     "3": pytest.approx(0.105)}
+    assert summary["test_noise"] == {"2": pytest.approx(0.01), "2b": pytest.approx(0.12), "3": pytest.approx(0.105)}
     text = "\n".join(arbitrary_lr.results(summary))
     assert "| 2b vs 3 | 3 | -0.0017 | 0.0050 | 0.1200 / 0.1050 |" in text
     assert "| 2 vs 3 | 3 | +0.0083 | 0.0100 | 0.0100 / 0.1050 |" in text
@@ -172,6 +211,7 @@ def test_figure1_training_accuracy_gaps_and_test_noise():
 
 def test_figure1_gaps_show_the_median_beside_the_largest():
     """One epoch's spike decides the largest gap; the median and the count of large gaps say whether it is typical."""
+
     def record(configuration, test):
         history = [{"epoch": i + 1, "train_acc": 0.9, "val_acc": v} for i, v in enumerate(test)]
         return {"params": {"kind": "figure", "configuration": configuration}, "result": {"history": history}}
@@ -186,19 +226,31 @@ def test_figure1_gaps_show_the_median_beside_the_largest():
 
 def test_figure1_decomposition_counts_the_epochs_equal_to_the_last_bit():
     def record(configuration, flips):
-        history = [{"epoch": i + 1, "train_acc": 0.9, "train_loss": 0.3, "val_acc": 0.95, "val_loss": 0.2,
-                    "flips": f, "rate": {"2b": 1.0, "3p": 2.0**-7}.get(configuration, 0.01)}
-                   for i, f in enumerate(flips)]
-        return {"params": {"kind": "figure", "configuration": configuration, "seed": 0},
-                "result": {"history": history}}
+        history = [
+            {
+                "epoch": i + 1,
+                "train_acc": 0.9,
+                "train_loss": 0.3,
+                "val_acc": 0.95,
+                "val_loss": 0.2,
+                "flips": f,
+                "rate": {"2b": 1.0, "3p": 2.0**-7}.get(configuration, 0.01),
+            }
+            for i, f in enumerate(flips)
+        ]
+        return {"params": {"kind": "figure", "configuration": configuration, "seed": 0}, "result": {"history": history}}
 
     records = [record("2b", [5, 6, 7, 8]), record("3p", [5, 6, 7, 9]), record("3", [5, 4, 7, 8])]
     summary = arbitrary_lr.summarize(records, configure("smoke", "arbitrary-lr"))
-    assert summary["same_epochs"] == {"2b-3p": {"same": 3, "epochs": 4, "seeds": 1},
-                                      "3p-3": {"same": 1, "epochs": 4, "seeds": 1}}
+    assert summary["same_epochs"] == {
+        "2b-3p": {"same": 3, "epochs": 4, "seeds": 1},
+        "3p-3": {"same": 1, "epochs": 4, "seeds": 1},
+    }
     text = "\n".join(arbitrary_lr.results(summary))
-    assert "| 2b vs 3p | clipping: 2b's latent weights are clipped at 1, 3p's (2^-7 times 2b's) never reach it | 3 of 4 " \
-           "| 0.0000 |" in text
+    assert (
+        "| 2b vs 3p | clipping: 2b's latent weights are clipped at 1, 3p's (2^-7 times 2b's) never reach it | 3 of 4 "
+        "| 0.0000 |" in text
+    )
     assert "| 3p vs 3 | the factor: 2^-7 (exact in floating point) against 0.01 (rounds) | 1 of 4 | 0.0000 |" in text
 
 
@@ -221,8 +273,12 @@ def test_figure2_plot_names_the_curves_still_to_come():
     config = configure("smoke", "hyperparameters")
     gamma, tau = max(config.gammas), config.fixed_threshold
     steps = {"pi_t": [-5.0] * 20, "train_acc": [0.3] * 20}
-    records = [{"params": {"gamma": gamma, "threshold": tau},
-                "result": {"steps": steps, "history": [{"steps": 10, "val_acc": 0.25}, {"steps": 10, "val_acc": 0.3}]}}]
+    records = [
+        {
+            "params": {"gamma": gamma, "threshold": tau},
+            "result": {"steps": steps, "history": [{"steps": 10, "val_acc": 0.25}, {"steps": 10, "val_acc": 0.3}]},
+        }
+    ]
     fig = Figure()
     hyperparameters.plot(fig, records, {}, config)
     (gamma_top, tau_top), (gamma_bottom, tau_bottom) = fig.axes[:2], fig.axes[2:]
@@ -242,8 +298,10 @@ def test_compute_time_counts_every_invocation_of_a_resumed_run(smoke_results, tm
     (path,) = (results / "smoke" / "cifar10" / "runs").glob("*.json")
     record = json.loads(path.read_text())
     finished = datetime.strptime(record["finished_at"], "%Y-%m-%d %H:%M:%S %z")
-    record.update(compute_time_s=3000.0 + record["wall_time_s"],
-                  started_at=(finished - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S %z"))
+    record.update(
+        compute_time_s=3000.0 + record["wall_time_s"],
+        started_at=(finished - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S %z"),
+    )
     path.write_text(json.dumps(record))
     text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
     assert f"| compute time (sum over runs) | {record['compute_time_s'] / 60:.1f} min |" in text
@@ -262,8 +320,10 @@ def test_cpu_time_of_runs_begun_before_it_was_counted_is_not_guessed(smoke_resul
     paths[0].write_text(json.dumps(records[0]))
     counted = sum(r["cpu_time_s"] for r in records[1:])
     text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
-    assert (f"| CPU time (sum over runs) | {counted / 60:.1f} min over {len(paths) - 1} of {len(paths)} runs (the "
-            "others began before runs counted CPU time) |") in text
+    assert (
+        f"| CPU time (sum over runs) | {counted / 60:.1f} min over {len(paths) - 1} of {len(paths)} runs (the "
+        "others began before runs counted CPU time) |"
+    ) in text
     for record in records:
         record.pop("cpu_time_s")  # records stored before runs counted CPU time
     for path, record in zip(paths, records):
@@ -281,8 +341,10 @@ def test_an_experiment_planned_but_without_a_stored_run_is_pending(smoke_results
     (planned / "manifest.json").write_text(json.dumps({**manifest, "finished_at": None}))  # its first invocation runs
     text = build_report("smoke", results_root=results, reports_root=tmp_path / "reports").read_text()
     runs = len(manifest["runs"])
-    assert f"| Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2) | **pending** (0 of {runs} runs " \
-           "stored) | - |" in text
+    assert (
+        f"| Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2) | **pending** (0 of {runs} runs "
+        "stored) | - |" in text
+    )
     # approximation, arbitrary-lr and torchbop's own two comparisons: nothing planned
     assert text.count("not run at scale** (no results)") == 4
     section = text.split("## Figure 2")[1].split("## Figure 3")[0]
@@ -295,13 +357,17 @@ def test_figure2_claims_wait_for_every_planned_point():
     from torchbop.experiments import hyperparameters
 
     config = configure("smoke", "hyperparameters")
-    sweeps = {"gamma": [(g, t) for s, g, t in hyperparameters.grid(config) if s == "gamma"],
-              "tau": [(g, t) for s, g, t in hyperparameters.grid(config) if s == "tau"]}
+    sweeps = {
+        "gamma": [(g, t) for s, g, t in hyperparameters.grid(config) if s == "gamma"],
+        "tau": [(g, t) for s, g, t in hyperparameters.grid(config) if s == "tau"],
+    }
     row = {"gamma": 1e-2, "threshold": 1e-6, "mean_pi_t": -5.0, "train_acc_noise": 0.05}
     claims = hyperparameters.verdicts({"sweeps": sweeps, "tables": {"figure2": [row]}})
     assert len(claims) == 3 and all(v.met is None for v in claims)
-    rows = [dict(row, gamma=g, threshold=t, mean_pi_t=-5.0 - 2 * i - 10 * t * 1e5, train_acc_noise=0.05 - 0.01 * i)
-            for i, (g, t) in enumerate(sorted({(g, t) for _, g, t in hyperparameters.grid(config)}, reverse=True))]
+    rows = [
+        dict(row, gamma=g, threshold=t, mean_pi_t=-5.0 - 2 * i - 10 * t * 1e5, train_acc_noise=0.05 - 0.01 * i)
+        for i, (g, t) in enumerate(sorted({(g, t) for _, g, t in hyperparameters.grid(config)}, reverse=True))
+    ]
     claims = hyperparameters.verdicts({"sweeps": sweeps, "tables": {"figure2": rows}})
     assert [v.met is not None for v in claims] == [True, True, True]  # every point stored: each claim is decided
 
@@ -326,11 +392,16 @@ def test_a_section_whose_runs_are_gone_is_kept_with_its_figure(smoke_results, tm
     (results / "smoke" / "hyperparameters" / "runs" / f"{saved['runs'][0]}.json").unlink()
     (reports / "smoke" / "hyperparameters.png").write_bytes(figure + b"unchanged")  # a rebuild would overwrite it
     logged = []
-    text = build_report("smoke", results_root=results, reports_root=reports, rebuild=False,
-                        log=logged.append).read_text()
-    assert [line.split(" section")[0] for line in logged] == ["kept the approximation", "kept the arbitrary-lr",
-                                                              "kept the hyperparameters", "kept the architectures",
-                                                              "kept the optimizers"]
+    text = build_report(
+        "smoke", results_root=results, reports_root=reports, rebuild=False, log=logged.append
+    ).read_text()
+    assert [line.split(" section")[0] for line in logged] == [
+        "kept the approximation",
+        "kept the arbitrary-lr",
+        "kept the hyperparameters",
+        "kept the architectures",
+        "kept the optimizers",
+    ]
     assert f"holds {saved['planned'] - 1} of the {saved['planned']} runs it was built from" in logged[2]
     assert (reports / "smoke" / "hyperparameters.png").read_bytes() == figure + b"unchanged"
     for title, after in (("Table 1", "Figure 1"), ("Figure 1", "Figure 2"), ("Figure 2", "Figure 3")):
@@ -340,17 +411,22 @@ def test_a_section_whose_runs_are_gone_is_kept_with_its_figure(smoke_results, tm
     kept = _section_text(text, "Figure 2", "Figure 3")
     assert f"holds {saved['planned'] - 1} of those runs now.*\n\nRuns not stored yet" in kept  # and where they stand
     assert "*Kept from" not in _section_text(text, "Figure 3", "Bi-Real Net-18")  # its runs are all there: rebuilt
-    assert text.split("## Verdicts at a glance")[1].split("Time:")[0] == \
-        full.split("## Verdicts at a glance")[1].split("Time:")[0]  # the summary keeps the kept sections' rows
+    assert (
+        text.split("## Verdicts at a glance")[1].split("Time:")[0]
+        == full.split("## Verdicts at a glance")[1].split("Time:")[0]
+    )  # the summary keeps the kept sections' rows
     assert text.split("Time: ")[1].split("\n")[0] == full.split("Time: ")[1].split("\n")[0]
 
-    text = build_report("smoke", results_root=results, reports_root=reports, rebuild=True,
-                        log=logged.append).read_text()
+    text = build_report(
+        "smoke", results_root=results, reports_root=reports, rebuild=True, log=logged.append
+    ).read_text()
     assert "*Kept from" not in text
     assert text.count("not run at scale** (no results)") == 4  # approximation, arbitrary-lr and the two comparisons
     assert "**pending** (its runs are not all stored yet)" in _section_text(text, "Figure 2", "Figure 3")
-    assert len(json.loads((reports / "smoke" / "sections" / "hyperparameters.json").read_text())["runs"]) == \
-        saved["planned"] - 1  # the rebuilt section now records what it was built from
+    assert (
+        len(json.loads((reports / "smoke" / "sections" / "hyperparameters.json").read_text())["runs"])
+        == saved["planned"] - 1
+    )  # the rebuilt section now records what it was built from
 
 
 def test_an_unreadable_saved_section_stops_the_report_before_it_writes(smoke_results, tmp_path):
@@ -380,11 +456,15 @@ def test_the_runs_stored_now_are_shown_beneath_a_kept_section(smoke_results, tmp
     text = build_report("smoke", results_root=results, reports_root=reports, log=lambda _: None).read_text()
     section = _section_text(text, "Figure 2", "Figure 3")
     now = len(paths) - 1
-    assert (f"Stored in the results now ({now} run(s), 1 of them not in this section: {held_back['label']}), "
-            "recomputed from their records; not part of this section's figure or verdicts:") in section
+    assert (
+        f"Stored in the results now ({now} run(s), 1 of them not in this section: {held_back['label']}), "
+        "recomputed from their records; not part of this section's figure or verdicts:"
+    ) in section
     table = section.split("Stored in the results now")[1].split("\n\n")[1].splitlines()
-    points = {(json.loads(p.read_text())["params"]["gamma"], json.loads(p.read_text())["params"]["threshold"])
-              for p in paths[1:]}
+    points = {
+        (json.loads(p.read_text())["params"]["gamma"], json.loads(p.read_text())["params"]["threshold"])
+        for p in paths[1:]
+    }
     assert len(table) == 2 + len(points)  # header, rule, one row per (gamma, tau) stored now
     gamma, tau = held_back["params"]["gamma"], held_back["params"]["threshold"]
     assert any(row.startswith(f"| {gamma:g} | {tau:g} | ") for row in table[2:])

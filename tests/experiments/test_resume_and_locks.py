@@ -73,10 +73,30 @@ class Resumable:
 
     @staticmethod
     def plan(config: Any) -> list[RunSpec]:
-        return [RunSpec(Resumable.NAME, f"seed{seed}", {"subset": 256, "test_subset": 128, "train": stored_train_config(
-            TrainConfig(name="resumable", model="mnist_bnn", dataset="mnist", protocol="original", batch_size=32,
-                        epochs=config.epochs, seed=seed, checkpoint_every_n_steps=2, precision="32"))})
-                for seed in range(config.seeds)]
+        return [
+            RunSpec(
+                Resumable.NAME,
+                f"seed{seed}",
+                {
+                    "subset": 256,
+                    "test_subset": 128,
+                    "train": stored_train_config(
+                        TrainConfig(
+                            name="resumable",
+                            model="mnist_bnn",
+                            dataset="mnist",
+                            protocol="original",
+                            batch_size=32,
+                            epochs=config.epochs,
+                            seed=seed,
+                            checkpoint_every_n_steps=2,
+                            precision="32",
+                        )
+                    ),
+                },
+            )
+            for seed in range(config.seeds)
+        ]
 
     @staticmethod
     def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
@@ -112,19 +132,38 @@ def cli(argv: list[str], kill_at_step: int | None = None) -> int:
     return main(argv)
 
 
-def invoke(results: Path, data_dir: Path, *args: str, experiment: str = Resumable.NAME,
-           kill_at_step: int | None = None) -> subprocess.Popen:
+def invoke(
+    results: Path, data_dir: Path, *args: str, experiment: str = Resumable.NAME, kill_at_step: int | None = None
+) -> subprocess.Popen:
     """Start ``torchbop experiment EXPERIMENT --profile smoke`` on ``results`` (stdout and stderr in one pipe)."""
-    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_resume_and_locks as t; "
-            f"sys.exit(t.cli(sys.argv[1:], {kill_at_step!r}))")
+    code = (
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_resume_and_locks as t; "
+        f"sys.exit(t.cli(sys.argv[1:], {kill_at_step!r}))"
+    )
     argv = command(results, data_dir, *args, experiment=experiment)
-    return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def command(results: Path, data_dir: Path, *args: str, experiment: str = Resumable.NAME) -> list[str]:
-    return ["experiment", experiment, "--profile", "smoke", "--results-dir", str(results), "--data-dir",
-            str(data_dir), "--threads", "1", *args]
+    return [
+        "experiment",
+        experiment,
+        "--profile",
+        "smoke",
+        "--results-dir",
+        str(results),
+        "--data-dir",
+        str(data_dir),
+        "--threads",
+        "1",
+        *args,
+    ]
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -142,8 +181,9 @@ def without_timing(result: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_a_killed_invocation_continues_mid_epoch_and_ends_as_an_uninterrupted_run(tmp_path, data_dir, uninterrupted,
-                                                                                 monkeypatch, capsys):
+def test_a_killed_invocation_continues_mid_epoch_and_ends_as_an_uninterrupted_run(
+    tmp_path, data_dir, uninterrupted, monkeypatch, capsys
+):
     code, out = finish(invoke(tmp_path, data_dir, kill_at_step=5))  # 8 steps an epoch: killed in the first
     assert code == -signal.SIGKILL, out
     folder = tmp_path / "smoke" / Resumable.NAME
@@ -190,8 +230,9 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("stop_at_step, resumed_at", [(3, 2), (9, 8)], ids=["mid-epoch", "after-an-epoch"])
-def test_a_resumed_run_ends_with_the_uninterrupted_result_weights_and_history(tmp_path, uninterrupted, monkeypatch,
-                                                                               stop_at_step, resumed_at):
+def test_a_resumed_run_ends_with_the_uninterrupted_result_weights_and_history(
+    tmp_path, uninterrupted, monkeypatch, stop_at_step, resumed_at
+):
     reference, data, expected, expected_history, expected_weights = uninterrupted
     config = reference.replace(out=str(tmp_path / "run"))
     record = History.on_batch_end
@@ -288,8 +329,14 @@ def test_two_concurrent_invocations_share_the_runs(tmp_path, data_dir):
     assert sorted(stored) == sorted(run["key"] for run in manifest["runs"]) and len(stored) == len(planned) == 15
     assert all(r["result"] and r["key"] == key for key, r in stored.items())
     # "[k/n] label: ..." lines, found anywhere: a worker's stderr shares the pipe and may land mid-line
-    executed = [[label for label, rest in re.findall(r"\[\d+/\d+\] ([\w.-]+): ([^\n]*)", out)
-                 if "run by another invocation" not in rest] for out in outputs]
+    executed = [
+        [
+            label
+            for label, rest in re.findall(r"\[\d+/\d+\] ([\w.-]+): ([^\n]*)", out)
+            if "run by another invocation" not in rest
+        ]
+        for out in outputs
+    ]
     assert sorted(executed[0] + executed[1]) == sorted(run["label"] for run in manifest["runs"])  # each run once
     assert not list((folder / "runs").glob("*.lock")) and not [p for p in (folder / "runs").iterdir() if p.is_dir()]
 
@@ -328,8 +375,9 @@ class TestRunnerLocks:
 
     def test_a_run_held_elsewhere_is_waited_for_and_its_record_used(self, tmp_path, toy):
         def store_elsewhere(holder, record, spec):
-            record.write_text(json.dumps({"key": record.stem, "params": spec.params, "result": {"flips": -1},
-                                          "wall_time_s": 0}))
+            record.write_text(
+                json.dumps({"key": record.stem, "params": spec.params, "result": {"flips": -1}, "wall_time_s": 0})
+            )
             holder.done()
 
         manifest, lines, record = self.run(tmp_path, toy, store_elsewhere)
@@ -348,10 +396,18 @@ class TestRunLock:
     def test_one_holder_at_a_time_and_released_when_the_holder_dies(self, tmp_path):
         path = tmp_path / "run.lock"
         # another process holding the same kind of lock (plain fcntl: no torch to import)
-        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
-                                   "fcntl.flock(os.open(sys.argv[1], os.O_RDWR | os.O_CREAT), fcntl.LOCK_EX); "
-                                   "print('held', flush=True); time.sleep(60)", str(path)],
-                                  stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, os, sys, time; "
+                "fcntl.flock(os.open(sys.argv[1], os.O_RDWR | os.O_CREAT), fcntl.LOCK_EX); "
+                "print('held', flush=True); time.sleep(60)",
+                str(path),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert holder.stdout.readline() == "held\n"
         with RunLock(path) as lock:
             assert not lock.acquire()

@@ -29,8 +29,9 @@ class TestConfigure:
         assert configure("quick", "approximation").seeds < 10
 
     def test_overrides_are_typed(self):
-        cfg = configure("quick", "approximation", {"epochs": "3", "datasets": "mnist,cifar10", "subset": "none",
-                                                    "lr": "1e-3"})
+        cfg = configure(
+            "quick", "approximation", {"epochs": "3", "datasets": "mnist,cifar10", "subset": "none", "lr": "1e-3"}
+        )
         assert (cfg.epochs, cfg.datasets, cfg.subset, cfg.lr) == (3, ("mnist", "cifar10"), None, 0.001)
         assert configure("quick", "cifar10", {"gamma_decay_every": "7"}).gamma_decay_every == 7
 
@@ -104,9 +105,17 @@ def test_second_invocation_skips_existing_runs(tmp_path, data_dir, run_smoke):
 
 def test_parallel_jobs_match_a_serial_run(tmp_path, data_dir, smoke_results):
     # the same plan as the serial smoke run of the session fixture, now in 2 spawned worker processes
-    parallel = run_experiment("approximation", configure("smoke", "approximation"), profile="smoke",
-                              results_root=tmp_path, data_dir=str(data_dir), jobs=2, threads=1, verbose=False,
-                              log=lambda m: None)
+    parallel = run_experiment(
+        "approximation",
+        configure("smoke", "approximation"),
+        profile="smoke",
+        results_root=tmp_path,
+        data_dir=str(data_dir),
+        jobs=2,
+        threads=1,
+        verbose=False,
+        log=lambda m: None,
+    )
     serial = load_manifest(smoke_results / "smoke" / "approximation")
     assert parallel["executed"] == 2 and parallel["failed"] == []
     assert parallel["runs"] == serial["runs"]  # same keys

@@ -40,8 +40,9 @@ def test_toy_experiment_is_planned_run_and_reported(toy, tmp_path, capsys):
     out = results / "smoke" / "toy"
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["executed"], manifest["skipped"], manifest["failed"]) == (6, 0, [])
-    assert [run["label"] for run in manifest["runs"]] == [f"tau{t}-seed{s}" for t in ("0", "0.001", "0.1")
-                                                         for s in (0, 1)]
+    assert [run["label"] for run in manifest["runs"]] == [
+        f"tau{t}-seed{s}" for t in ("0", "0.001", "0.1") for s in (0, 1)
+    ]
     assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "toy.csv").read_text().startswith("threshold,mean_flips,seeds")
     assert main(argv) == 0  # a second invocation runs nothing

@@ -45,8 +45,11 @@ def datasets(config: Config) -> tuple[str, ...]:
 
 
 def plan(config: Config) -> list[RunSpec]:
-    return [RunSpec(NAME, f"tau{tau:g}-seed{seed}", {"threshold": tau, "seed": seed, "steps": config.steps})
-            for tau in config.thresholds for seed in range(config.seeds)]
+    return [
+        RunSpec(NAME, f"tau{tau:g}-seed{seed}", {"threshold": tau, "seed": seed, "steps": config.steps})
+        for tau in config.thresholds
+        for seed in range(config.seeds)
+    ]
 
 
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
@@ -88,10 +91,19 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
 
 def verdicts(summary: dict[str, Any]) -> list[Verdict]:
     flips = [r["mean_flips"] for r in summary["tables"]["toy"]]
-    return [Verdict(TITLE, "mean flips strictly decreasing from the lowest to the highest tau",
-                    ", ".join(f"{f:g}" for f in flips), all(a > b for a, b in zip(flips, flips[1:])))]
+    return [
+        Verdict(
+            TITLE,
+            "mean flips strictly decreasing from the lowest to the highest tau",
+            ", ".join(f"{f:g}" for f in flips),
+            all(a > b for a, b in zip(flips, flips[1:])),
+        )
+    ]
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    return ["| tau | mean flips | seeds |", "|---|---|---|",
-            *(f"| {r['threshold']:g} | {r['mean_flips']:g} | {r['seeds']} |" for r in summary["tables"]["toy"])]
+    return [
+        "| tau | mean flips | seeds |",
+        "|---|---|---|",
+        *(f"| {r['threshold']:g} | {r['mean_flips']:g} | {r['seeds']} |" for r in summary["tables"]["toy"]),
+    ]

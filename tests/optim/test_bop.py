@@ -110,7 +110,7 @@ class TestLarqRule:
         w0 = torch.tensor([1.0, -1.0, 1.0, -1.0])
         g = torch.tensor([tau, -tau, -tau, tau])  # w*m = [tau, tau, -tau, -tau]: ties in the first two
         expected = {
-            "larq": [1.0, 1.0, 1.0, -1.0],   # Larq sets +1 at the tie: -1 flips, +1 stays
+            "larq": [1.0, 1.0, 1.0, -1.0],  # Larq sets +1 at the tie: -1 flips, +1 stays
             "keep": [1.0, -1.0, 1.0, -1.0],  # strict '>' never flips at the tie
             "flip": [-1.0, 1.0, 1.0, -1.0],  # eq. (6) with |m| >= tau flips at the tie
         }
@@ -131,8 +131,9 @@ class TestLarqRule:
         opt.step()
         assert w.data.tolist() == [1.0, 1.0, 1.0]
         assert int(opt.state[w]["flips"]) == 2
-        w_np, _ = larq_bop_numpy(np.array([1.0, -1.0, -1.0], np.float32), np.zeros(3, np.float32),
-                                 np.zeros(3, np.float32), 0.5, 0.0)
+        w_np, _ = larq_bop_numpy(
+            np.array([1.0, -1.0, -1.0], np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32), 0.5, 0.0
+        )
         assert w_np.tolist() == [1.0, 1.0, 1.0]
 
 
@@ -176,8 +177,14 @@ def _run_impl(impl, dtype, tie_break, steps=7, threshold=5e-3, device="cpu"):
             idx = [0, 1, 3, 4, 5, 6, 7]
         else:
             idx = list(range(len(shapes)))
-        out = impl([ws[i] for i in idx], [gs[i] for i in idx], [ms[i] for i in idx], gamma=0.1,
-                   threshold=threshold, tie_break=tie_break)
+        out = impl(
+            [ws[i] for i in idx],
+            [gs[i] for i in idx],
+            [ms[i] for i in idx],
+            gamma=0.1,
+            threshold=threshold,
+            tie_break=tie_break,
+        )
         flips.append([int(x) for x in out[0]])
     return ws, ms, flips
 
@@ -189,8 +196,8 @@ def _tie_case(dtype, threshold, nonfinite):
     w = binary(n, seed=5, dtype=dtype)
     g = torch.randn(n, generator=gen, dtype=dtype) * 1e-2
     tau = torch.tensor(threshold, dtype=dtype)
-    g[::5] = w[::5] * tau                # w * m == tau: a tie for either sign of w
-    g[1::5] = -w[1::5] * tau             # w * m == -tau
+    g[::5] = w[::5] * tau  # w * m == tau: a tie for either sign of w
+    g[1::5] = -w[1::5] * tau  # w * m == -tau
     g[2::50], g[3::50] = 0.0, -0.0
     if nonfinite:  # in the first 400 entries only: the eager path's later chunks take its fast route
         g[4:400:50], g[5:400:50], g[6:400:50] = math.nan, math.inf, -math.inf
@@ -249,12 +256,21 @@ class TestFastPaths:
             original = getattr(bop_module, name)
             monkeypatch.setattr(bop_module, name, lambda *a, _n=name, _f=original, **k: calls.append(_n) or _f(*a, **k))
         monkeypatch.setattr(_fused, "choose", lambda *a, fused, foreach: fused is not False and foreach is None)
-        expected = {"foreach=False": "_single_tensor_bop", "foreach=True": "_multi_tensor_bop",
-                    "fused=False": "_multi_tensor_bop", "fused=True": "_fused_bop", "default": "_fused_bop"}
+        expected = {
+            "foreach=False": "_single_tensor_bop",
+            "foreach=True": "_multi_tensor_bop",
+            "fused=False": "_multi_tensor_bop",
+            "fused=True": "_fused_bop",
+            "default": "_fused_bop",
+        }
         results = []
-        for label, flags in [("foreach=False", dict(foreach=False)), ("foreach=True", dict(foreach=True)),
-                             ("fused=False", dict(fused=False)), ("fused=True", dict(fused=True)),
-                             ("default", {})]:
+        for label, flags in [
+            ("foreach=False", dict(foreach=False)),
+            ("foreach=True", dict(foreach=True)),
+            ("fused=False", dict(fused=False)),
+            ("fused=True", dict(fused=True)),
+            ("default", {}),
+        ]:
             w = torch.nn.Parameter(binary(50, seed=5))
             opt = Bop([w], gamma=0.2, threshold=1e-3, **flags)
             gen = torch.Generator().manual_seed(0)
@@ -509,7 +525,9 @@ class TestMaskPolicy:
                 g[torch.randint(0, 200, (10,), generator=gen)] = float("nan")
                 w.grad = g
                 opt.step()
-            results.append((w.detach().clone(), opt.state[w]["exp_avg"].clone(), int(opt.state[w]["nonfinite_entries"])))
+            results.append(
+                (w.detach().clone(), opt.state[w]["exp_avg"].clone(), int(opt.state[w]["nonfinite_entries"]))
+            )
         for w, m, n in results[1:]:
             assert torch.equal(w, results[0][0]) and torch.equal(m, results[0][1]) and n == results[0][2]
         assert torch.isfinite(results[0][1]).all()
@@ -542,8 +560,12 @@ BAD_GROUP_VALUES = [
     ("lr", float("nan"), r"Invalid gamma value in param group 1 \('lr'\): nan \(expected a number in \[0, 1\]\)"),
     ("lr", 1.5, r"Invalid gamma value in param group 1 \('lr'\): 1.5 \(expected a number in \[0, 1\]\)"),
     ("lr", -1e-4, r"Invalid gamma value in param group 1 \('lr'\): -0.0001"),
-    ("threshold", -1e-8, r"Invalid threshold value in param group 1 \('threshold'\): -1e-08 \(expected a number in "
-                         r"\[0, inf\]\)"),
+    (
+        "threshold",
+        -1e-8,
+        r"Invalid threshold value in param group 1 \('threshold'\): -1e-08 \(expected a number in "
+        r"\[0, inf\]\)",
+    ),
     ("threshold", float("nan"), r"Invalid threshold value in param group 1 \('threshold'\): nan"),
     ("lr", "0.1", r"Invalid gamma value in param group 1 \('lr'\): '0.1'"),
     ("lr", None, r"Invalid gamma value in param group 1 \('lr'\): None"),
@@ -574,7 +596,8 @@ class TestStepTimeChecks:
         with pytest.raises(ValueError) as info:
             opt.step()
         assert str(info.value).startswith(
-            "Invalid gamma value in param group 0 ('lr'): nan (expected a number in [0, 1])")
+            "Invalid gamma value in param group 0 ('lr'): nan (expected a number in [0, 1])"
+        )
         assert len(opt.state) == 0  # a refused first step creates no state either
 
     def test_a_nan_gamma_never_reaches_m(self):
@@ -674,8 +697,11 @@ class TestLoadStateDictShapes:
         dst.weight.grad = torch.randn(2, 6)
         opt.step()
         snapshot = state_snapshot(opt, [dst.weight])
-        with pytest.raises(ValueError, match=r"state\['exp_avg'\] for parameter 'weight' has shape \(4, 3\), but "
-                                             r"that parameter has shape \(2, 6\).*Nothing was loaded"):
+        with pytest.raises(
+            ValueError,
+            match=r"state\['exp_avg'\] for parameter 'weight' has shape \(4, 3\), but "
+            r"that parameter has shape \(2, 6\).*Nothing was loaded",
+        ):
             opt.load_state_dict(saved)
         assert_unchanged(opt, [dst.weight], snapshot)
         assert opt.param_groups[0]["lr"] == 0.3

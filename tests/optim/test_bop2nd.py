@@ -76,19 +76,37 @@ def _run(impl, dtype, tie_break, threshold=0.3, device="cpu", unbiased=False):
     counts = []
     for _ in range(7):
         gs = [torch.randn(w.shape, generator=gen, dtype=dtype).to(device) for w in ws]
-        counts.append([int(c) for c in impl(ws, gs, ms, vs, gamma=0.1, sigma=0.05, threshold=threshold, eps=1e-7,
-                                             tie_break=tie_break, unbiased=unbiased)])
+        counts.append(
+            [
+                int(c)
+                for c in impl(
+                    ws,
+                    gs,
+                    ms,
+                    vs,
+                    gamma=0.1,
+                    sigma=0.05,
+                    threshold=threshold,
+                    eps=1e-7,
+                    tie_break=tie_break,
+                    unbiased=unbiased,
+                )
+            ]
+        )
     return ws + ms + vs, counts
 
 
 @pytest.mark.usefixtures("chunked")
 @pytest.mark.parametrize("tie_break", ["larq", "keep", "flip"])
-@pytest.mark.parametrize("impl,dtype", [
-    pytest.param(_eager, torch.float64, id="eager-float64"),
-    pytest.param(_eager, torch.float32, id="eager-float32"),
-    # one compilation: fp64 compiles the same code again (Bop's tests cover the fp64 kernel)
-    pytest.param(_fused_explicit, torch.float32, id="fused-float32", marks=requires_compiler),
-])
+@pytest.mark.parametrize(
+    "impl,dtype",
+    [
+        pytest.param(_eager, torch.float64, id="eager-float64"),
+        pytest.param(_eager, torch.float32, id="eager-float32"),
+        # one compilation: fp64 compiles the same code again (Bop's tests cover the fp64 kernel)
+        pytest.param(_fused_explicit, torch.float32, id="fused-float32", marks=requires_compiler),
+    ],
+)
 def test_fast_paths_bit_identical_to_reference(impl, dtype, tie_break):
     ref, ref_counts = _run(_single_tensor_bop2nd, dtype, tie_break)
     out, counts = _run(impl, dtype, tie_break)
@@ -98,11 +116,14 @@ def test_fast_paths_bit_identical_to_reference(impl, dtype, tie_break):
 
 
 @pytest.mark.usefixtures("chunked")
-@pytest.mark.parametrize("impl,dtype", [
-    pytest.param(_eager, torch.float64, id="eager-float64"),
-    pytest.param(_eager, torch.float32, id="eager-float32"),
-    pytest.param(_fused_explicit, torch.float32, id="fused-float32", marks=requires_compiler),
-])
+@pytest.mark.parametrize(
+    "impl,dtype",
+    [
+        pytest.param(_eager, torch.float64, id="eager-float64"),
+        pytest.param(_eager, torch.float32, id="eager-float32"),
+        pytest.param(_fused_explicit, torch.float32, id="fused-float32", marks=requires_compiler),
+    ],
+)
 def test_unbiased_fast_paths_bit_identical_to_reference(impl, dtype):
     ref, ref_counts = _run(_single_tensor_bop2nd, dtype, "larq", threshold=0.6, unbiased=True)
     out, counts = _run(impl, dtype, "larq", threshold=0.6, unbiased=True)
@@ -135,8 +156,9 @@ def test_cuda_paths_bit_identical_to_reference(dtype):
 def test_flags_reach_the_functional(monkeypatch):
     seen = []
     original = bop2nd_module.bop2nd
-    monkeypatch.setattr(bop2nd_module, "bop2nd",
-                        lambda *a, **k: seen.append((k["foreach"], k["fused"])) or original(*a, **k))
+    monkeypatch.setattr(
+        bop2nd_module, "bop2nd", lambda *a, **k: seen.append((k["foreach"], k["fused"])) or original(*a, **k)
+    )
     for flags in (dict(fused=False), dict(foreach=False), dict()):
         w = torch.nn.Parameter(binary(10))
         opt = Bop2ndOrder([w], **flags)
@@ -166,11 +188,16 @@ def test_state_dict_resume():
     assert torch.equal(opt2.state[w2]["exp_avg_sq"], opt.state[w]["exp_avg_sq"])
 
 
-@pytest.mark.parametrize("kwargs,regex", [
-    (dict(sigma=0.0), "Invalid sigma value"), (dict(sigma=2.0), "Invalid sigma value"),
-    (dict(eps=0.0), "Invalid eps value"), (dict(gamma=0.0), "Invalid gamma value"),
-    (dict(threshold=-1.0), "Invalid threshold value"),
-])
+@pytest.mark.parametrize(
+    "kwargs,regex",
+    [
+        (dict(sigma=0.0), "Invalid sigma value"),
+        (dict(sigma=2.0), "Invalid sigma value"),
+        (dict(eps=0.0), "Invalid eps value"),
+        (dict(gamma=0.0), "Invalid gamma value"),
+        (dict(threshold=-1.0), "Invalid threshold value"),
+    ],
+)
 def test_invalid_arguments(kwargs, regex):
     with pytest.raises(ValueError, match=regex):
         Bop2ndOrder([torch.nn.Parameter(torch.ones(2))], **kwargs)
@@ -201,16 +228,23 @@ def _stepped(**kwargs):
     return opt, [a, b]
 
 
-@pytest.mark.parametrize("key,value,regex", [
-    ("sigma", float("nan"), r"Invalid sigma value in param group 1 \('sigma'\): nan \(expected a number in \[0, 1\]\)"),
-    ("sigma", 1.5, r"Invalid sigma value in param group 1 \('sigma'\): 1.5"),
-    ("sigma", -0.1, r"Invalid sigma value in param group 1 \('sigma'\): -0.1"),
-    ("eps", 0.0, r"Invalid eps value in param group 1 \('eps'\): 0.0 \(expected a number in \(0, inf\]\)"),
-    ("eps", float("nan"), r"Invalid eps value in param group 1 \('eps'\): nan"),
-    ("lr", float("nan"), r"Invalid gamma value in param group 1 \('lr'\): nan"),
-    ("threshold", -1.0, r"Invalid threshold value in param group 1 \('threshold'\): -1.0"),
-    ("nonfinite", "mask", r"Invalid nonfinite value in param group 1 \('nonfinite'\): 'mask'"),
-])
+@pytest.mark.parametrize(
+    "key,value,regex",
+    [
+        (
+            "sigma",
+            float("nan"),
+            r"Invalid sigma value in param group 1 \('sigma'\): nan \(expected a number in \[0, 1\]\)",
+        ),
+        ("sigma", 1.5, r"Invalid sigma value in param group 1 \('sigma'\): 1.5"),
+        ("sigma", -0.1, r"Invalid sigma value in param group 1 \('sigma'\): -0.1"),
+        ("eps", 0.0, r"Invalid eps value in param group 1 \('eps'\): 0.0 \(expected a number in \(0, inf\]\)"),
+        ("eps", float("nan"), r"Invalid eps value in param group 1 \('eps'\): nan"),
+        ("lr", float("nan"), r"Invalid gamma value in param group 1 \('lr'\): nan"),
+        ("threshold", -1.0, r"Invalid threshold value in param group 1 \('threshold'\): -1.0"),
+        ("nonfinite", "mask", r"Invalid nonfinite value in param group 1 \('nonfinite'\): 'mask'"),
+    ],
+)
 def test_bad_value_set_after_construction_changes_nothing(key, value, regex):
     opt, params = _stepped()
     snapshot = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
@@ -242,8 +276,11 @@ def test_load_refuses_a_state_tensor_of_another_shape(key):
     saved["state"][0][key] = torch.zeros(2, 3)
     before = {k: v.clone() for k, v in opt.state[w].items()}
     opt.param_groups[0]["lr"] = 0.3
-    with pytest.raises(ValueError, match=rf"state\['{key}'\] for parameter 'w' has shape \(2, 3\), but that "
-                                         r"parameter has shape \(6,\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"state\['{key}'\] for parameter 'w' has shape \(2, 3\), but that "
+        r"parameter has shape \(6,\)",
+    ):
         opt.load_state_dict(saved)
     assert opt.param_groups[0]["lr"] == 0.3
     for k, v in before.items():
@@ -344,8 +381,11 @@ def test_unbiased_refuses_a_zero_rate_at_step_time_and_changes_nothing(key):
     snapshot = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
     opt.param_groups[1][key] = 0.0
     name = "gamma" if key == "lr" else "sigma"
-    with pytest.raises(ValueError, match=rf"Invalid {name} value in param group 1 \('{key}'\): 0.0 \(expected a "
-                                         r"number in \(0, 1\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid {name} value in param group 1 \('{key}'\): 0.0 \(expected a "
+        r"number in \(0, 1\]\)",
+    ):
         opt.step()
     for p, (w, state) in zip(params, snapshot):
         assert torch.equal(p.detach(), w)

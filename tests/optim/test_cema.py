@@ -139,8 +139,13 @@ def test_the_transcription_would_see_two_roundings():
     assert (fma(g, np.float32(0.1), scaled) != scaled + np.float32(0.1) * g).any()
     w = torch.nn.Parameter(torch.ones(2000))
     opt = CEMA([w], gamma=0.1, alpha=1.0)
-    opt.state[w].update(step=torch.tensor(0), flips=torch.tensor(0), nonfinite_steps=torch.tensor(0),
-                        exp_avg=torch.from_numpy(m.copy()), inertia=torch.zeros(2000))
+    opt.state[w].update(
+        step=torch.tensor(0),
+        flips=torch.tensor(0),
+        nonfinite_steps=torch.tensor(0),
+        exp_avg=torch.from_numpy(m.copy()),
+        inertia=torch.zeros(2000),
+    )
     w.grad = torch.from_numpy(g)
     opt.step()
     np.testing.assert_array_equal(opt.state[w]["exp_avg"].numpy(), fma(g, np.float32(0.1), scaled))
@@ -266,13 +271,16 @@ def test_lambda_lr_schedules_alpha_and_leaves_gamma():
 
 
 # -- errors -----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs,error,regex", [
-    (dict(gamma=0.0, alpha=0.1), ValueError, r"Invalid gamma value: 0.0 \(expected a number in \(0.0, 1.0\]\)"),
-    (dict(gamma=1.5, alpha=0.1), ValueError, r"Invalid gamma value: 1.5"),
-    (dict(gamma=0.1, alpha=0.0), ValueError, r"Invalid alpha value: 0.0"),
-    (dict(gamma=0.1, alpha=math.nan), ValueError, r"Invalid alpha value: nan"),
-    (dict(gamma=0.1, alpha=0.1, nonfinite="mask"), ValueError, r"Invalid nonfinite value: 'mask'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,regex",
+    [
+        (dict(gamma=0.0, alpha=0.1), ValueError, r"Invalid gamma value: 0.0 \(expected a number in \(0.0, 1.0\]\)"),
+        (dict(gamma=1.5, alpha=0.1), ValueError, r"Invalid gamma value: 1.5"),
+        (dict(gamma=0.1, alpha=0.0), ValueError, r"Invalid alpha value: 0.0"),
+        (dict(gamma=0.1, alpha=math.nan), ValueError, r"Invalid alpha value: nan"),
+        (dict(gamma=0.1, alpha=0.1, nonfinite="mask"), ValueError, r"Invalid nonfinite value: 'mask'"),
+    ],
+)
 def test_invalid_arguments(kwargs, error, regex):
     with pytest.raises(error, match=regex):
         CEMA([torch.nn.Parameter(torch.ones(2))], **kwargs)
@@ -295,10 +303,13 @@ def test_non_binary_weight_is_refused_and_nothing_changes():
     assert w.tolist() == [1.0, 0.5, -1.0] and len(opt.state[w]) == 0
 
 
-@pytest.mark.parametrize("key,value,regex", [
-    ("lr", 1.5, r"Invalid alpha value in param group 0 \('lr'\): 1.5"),
-    ("gamma", math.nan, r"Invalid gamma value in param group 0 \('gamma'\): nan"),
-])
+@pytest.mark.parametrize(
+    "key,value,regex",
+    [
+        ("lr", 1.5, r"Invalid alpha value in param group 0 \('lr'\): 1.5"),
+        ("gamma", math.nan, r"Invalid gamma value in param group 0 \('gamma'\): nan"),
+    ],
+)
 def test_bad_value_set_after_construction_changes_nothing(key, value, regex):
     w = torch.nn.Parameter(binary(6))
     opt = CEMA([w], gamma=0.5, alpha=0.5)

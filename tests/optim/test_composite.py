@@ -19,14 +19,14 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def small_bnn(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(BinaryLinear(6, 8, input_quantizer=None), nn.BatchNorm1d(8), BinaryLinear(8, 3),
-                         nn.BatchNorm1d(3))
+    return nn.Sequential(
+        BinaryLinear(6, 8, input_quantizer=None), nn.BatchNorm1d(8), BinaryLinear(8, 3), nn.BatchNorm1d(3)
+    )
 
 
 def make_optimizer(model):
     binary, other = split_binary_params(model)
-    return CompositeOptimizer(Bop(binary, gamma=0.05, threshold=1e-4), torch.optim.Adam(other, lr=0.01),
-                              model=model)
+    return CompositeOptimizer(Bop(binary, gamma=0.05, threshold=1e-4), torch.optim.Adam(other, lr=0.01), model=model)
 
 
 def train(model, opt, steps, seed):
@@ -62,8 +62,11 @@ class TestRouting:
         model = small_bnn()
         binary, other = split_binary_params(model)
         model[3].bias.requires_grad_(False)
-        opt = CompositeOptimizer(Bop(binary, gamma=0.05, threshold=1e-4),
-                                 torch.optim.Adam([p for p in other if p.requires_grad], lr=0.01), model=model)
+        opt = CompositeOptimizer(
+            Bop(binary, gamma=0.05, threshold=1e-4),
+            torch.optim.Adam([p for p in other if p.requires_grad], lr=0.01),
+            model=model,
+        )
         claimed = {id(p) for group in opt.param_groups for p in group["params"]}
         assert id(model[3].bias) not in claimed and len(claimed) == len(binary) + len(other) - 1
         before = copy.deepcopy(model.state_dict())
@@ -217,8 +220,7 @@ class TestStateDict:
         train(model, opt, 2, seed=0)
         saved = opt.state_dict()
         reference = torch.optim.Optimizer.state_dict(opt)  # one torch optimizer over the concatenated groups
-        assert [(g["composite_child"], g["params"]) for g in saved["param_groups"]] == [(0, [0, 1]),
-                                                                                       (1, [2, 3, 4, 5])]
+        assert [(g["composite_child"], g["params"]) for g in saved["param_groups"]] == [(0, [0, 1]), (1, [2, 3, 4, 5])]
         assert saved["param_groups"] == [{**g, "composite_child": i} for i, g in enumerate(reference["param_groups"])]
         assert sorted(saved["state"]) == sorted(reference["state"]) == list(range(6))
         for index, values in reference["state"].items():
@@ -230,12 +232,15 @@ class TestStateDict:
     def test_resume_through_a_file_is_bit_exact(self, children, tmp_path):
         """Train, save (torch.save, read back with weights_only=True), continue; a fresh model and optimizer loading
         the file continue with the same losses, weights, state and scheduled rates, bit for bit."""
+
         def build(seed):
             model = small_bnn(seed)
             binary, other = split_binary_params(model)
-            first = {"bop+adam": lambda: Bop(binary, gamma=0.05, threshold=1e-4),
-                     "bop2nd+adam": lambda: Bop2ndOrder(binary, gamma=0.05, sigma=0.1, threshold=1e-4),
-                     "cema+adam": lambda: CEMA(binary, gamma=0.3, alpha=0.5)}[children]()
+            first = {
+                "bop+adam": lambda: Bop(binary, gamma=0.05, threshold=1e-4),
+                "bop2nd+adam": lambda: Bop2ndOrder(binary, gamma=0.05, sigma=0.1, threshold=1e-4),
+                "cema+adam": lambda: CEMA(binary, gamma=0.3, alpha=0.5),
+            }[children]()
             opt = CompositeOptimizer(first, torch.optim.Adam(other, lr=0.01), model=model)
             return model, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
 
@@ -246,8 +251,9 @@ class TestStateDict:
 
         model, opt, sched = build(0)
         run(model, opt, sched, 4, seed=1)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
-                   tmp_path / "ckpt.pt")
+        torch.save(
+            {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "ckpt.pt"
+        )
         uninterrupted = run(model, opt, sched, 4, seed=2)
 
         model2, opt2, sched2 = build(99)
@@ -286,8 +292,9 @@ class TestStateDict:
     def test_torch_distributed_checkpoint_round_trip(self, flatten):
         """get_optimizer_state_dict / set_optimizer_state_dict (parameter names as keys; flattened, the groups come
         back without the child key) save and restore the composite: training goes on identically."""
-        dcp = pytest.importorskip("torch.distributed.checkpoint.state_dict",
-                                  reason="this torch build has no torch.distributed")
+        dcp = pytest.importorskip(
+            "torch.distributed.checkpoint.state_dict", reason="this torch build has no torch.distributed"
+        )
         options = dcp.StateDictOptions(flatten_optimizer_state_dict=flatten)
         model = small_bnn()
         opt = make_optimizer(model)
@@ -340,8 +347,11 @@ class TestRefusedLoad:
         adam_group["lr"] = 123.0  # Adam's part loads first, if loading begins
         bop_state["exp_avg"] = torch.zeros(3, 3)
         before = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in model.named_parameters()}
-        with pytest.raises(ValueError, match=r"state\['exp_avg'\] .* has shape \(3, 3\), but that parameter has "
-                                             r"shape \(8, 6\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"state\['exp_avg'\] .* has shape \(3, 3\), but that parameter has "
+            r"shape \(8, 6\)",
+        ):
             opt.load_state_dict(saved)
         assert opt.optimizers[0].param_groups[0]["lr"] == 0.01
         for name, p in model.named_parameters():
@@ -356,8 +366,11 @@ class TestRefusedLoad:
         groups = saved["param_groups"] if form == "torch" else [s["param_groups"][0] for s in saved["optimizers"]]
         groups[0]["lr"] = 0.5
         groups[1]["params"].pop()
-        with pytest.raises(ValueError, match=r"optimizers\[1\] \(Adam\) holds param groups of \[3\] parameters, but "
-                                             r"that optimizer has groups of \[4\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"optimizers\[1\] \(Adam\) holds param groups of \[3\] parameters, but "
+            r"that optimizer has groups of \[4\]",
+        ):
             opt.load_state_dict(saved)
         assert opt.optimizers[0].param_groups[0]["lr"] == 0.05
 
@@ -366,8 +379,11 @@ class TestRefusedLoad:
         opt = make_optimizer(model)
         binary, _ = split_binary_params(model)
         bop_only = CompositeOptimizer(Bop(binary, gamma=0.05))
-        with pytest.raises(ValueError, match=r"has 1 optimizers but the state dict's param groups belong to "
-                                             r"composite_child \[0, 1\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"has 1 optimizers but the state dict's param groups belong to "
+            r"composite_child \[0, 1\]",
+        ):
             bop_only.load_state_dict(opt.state_dict())
         with pytest.raises(ValueError, match="2 optimizers but the state dict holds 1"):
             opt.load_state_dict({"optimizers": [opt.optimizers[0].state_dict()]})

@@ -95,14 +95,18 @@ class TestAutomaticChoice:
         def broken(kernel):
             def run(*args):
                 raise RuntimeError("InvalidCxxCompiler: g++ crashed")
+
             return run
 
         monkeypatch.setattr(_fused, "compiled", broken)
         w = binary_param(LARGE)
         opt = Bop2ndOrder([w])
         set_grads([w], 0)
-        with pytest.warns(UserWarning, match=r"Bop2ndOrder cannot use .* \(RuntimeError: InvalidCxxCompiler: g\+\+ "
-                                             r"crashed\); it uses the eager path"):
+        with pytest.warns(
+            UserWarning,
+            match=r"Bop2ndOrder cannot use .* \(RuntimeError: InvalidCxxCompiler: g\+\+ "
+            r"crashed\); it uses the eager path",
+        ):
             opt.step()
 
     @pytest.mark.usefixtures("fresh_choice")
@@ -149,8 +153,12 @@ class TestCompilations:
 
         gamma = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
         tau = ThresholdScheduler(opt, lambda epoch: 2.0**-epoch)
-        extra = [binary_param(333, 170, seed=5), binary_param(1, seed=6), nn.Parameter(binary_param(500, 200).t()),
-                 nn.Parameter(binary_param(40, 30, 5, 5).contiguous(memory_format=torch.channels_last))]
+        extra = [
+            binary_param(333, 170, seed=5),
+            binary_param(1, seed=6),
+            nn.Parameter(binary_param(500, 200).t()),
+            nn.Parameter(binary_param(40, 30, 5, 5).contiguous(memory_format=torch.channels_last)),
+        ]
         opt.add_param_group({"params": extra, "tie_break": "keep"})
         params = [conv, fc, *extra]
         for i, (tie_break, nonfinite) in enumerate([("larq", "raise"), ("flip", "skip"), ("keep", "raise")]):
@@ -189,9 +197,26 @@ class TestBatchedCalls:
     def sizes(self):
         # more than two calls' worth; equal sizes side by side (the kernel was compiled on unequal ones), 2-D and 4-D
         # shapes of one size, a channels-last tensor, and a tensor of two entries (the padding's size)
-        return [(LARGE,), (LARGE,), (64, 64), (LARGE + 1,), (2,), (7, 5, 11, 13), (5005,), (LARGE * 3,),
-                (13, 11, 7, 5), (LARGE,), (4099,), (LARGE + 3,), (9000,), (2, 4, 8, 64), (LARGE,), (6001,),
-                (LARGE * 2,), (4097,)]
+        return [
+            (LARGE,),
+            (LARGE,),
+            (64, 64),
+            (LARGE + 1,),
+            (2,),
+            (7, 5, 11, 13),
+            (5005,),
+            (LARGE * 3,),
+            (13, 11, 7, 5),
+            (LARGE,),
+            (4099,),
+            (LARGE + 3,),
+            (9000,),
+            (2, 4, 8, 64),
+            (LARGE,),
+            (6001,),
+            (LARGE * 2,),
+            (4097,),
+        ]
 
     def run(self, fused, nonfinite="raise", steps=3):
         params = [binary_param(*shape, seed=i) for i, shape in enumerate(self.sizes())]
@@ -244,9 +269,14 @@ class TestBatchedCalls:
         def leftover(sizes):
             params = [binary_param(n, seed=i) for i, n in enumerate(sizes)]
             set_grads(params, 0)
-            _, rest = _fused.apply(bop_module._bop_kernel, params, [p.grad for p in params],
-                                   [torch.zeros_like(p) for p in params], fused=None,
-                                   hyperparameters=lambda dtype: (0.1, *bop_module.flip_thresholds(0.0, "larq", dtype)))
+            _, rest = _fused.apply(
+                bop_module._bop_kernel,
+                params,
+                [p.grad for p in params],
+                [torch.zeros_like(p) for p in params],
+                fused=None,
+                hyperparameters=lambda dtype: (0.1, *bop_module.flip_thresholds(0.0, "larq", dtype)),
+            )
             return rest
 
         assert leftover([LARGE, 100]) == []
@@ -275,13 +305,13 @@ class TestBatchedCalls:
         start = graphs["unique_graphs"]
         self.run(True, steps=1)  # the first use compiles; then equal sizes side by side, and padding
         # all sizes different now: a kernel compiled on the first step's sizes would have to be compiled again
-        (params, _), (twins, _) = fused_and_eager([LARGE + 3 * i for i in range(_fused.ARITY + 2)], steps=3,
-                                                  gamma=0.2)
+        (params, _), (twins, _) = fused_and_eager([LARGE + 3 * i for i in range(_fused.ARITY + 2)], steps=3, gamma=0.2)
         assert graphs["unique_graphs"] - start <= 1  # 0 if an earlier test compiled it the same way
         assert all(torch.equal(p, q) for p, q in zip(params, twins))
 
 
 # Compiled kernels kept on disk: a new process loads what an earlier one compiled, and a bad file costs nothing.
+
 
 @pytest.fixture
 def kernels(monkeypatch, tmp_path):
@@ -383,13 +413,26 @@ def test_off_where_inductor_caches_are_off(kernels):
 def test_file_names_follow_what_shapes_the_code_and_nothing_else():
     cpu = torch.device("cpu")
     key = (_fused.batched, 2, (cpu, torch.float32), 8)
-    names = {_kernel_cache._digest(k) for k in [key, (_fused.batched, 1, (cpu, torch.float32), 8),
-                                                (_fused.batched, 2, (cpu, torch.float64), 8),
-                                                (_fused.batched, 2, (cpu, torch.float32), 4),
-                                                (_fused.compiled, 2, (cpu, torch.float32), 8)]}
+    names = {
+        _kernel_cache._digest(k)
+        for k in [
+            key,
+            (_fused.batched, 1, (cpu, torch.float32), 8),
+            (_fused.batched, 2, (cpu, torch.float64), 8),
+            (_fused.batched, 2, (cpu, torch.float32), 4),
+            (_fused.compiled, 2, (cpu, torch.float32), 8),
+        ]
+    }
     assert len(names) == 5
-    program = ("import torch; from torchbop.optim import _fused, _kernel_cache; "
-               "print(_kernel_cache._digest((_fused.batched, 2, (torch.device('cpu'), torch.float32), 8)))")
-    other = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": "12345"})
+    program = (
+        "import torch; from torchbop.optim import _fused, _kernel_cache; "
+        "print(_kernel_cache._digest((_fused.batched, 2, (torch.device('cpu'), torch.float32), 8)))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
     assert other.stdout.strip() == _kernel_cache._digest(key)  # the same name in another process

@@ -13,9 +13,13 @@ from torchbop.optim import Bop, Bop2ndOrder, CompositeOptimizer, bop_optimizer
 def bnn():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), ShiftBatchNorm2d(4),
-        BinaryConv2d(4, 4, 3, padding=1, scale="learnable"), ShiftBatchNorm2d(4),
-        nn.Flatten(), BinaryLinear(4 * 6 * 6, 10), ShiftBatchNorm1d(10),
+        nn.Conv2d(1, 4, 3, padding=1),
+        ShiftBatchNorm2d(4),
+        BinaryConv2d(4, 4, 3, padding=1, scale="learnable"),
+        ShiftBatchNorm2d(4),
+        nn.Flatten(),
+        BinaryLinear(4 * 6 * 6, 10),
+        ShiftBatchNorm1d(10),
     )
 
 
@@ -40,8 +44,9 @@ class TestRouting:
 
     def test_any_bop_class_and_any_torch_optimizer(self):
         model = bnn()
-        opt = bop_optimizer(model, Bop2ndOrder, torch.optim.SGD, binary_kwargs=dict(sigma=0.1),
-                            other_kwargs=dict(lr=0.1, momentum=0.9))
+        opt = bop_optimizer(
+            model, Bop2ndOrder, torch.optim.SGD, binary_kwargs=dict(sigma=0.1), other_kwargs=dict(lr=0.1, momentum=0.9)
+        )
         assert type(opt.optimizers[0]) is Bop2ndOrder and opt.optimizers[0].param_groups[0]["sigma"] == 0.1
         assert type(opt.optimizers[1]) is torch.optim.SGD and opt.optimizers[1].param_groups[0]["momentum"] == 0.9
 
@@ -86,7 +91,9 @@ class TestErrors:
 
     def test_other_none_with_parameters_to_train_names_them(self):
         listed = r"\('0\.weight', '0\.bias', '1\.bias', '2\.weight_scale', '3\.bias', \.\.\.\)"
-        with pytest.raises(ValueError, match=r"other=None, but Sequential has 6 other trainable parameter\(s\) " + listed):
+        with pytest.raises(
+            ValueError, match=r"other=None, but Sequential has 6 other trainable parameter\(s\) " + listed
+        ):
             bop_optimizer(bnn(), other=None)
 
     def test_non_binary_bop_weight_is_named(self):

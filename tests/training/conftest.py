@@ -39,8 +39,18 @@ def tiny_config(tmp_path):
 
     def make(**changes) -> TrainConfig:
         base = dict(
-            name="tiny", epochs=2, batch_size=32, eval_batch_size=128, gamma=1e-2, threshold=1e-6, lr=0.01,
-            accelerator="cpu", devices=1, progress_bar=False, log_every_n_steps=1, out=str(tmp_path / "run"),
+            name="tiny",
+            epochs=2,
+            batch_size=32,
+            eval_batch_size=128,
+            gamma=1e-2,
+            threshold=1e-6,
+            lr=0.01,
+            accelerator="cpu",
+            devices=1,
+            progress_bar=False,
+            log_every_n_steps=1,
+            out=str(tmp_path / "run"),
         )
         return TrainConfig(**{**base, **changes})
 

@@ -92,8 +92,9 @@ def test_compiled_run_is_bit_identical_with_the_eager_backend(tiny_config, synth
     assert [g["nonfinite"] for g in bop_b["param_groups"]] == ["mask"]  # the compiled path's Bop
     assert_equal_tree(adam_a["state"], adam_b["state"], "adam")
     for key in ("exp_avg", "flips", "step"):  # Bop's m, its last flip count and step
-        assert_equal_tree({i: s[key] for i, s in bop_a["state"].items()},
-                          {i: s[key] for i, s in bop_b["state"].items()}, f"bop/{key}")
+        assert_equal_tree(
+            {i: s[key] for i, s in bop_a["state"].items()}, {i: s[key] for i, s in bop_b["state"].items()}, f"bop/{key}"
+        )
     assert compiled["test_acc"] == eager["test_acc"]
     # the logs: same rows, same values (flip metrics at the logged steps, epoch metrics)
     tables = [read_metrics(next((tmp_path / run / "csv").glob("*/metrics.csv"))) for run in ("eager", "compiled")]
@@ -108,8 +109,12 @@ def one_step_model() -> nn.Module:
     # images of few grey levels, 4% of 4x4 windows hold a tied maximum, and which entry gets its gradient is the
     # kernel's choice (eager and inductor choose differently on AVX-512 CPUs: Bop's m then differs by 2%)
     return nn.Sequential(
-        BinaryConv2d(1, 8, 3, padding=1, input_quantizer=None), nn.AvgPool2d(4), ShiftBatchNorm2d(8),
-        nn.Flatten(), BinaryLinear(8 * 7 * 7, 10), ShiftBatchNorm1d(10),
+        BinaryConv2d(1, 8, 3, padding=1, input_quantizer=None),
+        nn.AvgPool2d(4),
+        ShiftBatchNorm2d(8),
+        nn.Flatten(),
+        BinaryLinear(8 * 7 * 7, 10),
+        ShiftBatchNorm1d(10),
     )
 
 
@@ -129,8 +134,15 @@ def test_compiled_step_matches_eager_within_tolerance(tiny_config, synthetic, tm
     runs = {}
     for compile_ in (False, True):
         losses = StepLoss()
-        config = tiny_config(out=str(tmp_path / str(compile_)), epochs=1, limit_train_batches=1,
-                             limit_eval_batches=0, compile=compile_, gamma=0.5, threshold=1e-4)
+        config = tiny_config(
+            out=str(tmp_path / str(compile_)),
+            epochs=1,
+            limit_train_batches=1,
+            limit_eval_batches=0,
+            compile=compile_,
+            gamma=0.5,
+            threshold=1e-4,
+        )
         result = train(config, data=synthetic, model=one_step_model(), observers=[losses], loggers=False)
         runs[compile_] = (last_checkpoint(result), losses.values)
     (a, loss_a), (b, loss_b) = runs[False], runs[True]
@@ -180,8 +192,11 @@ class NaNGradient(Observer):
 
 def test_nonfinite_gradient_stops_the_compiled_run(tiny_config, synthetic, tmp_path, dynamo_eager):
     config = tiny_config(epochs=2, compile=True, log_every_n_steps=4)
-    with pytest.raises(RuntimeError, match=r"non-finite gradients .* in 1 binary-weight entries, in one of the "
-                                           r"optimizer steps 1 to 4 "):
+    with pytest.raises(
+        RuntimeError,
+        match=r"non-finite gradients .* in 1 binary-weight entries, in one of the "
+        r"optimizer steps 1 to 4 ",
+    ):
         train(config, data=synthetic, observers=[NaNGradient(step=1)], loggers=False)
     assert not (Path(config.out) / "checkpoints" / "last.ckpt").exists()
 
@@ -269,8 +284,12 @@ class Window(Observer):
 def test_no_host_read_per_step_in_module_or_lightning(tiny_config, synthetic, dynamo_eager, compile_):
     reads = HostReads()
     try:
-        train(tiny_config(epochs=1, compile=compile_, log_every_n_steps=50), data=synthetic, loggers=False,
-              observers=[Window(reads)])
+        train(
+            tiny_config(epochs=1, compile=compile_, log_every_n_steps=50),
+            data=synthetic,
+            loggers=False,
+            observers=[Window(reads)],
+        )
     finally:
         reads.stop()
     ours = {where: n for where, n in reads.reads.items() if any(p in where for p in _OURS)}

@@ -20,7 +20,11 @@ class TestRecipes:
     def test_cifar10_is_the_papers_recipe(self):
         cfg = load_recipe("cifar10")
         assert (cfg.model, cfg.model_kwargs["variant"], cfg.dataset, cfg.protocol) == (
-            "binarynet", "original", "cifar10", "original")
+            "binarynet",
+            "original",
+            "cifar10",
+            "original",
+        )
         assert (cfg.batch_size, cfg.epochs, cfg.gamma, cfg.threshold) == (50, 500, 1e-4, 1e-8)
         assert (cfg.gamma_decay, cfg.gamma_decay_every, cfg.lr, cfg.augment) == (0.1, 100, 0.01, True)
 
@@ -49,8 +53,19 @@ class TestRecipes:
 
 class TestOverrides:
     def test_typed_by_field(self):
-        cfg = apply_overrides(TrainConfig(), ["epochs=3", "gamma=1e-3", "lr=1", "augment=true", "precision=32",
-                                              "subset=null", "devices=2", "limit_train_batches=0.5"])
+        cfg = apply_overrides(
+            TrainConfig(),
+            [
+                "epochs=3",
+                "gamma=1e-3",
+                "lr=1",
+                "augment=true",
+                "precision=32",
+                "subset=null",
+                "devices=2",
+                "limit_train_batches=0.5",
+            ],
+        )
         assert cfg.epochs == 3 and cfg.gamma == 1e-3 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
         assert cfg.augment is True and cfg.precision == "32" and cfg.subset is None
         assert cfg.devices == 2 and cfg.limit_train_batches == 0.5
@@ -99,11 +114,37 @@ class TestOverrides:
 class TestCli:
     def test_flags_override_recipe_and_set(self):
         args = build_parser().parse_args(
-            ["train", "--recipe", "cifar10", "--set", "epochs=9", "--epochs", "2", "--width", "0.25",
-             "--batch-size", "64", "--devices", "2", "--data-dir", "/data", "--seed", "3", "--out", "/tmp/x"])
+            [
+                "train",
+                "--recipe",
+                "cifar10",
+                "--set",
+                "epochs=9",
+                "--epochs",
+                "2",
+                "--width",
+                "0.25",
+                "--batch-size",
+                "64",
+                "--devices",
+                "2",
+                "--data-dir",
+                "/data",
+                "--seed",
+                "3",
+                "--out",
+                "/tmp/x",
+            ]
+        )
         cfg = config_from_args(args)
         assert (cfg.epochs, cfg.batch_size, cfg.devices, cfg.data_dir, cfg.seed, cfg.out) == (
-            2, 64, 2, "/data", 3, "/tmp/x")
+            2,
+            64,
+            2,
+            "/data",
+            3,
+            "/tmp/x",
+        )
         assert cfg.model_kwargs == {"variant": "original", "width": 0.25}
 
     def test_print_config(self, capsys):

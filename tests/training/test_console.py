@@ -27,8 +27,11 @@ def test_one_line_per_epoch_without_progress_bar(tiny_config, synthetic, capsys)
 
 
 def test_no_epoch_lines_with_the_progress_bar(tiny_config, synthetic, capsys):
-    train(tiny_config(epochs=1, progress_bar=True, limit_train_batches=2, limit_eval_batches=1), data=synthetic,
-          loggers=False)
+    train(
+        tiny_config(epochs=1, progress_bar=True, limit_train_batches=2, limit_eval_batches=1),
+        data=synthetic,
+        loggers=False,
+    )
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1:")]
 
 
@@ -41,8 +44,9 @@ def test_without_validation_the_line_has_no_val_part(tiny_config, synthetic, cap
 def test_a_run_and_its_resume_print_nothing_but_their_lines(tiny_config, synthetic, tmp_path, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        config = tiny_config(epochs=1, log_every_n_steps=50, limit_train_batches=2, limit_eval_batches=1,
-                             out=str(tmp_path / "run"))
+        config = tiny_config(
+            epochs=1, log_every_n_steps=50, limit_train_batches=2, limit_eval_batches=1, out=str(tmp_path / "run")
+        )
         train(config, data=synthetic)  # 2 batches per epoch < 50, with loggers
         train(config.replace(epochs=2, resume=str(tmp_path / "run")), data=synthetic)  # its checkpoints are there
         warnings.warn("an unrelated warning", FutureWarning)

@@ -81,8 +81,12 @@ def test_killed_and_resumed_run_logs_the_uninterrupted_table(tiny_config, synthe
     for folder in (tmp_path / "full", run):
         events = EventAccumulator(str(folder / "tb" / "version_0"))
         events.Reload()
-        views.append({tag: [(e.step, e.value) for e in events.Scalars(tag)]
-                      for tag in ("train_loss_step", "pi_t", "train_loss_epoch", "gamma", "val_acc")})
+        views.append(
+            {
+                tag: [(e.step, e.value) for e in events.Scalars(tag)]
+                for tag in ("train_loss_step", "pi_t", "train_loss_epoch", "gamma", "val_acc")
+            }
+        )
     assert views[0] == views[1]
 
 

@@ -75,15 +75,18 @@ class TestDecision:
 
 
 class TestSignals:
-    @pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True),
-                                                            (False, False, False)])
+    @pytest.mark.parametrize(
+        "avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)]
+    )
     def test_cpu_reads_torch_cpuinfo(self, monkeypatch, avx512_bf16, amx, expected):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
         assert P._cpu_native_bf16() is expected
 
-    @pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16", True),
-                                                 ("fpu avx avx2 avx512f", False)])
+    @pytest.mark.parametrize(
+        "flags, expected",
+        [("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16", True), ("fpu avx avx2 avx512f", False)],
+    )
     def test_cpu_falls_back_to_proc_cpuinfo(self, monkeypatch, tmp_path, flags, expected):
         monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
         cpuinfo = tmp_path / "cpuinfo"
@@ -99,8 +102,11 @@ class TestSignals:
     def test_cuda_native_means_no_emulation(self, monkeypatch):
         seen = {}
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                            lambda including_emulation=True: seen.setdefault("emulation", including_emulation))
+        monkeypatch.setattr(
+            torch.cuda,
+            "is_bf16_supported",
+            lambda including_emulation=True: seen.setdefault("emulation", including_emulation),
+        )
         P._cuda_native_bf16()
         assert seen == {"emulation": False}
 
@@ -129,16 +135,20 @@ class TestConfig:
         auto = dataclasses.replace(module.CONFIGS["quick"], precision="auto")
         trained = [spec.params["train"]["precision"] for spec in module.plan(auto) if "train" in spec.params]
         assert trained and set(trained) == {resolved}
-        paper = [spec.params["train"]["precision"] for spec in module.plan(module.CONFIGS["paper"])
-                 if "train" in spec.params]
+        paper = [
+            spec.params["train"]["precision"] for spec in module.plan(module.CONFIGS["paper"]) if "train" in spec.params
+        ]
         assert set(paper) == {"32"}
 
 
 @pytest.mark.parametrize("native, resolved", [(False, "32"), (True, "bf16-mixed")])
 def test_a_run_records_the_precision_it_used(monkeypatch, tiny_config, synthetic, native, resolved):
     pretend(monkeypatch, cpu=native)
-    result = train(tiny_config(epochs=1, precision="auto", limit_train_batches=2, limit_eval_batches=1),
-                   data=synthetic, loggers=False)
+    result = train(
+        tiny_config(epochs=1, precision="auto", limit_train_batches=2, limit_eval_batches=1),
+        data=synthetic,
+        loggers=False,
+    )
     assert result["precision"] == resolved and result["precision_requested"] == "auto"
     out = tiny_config().out_dir
     summary = json.loads((out / "summary.json").read_text())
@@ -151,7 +161,10 @@ def test_a_run_records_the_precision_it_used(monkeypatch, tiny_config, synthetic
 
 
 def test_explicit_precision_writes_no_comment(tiny_config, synthetic):
-    result = train(tiny_config(epochs=1, precision="32", limit_train_batches=1, limit_eval_batches=1),
-                   data=synthetic, loggers=False)
+    result = train(
+        tiny_config(epochs=1, precision="32", limit_train_batches=1, limit_eval_batches=1),
+        data=synthetic,
+        loggers=False,
+    )
     assert result["precision"] == result["precision_requested"] == "32"
     assert not (tiny_config().out_dir / "config.yaml").read_text().startswith("#")

@@ -35,25 +35,30 @@ def batch_norm_inputs_statistics(model: nn.Module, images: torch.Tensor, batch_s
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+
             def hook(mod, inputs, _output, name=name):
                 x = inputs[0].double()
                 dims = [0] + list(range(2, x.dim()))
                 seen.setdefault(name, []).append((x.mean(dims), x.var(dims, unbiased=True)))
+
             hooks.append(module.register_forward_hook(hook))
     with torch.no_grad():
         for start in range(0, len(images) - batch_size + 1, batch_size):
-            model(scale_images(images[start:start + batch_size]))
+            model(scale_images(images[start : start + batch_size]))
     for h in hooks:
         h.remove()
-    return {name: (torch.stack([m for m, _ in stats]).mean(0), torch.stack([v for _, v in stats]).mean(0))
-            for name, stats in seen.items()}
+    return {
+        name: (torch.stack([m for m, _ in stats]).mean(0), torch.stack([v for _, v in stats]).mean(0))
+        for name, stats in seen.items()
+    }
 
 
 class TestFunction:
     def make(self):
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(1, 3, 3), ShiftBatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 4 * 4, 5),
-                             ShiftBatchNorm1d(5)).eval()
+        return nn.Sequential(
+            nn.Conv2d(1, 3, 3), ShiftBatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), ShiftBatchNorm1d(5)
+        ).eval()
 
     def test_statistics_are_the_mean_of_the_batch_statistics(self):
         model = self.make()
@@ -88,8 +93,12 @@ class TestInARun:
     def test_end_recalibrates_the_tested_weights_and_reports_it(self, tiny_config, synthetic, tmp_path):
         keep_off, keep_end = Keep(), Keep()
         off = train(tiny_config(out=str(tmp_path / "off")), data=synthetic, loggers=False, observers=[keep_off])
-        end = train(tiny_config(out=str(tmp_path / "end"), recalibrate_bn="end"), data=synthetic, loggers=False,
-                    observers=[keep_end])
+        end = train(
+            tiny_config(out=str(tmp_path / "end"), recalibrate_bn="end"),
+            data=synthetic,
+            loggers=False,
+            observers=[keep_end],
+        )
         model = keep_end.module.model
         # training followed the same path: the same weights; only the running statistics differ
         params_off = dict(keep_off.module.model.named_parameters())
@@ -136,9 +145,20 @@ class Spy(Observer):
 def test_resume_with_recalibration_equals_uninterrupted(tiny_config, synthetic, tmp_path, every_n_steps):
     """recalibrate_bn "eval" (with Bop2ndOrder under the per-step "interpolate" schedule): a run killed in epoch 1
     and resumed ends bit for bit where the uninterrupted run ends, running statistics and checkpoints included."""
-    common = dict(epochs=3, recalibrate_bn="eval", checkpoint_every_n_steps=every_n_steps, optimizer="bop2nd",
-                  decay_schedule="interpolate", gamma=1e-2, gamma_end=1e-4, threshold=1e-5, threshold_end=1e-7,
-                  sigma=1e-3, sigma_end=1e-2, lr_end=1e-3)
+    common = dict(
+        epochs=3,
+        recalibrate_bn="eval",
+        checkpoint_every_n_steps=every_n_steps,
+        optimizer="bop2nd",
+        decay_schedule="interpolate",
+        gamma=1e-2,
+        gamma_end=1e-4,
+        threshold=1e-5,
+        threshold_end=1e-7,
+        sigma=1e-3,
+        sigma_end=1e-2,
+        lr_end=1e-3,
+    )
     full = train(tiny_config(out=str(tmp_path / "full"), **common), data=synthetic, loggers=False)
     killed = tiny_config(out=str(tmp_path / "killed"), **common)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -13,8 +13,18 @@ from torchbop.training import Observer, train
 from torchbop.training.checkpoints import load_checkpoint, save_checkpoint
 
 #: what a checkpoint holds besides the model and the optimizer, compared between the runs
-RUN_STATE = ("scheduler", "epoch", "batch", "epochs_completed", "stopped_early", "rng", "epoch_state", "early_stop",
-             "best_val_loss", "observers")
+RUN_STATE = (
+    "scheduler",
+    "epoch",
+    "batch",
+    "epochs_completed",
+    "stopped_early",
+    "rng",
+    "epoch_state",
+    "early_stop",
+    "best_val_loss",
+    "observers",
+)
 
 
 class Kill(Observer):
@@ -65,11 +75,13 @@ def assert_same(a, b, path="") -> None:
 def test_resume_after_kill_equals_uninterrupted(tiny_config, synthetic, tmp_path, every_n_steps):
     # 8 steps per epoch; the crash is at step 6 of epoch 1. With checkpoints every 3 steps the last one is from
     # step 12 (mid-epoch 1): the resumed run must skip exactly the 4 batches of epoch 1 already consumed.
-    common = dict(epochs=3, gamma_decay=0.5, gamma_decay_every=1, early_stop_flip_epochs=3,
-                  checkpoint_every_n_steps=every_n_steps)
+    common = dict(
+        epochs=3, gamma_decay=0.5, gamma_decay_every=1, early_stop_flip_epochs=3, checkpoint_every_n_steps=every_n_steps
+    )
     full_flips, resumed_flips = EpochFlips(), EpochFlips()
-    full = train(tiny_config(out=str(tmp_path / "full"), **common), data=synthetic, loggers=False,
-                 observers=[full_flips])
+    full = train(
+        tiny_config(out=str(tmp_path / "full"), **common), data=synthetic, loggers=False, observers=[full_flips]
+    )
 
     killed = tiny_config(out=str(tmp_path / "killed"), **common)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -77,8 +89,9 @@ def test_resume_after_kill_equals_uninterrupted(tiny_config, synthetic, tmp_path
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == (12 if every_n_steps else 8)
 
-    resumed = train(killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False,
-                    observers=[resumed_flips])
+    resumed = train(
+        killed.replace(resume=str(tmp_path / "killed")), data=synthetic, loggers=False, observers=[resumed_flips]
+    )
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["global_step"] == b["global_step"] == 24 and a["epoch"] == b["epoch"]
@@ -97,8 +110,9 @@ def test_resume_from_a_finished_run_extends_it(tiny_config, synthetic, tmp_path)
     two = train(tiny_config(out=str(tmp_path / "two"), epochs=2), data=synthetic, loggers=False)
     one = tiny_config(out=str(tmp_path / "one"), epochs=1)
     train(one, data=synthetic, loggers=False)
-    extended = train(one.replace(epochs=2, resume=str(tmp_path / "one" / "checkpoints" / "last.ckpt")),
-                     data=synthetic, loggers=False)
+    extended = train(
+        one.replace(epochs=2, resume=str(tmp_path / "one" / "checkpoints" / "last.ckpt")), data=synthetic, loggers=False
+    )
     a = torch.load(two["last_checkpoint"], weights_only=True)
     b = torch.load(extended["last_checkpoint"], weights_only=True)
     assert_same(a["model"], b["model"])

@@ -20,8 +20,11 @@ from .test_resume import RUN_STATE, assert_same
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder``: its bytes and modification time (ns)."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -57,26 +60,32 @@ class TestResumeFolder:
         shutil.copytree(tmp_path / "original", tmp_path / "copy")
         stored = torch.load(tmp_path / "copy" / "checkpoints" / "last.ckpt", weights_only=True)
         assert stored["best_val_loss"] is not None
-        result = train(one_epoch.replace(out=None, resume=str(tmp_path / "copy"), epochs=2), data=synthetic,
-                       loggers=False)
+        result = train(
+            one_epoch.replace(out=None, resume=str(tmp_path / "copy"), epochs=2), data=synthetic, loggers=False
+        )
         assert result["best_val_loss"] <= stored["best_val_loss"]
         assert Path(result["best_checkpoint"]) == (tmp_path / "copy" / "checkpoints" / "best.ckpt").resolve()
 
-    def test_resuming_from_another_directory_writes_only_into_the_run(self, one_epoch, synthetic, tmp_path,
-                                                                     monkeypatch):
+    def test_resuming_from_another_directory_writes_only_into_the_run(
+        self, one_epoch, synthetic, tmp_path, monkeypatch
+    ):
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         monkeypatch.chdir(elsewhere)
         stored = one_epoch.replace(out="runs/tiny")  # a relative out, as recipes have, recorded elsewhere
-        result = train(stored.replace(out=None, resume=str(tmp_path / "original"), epochs=2), data=synthetic,
-                       loggers=False)
+        result = train(
+            stored.replace(out=None, resume=str(tmp_path / "original"), epochs=2), data=synthetic, loggers=False
+        )
         assert list(elsewhere.iterdir()) == []
         assert Path(result["out_dir"]) == tmp_path / "original" and result["epochs"] == 2
 
     def test_out_must_be_the_resumed_folder(self, one_epoch, synthetic, tmp_path):
         with pytest.raises(UserError, match="--out .*other differs from the folder being resumed"):
-            train(one_epoch.replace(out=str(tmp_path / "other"), resume=str(tmp_path / "original")), data=synthetic,
-                  loggers=False)
+            train(
+                one_epoch.replace(out=str(tmp_path / "other"), resume=str(tmp_path / "original")),
+                data=synthetic,
+                loggers=False,
+            )
         assert not (tmp_path / "other").exists()
 
     def test_a_loose_checkpoint_continues_in_out(self, one_epoch, synthetic, tmp_path):
@@ -84,8 +93,11 @@ class TestResumeFolder:
         shutil.copy(tmp_path / "original" / "checkpoints" / "last.ckpt", loose)
         with pytest.raises(UserError, match="give --out"):
             train(one_epoch.replace(out=None, resume=str(loose), epochs=2), data=synthetic, loggers=False)
-        result = train(one_epoch.replace(out=str(tmp_path / "continued"), resume=str(loose), epochs=2),
-                       data=synthetic, loggers=False)
+        result = train(
+            one_epoch.replace(out=str(tmp_path / "continued"), resume=str(loose), epochs=2),
+            data=synthetic,
+            loggers=False,
+        )
         assert result["epochs"] == 2 and (tmp_path / "continued" / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -181,8 +193,11 @@ class TestCheckpointLoading:
     def test_truncated_last_checkpoint_names_an_intact_one(self, one_epoch, synthetic, tmp_path):
         last = tmp_path / "original" / "checkpoints" / "last.ckpt"
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-        with pytest.raises(UserError, match=r"last.ckpt: truncated or not a torch checkpoint.*newest intact "
-                                            r"checkpoint there is .*best.ckpt \(step 8\)"):
+        with pytest.raises(
+            UserError,
+            match=r"last.ckpt: truncated or not a torch checkpoint.*newest intact "
+            r"checkpoint there is .*best.ckpt \(step 8\)",
+        ):
             train(one_epoch.replace(resume=str(tmp_path / "original"), epochs=2), data=synthetic, loggers=False)
 
     def test_garbage_without_an_alternative(self, tmp_path):

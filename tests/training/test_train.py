@@ -60,8 +60,12 @@ class TestSmoke:
 
     def test_bop2nd(self, tiny_config, synthetic):
         rec = Recorder()
-        result = train(tiny_config(optimizer="bop2nd", gamma=1e-2, threshold=1e-6, epochs=1), data=synthetic,
-                       observers=[rec], loggers=False)
+        result = train(
+            tiny_config(optimizer="bop2nd", gamma=1e-2, threshold=1e-6, epochs=1),
+            data=synthetic,
+            observers=[rec],
+            loggers=False,
+        )
         assert type(rec.optimizer.optimizers[0]).__name__ == "Bop2ndOrder"
         assert rec.epoch_flips[0] > 0 and result["global_step"] == 8
 
@@ -69,8 +73,12 @@ class TestSmoke:
     def test_latent(self, tiny_config, synthetic, optimizer):
         rec, history = Recorder(), History()
         lr = 0.01 if optimizer == "adam" else 1.0
-        result = train(tiny_config(mode="latent", optimizer=optimizer, lr=lr, epochs=2), data=synthetic,
-                       observers=[rec, history], loggers=False)
+        result = train(
+            tiny_config(mode="latent", optimizer=optimizer, lr=lr, epochs=2),
+            data=synthetic,
+            observers=[rec, history],
+            loggers=False,
+        )
         latent = [w for _, w in named_binary_parameters(rec.module.model)]
         assert all(float(w.abs().max()) <= 1.0 for w in latent)  # clipped after every step
         at_clip = sum(int((w.abs() == 1).sum()) for w in latent) / sum(w.numel() for w in latent)
@@ -85,16 +93,27 @@ class TestSmoke:
 
         model = MnistBNN(mode="bop")
         rec = Recorder()
-        result = train(tiny_config(epochs=1, limit_train_batches=3, limit_eval_batches=1), data=synthetic,
-                       model=model, observers=[rec], loggers=False)
+        result = train(
+            tiny_config(epochs=1, limit_train_batches=3, limit_eval_batches=1),
+            data=synthetic,
+            model=model,
+            observers=[rec],
+            loggers=False,
+        )
         assert rec.module.model is model and result["global_step"] == 3
 
 
 def test_gamma_schedule(tiny_config, synthetic):
     """gamma decays x0.1 every 2 epochs (the per-epoch staircase of the original recipe); Adam's lr stays."""
     rec = Recorder()
-    train(tiny_config(epochs=5, gamma=1e-2, gamma_decay=0.1, gamma_decay_every=2, limit_train_batches=2,
-                      limit_eval_batches=1), data=synthetic, observers=[rec], loggers=False)
+    train(
+        tiny_config(
+            epochs=5, gamma=1e-2, gamma_decay=0.1, gamma_decay_every=2, limit_train_batches=2, limit_eval_batches=1
+        ),
+        data=synthetic,
+        observers=[rec],
+        loggers=False,
+    )
     bop_lr = [r[0] for r in rec.rates]
     adam_lr = [r[-1] for r in rec.rates]
     assert bop_lr == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4], rel=1e-12)
@@ -105,24 +124,49 @@ def test_gamma_schedule(tiny_config, synthetic):
 def test_linear_schedule(tiny_config, synthetic):
     """decay_schedule 'linear' (AdamBNN's): the latent-mode lr of every group falls by lr / epochs each epoch."""
     rec = Recorder()
-    train(tiny_config(mode="latent", optimizer="adam", lr=0.004, epochs=4, decay_schedule="linear",
-                      limit_train_batches=1, limit_eval_batches=1), data=synthetic, observers=[rec], loggers=False)
+    train(
+        tiny_config(
+            mode="latent",
+            optimizer="adam",
+            lr=0.004,
+            epochs=4,
+            decay_schedule="linear",
+            limit_train_batches=1,
+            limit_eval_batches=1,
+        ),
+        data=synthetic,
+        observers=[rec],
+        loggers=False,
+    )
     assert [r[0] for r in rec.rates] == pytest.approx([0.004, 0.003, 0.002, 0.001], rel=1e-12)
 
 
 def test_early_stopping_on_flips(tiny_config, synthetic):
     """A gamma so small that m never crosses tau: nothing flips, and training stops after the patience."""
     rec = Recorder()
-    result = train(tiny_config(epochs=20, gamma=1e-12, threshold=1e-6, early_stop_flip_epochs=3,
-                               limit_train_batches=2, limit_eval_batches=1), data=synthetic, observers=[rec],
-                   loggers=False)
+    result = train(
+        tiny_config(
+            epochs=20,
+            gamma=1e-12,
+            threshold=1e-6,
+            early_stop_flip_epochs=3,
+            limit_train_batches=2,
+            limit_eval_batches=1,
+        ),
+        data=synthetic,
+        observers=[rec],
+        loggers=False,
+    )
     assert rec.epoch_flips == [0, 0, 0]
     assert result["epochs"] == 3 and result["stopped_early"] is True
 
 
 def test_flipping_run_does_not_stop_early(tiny_config, synthetic):
-    result = train(tiny_config(epochs=3, early_stop_flip_epochs=1, limit_train_batches=2, limit_eval_batches=1),
-                   data=synthetic, loggers=False)
+    result = train(
+        tiny_config(epochs=3, early_stop_flip_epochs=1, limit_train_batches=2, limit_eval_batches=1),
+        data=synthetic,
+        loggers=False,
+    )
     assert result["epochs"] == 3 and result["stopped_early"] is False
 
 
@@ -133,8 +177,13 @@ def test_bf16_autocast_keeps_fp32_params_and_state(tiny_config, synthetic):
 
     model = MnistBNN()
     model.features[3].register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
-    train(tiny_config(epochs=1, precision="bf16-mixed", limit_train_batches=2, limit_eval_batches=1),
-          data=synthetic, model=model, observers=[rec], loggers=False)
+    train(
+        tiny_config(epochs=1, precision="bf16-mixed", limit_train_batches=2, limit_eval_batches=1),
+        data=synthetic,
+        model=model,
+        observers=[rec],
+        loggers=False,
+    )
     assert seen and set(seen) == {torch.bfloat16}  # the convolutions ran under autocast
     assert all(p.dtype == torch.float32 for p in rec.module.model.parameters())
     for state in rec.optimizer.optimizers[0].state.values():
@@ -190,8 +239,13 @@ def test_latent_with_frozen_binary_weights(tiny_config, synthetic):
     for _, w in named_binary_parameters(model):
         w.requires_grad_(False)
     rec = Recorder()
-    result = train(tiny_config(mode="latent", optimizer="adam", epochs=1, limit_train_batches=3), data=synthetic,
-                   model=model, observers=[rec], loggers=False)
+    result = train(
+        tiny_config(mode="latent", optimizer="adam", epochs=1, limit_train_batches=3),
+        data=synthetic,
+        model=model,
+        observers=[rec],
+        loggers=False,
+    )
     for name, w in named_binary_parameters(rec.module.model):
         assert torch.equal(w, frozen[name])
     assert rec.epoch_flips == [0] and result["last_checkpoint"] is not None
@@ -207,8 +261,13 @@ def test_latent_other_lr_trains_batch_norm_at_its_own_rate(tiny_config, syntheti
     latent_ids = {id(w) for _, w in named_binary_parameters(model)}
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     rec = Recorder()
-    train(tiny_config(mode="latent", optimizer="sgd", lr=1.0, other_lr=0.0, epochs=1, limit_train_batches=3),
-          data=synthetic, model=model, observers=[rec], loggers=False)
+    train(
+        tiny_config(mode="latent", optimizer="sgd", lr=1.0, other_lr=0.0, epochs=1, limit_train_batches=3),
+        data=synthetic,
+        model=model,
+        observers=[rec],
+        loggers=False,
+    )
     assert rec.rates == [[1.0, 0.0]]
     groups = rec.optimizer.param_groups
     assert {id(p) for p in groups[0]["params"]} == latent_ids and not latent_ids & {id(p) for p in groups[1]["params"]}
@@ -225,8 +284,13 @@ def test_latent_weights_at_the_clip_are_recorded(tiny_config, synthetic):
     for _, w in named_binary_parameters(model):
         w.data.uniform_(-1.5, 1.5)
     history = History()
-    train(tiny_config(mode="latent", optimizer="sgd", lr=0.01, epochs=1, limit_train_batches=3), data=synthetic,
-          model=model, observers=[history], loggers=False)
+    train(
+        tiny_config(mode="latent", optimizer="sgd", lr=0.01, epochs=1, limit_train_batches=3),
+        data=synthetic,
+        model=model,
+        observers=[history],
+        loggers=False,
+    )
     latent = [w for _, w in named_binary_parameters(model)]
     at_clip = sum(int((w.abs() == 1).sum()) for w in latent) / sum(w.numel() for w in latent)
     assert history.epochs[-1]["latent_at_clip"] == at_clip and 0.05 < at_clip < 0.34
@@ -253,8 +317,12 @@ class TestMemoryFormat:
 
         model = MnistBNN()
         strides = self.record_inputs(model)
-        result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=1), data=synthetic,
-                       model=model, loggers=False)
+        result = train(
+            tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=1),
+            data=synthetic,
+            model=model,
+            loggers=False,
+        )
         assert result["memory_format"] == "channels_last"
         assert strides and set(strides) <= {(784, 1, 28, 1)}  # train, validation and test batches: NHWC
 
@@ -263,8 +331,12 @@ class TestMemoryFormat:
 
         model = MnistBNN(channels_last=False)
         strides = self.record_inputs(model)
-        result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=1), data=synthetic,
-                       model=model, loggers=False)
+        result = train(
+            tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=1),
+            data=synthetic,
+            model=model,
+            loggers=False,
+        )
         assert result["memory_format"] == "contiguous"
         assert strides and set(strides) <= {(784, 784, 28, 1)}
 

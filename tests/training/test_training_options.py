@@ -49,14 +49,22 @@ class TestConfigDomains:
             (["decay_schedule=interpolate", "sigma_end=1e-2"], r"sigma_end is not a rate of optimizer 'bop'"),
             (["optimizer=bop2nd", "decay_schedule=interpolate", "sigma_end=3"], r"Invalid sigma_end value: 3.0"),
             (["decay_schedule=interpolate", "lr_end=-0.1"], r"Invalid lr_end value: -0.1"),
-            (["decay_schedule=interpolate", "gamma_end=1e-5", "gamma_decay_every=10"],
-             r"'interpolate' moves the rates to their \*_end.*remove gamma_decay"),
-            (["optimizer=cema", "alpha=0.1", "decay_schedule=interpolate", "gamma_end=1e-5"],
-             r"gamma_end is not a rate of optimizer 'cema'.*'step' or 'linear'"),
-            (["mode=latent", "optimizer=adam", "decay_schedule=interpolate", "gamma_end=1e-5"],
-             r"gamma_end is not a rate of optimizer 'adam' in mode 'latent'"),
-            (["mode=latent", "optimizer=adam", "other_lr=0.1", "decay_schedule=interpolate", "lr_end=0"],
-             r"lr_end with other_lr"),
+            (
+                ["decay_schedule=interpolate", "gamma_end=1e-5", "gamma_decay_every=10"],
+                r"'interpolate' moves the rates to their \*_end.*remove gamma_decay",
+            ),
+            (
+                ["optimizer=cema", "alpha=0.1", "decay_schedule=interpolate", "gamma_end=1e-5"],
+                r"gamma_end is not a rate of optimizer 'cema'.*'step' or 'linear'",
+            ),
+            (
+                ["mode=latent", "optimizer=adam", "decay_schedule=interpolate", "gamma_end=1e-5"],
+                r"gamma_end is not a rate of optimizer 'adam' in mode 'latent'",
+            ),
+            (
+                ["mode=latent", "optimizer=adam", "other_lr=0.1", "decay_schedule=interpolate", "lr_end=0"],
+                r"lr_end with other_lr",
+            ),
             (["recalibrate_bn=always"], r"Invalid recalibrate_bn value: 'always' \(expected one of 'off', 'end'"),
         ],
     )
@@ -92,7 +100,11 @@ class TestRecipes:
     def test_cifar10_bop2nd_is_the_authors_recipe(self):
         cfg = load_recipe("cifar10_bop2nd")
         assert (cfg.model, cfg.model_kwargs["variant"], cfg.optimizer, cfg.unbiased) == (
-            "binarynet", "original", "bop2nd", False)
+            "binarynet",
+            "original",
+            "bop2nd",
+            False,
+        )
         assert (cfg.epochs, cfg.batch_size, cfg.decay_schedule) == (500, 50, "interpolate")
         assert (cfg.threshold, cfg.threshold_end, cfg.gamma, cfg.gamma_end) == (1e-5, 1e-8, 1e-2, 1e-5)
         assert (cfg.sigma, cfg.sigma_end, cfg.lr, cfg.lr_end) == (1e-7, 1e-2, 0.01, 0.001)
@@ -103,7 +115,12 @@ class TestRecipes:
         a, b = load_recipe(latent), load_recipe(bop)
         assert (a.mode, a.optimizer, a.lr, a.decay_schedule) == ("latent", "adam", 1.25e-3, "linear")
         assert (a.model, a.model_kwargs, a.epochs, a.batch_size, a.augment) == (
-            b.model, b.model_kwargs, b.epochs, b.batch_size, b.augment)
+            b.model,
+            b.model_kwargs,
+            b.epochs,
+            b.batch_size,
+            b.augment,
+        )
 
     def test_paper_recipes_do_not_recalibrate(self):
         for name in ("cifar10", "cifar10_reproduction", "cifar10_hyperparams", "cifar10_bop2nd"):
@@ -114,8 +131,12 @@ class TestRecipes:
 class TestOptimizers:
     def test_cema_trains_and_logs_alpha(self, tiny_config, synthetic):
         rates, history = StepRates(), History()
-        result = train(tiny_config(optimizer="cema", alpha=0.5, gamma=0.1, epochs=2, decay_schedule="linear"),
-                       data=synthetic, loggers=False, observers=[rates, history])
+        result = train(
+            tiny_config(optimizer="cema", alpha=0.5, gamma=0.1, epochs=2, decay_schedule="linear"),
+            data=synthetic,
+            loggers=False,
+            observers=[rates, history],
+        )
         cema = rates.optimizer.optimizers[0]
         assert isinstance(cema, CEMA) and result["global_step"] == 16
         assert cema.param_groups[0]["gamma"] == 0.1
@@ -126,8 +147,12 @@ class TestOptimizers:
 
     def test_bop2nd_unbiased_reaches_the_optimizer(self, tiny_config, synthetic):
         rates = StepRates()
-        train(tiny_config(optimizer="bop2nd", unbiased=True, gamma=1e-2, sigma=1e-2, threshold=1e-3, epochs=1),
-              data=synthetic, loggers=False, observers=[rates])
+        train(
+            tiny_config(optimizer="bop2nd", unbiased=True, gamma=1e-2, sigma=1e-2, threshold=1e-3, epochs=1),
+            data=synthetic,
+            loggers=False,
+            observers=[rates],
+        )
         assert isinstance(rates.optimizer.optimizers[0], Bop2ndOrder)
         assert all(s[1]["unbiased"] is True for s in rates.steps)
 
@@ -145,8 +170,19 @@ class TestInterpolation:
     def test_every_step_of_a_run_uses_its_interpolated_rates(self, tiny_config, synthetic):
         """gamma, tau, sigma and Adam's lr at optimizer step t are (start - end)(1 - t/T) + end, T = all steps."""
         rates = StepRates()
-        cfg = tiny_config(optimizer="bop2nd", epochs=2, decay_schedule="interpolate", gamma=1e-2, gamma_end=1e-5,
-                          threshold=1e-5, threshold_end=1e-8, sigma=1e-7, sigma_end=1e-2, lr=0.01, lr_end=0.001)
+        cfg = tiny_config(
+            optimizer="bop2nd",
+            epochs=2,
+            decay_schedule="interpolate",
+            gamma=1e-2,
+            gamma_end=1e-5,
+            threshold=1e-5,
+            threshold_end=1e-8,
+            sigma=1e-7,
+            sigma_end=1e-2,
+            lr=0.01,
+            lr_end=0.001,
+        )
         result = train(cfg, data=synthetic, loggers=False, observers=[rates])
         total = result["global_step"]
         assert total == 16 and [s[0] for s in rates.steps] == list(range(16))
@@ -161,8 +197,12 @@ class TestInterpolation:
 
     def test_only_rates_with_an_end_move(self, tiny_config, synthetic):
         rates = StepRates()
-        train(tiny_config(epochs=1, decay_schedule="interpolate", gamma=1e-2, gamma_end=0.0), data=synthetic,
-              loggers=False, observers=[rates])
+        train(
+            tiny_config(epochs=1, decay_schedule="interpolate", gamma=1e-2, gamma_end=0.0),
+            data=synthetic,
+            loggers=False,
+            observers=[rates],
+        )
         assert [s[1]["lr"] for s in rates.steps] == [1e-2 * (1 - t / 8) for t in range(8)]
         assert {s[1]["threshold"] for s in rates.steps} == {1e-6} and {s[2] for s in rates.steps} == {0.01}
 

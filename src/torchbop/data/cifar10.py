@@ -52,8 +52,7 @@ from torchbop.data.paths import (
 )
 from torchbop.data.verify import file_md5, image_set_digest
 
-__all__ = ["CANONICAL_MD5", "CIFAR10_CLASSES", "CONTENT_DIGESTS", "load_cifar10", "missing_files",
-           "read_cifar10_batch"]
+__all__ = ["CANONICAL_MD5", "CIFAR10_CLASSES", "CONTENT_DIGESTS", "load_cifar10", "missing_files", "read_cifar10_batch"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _ARCHIVE = RemoteFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/", "c58f30108f718f92721af3b95e74349a")
@@ -84,6 +83,7 @@ CONTENT_DIGESTS = {
 # ------------------------------------------------------------------------------------------------------------------
 #  Restricted unpickling
 # ------------------------------------------------------------------------------------------------------------------
+
 
 class _Dtype:
     """Stands in for ``numpy.dtype(spec, align, copy)``: keeps the spec string ('u1')."""
@@ -155,6 +155,7 @@ class _BatchUnpickler(pickle.Unpickler):
 #  One batch
 # ------------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Batch:
     """A decoded, validated batch: ``len(labels)`` images of 3072 bytes back to back (row-major), and the labels."""
@@ -175,8 +176,9 @@ def _array_pixels(array: _Array, name: str) -> bytes | bytearray:
     for size in array.shape:
         count *= size
     if len(array.raw) != count:
-        raise ValueError(f"{name}: 'data' declares shape {list(array.shape)} ({count} bytes) but holds "
-                         f"{len(array.raw)} bytes")
+        raise ValueError(
+            f"{name}: 'data' declares shape {list(array.shape)} ({count} bytes) but holds {len(array.raw)} bytes"
+        )
     if len(array.shape) != 2 or array.shape[1] != _PIXELS:
         raise ValueError(f"{name}: 'data' has shape {list(array.shape)}, expected [n, {_PIXELS}]")
     n = array.shape[0]
@@ -250,6 +252,7 @@ def read_cifar10_batch(
 #  A split: from the folder or from the archive
 # ------------------------------------------------------------------------------------------------------------------
 
+
 def _read_from_archive(archive: Path, names: tuple[str, ...]) -> list[_Batch]:
     """Read the named batches from the tar.gz in one sequential pass, without extracting them to disk."""
     wanted = {f"{_BATCHES_DIR}/{n}": n for n in names}
@@ -264,8 +267,10 @@ def _read_from_archive(archive: Path, names: tuple[str, ...]) -> list[_Batch]:
                         io.BytesIO(f.read()), f"{archive}:{member.name}", IMAGES_PER_BATCH
                     )
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{archive}: corrupt or truncated archive ({type(e).__name__}: {e}); delete it and "
-                         f"download it again (download=True, --download on the command line)") from e
+        raise ValueError(
+            f"{archive}: corrupt or truncated archive ({type(e).__name__}: {e}); delete it and "
+            f"download it again (download=True, --download on the command line)"
+        ) from e
     missing = [n for n in names if n not in found]
     if missing:
         raise ValueError(f"{archive}: members {', '.join(f'{_BATCHES_DIR}/{n}' for n in missing)} are missing")
@@ -273,9 +278,11 @@ def _read_from_archive(archive: Path, names: tuple[str, ...]) -> list[_Batch]:
 
 
 def _fix(what: str) -> str:
-    return (f"Fix: delete {what} and download CIFAR-10 again (download=True in Python, --download on the command "
-            f"line: the canonical archive is fetched and its md5 checked), or restore a good copy. verify=False skips "
-            f"this check; use it only for synthetic files in the CIFAR-10 format.")
+    return (
+        f"Fix: delete {what} and download CIFAR-10 again (download=True in Python, --download on the command "
+        f"line: the canonical archive is fetched and its md5 checked), or restore a good copy. verify=False skips "
+        f"this check; use it only for synthetic files in the CIFAR-10 format."
+    )
 
 
 def _corruption_message(split: str, actual: str, files: Sequence[Path], archive: Path | None) -> str:
@@ -288,33 +295,43 @@ def _corruption_message(split: str, actual: str, files: Sequence[Path], archive:
     if archive is not None:
         md5 = file_md5(archive)
         if md5 == _ARCHIVE.md5:
-            return (f"CIFAR-10 {split}: the images and labels read from {archive} are not CIFAR-10's {split} set "
-                    f"({digests}), although the archive is byte-identical to the canonical one: torchbop's table of "
-                    f"digests is wrong; please report it.")
-        return (f"CIFAR-10 {split}: {archive} is corrupt: the images and labels read from it are not CIFAR-10's "
-                f"{split} set ({digests}), and its md5 is {md5}, not the canonical {_ARCHIVE.md5}. {_fix('it')}")
+            return (
+                f"CIFAR-10 {split}: the images and labels read from {archive} are not CIFAR-10's {split} set "
+                f"({digests}), although the archive is byte-identical to the canonical one: torchbop's table of "
+                f"digests is wrong; please report it."
+            )
+        return (
+            f"CIFAR-10 {split}: {archive} is corrupt: the images and labels read from it are not CIFAR-10's "
+            f"{split} set ({digests}), and its md5 is {md5}, not the canonical {_ARCHIVE.md5}. {_fix('it')}"
+        )
     folder = files[0].parent
     listed = ", ".join(f.name for f in files)
     suspects = [f for f in files if file_md5(f) != CANONICAL_MD5.get(f.name)]
     intact = [f.name for f in files if f not in suspects]
     if not suspects:
-        return (f"CIFAR-10 {split}: the images and labels of {listed} in {folder} are not CIFAR-10's {split} set "
-                f"({digests}), yet each file is byte-identical to its canonical version: a file changed while it "
-                f"was read, or torchbop's table of digests is wrong. {_fix(f'the folder {folder}')}")
+        return (
+            f"CIFAR-10 {split}: the images and labels of {listed} in {folder} are not CIFAR-10's {split} set "
+            f"({digests}), yet each file is byte-identical to its canonical version: a file changed while it "
+            f"was read, or torchbop's table of digests is wrong. {_fix(f'the folder {folder}')}"
+        )
     if len(suspects) == 1:
-        why = (f"; it is the only one of {listed} that is not byte-identical to its canonical version" if intact
-               else "")
-        return (f"CIFAR-10 {split}: {suspects[0]} is corrupt: the images and labels of {listed} are not CIFAR-10's "
-                f"{split} set ({digests}){why}. {_fix('it')}")
-    head = (f"CIFAR-10 {split}: the images and labels of {listed} in {folder} are not CIFAR-10's {split} set "
-            f"({digests})")
+        why = f"; it is the only one of {listed} that is not byte-identical to its canonical version" if intact else ""
+        return (
+            f"CIFAR-10 {split}: {suspects[0]} is corrupt: the images and labels of {listed} are not CIFAR-10's "
+            f"{split} set ({digests}){why}. {_fix('it')}"
+        )
+    head = f"CIFAR-10 {split}: the images and labels of {listed} in {folder} are not CIFAR-10's {split} set ({digests})"
     if not intact:
-        return (f"{head}: one or more of these files is corrupt. None is byte-identical to its canonical version (as "
-                f"in a copy with the images in another order), so which one changed cannot be told. "
-                f"{_fix('them (or the whole folder)')}")
+        return (
+            f"{head}: one or more of these files is corrupt. None is byte-identical to its canonical version (as "
+            f"in a copy with the images in another order), so which one changed cannot be told. "
+            f"{_fix('them (or the whole folder)')}"
+        )
     names = ", ".join(f.name for f in suspects)
-    return (f"{head}: one or more of {names} is corrupt ({', '.join(intact)} are byte-identical to the canonical "
-            f"files and so intact; the others are not, so which of them changed cannot be told). {_fix(names)}")
+    return (
+        f"{head}: one or more of {names} is corrupt ({', '.join(intact)} are byte-identical to the canonical "
+        f"files and so intact; the others are not, so which of them changed cannot be told). {_fix(names)}"
+    )
 
 
 def _verify(split: str, batches: Sequence[_Batch], files: Sequence[Path], archive: Path | None) -> None:
@@ -389,10 +406,15 @@ def load_cifar10(
                 batches.append(_decode_batch(f, str(path), IMAGES_PER_BATCH))
         archive = None
     else:
-        (archive,) = ensure_files(folder, [_ARCHIVE], dataset=f"CIFAR-10 {split}",
-                                  download=download, data_dir_source=describe_data_dir(root),
-                                  alternatives=(batches_dir,),
-                                  expected=f"{_BATCHES_DIR}/{{{','.join(names)}}} (or the archive {_ARCHIVE.filename})")
+        (archive,) = ensure_files(
+            folder,
+            [_ARCHIVE],
+            dataset=f"CIFAR-10 {split}",
+            download=download,
+            data_dir_source=describe_data_dir(root),
+            alternatives=(batches_dir,),
+            expected=f"{_BATCHES_DIR}/{{{','.join(names)}}} (or the archive {_ARCHIVE.filename})",
+        )
         batches = _read_from_archive(archive, names)
         files = []
     if verify:

@@ -93,12 +93,34 @@ _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Sh
 
 #: name -> :class:`Dataset`. The order is the order of every listing (choices, error messages).
 DATASETS: dict[str, Dataset] = {
-    "mnist": Dataset("mnist", lambda root: mnist.missing_files(root, "mnist"), _idx_loader("mnist"),
-                     (1, 28, 28), _DIGITS, 60_000, 10_000),
-    "fashion-mnist": Dataset("fashion-mnist", lambda root: mnist.missing_files(root, "fashion-mnist"),
-                             _idx_loader("fashion-mnist"), (1, 28, 28), _FASHION, 60_000, 10_000),
-    "cifar10": Dataset("cifar10", cifar10.missing_files, _cifar10_loader, (3, 32, 32), cifar10.CIFAR10_CLASSES,
-                       50_000, 10_000, augmentation="pad 4, random crop, horizontal flip"),
+    "mnist": Dataset(
+        "mnist",
+        lambda root: mnist.missing_files(root, "mnist"),
+        _idx_loader("mnist"),
+        (1, 28, 28),
+        _DIGITS,
+        60_000,
+        10_000,
+    ),
+    "fashion-mnist": Dataset(
+        "fashion-mnist",
+        lambda root: mnist.missing_files(root, "fashion-mnist"),
+        _idx_loader("fashion-mnist"),
+        (1, 28, 28),
+        _FASHION,
+        60_000,
+        10_000,
+    ),
+    "cifar10": Dataset(
+        "cifar10",
+        cifar10.missing_files,
+        _cifar10_loader,
+        (3, 32, 32),
+        cifar10.CIFAR10_CLASSES,
+        50_000,
+        10_000,
+        augmentation="pad 4, random crop, horizontal flip",
+    ),
 }
 
 
@@ -123,8 +145,9 @@ def check_dataset_names(names: Iterable[str] | str) -> list[str]:
     return unique
 
 
-def load_dataset(name: str, root: PathLike = None, *, train: bool = True, download: bool = False,
-                 verify: bool = True) -> Split:
+def load_dataset(
+    name: str, root: PathLike = None, *, train: bool = True, download: bool = False, verify: bool = True
+) -> Split:
     """One split of ``name`` from the data root (:func:`~torchbop.data.paths.resolve_data_dir`):
     ``(uint8 images [N, C, H, W], int64 labels [N])``, every dataset with its channel axis."""
     return get_dataset(name).loader(root, train, download, verify)

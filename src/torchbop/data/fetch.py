@@ -37,9 +37,7 @@ from torchbop.data.paths import RemoteFile, describe_data_dir, fetch_files, reso
 __all__ = ["DATASETS", "fetch_datasets", "missing_files"]
 
 
-def missing_files(
-    names: Iterable[str], root: str | os.PathLike[str] | None = None
-) -> list[tuple[Path, RemoteFile]]:
+def missing_files(names: Iterable[str], root: str | os.PathLike[str] | None = None) -> list[tuple[Path, RemoteFile]]:
     """The files that must be downloaded so that every split of the named datasets loads from the data root, as
     ``(folder, remote)`` pairs (the file goes to ``folder / remote.filename``).
 
@@ -83,8 +81,9 @@ def fetch_datasets(
     """
     unique = check_dataset_names(names)
     data_root = resolve_data_dir(root)
-    fetch_files(missing_files(unique, data_root), root=data_root, data_dir_source=describe_data_dir(root),
-                progress=progress)
+    fetch_files(
+        missing_files(unique, data_root), root=data_root, data_dir_source=describe_data_dir(root), progress=progress
+    )
     if verify:
         for name in unique:  # both splits, read with verification on: the loaders raise on any corrupt file
             for train in (True, False):

@@ -103,9 +103,7 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-def read_idx(
-    path: str | os.PathLike[str], *, ndim: int | None = None, expected_md5: str | None = None
-) -> torch.Tensor:
+def read_idx(path: str | os.PathLike[str], *, ndim: int | None = None, expected_md5: str | None = None) -> torch.Tensor:
     """Read an IDX file (raw or ``.gz``) into a uint8 tensor, validating it.
 
     Args:

@@ -182,8 +182,10 @@ class DeviceLoader:
         if not isinstance(padding, int) or padding < 0:
             raise ValueError(f"Invalid padding value: {padding}")
         if memory_format not in (torch.contiguous_format, torch.channels_last):
-            raise ValueError(f"Invalid memory_format value: {memory_format} (expected torch.contiguous_format or "
-                             "torch.channels_last)")
+            raise ValueError(
+                f"Invalid memory_format value: {memory_format} (expected torch.contiguous_format or "
+                "torch.channels_last)"
+            )
 
         self.device = torch.device(device)
         self.memory_format = memory_format
@@ -269,8 +271,9 @@ class DeviceLoader:
             if self.augment:
                 assert offsets is not None and flips is not None
                 end = start + len(index)
-                x = pad_crop_flip(x, offsets[start:end], flips[start:end], padding=self.padding,
-                                  pad_value=self.pad_value)
+                x = pad_crop_flip(
+                    x, offsets[start:end], flips[start:end], padding=self.padding, pad_value=self.pad_value
+                )
             yield x, self.labels.index_select(0, index)
 
     def __repr__(self) -> str:
@@ -279,5 +282,6 @@ class DeviceLoader:
             f"batch_size={self.batch_size}, shuffle={self.shuffle}, augment={self.augment}, seed={self.seed}, "
             f"epoch={self.epoch}, device={self.device}, drop_last={self.drop_last}, "
             f"rank={self.rank}/{self.world_size}"
-            + (", memory_format=channels_last" if self.memory_format == torch.channels_last else "") + ")"
+            + (", memory_format=channels_last" if self.memory_format == torch.channels_last else "")
+            + ")"
         )

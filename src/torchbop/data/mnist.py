@@ -29,30 +29,46 @@ _Files = tuple[tuple[RemoteFile, str], tuple[RemoteFile, str]]
 MNIST_VARIANTS: dict[str, dict[str, _Files]] = {
     "mnist": {
         "train": (
-            (RemoteFile("train-images-idx3-ubyte.gz", _MNIST_URL, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-             "6bbc9ace898e44ae57da46a324031adb"),
-            (RemoteFile("train-labels-idx1-ubyte.gz", _MNIST_URL, "d53e105ee54ea40749a09fcbcd1e9432"),
-             "a25bea736e30d166cdddb491f175f624"),
+            (
+                RemoteFile("train-images-idx3-ubyte.gz", _MNIST_URL, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+                "6bbc9ace898e44ae57da46a324031adb",
+            ),
+            (
+                RemoteFile("train-labels-idx1-ubyte.gz", _MNIST_URL, "d53e105ee54ea40749a09fcbcd1e9432"),
+                "a25bea736e30d166cdddb491f175f624",
+            ),
         ),
         "test": (
-            (RemoteFile("t10k-images-idx3-ubyte.gz", _MNIST_URL, "9fb629c4189551a2d022fa330f9573f3"),
-             "2646ac647ad5339dbf082846283269ea"),
-            (RemoteFile("t10k-labels-idx1-ubyte.gz", _MNIST_URL, "ec29112dd5afa0611ce80d1b7f02629c"),
-             "27ae3e4e09519cfbb04c329615203637"),
+            (
+                RemoteFile("t10k-images-idx3-ubyte.gz", _MNIST_URL, "9fb629c4189551a2d022fa330f9573f3"),
+                "2646ac647ad5339dbf082846283269ea",
+            ),
+            (
+                RemoteFile("t10k-labels-idx1-ubyte.gz", _MNIST_URL, "ec29112dd5afa0611ce80d1b7f02629c"),
+                "27ae3e4e09519cfbb04c329615203637",
+            ),
         ),
     },
     "fashion-mnist": {
         "train": (
-            (RemoteFile("train-images-idx3-ubyte.gz", _FASHION_URL, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-             "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-            (RemoteFile("train-labels-idx1-ubyte.gz", _FASHION_URL, "25c81989df183df01b3e8a0aad5dffbe"),
-             "9018921c3c673c538a1fc5bad174d6f9"),
+            (
+                RemoteFile("train-images-idx3-ubyte.gz", _FASHION_URL, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+                "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            ),
+            (
+                RemoteFile("train-labels-idx1-ubyte.gz", _FASHION_URL, "25c81989df183df01b3e8a0aad5dffbe"),
+                "9018921c3c673c538a1fc5bad174d6f9",
+            ),
         ),
         "test": (
-            (RemoteFile("t10k-images-idx3-ubyte.gz", _FASHION_URL, "bef4ecab320f06d8554ea6380940ec79"),
-             "8181f5470baa50b63fa0f6fddb340f0a"),
-            (RemoteFile("t10k-labels-idx1-ubyte.gz", _FASHION_URL, "bb300cfdad3c16e7a12a480ee83cd310"),
-             "15d484375f8d13e6eb1aabb0c3f46965"),
+            (
+                RemoteFile("t10k-images-idx3-ubyte.gz", _FASHION_URL, "bef4ecab320f06d8554ea6380940ec79"),
+                "8181f5470baa50b63fa0f6fddb340f0a",
+            ),
+            (
+                RemoteFile("t10k-labels-idx1-ubyte.gz", _FASHION_URL, "bb300cfdad3c16e7a12a480ee83cd310"),
+                "15d484375f8d13e6eb1aabb0c3f46965",
+            ),
         ),
     },
 }
@@ -79,8 +95,12 @@ def missing_files(root: Path, variant: str) -> list[tuple[Path, RemoteFile]]:
     if variant not in MNIST_VARIANTS:
         raise ValueError(f"Invalid variant: {variant!r}; expected one of {sorted(MNIST_VARIANTS)}")
     folder = root / variant
-    return [(folder, remote) for split in ("train", "test") for remote, _ in MNIST_VARIANTS[variant][split]
-            if _locate(folder, remote) is None]
+    return [
+        (folder, remote)
+        for split in ("train", "test")
+        for remote, _ in MNIST_VARIANTS[variant][split]
+        if _locate(folder, remote) is None
+    ]
 
 
 def load_mnist(
@@ -121,8 +141,9 @@ def load_mnist(
     paths = [_locate(folder, r) for r in (images_remote, labels_remote)]
     if any(p is None for p in paths):
         missing = [r for r, p in zip((images_remote, labels_remote), paths) if p is None]
-        ensure_files(folder, missing, dataset=f"{variant} {split}", download=download,
-                     data_dir_source=describe_data_dir(root))
+        ensure_files(
+            folder, missing, dataset=f"{variant} {split}", download=download, data_dir_source=describe_data_dir(root)
+        )
         paths = [_locate(folder, r) for r in (images_remote, labels_remote)]
     images_path, labels_path = paths
     assert images_path is not None and labels_path is not None

@@ -182,8 +182,10 @@ def download_file(
                     try:
                         chunk = response.read(_CHUNK)
                     except (OSError, http.client.HTTPException) as e:  # timeouts, resets, IncompleteRead
-                        raise DownloadError(f"Could not download {url} to {dest}: the transfer failed after "
-                                            f"{format_size(received)} ({type(e).__name__}: {e})") from e
+                        raise DownloadError(
+                            f"Could not download {url} to {dest}: the transfer failed after "
+                            f"{format_size(received)} ({type(e).__name__}: {e})"
+                        ) from e
                     if not chunk:
                         break
                     digest.update(chunk)
@@ -256,8 +258,10 @@ def unavailable_message(
         lines.append(f"  {remote.url}  (md5 {remote.md5})")
         lines.append(f"    -> {folder / remote.filename}")
     lines.append("torchbop verifies the files when it reads them.")
-    lines.append(f"The data root {root} comes from {data_dir_source}; set ${ENV_VAR} or pass --data-dir "
-                 f"(data_dir=... in Python) to use another one.")
+    lines.append(
+        f"The data root {root} comes from {data_dir_source}; set ${ENV_VAR} or pass --data-dir "
+        f"(data_dir=... in Python) to use another one."
+    )
     return "\n".join(lines)
 
 
@@ -327,6 +331,5 @@ def ensure_files(
             f"Put the files there, point ${ENV_VAR} or data_dir at a root that holds them, or pass download=True "
             f"to fetch them from {missing[0].base_url}."
         )
-    fetch_files([(folder, f) for f in missing], root=folder.parent, data_dir_source=data_dir_source,
-                progress=progress)
+    fetch_files([(folder, f) for f in missing], root=folder.parent, data_dir_source=data_dir_source, progress=progress)
     return [folder / f.filename for f in files]

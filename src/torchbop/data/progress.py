@@ -75,8 +75,9 @@ class DownloadProgress:
         clock: the time source (tests pass a fake one).
     """
 
-    def __init__(self, name: str, stream: TextIO, *, interval: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: str, stream: TextIO, *, interval: float = 0.25, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.name = name
         self.stream = stream
         self.interval = interval

@@ -53,8 +53,10 @@ def image_set_digest(batches: Iterable[tuple[bytes | bytearray | memoryview, Seq
         view = memoryview(pixels).cast("B")
         if len(view) != len(labels) * image_size:
             raise ValueError(f"{len(view)} pixel bytes for {len(labels)} images of {image_size} bytes")
-        keys += [sha1(view[i * image_size:(i + 1) * image_size]).digest() + _LABEL_BYTES[label]
-                 for i, label in enumerate(labels)]
+        keys += [
+            sha1(view[i * image_size : (i + 1) * image_size]).digest() + _LABEL_BYTES[label]
+            for i, label in enumerate(labels)
+        ]
     keys.sort()
     return hashlib.sha256(b"".join(keys)).hexdigest()
 

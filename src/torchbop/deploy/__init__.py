@@ -19,5 +19,4 @@ from torchbop.deploy.onnx_export import export_onnx, onnx_model
 from torchbop.deploy.packed_model import PackedModel, export, load_packed, pack_model
 from torchbop.deploy.summary import ModelSummary, summary
 
-__all__ = ["ModelSummary", "PackedModel", "export", "export_onnx", "load_packed", "onnx_model", "pack_model",
-           "summary"]
+__all__ = ["ModelSummary", "PackedModel", "export", "export_onnx", "load_packed", "onnx_model", "pack_model", "summary"]

@@ -80,7 +80,7 @@ def to_float(value: Tensor | Bits) -> Tensor:
     n, h, w, _ = value.data.shape
     shifts = torch.arange(8, dtype=torch.uint8)
     bits = (value.data.unsqueeze(-1) >> shifts) & 1
-    signs = 1.0 - 2.0 * bits.reshape(n, h, w, -1)[..., :value.channels].float()
+    signs = 1.0 - 2.0 * bits.reshape(n, h, w, -1)[..., : value.channels].float()
     nchw = signs.permute(0, 3, 1, 2)  # channels_last memory
     if value.flat:
         return nchw.reshape(n, -1)
@@ -148,8 +148,15 @@ class BinaryLayerOp(nn.Module):
             max pooling follows), and the pooling's attributes or None.
     """
 
-    def __init__(self, weight: Tensor, scale: Tensor | None, bias: Tensor | None, conv: dict[str, Any] | None,
-                 path: str, fused: tuple[Thresholds, dict[str, Any] | None] | None = None) -> None:
+    def __init__(
+        self,
+        weight: Tensor,
+        scale: Tensor | None,
+        bias: Tensor | None,
+        conv: dict[str, Any] | None,
+        path: str,
+        fused: tuple[Thresholds, dict[str, Any] | None] | None = None,
+    ) -> None:
         super().__init__()
         self.out_channels = weight.shape[0]
         self.conv, self.path = conv, path
@@ -235,25 +242,44 @@ class BinaryLayerOp(nn.Module):
             if x.flat or x.channels != self.weight_sign.shape[1]:
                 raise ValueError(f"a convolution of {self.weight_sign.shape[1]} input channels gets {x.shape}")
             rows, fan_in = self.panels, self.weight_sign[0].numel()
-            geometry = dict(kernel_size=tuple(self.weight_sign.shape[2:]), stride=tuple(self.conv["stride"]),
-                            dilation=tuple(self.conv["dilation"]), pad=tuple(self.conv["pad"]))
+            geometry = dict(
+                kernel_size=tuple(self.weight_sign.shape[2:]),
+                stride=tuple(self.conv["stride"]),
+                dilation=tuple(self.conv["dilation"]),
+                pad=tuple(self.conv["pad"]),
+            )
             base = self._base_of(h, w, fan_in)
         ho, wo = self._out_size(h, w)
         shape = tuple(x.data.shape)
         if self.fused is not None:
-            conv = K.prepare_binary_conv(shape, rows, base, path=self.path, threads=threads, thresholds=self.thr,
-                                         out_channels=self.out_channels, **geometry)
+            conv = K.prepare_binary_conv(
+                shape,
+                rows,
+                base,
+                path=self.path,
+                threads=threads,
+                thresholds=self.thr,
+                out_channels=self.out_channels,
+                **geometry,
+            )
             out_shape = (n, self.out_channels, ho, wo) if self.conv is not None else (n, self.out_channels)
             if self.pool is None:
                 return lambda v: Bits(conv(v.data), self.out_channels, out_shape)
             p = self.pool
-            pool = K.prepare_maxpool_bits(tuple(conv.out_shape), kernel_size=p["kernel_size"], stride=p["stride"],
-                                          padding=p["padding"], dilation=p["dilation"], ceil_mode=p["ceil_mode"],
-                                          flip=self.pool_mask)
+            pool = K.prepare_maxpool_bits(
+                tuple(conv.out_shape),
+                kernel_size=p["kernel_size"],
+                stride=p["stride"],
+                padding=p["padding"],
+                dilation=p["dilation"],
+                ceil_mode=p["ceil_mode"],
+                flip=self.pool_mask,
+            )
             pooled = (n, self.out_channels, pool.out_shape[1], pool.out_shape[2])
             return lambda v: Bits(pool(conv(v.data)), self.out_channels, pooled)
-        conv = K.prepare_binary_conv(shape, rows, base, path=self.path, threads=threads,
-                                     out_channels=self.out_channels, **geometry)
+        conv = K.prepare_binary_conv(
+            shape, rows, base, path=self.path, threads=threads, out_channels=self.out_channels, **geometry
+        )
         dense = self.conv is None
         channel_shape = (1, -1) if dense else (1, -1, 1, 1)
         scale = None if self.scale is None else self.scale.view(channel_shape)
@@ -266,6 +292,7 @@ class BinaryLayerOp(nn.Module):
             if scale is not None:
                 out = out * scale
             return out if bias is None else out + bias
+
         return run
 
 
@@ -321,8 +348,13 @@ def _pair(value: Any) -> tuple[int, int]:
 
 def _pool_attrs(a: dict[str, Any]) -> dict[str, Any]:
     stride = a.get("stride") or a["kernel_size"]
-    return dict(kernel_size=_pair(a["kernel_size"]), stride=_pair(stride), padding=_pair(a.get("padding", 0)),
-                dilation=_pair(a.get("dilation", 1)), ceil_mode=bool(a.get("ceil_mode", False)))
+    return dict(
+        kernel_size=_pair(a["kernel_size"]),
+        stride=_pair(stride),
+        padding=_pair(a.get("padding", 0)),
+        dilation=_pair(a.get("dilation", 1)),
+        ceil_mode=bool(a.get("ceil_mode", False)),
+    )
 
 
 def _runs_on_bits(node: dict[str, Any]) -> bool:
@@ -368,8 +400,9 @@ class FloatThresholdOp(nn.Module):
         return Bits(data, x.shape[1], tuple(x.shape))
 
 
-def build_engine_ops(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], output: str,
-                     path: str) -> dict[str, nn.Module]:
+def build_engine_ops(
+    nodes: list[dict[str, Any]], tensors: dict[str, Tensor], output: str, path: str
+) -> dict[str, nn.Module]:
     """Node name -> inference module of the engine on C path ``path``, in the nodes' order (see the module
     docstring). Nodes folded into a fused layer become identities on its bits."""
     by_name = {node["name"]: node for node in nodes}
@@ -400,8 +433,12 @@ def build_engine_ops(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], ou
                 weight = weight[:, :, None, None]
                 conv = None
             else:
-                conv = {"stride": list(a["stride"]), "dilation": list(a["dilation"]), "pad": list(a["pad"]),
-                        "pad_value": float(a["pad_value"])}
+                conv = {
+                    "stride": list(a["stride"]),
+                    "dilation": list(a["dilation"]),
+                    "pad": list(a["pad"]),
+                    "pad_value": float(a["pad_value"]),
+                }
             scale, bias = tensor(node, "scale"), tensor(node, "bias")
             fused = _fusion(node, weight, scale, bias, consumers, only_consumer, tensor, output)
             folded: list[str] = []
@@ -409,8 +446,9 @@ def build_engine_ops(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], ou
                 folded = fused[2]
                 absorbed.update(folded)
                 fused = fused[:2]
-            ops[name] = BinaryLayerOp(weight if op == "binary_conv2d" else weight[:, :, 0, 0], scale, bias, conv,
-                                      path, fused)
+            ops[name] = BinaryLayerOp(
+                weight if op == "binary_conv2d" else weight[:, :, 0, 0], scale, bias, conv, path, fused
+            )
             ops[name].folded = folded  # the pooling and batch norm nodes it computes (for inspection and tests)
             continue
         reference = build_op(node, tensors, "torch")

@@ -70,8 +70,14 @@ def pack_signs(x: Tensor, pad: tuple[int, int, int, int] = (0, 0, 0, 0), *, back
     return out
 
 
-def im2col_rows(pixels: Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-                *, backend: str = "auto") -> Tensor:
+def im2col_rows(
+    pixels: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    *,
+    backend: str = "auto",
+) -> Tensor:
     """Rows of packed pixels ``[N, Hp, Wp, Cb]`` (padded already) under a convolution: int64 words
     ``[N * Ho * Wo, ceil(kh * kw * Cb / 8)]``, each row its receptive field, zero bytes to fill the last word."""
     n, hp, wp, cb = pixels.shape
@@ -86,6 +92,7 @@ def im2col_rows(pixels: Tensor, kernel_size: tuple[int, int], stride: tuple[int,
         rows[:, :row_bytes].unflatten(-1, (kh, kw, cb)).copy_(patches.reshape(n * ho * wo, kh, kw, cb))
     else:
         pixels = pixels.contiguous()
-        library().im2col_bytes(pixels.data_ptr(), rows.data_ptr(), n, hp, wp, cb, ho, wo, kh, kw, sh, sw, dh, dw,
-                               padded_bytes)
+        library().im2col_bytes(
+            pixels.data_ptr(), rows.data_ptr(), n, hp, wp, cb, ho, wo, kh, kw, sh, sw, dh, dw, padded_bytes
+        )
     return rows.view(torch.int64)

@@ -53,9 +53,23 @@ from torch import Tensor
 
 from torchbop.deploy.xnor_kernel import _cache_folder
 
-__all__ = ["PATHS", "ENV_VAR", "available_paths", "engine_available", "resolve_engine", "binary_conv", "weight_panels",
-           "prepare_binary_conv", "prepare_maxpool_bits", "PreparedCall",
-           "maxpool_bits", "pack_signs_nhwc", "pack_thresholds_nhwc", "EPI_FLOAT", "EPI_BITS"]
+__all__ = [
+    "PATHS",
+    "ENV_VAR",
+    "available_paths",
+    "engine_available",
+    "resolve_engine",
+    "binary_conv",
+    "weight_panels",
+    "prepare_binary_conv",
+    "prepare_maxpool_bits",
+    "PreparedCall",
+    "maxpool_bits",
+    "pack_signs_nhwc",
+    "pack_thresholds_nhwc",
+    "EPI_FLOAT",
+    "EPI_BITS",
+]
 
 #: The C paths, slowest first.
 PATHS = ("portable", "avx2", "avx512")
@@ -99,8 +113,9 @@ def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(library))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.tb_paths.restype = ctypes.c_int
-    lib.tb_binary_conv.argtypes = [ptr] + [i64] * 14 + [ptr, i64, i64, ptr, i64, ctypes.c_int, ptr, i64, ptr,
-                                                        ptr, ctypes.c_int, ctypes.c_int]
+    lib.tb_binary_conv.argtypes = (
+        [ptr] + [i64] * 14 + [ptr, i64, i64, ptr, i64, ctypes.c_int, ptr, i64, ptr, ptr, ctypes.c_int, ctypes.c_int]
+    )
     lib.tb_binary_conv.restype = ctypes.c_int
     lib.tb_panel_width.argtypes = [ctypes.c_int]
     lib.tb_panel_width.restype = ctypes.c_int
@@ -149,19 +164,28 @@ def resolve_engine(backend: str = "auto") -> str:
     if backend == "auto":
         return paths[-1] if paths else "torch"
     if not paths:
-        raise ValueError(f"{origin}={backend!r}: the engine's C library could not be built "
-                         f"({_errors[-1] if _errors else 'unknown reason'}); use backend='torch'")
+        raise ValueError(
+            f"{origin}={backend!r}: the engine's C library could not be built "
+            f"({_errors[-1] if _errors else 'unknown reason'}); use backend='torch'"
+        )
     if backend == "kernel":
         return paths[-1]
     if backend not in paths:
-        raise ValueError(f"{origin}={backend!r}: this CPU does not run the {backend} path (it runs "
-                         f"{', '.join(paths)}); choose one of those")
+        raise ValueError(
+            f"{origin}={backend!r}: this CPU does not run the {backend} path (it runs "
+            f"{', '.join(paths)}); choose one of those"
+        )
     return backend
 
 
 def _check(t: Tensor, name: str, dtype: torch.dtype, dims: int) -> None:
-    if not isinstance(t, Tensor) or t.dtype != dtype or t.dim() != dims or t.device.type != "cpu" \
-            or not t.is_contiguous():
+    if (
+        not isinstance(t, Tensor)
+        or t.dtype != dtype
+        or t.dim() != dims
+        or t.device.type != "cpu"
+        or not t.is_contiguous()
+    ):
         got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
         raise ValueError(f"{name}: needs a contiguous CPU {dtype} tensor of {dims} dimensions, got {got}")
 
@@ -182,10 +206,20 @@ def weight_panels(rows: Tensor, words: int, path: str) -> Tensor:
     return panels.contiguous()
 
 
-def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: tuple[int, int],
-                stride: tuple[int, int], dilation: tuple[int, int], pad: tuple[int, int, int, int],
-                path: str, threads: int, thresholds: tuple[Tensor, Tensor] | None = None,
-                out_channels: int | None = None) -> Tensor:
+def binary_conv(
+    pixels: Tensor,
+    weights: Tensor,
+    base: Tensor,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    path: str,
+    threads: int,
+    thresholds: tuple[Tensor, Tensor] | None = None,
+    out_channels: int | None = None,
+) -> Tensor:
     """XNOR-popcount convolution of packed pixels ``[N, H, W, Cb]`` (uint8) with weight rows ``[O, Kw]`` (int64),
     or their panels for ``path`` (:func:`weight_panels`; then ``out_channels`` gives ``O``).
 
@@ -195,9 +229,19 @@ def binary_conv(pixels: Tensor, weights: Tensor, base: Tensor, *, kernel_size: t
     ``((base - 2 s) < thr) ^ flip``. ``pad`` is ``(left, right, top, bottom)``, read as +1 (zero bits).
     """
     _check(pixels, "pixels", torch.uint8, 4)
-    return prepare_binary_conv(tuple(pixels.shape), weights, base, kernel_size=kernel_size, stride=stride,
-                               dilation=dilation, pad=pad, path=path, threads=threads, thresholds=thresholds,
-                               out_channels=out_channels)(pixels)
+    return prepare_binary_conv(
+        tuple(pixels.shape),
+        weights,
+        base,
+        kernel_size=kernel_size,
+        stride=stride,
+        dilation=dilation,
+        pad=pad,
+        path=path,
+        threads=threads,
+        thresholds=thresholds,
+        out_channels=out_channels,
+    )(pixels)
 
 
 class PreparedCall:
@@ -207,14 +251,30 @@ class PreparedCall:
 
     __slots__ = ("name", "shape", "dtype", "out_shape", "out_dtype", "fn", "head", "tail", "keep", "empty")
 
-    def __init__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, out_shape: tuple[int, ...],
-                 out_dtype: torch.dtype, fn, head: tuple, tail: tuple, keep: tuple, empty: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        out_shape: tuple[int, ...],
+        out_dtype: torch.dtype,
+        fn,
+        head: tuple,
+        tail: tuple,
+        keep: tuple,
+        empty: bool,
+    ) -> None:
         self.name, self.shape, self.dtype, self.out_shape, self.out_dtype = name, shape, dtype, out_shape, out_dtype
         self.fn, self.head, self.tail, self.keep, self.empty = fn, head, tail, keep, empty
 
     def __call__(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dtype != self.dtype or tuple(x.shape) != self.shape \
-                or x.device.type != "cpu" or not x.is_contiguous():
+        if (
+            not isinstance(x, Tensor)
+            or x.dtype != self.dtype
+            or tuple(x.shape) != self.shape
+            or x.device.type != "cpu"
+            or not x.is_contiguous()
+        ):
             got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{self.name}: prepared for a contiguous CPU {self.dtype} tensor {self.shape}, got {got}")
         out = torch.empty(self.out_shape, dtype=self.out_dtype)
@@ -223,11 +283,20 @@ class PreparedCall:
         return out
 
 
-def prepare_binary_conv(shape: tuple[int, int, int, int], weights: Tensor, base: Tensor, *,
-                        kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-                        pad: tuple[int, int, int, int], path: str, threads: int,
-                        thresholds: tuple[Tensor, Tensor] | None = None,
-                        out_channels: int | None = None) -> PreparedCall:
+def prepare_binary_conv(
+    shape: tuple[int, int, int, int],
+    weights: Tensor,
+    base: Tensor,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    path: str,
+    threads: int,
+    thresholds: tuple[Tensor, Tensor] | None = None,
+    out_channels: int | None = None,
+) -> PreparedCall:
     """:func:`binary_conv` for pixels of ``shape`` ``[N, H, W, Cb]``, every argument validated now."""
     if path not in PATHS:
         raise ValueError(f"Invalid path: {path!r} (expected one of {PATHS})")
@@ -241,21 +310,23 @@ def prepare_binary_conv(shape: tuple[int, int, int, int], weights: Tensor, base:
         width = 2 * PANEL if path == "avx2" else PANEL
         o = -1 if out_channels is None else int(out_channels)
         if o < 0 or tuple(weights.shape) != ((o + PANEL - 1) // PANEL, words, width):
-            raise ValueError(f"binary_conv: panels {tuple(weights.shape)} for {out_channels} filters of {words} "
-                             f"words on the {path} path (see weight_panels)")
+            raise ValueError(
+                f"binary_conv: panels {tuple(weights.shape)} for {out_channels} filters of {words} "
+                f"words on the {path} path (see weight_panels)"
+            )
         panels = weights
     else:
         _check(weights, "weights", torch.int64, 2)
         o, kw_words = weights.shape
         if kw_words < words:
-            raise ValueError(f"binary_conv: weight rows of {kw_words} words cannot hold {kh}x{kw} pixels of {cb} "
-                             "bytes")
+            raise ValueError(f"binary_conv: weight rows of {kw_words} words cannot hold {kh}x{kw} pixels of {cb} bytes")
         panels = weight_panels(weights, words, path) if o else weights
     _check(base, "base", torch.int32, 2)
     left, right, top, bottom = pad
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(pad) < 0:
-        raise ValueError(f"binary_conv: invalid geometry kernel {kernel_size}, stride {stride}, dilation "
-                         f"{dilation}, pad {pad}")
+        raise ValueError(
+            f"binary_conv: invalid geometry kernel {kernel_size}, stride {stride}, dilation {dilation}, pad {pad}"
+        )
     ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
     wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
     if ho < 1 or wo < 1:
@@ -279,26 +350,77 @@ def prepare_binary_conv(shape: tuple[int, int, int, int], weights: Tensor, base:
         out_shape, out_dtype = (n, ho, wo, (o + 7) // 8), torch.uint8  # every byte is written
         thr_ptr, flip_ptr = thr.data_ptr(), flip.data_ptr()
         kind, stride_bytes = EPI_BITS, (o + 7) // 8
-    head = (n, h, w, cb, ho, wo, kh, kw, sh, sw, dh, dw, top, left, panels.data_ptr(), o, words, base.data_ptr(),
-            base.shape[0], kind)
+    head = (
+        n,
+        h,
+        w,
+        cb,
+        ho,
+        wo,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        top,
+        left,
+        panels.data_ptr(),
+        o,
+        words,
+        base.data_ptr(),
+        base.shape[0],
+        kind,
+    )
     tail = (stride_bytes, thr_ptr, flip_ptr, PATHS.index(path), max(1, int(threads)))
-    return PreparedCall("binary_conv", (n, h, w, cb), torch.uint8, out_shape, out_dtype, lib.tb_binary_conv, head,
-                        tail, (panels, base, thresholds), not (rows and o))
+    return PreparedCall(
+        "binary_conv",
+        (n, h, w, cb),
+        torch.uint8,
+        out_shape,
+        out_dtype,
+        lib.tb_binary_conv,
+        head,
+        tail,
+        (panels, base, thresholds),
+        not (rows and o),
+    )
 
 
-def maxpool_bits(bits: Tensor, *, kernel_size: tuple[int, int], stride: tuple[int, int],
-                 padding: tuple[int, int], dilation: tuple[int, int], ceil_mode: bool,
-                 flip: Tensor | None = None) -> Tensor:
+def maxpool_bits(
+    bits: Tensor,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    ceil_mode: bool,
+    flip: Tensor | None = None,
+) -> Tensor:
     """Max pooling of packed +-1 pixels ``[N, H, W, Cb]``: the AND of each window's bits (bit 1 = -1), torch's
     output size (``ceil_mode`` included), then ``^ flip`` (uint8 ``[Cb]``) when given."""
     _check(bits, "bits", torch.uint8, 4)
-    return prepare_maxpool_bits(tuple(bits.shape), kernel_size=kernel_size, stride=stride, padding=padding,
-                                dilation=dilation, ceil_mode=ceil_mode, flip=flip)(bits)
+    return prepare_maxpool_bits(
+        tuple(bits.shape),
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+        flip=flip,
+    )(bits)
 
 
-def prepare_maxpool_bits(shape: tuple[int, int, int, int], *, kernel_size: tuple[int, int],
-                         stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                         ceil_mode: bool, flip: Tensor | None = None) -> PreparedCall:
+def prepare_maxpool_bits(
+    shape: tuple[int, int, int, int],
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    ceil_mode: bool,
+    flip: Tensor | None = None,
+) -> PreparedCall:
     """:func:`maxpool_bits` for bits of ``shape`` ``[N, H, W, Cb]``, every argument validated now."""
     n, h, w, cb = (int(v) for v in shape)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
@@ -320,8 +442,18 @@ def prepare_maxpool_bits(shape: tuple[int, int, int, int], *, kernel_size: tuple
         if flip.numel() != cb:
             raise ValueError(f"maxpool_bits: flip of {flip.numel()} bytes for pixels of {cb}")
     tail = (n, h, w, cb, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, None if flip is None else flip.data_ptr())
-    return PreparedCall("maxpool_bits", (n, h, w, cb), torch.uint8, (n, ho, wo, cb), torch.uint8,
-                        _library().tb_maxpool_bits, (), tail, (flip,), n * ho * wo * cb == 0)
+    return PreparedCall(
+        "maxpool_bits",
+        (n, h, w, cb),
+        torch.uint8,
+        (n, ho, wo, cb),
+        torch.uint8,
+        _library().tb_maxpool_bits,
+        (),
+        tail,
+        (flip,),
+        n * ho * wo * cb == 0,
+    )
 
 
 def pack_signs_nhwc(x: Tensor, path: str) -> Tensor:
@@ -342,8 +474,9 @@ def _nhwc(x: Tensor, name: str) -> Tensor:
     return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x[:, None, None, :]).contiguous()
 
 
-def pack_thresholds_nhwc(x: Tensor, threshold: Tensor, flip: Tensor, path: str,
-                         flipbytes: Tensor | None = None) -> Tensor:
+def pack_thresholds_nhwc(
+    x: Tensor, threshold: Tensor, flip: Tensor, path: str, flipbytes: Tensor | None = None
+) -> Tensor:
     """Bits ``(x < threshold) ^ flip`` per channel of float32 ``x`` ``[N, C, H, W]`` or ``[N, C]``: uint8
     ``[N, H, W, ceil(C / 8)]`` (``threshold`` float32 ``[C]``, ``flip`` uint8 ``[C]`` of 0 and 1; ``flipbytes``:
     :func:`pack_flip` of ``flip``, when the caller keeps it)."""
@@ -360,8 +493,16 @@ def pack_thresholds_nhwc(x: Tensor, threshold: Tensor, flip: Tensor, path: str,
         raise ValueError(f"pack_thresholds_nhwc: {flipbytes.numel()} flip bytes for {c} channels")
     out = torch.empty(n, h, w, (c + 7) // 8, dtype=torch.uint8)
     if out.numel():
-        _library().tb_pack_thresholds(nhwc.data_ptr(), out.data_ptr(), n * h * w, c, threshold.data_ptr(),
-                                      flip.data_ptr(), flipbytes.data_ptr(), PATHS.index(path))
+        _library().tb_pack_thresholds(
+            nhwc.data_ptr(),
+            out.data_ptr(),
+            n * h * w,
+            c,
+            threshold.data_ptr(),
+            flip.data_ptr(),
+            flipbytes.data_ptr(),
+            PATHS.index(path),
+        )
     return out
 
 

@@ -41,12 +41,36 @@ from torchbop.quantizers import sign
 __all__ = ["network_nodes", "SUPPORTED_MODULES", "SUPPORTED_FUNCTIONS"]
 
 #: What a message about an unsupported module lists.
-SUPPORTED_MODULES = ("BinaryConv2d", "BinaryLinear", "Conv2d", "Linear", "batch norm", "MaxPool2d", "AvgPool2d",
-                     "AdaptiveAvgPool2d", "ZeroPad2d", "ConstantPad2d", "Flatten", "ReLU", "Hardtanh", "PReLU",
-                     "RSign", "RPReLU", "sign quantizers", "Dropout", "Identity")
+SUPPORTED_MODULES = (
+    "BinaryConv2d",
+    "BinaryLinear",
+    "Conv2d",
+    "Linear",
+    "batch norm",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "ZeroPad2d",
+    "ConstantPad2d",
+    "Flatten",
+    "ReLU",
+    "Hardtanh",
+    "PReLU",
+    "RSign",
+    "RPReLU",
+    "sign quantizers",
+    "Dropout",
+    "Identity",
+)
 #: What a message about an unsupported function lists.
-SUPPORTED_FUNCTIONS = ("operator.add / torch.add of two tensors", "torch.cat", "torch.flatten", "relu",
-                       "to_channels_last", "Tensor.contiguous")
+SUPPORTED_FUNCTIONS = (
+    "operator.add / torch.add of two tensors",
+    "torch.cat",
+    "torch.flatten",
+    "relu",
+    "to_channels_last",
+    "Tensor.contiguous",
+)
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 _FORMATS = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous_format"}
 
@@ -65,16 +89,24 @@ class _Builder:
             raise ValueError(f"{where}: takes the constant {arg!r} where the packed engine needs a tensor")
         return self.value_of[arg.name]
 
-    def emit(self, name: str, op: str, inputs: list[str], module: str | None, attrs: dict[str, Any] | None = None,
-             tensors: dict[str, Tensor | None] | None = None) -> str:
+    def emit(
+        self,
+        name: str,
+        op: str,
+        inputs: list[str],
+        module: str | None,
+        attrs: dict[str, Any] | None = None,
+        tensors: dict[str, Tensor | None] | None = None,
+    ) -> str:
         names = {}
         for key, value in (tensors or {}).items():
             names[key] = None
             if value is not None:
                 names[key] = f"{name}.{key}"
                 self.tensors[names[key]] = value.detach().cpu().contiguous()
-        self.nodes.append({"name": name, "op": op, "inputs": inputs, "module": module, "attrs": attrs or {},
-                           "tensors": names})
+        self.nodes.append(
+            {"name": name, "op": op, "inputs": inputs, "module": module, "attrs": attrs or {}, "tensors": names}
+        )
         self.op_of[name] = op
         return name
 
@@ -87,19 +119,25 @@ def _binary_weight(layer: nn.Module, label: str) -> Tensor:
     weight = layer.weight.detach().float().cpu()
     if layer.weight_quantizer is None:
         if not bool(((weight == 1) | (weight == -1)).all()):
-            raise ValueError(f"{label}: a weight used as is (mode 'bop') must hold exactly -1 and +1; binarize it "
-                             "with torchbop.nn.binarize_ first")
+            raise ValueError(
+                f"{label}: a weight used as is (mode 'bop') must hold exactly -1 and +1; binarize it "
+                "with torchbop.nn.binarize_ first"
+            )
         return weight
     if not isinstance(layer.weight_quantizer, SIGN_QUANTIZERS):
-        raise ValueError(f"{label}: weight quantizer {type(layer.weight_quantizer).__name__} is not supported "
-                         "(deterministic sign quantizers only: SteSign, Sign, ApproxSign, SwishSign)")
+        raise ValueError(
+            f"{label}: weight quantizer {type(layer.weight_quantizer).__name__} is not supported "
+            "(deterministic sign quantizers only: SteSign, Sign, ApproxSign, SwishSign)"
+        )
     return sign(weight)  # latent mode: the model binarizes with sign in forward
 
 
 def _check_sign(quantizer: nn.Module, label: str, what: str) -> None:
     if not isinstance(quantizer, SIGN_QUANTIZERS):
-        raise ValueError(f"{label}: {what} {type(quantizer).__name__} is not supported (deterministic sign "
-                         "quantizers only: SteSign, Sign, ApproxSign, SwishSign)")
+        raise ValueError(
+            f"{label}: {what} {type(quantizer).__name__} is not supported (deterministic sign "
+            "quantizers only: SteSign, Sign, ApproxSign, SwishSign)"
+        )
 
 
 def _binary_layer(b: _Builder, node: fx.Node, layer: nn.Module, label: str) -> None:
@@ -109,8 +147,13 @@ def _binary_layer(b: _Builder, node: fx.Node, layer: nn.Module, label: str) -> N
         binary_input = b.op_of[source] in ("sign", "rsign")  # +-1 already: sign again changes nothing
     elif isinstance(quantizer, RSign):
         _check_sign(quantizer.quantizer, label, "input quantizer RSign with quantizer")
-        source = b.emit(f"{node.name}_rsign", "rsign", [source], f"{node.target}.input_quantizer",
-                        tensors={"threshold": quantizer.threshold})
+        source = b.emit(
+            f"{node.name}_rsign",
+            "rsign",
+            [source],
+            f"{node.target}.input_quantizer",
+            tensors={"threshold": quantizer.threshold},
+        )
         binary_input = True
     else:
         _check_sign(quantizer, label, "input quantizer")
@@ -122,11 +165,22 @@ def _binary_layer(b: _Builder, node: fx.Node, layer: nn.Module, label: str) -> N
     if isinstance(layer, BinaryConv2d):
         if layer.padding_mode != "zeros":
             raise ValueError(f"{label}: padding_mode={layer.padding_mode!r} is not supported (zero padding only)")
-        attrs.update(stride=list(layer.stride), dilation=list(layer.dilation), groups=layer.groups,
-                     padding=layer.padding if isinstance(layer.padding, str) else list(layer.padding),
-                     pad=list(layer._reversed_padding_repeated_twice), pad_value=float(layer.pad_value))
-    b.value_of[node.name] = b.emit(node.name, "binary_conv2d" if isinstance(layer, BinaryConv2d) else
-                                   "binary_linear", [source], node.target, attrs, tensors)
+        attrs.update(
+            stride=list(layer.stride),
+            dilation=list(layer.dilation),
+            groups=layer.groups,
+            padding=layer.padding if isinstance(layer.padding, str) else list(layer.padding),
+            pad=list(layer._reversed_padding_repeated_twice),
+            pad_value=float(layer.pad_value),
+        )
+    b.value_of[node.name] = b.emit(
+        node.name,
+        "binary_conv2d" if isinstance(layer, BinaryConv2d) else "binary_linear",
+        [source],
+        node.target,
+        attrs,
+        tensors,
+    )
 
 
 def _module(b: _Builder, node: fx.Node, layer: nn.Module) -> None:
@@ -135,8 +189,10 @@ def _module(b: _Builder, node: fx.Node, layer: nn.Module) -> None:
     if isinstance(layer, (BinaryConv2d, BinaryLinear)):
         return _binary_layer(b, node, layer, label)
     if getattr(layer, "is_binary", False):
-        raise ValueError(f"{label}: binary layer type {type(layer).__name__} is not supported by the packed engine "
-                         "(BinaryConv2d and BinaryLinear)")
+        raise ValueError(
+            f"{label}: binary layer type {type(layer).__name__} is not supported by the packed engine "
+            "(BinaryConv2d and BinaryLinear)"
+        )
     source = b.ref(node.args[0], label)
     if isinstance(layer, _DROPOUTS):
         b.value_of[node.name] = source  # nothing to do in eval mode
@@ -145,27 +201,53 @@ def _module(b: _Builder, node: fx.Node, layer: nn.Module) -> None:
     tensors: dict[str, Tensor | None] = {}
     if isinstance(layer, nn.Conv2d):
         op, tensors = "conv2d", {"weight": layer.weight.float(), "bias": layer.bias}
-        attrs = {"shape": list(layer.weight.shape), "stride": list(layer.stride), "dilation": list(layer.dilation),
-                 "groups": layer.groups, "padding_mode": layer.padding_mode,
-                 "padding": layer.padding if isinstance(layer.padding, str) else list(layer.padding)}
+        attrs = {
+            "shape": list(layer.weight.shape),
+            "stride": list(layer.stride),
+            "dilation": list(layer.dilation),
+            "groups": layer.groups,
+            "padding_mode": layer.padding_mode,
+            "padding": layer.padding if isinstance(layer.padding, str) else list(layer.padding),
+        }
     elif isinstance(layer, nn.Linear):
         op, tensors = "linear", {"weight": layer.weight, "bias": layer.bias}
         attrs = {"shape": list(layer.weight.shape)}
     elif isinstance(layer, BATCH_NORMS):
         if layer.running_mean is None or layer.running_var is None:
-            raise ValueError(f"{label}: batch norm without running statistics (track_running_stats=False) "
-                             "normalizes with batch statistics in eval mode; it cannot be exported")
+            raise ValueError(
+                f"{label}: batch norm without running statistics (track_running_stats=False) "
+                "normalizes with batch statistics in eval mode; it cannot be exported"
+            )
         op, attrs = "batch_norm", {"eps": float(layer.eps)}
-        tensors = {"running_mean": layer.running_mean, "running_var": layer.running_var, "weight": layer.weight,
-                   "bias": layer.bias}
+        tensors = {
+            "running_mean": layer.running_mean,
+            "running_var": layer.running_var,
+            "weight": layer.weight,
+            "bias": layer.bias,
+        }
     elif isinstance(layer, nn.MaxPool2d) and not layer.return_indices:
-        op, attrs = "max_pool2d", {"kernel_size": layer.kernel_size, "stride": layer.stride,
-                                   "padding": layer.padding, "dilation": layer.dilation, "ceil_mode": layer.ceil_mode}
+        op, attrs = (
+            "max_pool2d",
+            {
+                "kernel_size": layer.kernel_size,
+                "stride": layer.stride,
+                "padding": layer.padding,
+                "dilation": layer.dilation,
+                "ceil_mode": layer.ceil_mode,
+            },
+        )
     elif isinstance(layer, nn.AvgPool2d):
-        op, attrs = "avg_pool2d", {"kernel_size": layer.kernel_size, "stride": layer.stride,
-                                   "padding": layer.padding, "ceil_mode": layer.ceil_mode,
-                                   "count_include_pad": layer.count_include_pad,
-                                   "divisor_override": layer.divisor_override}
+        op, attrs = (
+            "avg_pool2d",
+            {
+                "kernel_size": layer.kernel_size,
+                "stride": layer.stride,
+                "padding": layer.padding,
+                "ceil_mode": layer.ceil_mode,
+                "count_include_pad": layer.count_include_pad,
+                "divisor_override": layer.divisor_override,
+            },
+        )
     elif isinstance(layer, nn.AdaptiveAvgPool2d):
         op, attrs = "adaptive_avg_pool2d", {"output_size": layer.output_size}
     elif isinstance(layer, nn.ConstantPad2d):  # nn.ZeroPad2d too
@@ -186,8 +268,10 @@ def _module(b: _Builder, node: fx.Node, layer: nn.Module) -> None:
     elif isinstance(layer, SIGN_QUANTIZERS):
         op = "sign"
     else:
-        raise ValueError(f"{label}: module type {type(layer).__name__} is not supported by the packed engine "
-                         f"(supported: {', '.join(SUPPORTED_MODULES)})")
+        raise ValueError(
+            f"{label}: module type {type(layer).__name__} is not supported by the packed engine "
+            f"(supported: {', '.join(SUPPORTED_MODULES)})"
+        )
     b.value_of[node.name] = b.emit(node.name, op, [source], node.target, attrs, tensors)
     return None
 
@@ -219,8 +303,9 @@ def _function(b: _Builder, node: fx.Node) -> None:
     """One ``call_function`` / ``call_method`` node."""
     where = f"{owner(node)}: {_function_name(node)}"
     target, method = node.target, node.op == "call_method"
-    unsupported = ValueError(f"{where} is not supported by the packed engine (supported functions: "
-                             f"{', '.join(SUPPORTED_FUNCTIONS)})")
+    unsupported = ValueError(
+        f"{where} is not supported by the packed engine (supported functions: {', '.join(SUPPORTED_FUNCTIONS)})"
+    )
     if (target in _ADD and not method) or (method and target == "add"):
         if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1 or set(node.kwargs) - {"alpha"}:
             raise unsupported
@@ -243,8 +328,9 @@ def _function(b: _Builder, node: fx.Node) -> None:
         memory_format = node.kwargs.get("memory_format", torch.contiguous_format)
         if memory_format not in _FORMATS:
             raise unsupported
-        b.value_of[node.name] = b.emit(node.name, "contiguous", [b.ref(node.args[0], where)], None,
-                                       {"memory_format": _FORMATS[memory_format]})
+        b.value_of[node.name] = b.emit(
+            node.name, "contiguous", [b.ref(node.args[0], where)], None, {"memory_format": _FORMATS[memory_format]}
+        )
     else:
         raise unsupported
 
@@ -267,15 +353,19 @@ def network_nodes(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, Ten
     for node in graph.nodes:
         if node.op == "placeholder":
             if "input" in b.value_of.values():
-                raise ValueError(f"{type(model).__name__}: forward takes more than one input ({node.name!r}); the "
-                                 "packed engine runs models of one input tensor")
+                raise ValueError(
+                    f"{type(model).__name__}: forward takes more than one input ({node.name!r}); the "
+                    "packed engine runs models of one input tensor"
+                )
             b.value_of[node.name] = "input"
         elif node.op == "output":
             output = b.ref(node.args[0], f"{type(model).__name__}: its output")
         elif node.op in handlers:
             handlers[node.op](node)
         else:  # get_attr: a parameter or buffer used outside a module
-            raise ValueError(f"{owner(node)}: reads {node.target!r} directly in its forward; the packed engine "
-                             "runs modules and the functions it knows only")
+            raise ValueError(
+                f"{owner(node)}: reads {node.target!r} directly in its forward; the packed engine "
+                "runs modules and the functions it knows only"
+            )
     assert output is not None, "an fx graph always ends in an output node"
     return b.nodes, b.tensors, output

@@ -14,9 +14,9 @@ nodes. The models' channels_last conversion (:func:`torchbop.models.memory_forma
 the input's strides) is recorded as one call rather than traced (fx's ``autowrap_functions``).
 
 :func:`trace_network` returns the graph (a single layer is traced as a one-layer ``nn.Sequential``); a model
-fx cannot trace (Python control flow on tensor values) raises one ``ValueError`` naming the model. :func:`owner` names the module a node was traced in, for error messages.
-This follows the approach of torch's own fx-based tools (``torch.ao.quantization``'s ``QuantizationTracer``, which
-also overrides ``is_leaf_module``).
+fx cannot trace (Python control flow on tensor values) raises one ``ValueError`` naming the model. :func:`owner` names
+the module a node was traced in, for error messages. This follows the approach of torch's own fx-based tools
+(``torch.ao.quantization``'s ``QuantizationTracer``, which also overrides ``is_leaf_module``).
 
 Example:
     >>> from torch import nn
@@ -40,15 +40,19 @@ __all__ = ["DeployTracer", "trace_network", "owner", "is_unit", "BATCH_NORMS", "
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 #: Quantizers whose forward is sign with sign(0) = +1 and no randomness: what the packed engine can run.
 SIGN_QUANTIZERS = (quantizers.SteSign, quantizers.Sign, quantizers.ApproxSign, quantizers.SwishSign)
-_QUANTIZER_TYPES = tuple(value for value in vars(quantizers).values()
-                         if isinstance(value, type) and issubclass(value, nn.Module))
+_QUANTIZER_TYPES = tuple(
+    value for value in vars(quantizers).values() if isinstance(value, type) and issubclass(value, nn.Module)
+)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def is_unit(module: nn.Module) -> bool:
     """True for a module the packed engine (and the summary) treats as one layer rather than looking inside."""
-    return (getattr(module, "is_binary", False) or isinstance(module, (RSign, RPReLU, *BATCH_NORMS))
-            or isinstance(module, _QUANTIZER_TYPES))
+    return (
+        getattr(module, "is_binary", False)
+        or isinstance(module, (RSign, RPReLU, *BATCH_NORMS))
+        or isinstance(module, _QUANTIZER_TYPES)
+    )
 
 
 class DeployTracer(fx.Tracer):
@@ -79,9 +83,11 @@ def trace_network(model: nn.Module) -> tuple[fx.Graph, nn.Module]:
     try:
         return tracer.trace(model), model
     except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError) as error:
-        raise ValueError(f"{type(model).__name__}: torch.fx cannot trace its forward ({type(error).__name__}: "
-                         f"{error}); the packed engine needs a forward without Python control flow on tensor "
-                         "values") from error
+        raise ValueError(
+            f"{type(model).__name__}: torch.fx cannot trace its forward ({type(error).__name__}: "
+            f"{error}); the packed engine needs a forward without Python control flow on tensor "
+            "values"
+        ) from error
 
 
 def owner(node: fx.Node) -> str:
@@ -94,4 +100,3 @@ def owner(node: fx.Node) -> str:
             qualified = entry[0] if isinstance(entry, tuple) else path
             return f"{qualified} ({name})"
     return "the model's forward"
-

@@ -79,10 +79,32 @@ __all__ = ["export_onnx", "onnx_model", "OPSET", "SUPPORTED"]
 #: The ONNX opset of the exported graphs (ONNX Runtime >= 1.12, TensorRT >= 8.6, OpenVINO and onnx2tf read it).
 OPSET = 17
 #: What a message about an unsupported module or function lists.
-SUPPORTED = ("BinaryConv1d/2d", "BinaryLinear", "Conv1d/2d", "Linear", "batch norm", "MaxPool2d", "AvgPool2d",
-             "AdaptiveAvgPool2d", "ConstantPad1d/2d/3d", "Flatten", "ReLU", "Hardtanh", "PReLU", "RSign", "RPReLU",
-             "sign quantizers", "Dropout", "Identity", "+ / torch.add", "torch.cat", "torch.flatten", "relu",
-             "to_channels_last", "Tensor.contiguous")
+SUPPORTED = (
+    "BinaryConv1d/2d",
+    "BinaryLinear",
+    "Conv1d/2d",
+    "Linear",
+    "batch norm",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "ConstantPad1d/2d/3d",
+    "Flatten",
+    "ReLU",
+    "Hardtanh",
+    "PReLU",
+    "RSign",
+    "RPReLU",
+    "sign quantizers",
+    "Dropout",
+    "Identity",
+    "+ / torch.add",
+    "torch.cat",
+    "torch.flatten",
+    "relu",
+    "to_channels_last",
+    "Tensor.contiguous",
+)
 _HALF = "sign.half"  # the 0.5 of every sign
 _PASS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 _ADD, _CAT, _RELU = (operator.add, operator.iadd, torch.add), (torch.cat, torch.concat), (F.relu, torch.relu)
@@ -92,8 +114,9 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError as error:
-        raise ImportError("the ONNX export needs the onnx package: pip install 'torchbop[onnx]' (or onnx>=1.16)") \
-            from error
+        raise ImportError(
+            "the ONNX export needs the onnx package: pip install 'torchbop[onnx]' (or onnx>=1.16)"
+        ) from error
     return onnx
 
 
@@ -145,8 +168,10 @@ def _binary_weight(layer: nn.Module, label: str) -> Tensor:
     weight = layer.weight.detach().float()
     if layer.weight_quantizer is None:
         if not bool(((weight == 1) | (weight == -1)).all()):
-            raise ValueError(f"{label}: a weight used as is (mode 'bop') must hold exactly -1 and +1; binarize it "
-                             "with torchbop.nn.binarize_ first")
+            raise ValueError(
+                f"{label}: a weight used as is (mode 'bop') must hold exactly -1 and +1; binarize it "
+                "with torchbop.nn.binarize_ first"
+            )
         return weight
     _check_sign(layer.weight_quantizer, label, "weight quantizer")
     return sign(weight)
@@ -154,8 +179,10 @@ def _binary_weight(layer: nn.Module, label: str) -> Tensor:
 
 def _check_sign(quantizer: nn.Module, label: str, what: str) -> None:
     if not isinstance(quantizer, SIGN_QUANTIZERS):
-        raise ValueError(f"{label}: {what} {type(quantizer).__name__} is not supported by the ONNX exporter "
-                         "(deterministic sign quantizers only: SteSign, Sign, ApproxSign, SwishSign)")
+        raise ValueError(
+            f"{label}: {what} {type(quantizer).__name__} is not supported by the ONNX exporter "
+            "(deterministic sign quantizers only: SteSign, Sign, ApproxSign, SwishSign)"
+        )
 
 
 def _binary_input(g: _Graph, x: str, layer: nn.Module, name: str, label: str) -> str:
@@ -196,8 +223,15 @@ def _conv(g: _Graph, x: str, layer: nn.Module, name: str, label: str) -> str:
     inputs = [x, g.const(f"{name}.weight", weight)]
     if layer.bias is not None and alpha is None:
         inputs.append(g.const(f"{name}.bias", layer.bias.detach().float()))
-    y = g.op("Conv", inputs, kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=pads,
-             dilations=list(layer.dilation), group=layer.groups)
+    y = g.op(
+        "Conv",
+        inputs,
+        kernel_shape=list(layer.kernel_size),
+        strides=list(layer.stride),
+        pads=pads,
+        dilations=list(layer.dilation),
+        group=layer.groups,
+    )
     return _scale_and_bias(g, y, layer, name, alpha)
 
 
@@ -212,14 +246,22 @@ def _linear(g: _Graph, x: str, layer: nn.Module, name: str, label: str) -> str:
 
 def _batch_norm(g: _Graph, x: str, layer: nn.Module, name: str, label: str) -> str:
     if layer.running_mean is None or layer.running_var is None:
-        raise ValueError(f"{label}: batch norm without running statistics (track_running_stats=False) "
-                         "normalizes with batch statistics in eval mode; it cannot be exported")
+        raise ValueError(
+            f"{label}: batch norm without running statistics (track_running_stats=False) "
+            "normalizes with batch statistics in eval mode; it cannot be exported"
+        )
     count = layer.running_mean.numel()
     scale = layer.weight if layer.weight is not None else torch.ones(count)
     shift = layer.bias if layer.bias is not None else torch.zeros(count)
-    inputs = [g.const(f"{name}.{key}", value.detach().float()) for key, value in
-              (("scale", scale), ("bias", shift), ("running_mean", layer.running_mean),
-               ("running_var", layer.running_var))]
+    inputs = [
+        g.const(f"{name}.{key}", value.detach().float())
+        for key, value in (
+            ("scale", scale),
+            ("bias", shift),
+            ("running_mean", layer.running_mean),
+            ("running_var", layer.running_var),
+        )
+    ]
     return g.op("BatchNormalization", [x, *inputs], epsilon=float(layer.eps))
 
 
@@ -229,13 +271,19 @@ def _pool(g: _Graph, x: str, layer: nn.Module, size: tuple[int, ...], label: str
         if out == [1, 1]:
             return g.op("GlobalAveragePool", [x])
         if any(s % o for s, o in zip(size, out)):
-            raise ValueError(f"{label}: output_size {layer.output_size} does not divide the input {list(size)}; "
-                             "the ONNX exporter writes adaptive pooling as a fixed average pool")
+            raise ValueError(
+                f"{label}: output_size {layer.output_size} does not divide the input {list(size)}; "
+                "the ONNX exporter writes adaptive pooling as a fixed average pool"
+            )
         kernel = [s // o for s, o in zip(size, out)]
         return g.op("AveragePool", [x], kernel_shape=kernel, strides=kernel)
     kernel = _pairs(layer.kernel_size, 2)
-    attrs: dict[str, Any] = {"kernel_shape": kernel, "strides": _pairs(layer.stride or kernel, 2),
-                             "pads": _pairs(layer.padding, 2) * 2, "ceil_mode": int(layer.ceil_mode)}
+    attrs: dict[str, Any] = {
+        "kernel_shape": kernel,
+        "strides": _pairs(layer.stride or kernel, 2),
+        "pads": _pairs(layer.padding, 2) * 2,
+        "ceil_mode": int(layer.ceil_mode),
+    }
     if isinstance(layer, nn.MaxPool2d):
         if layer.return_indices:
             raise ValueError(f"{label}: return_indices=True is not supported")
@@ -265,8 +313,10 @@ def _module(g: _Graph, node: fx.Node, layer: nn.Module) -> str:
     if isinstance(layer, BinaryLinear) or type(layer) is nn.Linear:
         return _linear(g, x, layer, name, label)
     if getattr(layer, "is_binary", False):
-        raise ValueError(f"{label}: binary layer type {type(layer).__name__} is not supported by the ONNX exporter "
-                         "(BinaryConv1d, BinaryConv2d, BinaryLinear)")
+        raise ValueError(
+            f"{label}: binary layer type {type(layer).__name__} is not supported by the ONNX exporter "
+            "(BinaryConv1d, BinaryConv2d, BinaryLinear)"
+        )
     if isinstance(layer, _PASS):
         return x
     if isinstance(layer, BATCH_NORMS):
@@ -298,16 +348,19 @@ def _module(g: _Graph, node: fx.Node, layer: nn.Module) -> str:
         return g.op("Add", [g.op("PRelu", [y, slope]), g.per_channel(f"{name}.shift_out", layer.shift_out, rank)])
     if isinstance(layer, SIGN_QUANTIZERS):
         return g.sign(x, name)
-    raise ValueError(f"{label}: module type {type(layer).__name__} is not supported by the ONNX exporter "
-                     f"(supported: {', '.join(SUPPORTED)})")
+    raise ValueError(
+        f"{label}: module type {type(layer).__name__} is not supported by the ONNX exporter "
+        f"(supported: {', '.join(SUPPORTED)})"
+    )
 
 
 def _function(g: _Graph, node: fx.Node) -> str:
     """The ONNX value of one ``call_function`` / ``call_method`` node."""
     method, target = node.op == "call_method", node.target
     label = f"Tensor.{target}" if method else getattr(target, "__qualname__", str(target))
-    unsupported = ValueError(f"{owner(node)}: {label} is not supported by the ONNX exporter (supported: "
-                             f"{', '.join(SUPPORTED)})")
+    unsupported = ValueError(
+        f"{owner(node)}: {label} is not supported by the ONNX exporter (supported: {', '.join(SUPPORTED)})"
+    )
     if target in _CAT and not method:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
@@ -350,8 +403,10 @@ def onnx_model(model: nn.Module, input_shape: list[int] | tuple[int, ...], *, op
     onnx = _import_onnx()
     shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else None
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise ValueError(f"Invalid input_shape: {input_shape!r} (one input without the batch dimension, positive "
-                         "ints, e.g. [3, 32, 32])")
+        raise ValueError(
+            f"Invalid input_shape: {input_shape!r} (one input without the batch dimension, positive "
+            "ints, e.g. [3, 32, 32])"
+        )
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
         raise ValueError(f"Invalid opset: {opset!r} (an int >= 17)")
     graph, root = trace_network(model)
@@ -363,15 +418,20 @@ def onnx_model(model: nn.Module, input_shape: list[int] | tuple[int, ...], *, op
     finally:
         model.train(training)
     g = _Graph(onnx)
-    g.shape = {node.name: tuple(node.meta["tensor_meta"].shape) for node in graph.nodes
-               if hasattr(node.meta.get("tensor_meta"), "shape")}  # tensors only (not the output's tuple)
+    g.shape = {
+        node.name: tuple(node.meta["tensor_meta"].shape)
+        for node in graph.nodes
+        if hasattr(node.meta.get("tensor_meta"), "shape")
+    }  # tensors only (not the output's tuple)
     modules = dict(root.named_modules())
     output = None
     for node in graph.nodes:
         if node.op == "placeholder":
             if "input" in g.value.values():
-                raise ValueError(f"{type(model).__name__}: forward takes more than one input ({node.name!r}); the "
-                                 "ONNX exporter writes models of one input tensor")
+                raise ValueError(
+                    f"{type(model).__name__}: forward takes more than one input ({node.name!r}); the "
+                    "ONNX exporter writes models of one input tensor"
+                )
             g.value[node.name] = "input"
         elif node.op == "call_module":
             g.value[node.name] = _module(g, node, modules[node.target])
@@ -379,12 +439,16 @@ def onnx_model(model: nn.Module, input_shape: list[int] | tuple[int, ...], *, op
             g.value[node.name] = _function(g, node)
         elif node.op == "output":
             if not isinstance(node.args[0], fx.Node):
-                raise ValueError(f"{type(model).__name__}: forward returns {type(node.args[0]).__name__}; the ONNX "
-                                 "exporter writes models of one output tensor")
+                raise ValueError(
+                    f"{type(model).__name__}: forward returns {type(node.args[0]).__name__}; the ONNX "
+                    "exporter writes models of one output tensor"
+                )
             output = node.args[0]
         else:  # get_attr: a parameter or buffer used outside a module
-            raise ValueError(f"{owner(node)}: reads {node.target!r} directly in its forward; the ONNX exporter "
-                             "writes modules and the functions it knows only")
+            raise ValueError(
+                f"{owner(node)}: reads {node.target!r} directly in its forward; the ONNX exporter "
+                "writes modules and the functions it knows only"
+            )
     assert output is not None, "an fx graph always ends in an output node"
     h = onnx.helper
     g.nodes.append(h.make_node("Identity", [g.value[output.name]], ["logits"], name="logits"))
@@ -392,15 +456,24 @@ def onnx_model(model: nn.Module, input_shape: list[int] | tuple[int, ...], *, op
     inputs = [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, batch + shape)]
     outputs = [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, batch + list(g.shape[output.name][1:]))]
     opsets = [h.make_opsetid("", opset)]
-    proto = h.make_model(h.make_graph(g.nodes, type(model).__name__, inputs, outputs, g.initializers),
-                         opset_imports=opsets, producer_name="torchbop",
-                         ir_version=h.find_min_ir_version_for(opsets))
+    proto = h.make_model(
+        h.make_graph(g.nodes, type(model).__name__, inputs, outputs, g.initializers),
+        opset_imports=opsets,
+        producer_name="torchbop",
+        ir_version=h.find_min_ir_version_for(opsets),
+    )
     onnx.checker.check_model(proto)
     return proto
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, input_shape: list[int] | tuple[int, ...],
-                overwrite: bool = False, opset: int = OPSET) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_shape: list[int] | tuple[int, ...],
+    overwrite: bool = False,
+    opset: int = OPSET,
+) -> Path:
     """Write ``model``'s eval-mode network to the ONNX file ``path`` (:func:`onnx_model`) and return the path.
 
     Args:

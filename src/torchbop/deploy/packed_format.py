@@ -60,9 +60,9 @@ scale), ``binary_linear``, ``batch_norm``, ``max_pool2d`` and ``flatten``, run i
 conversion; :func:`torchbop.deploy.packed_model.nodes_from_version1` turns it into nodes.
 
 A file that cannot be read (missing, wrong magic, a format version not in :data:`READABLE_VERSIONS`, truncated, a
-corrupt payload, a missing or malformed key) raises :class:`~torchbop.errors.UserError` with one line naming the file and the fix. An
-existing output file is replaced only with ``overwrite=True``; a file is written to a temporary neighbour and moved
-into place with ``os.replace``, so a reader never sees half a file.
+corrupt payload, a missing or malformed key) raises :class:`~torchbop.errors.UserError` with one line naming the file
+and the fix. An existing output file is replaced only with ``overwrite=True``; a file is written to a temporary
+neighbour and moved into place with ``os.replace``, so a reader never sees half a file.
 
 Example:
     >>> import tempfile, torch
@@ -97,9 +97,15 @@ FORMAT_VERSION = 2
 #: The versions this torchbop reads (version 1: chains of layers, before residual BNNs).
 READABLE_VERSIONS = (1, 2)
 #: dtype names of the header -> torch dtypes.
-DTYPES: dict[str, torch.dtype] = {"uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64,
-                                  "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-                                  "float64": torch.float64}
+DTYPES: dict[str, torch.dtype] = {
+    "uint8": torch.uint8,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 _PREFIX = struct.Struct("<8sII")
 _ALIGN = 64
 _FIX = "export it again from its checkpoint with `torchbop export RUN_DIR -o FILE`"
@@ -110,8 +116,9 @@ def _check_byteorder() -> None:
         raise RuntimeError("torchbop packed files are read on little-endian machines only")
 
 
-def write_packed(path: str | os.PathLike[str], header: dict[str, Any], tensors: dict[str, Tensor], *,
-                 overwrite: bool = False) -> None:
+def write_packed(
+    path: str | os.PathLike[str], header: dict[str, Any], tensors: dict[str, Tensor], *, overwrite: bool = False
+) -> None:
     """Write ``tensors`` and the JSON-serializable ``header`` (keys other than the container's own) to ``path``.
 
     Raises:
@@ -133,8 +140,14 @@ def write_packed(path: str | os.PathLike[str], header: dict[str, Any], tensors: 
         entries[name] = {"dtype": dtype, "shape": list(tensor.shape), "offset": offset, "nbytes": len(data)}
         offset += len(data)
     payload = b"".join(chunks)
-    full = {"format": "torchbop-packed", "version": FORMAT_VERSION, **header, "tensors": entries,
-            "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
+    full = {
+        "format": "torchbop-packed",
+        "version": FORMAT_VERSION,
+        **header,
+        "tensors": entries,
+        "payload_bytes": len(payload),
+        "payload_crc32": zlib.crc32(payload),
+    }
     text = json.dumps(full, separators=(",", ":")).encode()
     blob = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(text)) + text + payload
     with atomic_write(path, "wb") as file:
@@ -155,17 +168,21 @@ def read_packed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         raise UserError(f"{path}: no such file; give a file written by `torchbop export`")
     blob = path.read_bytes()
     if len(blob) < _PREFIX.size or blob[:8] != MAGIC:
-        raise UserError(f"{path}: not a torchbop packed model (no {MAGIC.decode()} magic at its start); give a file "
-                        "written by `torchbop export`")
+        raise UserError(
+            f"{path}: not a torchbop packed model (no {MAGIC.decode()} magic at its start); give a file "
+            "written by `torchbop export`"
+        )
     _, version, header_length = _PREFIX.unpack_from(blob)
     if version not in READABLE_VERSIONS:
-        raise UserError(f"{path}: packed format version {version}, but this torchbop reads versions "
-                        f"{' and '.join(map(str, READABLE_VERSIONS))}; {_FIX} (or use the torchbop that wrote it)")
+        raise UserError(
+            f"{path}: packed format version {version}, but this torchbop reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}; {_FIX} (or use the torchbop that wrote it)"
+        )
     start = _PREFIX.size + header_length
     if len(blob) < start:
         raise UserError(f"{path}: truncated (the header ends at byte {start}, the file has {len(blob)}); {_FIX}")
     try:
-        header = json.loads(blob[_PREFIX.size:start].decode())
+        header = json.loads(blob[_PREFIX.size : start].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{path}: corrupt header ({error}); {_FIX}") from error
     if not isinstance(header, dict):
@@ -176,8 +193,9 @@ def read_packed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     payload = blob[start:]
     if len(payload) != header["payload_bytes"]:
         state = "truncated" if len(payload) < header["payload_bytes"] else "has trailing bytes"
-        raise UserError(f"{path}: {state} (payload of {len(payload)} bytes, the header says "
-                        f"{header['payload_bytes']}); {_FIX}")
+        raise UserError(
+            f"{path}: {state} (payload of {len(payload)} bytes, the header says {header['payload_bytes']}); {_FIX}"
+        )
     if zlib.crc32(payload) != header["payload_crc32"]:
         raise UserError(f"{path}: corrupt payload (CRC-32 mismatch); {_FIX}")
     header["version"] = version
@@ -192,13 +210,18 @@ def _tensor(path: Path, name: str, entry: Any, payload: bytes) -> Tensor:
         count = 1
         for s in shape:
             count *= s
-        if min(shape, default=0) < 0 or nbytes != count * dtype.itemsize or offset < 0 \
-                or offset + nbytes > len(payload):
+        if (
+            min(shape, default=0) < 0
+            or nbytes != count * dtype.itemsize
+            or offset < 0
+            or offset + nbytes > len(payload)
+        ):
             raise ValueError("shape, size and offset disagree")
     except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"{path}: malformed entry for tensor {name!r} ({type(error).__name__}: {error}); "
-                        f"{_FIX}") from error
+        raise UserError(
+            f"{path}: malformed entry for tensor {name!r} ({type(error).__name__}: {error}); {_FIX}"
+        ) from error
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    data = bytearray(payload[offset:offset + nbytes])  # a writable copy: tensors that own their memory
+    data = bytearray(payload[offset : offset + nbytes])  # a writable copy: tensors that own their memory
     return torch.frombuffer(data, dtype=torch.uint8).view(dtype).reshape(shape)

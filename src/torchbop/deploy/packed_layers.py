@@ -64,8 +64,9 @@ def _weight_words(negative: Tensor) -> Tensor:
 class _PackedBinaryLayer(nn.Module):
     """What both packed layers share: the backend, the +-1 weight, its packed rows and the optional bias."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, binary_input: bool, backend: str,
-                 scale: Tensor | None = None) -> None:
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None, binary_input: bool, backend: str, scale: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.training = False
         self.binary_input = binary_input
@@ -110,10 +111,21 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         backend: ``"kernel"``, ``"torch"`` or ``"auto"``.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, *, stride: tuple[int, int],
-                 padding: tuple[int, int] | str, dilation: tuple[int, int], pad: tuple[int, int, int, int],
-                 pad_value: float = 0.0, groups: int = 1, scale: Tensor | None = None, binary_input: bool = True,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        *,
+        stride: tuple[int, int],
+        padding: tuple[int, int] | str,
+        dilation: tuple[int, int],
+        pad: tuple[int, int, int, int],
+        pad_value: float = 0.0,
+        groups: int = 1,
+        scale: Tensor | None = None,
+        binary_input: bool = True,
+        backend: str = "auto",
+    ) -> None:
         self.kernel_size = tuple(weight.shape[2:])
         self.groups = int(groups)
         self.in_channels, self.out_channels = weight.shape[1] * self.groups, weight.shape[0]
@@ -129,8 +141,10 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
 
     def extra_repr(self) -> str:
         groups = f", groups={self.groups}" if self.groups != 1 else ""
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}{groups}, binary_input={self.binary_input}, backend={self.backend}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}{groups}, binary_input={self.binary_input}, backend={self.backend}"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "torch":
@@ -159,8 +173,9 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         key = (h, w)
         if key not in self._border:
             indicator = F.pad(torch.zeros(1, self.in_channels, h, w), self.pad, value=1.0)
-            padded_sum = F.conv2d(indicator, self.weight_sum_source.float(), None, self.stride, 0, self.dilation,
-                                  self.groups)[0]
+            padded_sum = F.conv2d(
+                indicator, self.weight_sum_source.float(), None, self.stride, 0, self.dilation, self.groups
+            )[0]
             base = (self.pad_value - 1.0) * padded_sum + self.fan_in  # exact: small integers
             self._border[key] = base.permute(1, 2, 0).reshape(-1, self.out_channels).contiguous()
         return self._border[key]
@@ -172,7 +187,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         parts = []
         per_in, per_out = self.in_channels // self.groups, self.out_channels // self.groups
         for g in range(self.groups):  # one product per group: its input channels against its filters
-            part = x if self.groups == 1 else x[:, g * per_in:(g + 1) * per_in]
+            part = x if self.groups == 1 else x[:, g * per_in : (g + 1) * per_in]
             pixels = pack_signs(part, self.pad, backend="kernel")  # zero bytes (+1) in the padding: see _base
             rows = im2col_rows(pixels, self.kernel_size, self.stride, self.dilation, backend="kernel")
             filters = slice(g * per_out, (g + 1) * per_out)
@@ -186,8 +201,15 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
 class PackedBinaryLinear(_PackedBinaryLayer):
     """``BinaryLinear`` for inference: ``weight`` +-1 ``[O, K]``, optional ``bias``; see the module docstring."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, *, scale: Tensor | None = None,
-                 binary_input: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        *,
+        scale: Tensor | None = None,
+        binary_input: bool = True,
+        backend: str = "auto",
+    ) -> None:
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         super().__init__(weight, bias, binary_input, backend, scale)
         self.register_buffer("base", torch.full((1, self.out_features), float(self.in_features)))
@@ -196,8 +218,10 @@ class PackedBinaryLinear(_PackedBinaryLayer):
         return _weight_words(negative)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"binary_input={self.binary_input}, backend={self.backend}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"binary_input={self.binary_input}, backend={self.backend}"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "torch":
@@ -213,12 +237,17 @@ class PackedBatchNorm(nn.Module):
     """Batch norm in eval mode, kept exactly: ``F.batch_norm`` with the model's running statistics, ``eps`` and
     optional affine ``weight`` / ``bias``, the very call ``nn.BatchNorm{1,2}d.eval()`` makes."""
 
-    def __init__(self, running_mean: Tensor, running_var: Tensor, weight: Tensor | None, bias: Tensor | None,
-                 eps: float) -> None:
+    def __init__(
+        self, running_mean: Tensor, running_var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> None:
         super().__init__()
         self.num_features, self.eps = running_mean.numel(), float(eps)
-        for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                            ("bias", bias)):
+        for name, value in (
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+            ("weight", weight),
+            ("bias", bias),
+        ):
             self.register_buffer(name, None if value is None else value.detach().clone())
 
     def extra_repr(self) -> str:

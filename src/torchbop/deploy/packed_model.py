@@ -78,9 +78,17 @@ class PackedModel(nn.Module):
     else is one ``ValueError`` that names what is wrong and the fix.
     """
 
-    def __init__(self, ops: dict[str, nn.Module], inputs: dict[str, list[str]], output: str, *,
-                 input_shape: list[int] | None = None, backend: str = "torch", input_channels: int | None = None,
-                 input_dims: int | None = None) -> None:
+    def __init__(
+        self,
+        ops: dict[str, nn.Module],
+        inputs: dict[str, list[str]],
+        output: str,
+        *,
+        input_shape: list[int] | None = None,
+        backend: str = "torch",
+        input_channels: int | None = None,
+        input_dims: int | None = None,
+    ) -> None:
         super().__init__()
         self.backend, self.input_channels, self.input_dims = backend, input_channels, input_dims
         known = {INPUT}
@@ -100,8 +108,10 @@ class PackedModel(nn.Module):
         for i, name in enumerate(ops):
             for source in inputs[name]:
                 last_use[source] = i
-        self.plan = [(name, _key(name), list(inputs[name]),
-                      [v for v, at in last_use.items() if at == i and v != output]) for i, name in enumerate(ops)]
+        self.plan = [
+            (name, _key(name), list(inputs[name]), [v for v, at in last_use.items() if at == i and v != output])
+            for i, name in enumerate(ops)
+        ]
         self.train(False)
 
     def train(self, mode: bool = True) -> PackedModel:
@@ -119,24 +129,35 @@ class PackedModel(nn.Module):
         if x.dtype != torch.float32:
             raise ValueError(f"PackedModel input: dtype {x.dtype}, expected torch.float32; convert with x.float()")
         if self.backend != "torch" and x.device.type != "cpu":
-            raise ValueError(f"PackedModel input: on {x.device}, but the {self.backend} kernels run on the CPU; "
-                             "move it with x.cpu() (or load with backend='torch')")
+            raise ValueError(
+                f"PackedModel input: on {x.device}, but the {self.backend} kernels run on the CPU; "
+                "move it with x.cpu() (or load with backend='torch')"
+            )
         expected = None if self.input_shape is None else [int(s) for s in self.input_shape]
         dims = len(expected) + 1 if expected is not None else self.input_dims
         if dims is not None and x.dim() != dims:
             what = f"[N, {', '.join(map(str, expected))}]" if expected else f"{dims} dimensions"
-            raise ValueError(f"PackedModel input: shape {tuple(x.shape)}, expected {what}; add the batch "
-                             "dimension with x.unsqueeze(0) for one image" if x.dim() == dims - 1 else
-                             f"PackedModel input: shape {tuple(x.shape)}, expected {what}")
+            raise ValueError(
+                f"PackedModel input: shape {tuple(x.shape)}, expected {what}; add the batch "
+                "dimension with x.unsqueeze(0) for one image"
+                if x.dim() == dims - 1
+                else f"PackedModel input: shape {tuple(x.shape)}, expected {what}"
+            )
         if expected is not None and list(x.shape[1:]) != expected:
-            raise ValueError(f"PackedModel input: shape {tuple(x.shape)}, but the network was exported for "
-                             f"[N, {', '.join(map(str, expected))}]; resize or crop the images to that size")
+            raise ValueError(
+                f"PackedModel input: shape {tuple(x.shape)}, but the network was exported for "
+                f"[N, {', '.join(map(str, expected))}]; resize or crop the images to that size"
+            )
         if self.input_channels is not None and x.dim() >= 2 and x.shape[1] != self.input_channels:
-            raise ValueError(f"PackedModel input: {x.shape[1]} channels (shape {tuple(x.shape)}), the first layer "
-                             f"takes {self.input_channels}")
+            raise ValueError(
+                f"PackedModel input: {x.shape[1]} channels (shape {tuple(x.shape)}), the first layer "
+                f"takes {self.input_channels}"
+            )
         if x.dim() == 4 and x.numel() and not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-            raise ValueError(f"PackedModel input: memory layout with strides {x.stride()} is neither contiguous nor "
-                             "channels_last; pass x.contiguous()")
+            raise ValueError(
+                f"PackedModel input: memory layout with strides {x.stride()} is neither contiguous nor "
+                "channels_last; pass x.contiguous()"
+            )
         if x.dim() != 4 and not x.is_contiguous():
             raise ValueError(f"PackedModel input: not contiguous (strides {x.stride()}); pass x.contiguous()")
 
@@ -158,8 +179,9 @@ def _key(name: str) -> str:
     return key + "_" if hasattr(nn.Module, key) or key in ("training", "ops", "plan", "output") else key
 
 
-def _model_from_nodes(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], output: str, *,
-                      input_shape: list[int] | None, backend: str) -> PackedModel:
+def _model_from_nodes(
+    nodes: list[dict[str, Any]], tensors: dict[str, Tensor], output: str, *, input_shape: list[int] | None, backend: str
+) -> PackedModel:
     inputs: dict[str, list[str]] = {}
     for node in nodes:
         name = node["name"]
@@ -171,8 +193,9 @@ def _model_from_nodes(nodes: list[dict[str, Any]], tensors: dict[str, Tensor], o
     else:
         ops = build_engine_ops(nodes, tensors, output, backend)
     channels, dims = _input_geometry(nodes)
-    return PackedModel(ops, inputs, output, input_shape=input_shape, backend=backend, input_channels=channels,
-                       input_dims=dims)
+    return PackedModel(
+        ops, inputs, output, input_shape=input_shape, backend=backend, input_channels=channels, input_dims=dims
+    )
 
 
 def _input_geometry(nodes: list[dict[str, Any]]) -> tuple[int | None, int | None]:
@@ -206,8 +229,14 @@ def pack_model(model: nn.Module, *, backend: str = "auto") -> PackedModel:
     return _model_from_nodes(nodes, tensors, output, input_shape=None, backend=backend)
 
 
-def export(model: nn.Module, path: str | os.PathLike[str], *, input_shape: list[int] | None = None,
-           overwrite: bool = False, source: dict[str, Any] | None = None) -> Path:
+def export(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_shape: list[int] | None = None,
+    overwrite: bool = False,
+    source: dict[str, Any] | None = None,
+) -> Path:
     """Write ``model``'s inference network to the packed file ``path`` (format version 2) and return the path.
 
     Args:
@@ -221,8 +250,12 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, input_shape: list[
         UserError: ``path`` exists and ``overwrite`` is False.
     """
     nodes, tensors, output = network_nodes(model)
-    network = {"nodes": nodes, "output": output, "input_shape": input_shape,
-               "source": source or {"model": type(model).__name__}}
+    network = {
+        "nodes": nodes,
+        "output": output,
+        "input_shape": input_shape,
+        "source": source or {"model": type(model).__name__},
+    }
     write_packed(path, {"network": network}, tensors, overwrite=overwrite)
     return Path(path)
 
@@ -237,15 +270,31 @@ def nodes_from_version1(network: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     nodes: list[dict[str, Any]] = []
     previous = INPUT
     if network.get("channels_last"):
-        nodes.append({"name": "channels_last", "op": "channels_last", "inputs": [INPUT], "module": None,
-                      "attrs": {}, "tensors": {}})
+        nodes.append(
+            {
+                "name": "channels_last",
+                "op": "channels_last",
+                "inputs": [INPUT],
+                "module": None,
+                "attrs": {},
+                "tensors": {},
+            }
+        )
         previous = "channels_last"
     for record in network["layers"]:
         layer = record["name"]
         name = f"{layer}".replace(".", "_")
         attrs = {k: v for k, v in record.items() if k not in ("type", "name", *_V1_TENSORS)}
-        nodes.append({"name": name, "op": record["type"], "inputs": [previous], "module": layer, "attrs": attrs,
-                      "tensors": {k: record[k] for k in _V1_TENSORS if k in record}})
+        nodes.append(
+            {
+                "name": name,
+                "op": record["type"],
+                "inputs": [previous],
+                "module": layer,
+                "attrs": attrs,
+                "tensors": {k: record[k] for k in _V1_TENSORS if k in record},
+            }
+        )
         previous = name
     return nodes, previous
 
@@ -273,5 +322,4 @@ def load_packed(path: str | os.PathLike[str], *, backend: str = "auto") -> Packe
     except KeyError as error:
         raise UserError(f"{path}: missing key or tensor {error}; {_FIX}") from error
     except (TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
-        raise UserError(f"{path}: malformed network description ({type(error).__name__}: {error}); {_FIX}") \
-            from error
+        raise UserError(f"{path}: malformed network description ({type(error).__name__}: {error}); {_FIX}") from error

@@ -141,31 +141,57 @@ def _torch_module(cls: type[nn.Module], kwargs: dict[str, Any], tensors: dict[st
 def _binary_conv2d(a: dict[str, Any], t: Callable[[str], Tensor | None], backend: str) -> nn.Module:
     padding = a["padding"]
     return PackedBinaryConv2d(
-        unpack_weight_bits(t("weight_bits"), a["shape"]), t("bias"), stride=tuple(a["stride"]),
-        padding=padding if isinstance(padding, str) else tuple(padding), dilation=tuple(a["dilation"]),
-        pad=tuple(a["pad"]), pad_value=a["pad_value"], groups=a.get("groups", 1), scale=t("scale"),
-        binary_input=a["binary_input"], backend=backend)
+        unpack_weight_bits(t("weight_bits"), a["shape"]),
+        t("bias"),
+        stride=tuple(a["stride"]),
+        padding=padding if isinstance(padding, str) else tuple(padding),
+        dilation=tuple(a["dilation"]),
+        pad=tuple(a["pad"]),
+        pad_value=a["pad_value"],
+        groups=a.get("groups", 1),
+        scale=t("scale"),
+        binary_input=a["binary_input"],
+        backend=backend,
+    )
 
 
 def _binary_linear(a: dict[str, Any], t: Callable[[str], Tensor | None], backend: str) -> nn.Module:
-    return PackedBinaryLinear(unpack_weight_bits(t("weight_bits"), a["shape"]), t("bias"), scale=t("scale"),
-                              binary_input=a["binary_input"], backend=backend)
+    return PackedBinaryLinear(
+        unpack_weight_bits(t("weight_bits"), a["shape"]),
+        t("bias"),
+        scale=t("scale"),
+        binary_input=a["binary_input"],
+        backend=backend,
+    )
 
 
 def _conv2d(a: dict[str, Any], t: Callable[[str], Tensor | None], backend: str) -> nn.Module:
     out_channels, per_group, kh, kw = a["shape"]
     padding = a["padding"]
-    return _torch_module(nn.Conv2d, dict(
-        in_channels=per_group * a["groups"], out_channels=out_channels, kernel_size=(kh, kw),
-        stride=tuple(a["stride"]), padding=padding if isinstance(padding, str) else tuple(padding),
-        dilation=tuple(a["dilation"]), groups=a["groups"], bias=t("bias") is not None,
-        padding_mode=a["padding_mode"]), {"weight": t("weight"), "bias": t("bias")})
+    return _torch_module(
+        nn.Conv2d,
+        dict(
+            in_channels=per_group * a["groups"],
+            out_channels=out_channels,
+            kernel_size=(kh, kw),
+            stride=tuple(a["stride"]),
+            padding=padding if isinstance(padding, str) else tuple(padding),
+            dilation=tuple(a["dilation"]),
+            groups=a["groups"],
+            bias=t("bias") is not None,
+            padding_mode=a["padding_mode"],
+        ),
+        {"weight": t("weight"), "bias": t("bias")},
+    )
 
 
 def _linear(a: dict[str, Any], t: Callable[[str], Tensor | None], backend: str) -> nn.Module:
     out_features, in_features = a["shape"]
-    return _torch_module(nn.Linear, dict(in_features=in_features, out_features=out_features,
-                                         bias=t("bias") is not None), {"weight": t("weight"), "bias": t("bias")})
+    return _torch_module(
+        nn.Linear,
+        dict(in_features=in_features, out_features=out_features, bias=t("bias") is not None),
+        {"weight": t("weight"), "bias": t("bias")},
+    )
 
 
 def _prelu(a: dict[str, Any], t: Callable[[str], Tensor | None], backend: str) -> nn.Module:

@@ -43,6 +43,7 @@ from torchbop.nn import RSign
 
 __all__ = ["LayerSummary", "ModelSummary", "summary"]
 
+
 @dataclass(frozen=True)
 class LayerSummary:
     """One row: a layer's name, type, output shape (per image), parameters, memory in bytes and MACs per image."""
@@ -99,13 +100,41 @@ class ModelSummary:
         return sum(r.float_macs for r in self.rows)
 
     def __str__(self) -> str:
-        header = ("Layer", "Type", "Output shape", "Binary params", "Float params", "Memory (KiB)", "Binary MACs",
-                  "Float MACs")
-        lines = [(r.name, r.type, "x".join(map(str, r.output_shape)) or "-", f"{r.binary_params:,}",
-                  f"{r.float_params:,}", f"{r.memory_bytes / 1024:,.2f}", f"{r.binary_macs:,}", f"{r.float_macs:,}")
-                 for r in self.rows]
-        lines.append(("Total", "", "", f"{self.binary_params:,}", f"{self.float_params:,}",
-                      f"{self.memory_bytes / 1024:,.2f}", f"{self.binary_macs:,}", f"{self.float_macs:,}"))
+        header = (
+            "Layer",
+            "Type",
+            "Output shape",
+            "Binary params",
+            "Float params",
+            "Memory (KiB)",
+            "Binary MACs",
+            "Float MACs",
+        )
+        lines = [
+            (
+                r.name,
+                r.type,
+                "x".join(map(str, r.output_shape)) or "-",
+                f"{r.binary_params:,}",
+                f"{r.float_params:,}",
+                f"{r.memory_bytes / 1024:,.2f}",
+                f"{r.binary_macs:,}",
+                f"{r.float_macs:,}",
+            )
+            for r in self.rows
+        ]
+        lines.append(
+            (
+                "Total",
+                "",
+                "",
+                f"{self.binary_params:,}",
+                f"{self.float_params:,}",
+                f"{self.memory_bytes / 1024:,.2f}",
+                f"{self.binary_macs:,}",
+                f"{self.float_macs:,}",
+            )
+        )
         widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
 
         def render(row: Sequence[str]) -> str:
@@ -117,8 +146,7 @@ class ModelSummary:
         share = f" ({100 * self.binary_macs / macs:.2f}% binary)" if macs else ""
         totals = [
             f"Total params: {self.total_params:,} ({self.binary_params:,} binary, {self.float_params:,} float)",
-            f"Memory with 1-bit binary weights: {self.memory_bytes:,.0f} bytes "
-            f"({self.memory_bytes / 2**20:.2f} MiB)",
+            f"Memory with 1-bit binary weights: {self.memory_bytes:,.0f} bytes ({self.memory_bytes / 2**20:.2f} MiB)",
             f"Float-32 equivalent: {self.float32_bytes:,} bytes ({self.float32_bytes / 2**20:.2f} MiB)",
             f"Compression ratio of memory: {self.compression_ratio:.2f}",
             f"MACs per image: {macs:,}{share}: {self.binary_macs:,} binary, {self.float_macs:,} float",
@@ -142,7 +170,8 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
         elif not any(True for _ in module.children()):
             layers.append((name or type(model).__name__, module, True))
         elif any(True for _ in module.parameters(recurse=False)) or any(
-                b.is_floating_point() for _, b in module.named_buffers(recurse=False)):
+            b.is_floating_point() for _, b in module.named_buffers(recurse=False)
+        ):
             layers.append((name or type(model).__name__, module, False))
     return layers
 
@@ -180,8 +209,7 @@ def _macs(layer: nn.Module, output: torch.Tensor, sign_input: bool) -> tuple[int
         macs = (output[0].numel() // layer.out_features) * layer.in_features * layer.out_features
     else:
         return 0, 0
-    binary = getattr(layer, "is_binary", False) and (getattr(layer, "input_quantizer", None) is not None
-                                                     or sign_input)
+    binary = getattr(layer, "is_binary", False) and (getattr(layer, "input_quantizer", None) is not None or sign_input)
     return (macs, 0) if binary else (0, macs)
 
 
@@ -189,8 +217,10 @@ def _input_shape(model: nn.Module, input_size: Sequence[int]) -> tuple[int, ...]
     """The shape of the summary's input batch: ``input_size`` if it has the batch dimension, else ``(1, *size)``."""
     size = tuple(input_size) if isinstance(input_size, Sequence) else None
     if not size or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"Invalid input_size: {input_size!r} (expected positive ints, one image with or without "
-                         "the batch dimension: (3, 32, 32) or (1, 3, 32, 32))")
+        raise ValueError(
+            f"Invalid input_size: {input_size!r} (expected positive ints, one image with or without "
+            "the batch dimension: (3, 32, 32) or (1, 3, 32, 32))"
+        )
     conv = next((m for m in model.modules() if isinstance(m, _CONVS)), None)
     if conv is None:
         return size if len(size) > 1 and size[0] == 1 else (1, *size)
@@ -199,8 +229,10 @@ def _input_shape(model: nn.Module, input_size: Sequence[int]) -> tuple[int, ...]
         return (1, *size)
     if len(size) == rank + 1:
         return size
-    raise ValueError(f"Invalid input_size: {input_size!r} ({type(conv).__name__} models take {rank} dimensions per "
-                     f"image: give {rank} dimensions, or {rank + 1} with the batch dimension first)")
+    raise ValueError(
+        f"Invalid input_size: {input_size!r} ({type(conv).__name__} models take {rank} dimensions per "
+        f"image: give {rank} dimensions, or {rank + 1} with the batch dimension first)"
+    )
 
 
 @torch.no_grad()
@@ -242,8 +274,10 @@ def summary(model: nn.Module, input_size: Sequence[int], *, dtype: torch.dtype =
         output = outputs.get(id(module))
         shape_out = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
         binary, floats, memory = _count(module, whole)
-        binary_macs, float_macs = (_macs(module, output, id(module) in sign_fed) if isinstance(output, torch.Tensor)
-                                   else (0, 0))
-        rows.append(LayerSummary(name, type(module).__name__, shape_out, binary, floats, memory, binary_macs,
-                                 float_macs))
+        binary_macs, float_macs = (
+            _macs(module, output, id(module) in sign_fed) if isinstance(output, torch.Tensor) else (0, 0)
+        )
+        rows.append(
+            LayerSummary(name, type(module).__name__, shape_out, binary, floats, memory, binary_macs, float_macs)
+        )
     return ModelSummary(tuple(rows))

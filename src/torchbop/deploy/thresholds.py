@@ -128,6 +128,7 @@ def float_sign_thresholds(post: Callable[[Tensor], Tensor], channels: int) -> tu
 
     ``post`` maps a float32 ``[R, channels]`` tensor to the value whose sign is taken (see the module docstring).
     """
+
     def negative(keys: Tensor) -> Tensor:
         with torch.no_grad():
             return post(_ordered(keys)[None, :].expand(1, channels).contiguous())[0] < 0

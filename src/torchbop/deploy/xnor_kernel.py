@@ -11,10 +11,10 @@ Two implementations, equal bit for bit (``tests/deploy/test_xnor_kernel.py``):
   no torch headers, so ``cc -O3`` builds it in well under a second), loaded with ``ctypes``; the product runs on
   ``torch.get_num_threads()`` POSIX threads (a thread per 4M word pairs at least). A 4 x 2 register block of rows
   against filters: where the CPU has AVX2 (checked at run time), XOR and per-byte popcount by table lookup
-  (``vpshufb``) on 256 bits at a time; elsewhere 64-bit XOR + ``popcount``. The scalar block alone is 3-4.5x faster than fp32 ``torch.mm`` of
-  the same +-1 matrices on a 2-core AVX2 CPU, the AVX2 block another 1.6-1.9x (``torch._int_mm`` on that CPU was
-  30x *slower* than fp32, and the int8 convolutions of ``torch.ao`` are deprecated and reached 1.7x). The library
-  goes to a private per-user temporary folder (mode 0o700, refused if others can write to it), named by the hash
+  (``vpshufb``) on 256 bits at a time; elsewhere 64-bit XOR + ``popcount``. The scalar block alone is 3-4.5x faster than
+  fp32 ``torch.mm`` of the same +-1 matrices on a 2-core AVX2 CPU, the AVX2 block another 1.6-1.9x (``torch._int_mm`` on
+  that CPU was 30x *slower* than fp32, and the int8 convolutions of ``torch.ao`` are deprecated and reached 1.7x). The
+  library goes to a private per-user temporary folder (mode 0o700, refused if others can write to it), named by the hash
   of its source and flags and written atomically, so concurrent processes share one build.
 - ``"torch"``: unpack to {0, 1} floats and ``a @ (1 - b).T + (1 - a) @ b.T``; exact, as float32 sums of 0/1 terms
   are exact below 2**24. The reference the kernel is tested against.
@@ -322,8 +322,12 @@ def _cache_folder() -> Path:
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         info = folder.lstat()
-        private = folder.is_dir() and not folder.is_symlink() and (uid is None or info.st_uid == uid) \
+        private = (
+            folder.is_dir()
+            and not folder.is_symlink()
+            and (uid is None or info.st_uid == uid)
             and not info.st_mode & 0o022
+        )
     except OSError:
         private = False
     return folder if private else Path(tempfile.mkdtemp(prefix="torchbop-kernels-"))
@@ -390,8 +394,9 @@ def resolve_backend(backend: str) -> str:
 
 def _check_operands(a: Tensor, b: Tensor) -> None:
     if a.dtype != torch.int64 or b.dtype != torch.int64 or a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"xor_popcount needs int64 [M, K] and [N, K], got {a.dtype} {tuple(a.shape)} and "
-                         f"{b.dtype} {tuple(b.shape)}")
+        raise ValueError(
+            f"xor_popcount needs int64 [M, K] and [N, K], got {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}"
+        )
 
 
 def _run_kernel(a: Tensor, b: Tensor, out: Tensor, base: Tensor | None) -> Tensor:
@@ -401,9 +406,17 @@ def _run_kernel(a: Tensor, b: Tensor, out: Tensor, base: Tensor | None) -> Tenso
     if out.numel():
         lib = library()
         period = 1 if base is None else base.shape[0]
-        status = lib.xor_popcount(a.data_ptr(), b.data_ptr(), out.data_ptr(),
-                                  None if base is None else base.data_ptr(), period, a.shape[0], b.shape[0],
-                                  a.shape[1], max(1, torch.get_num_threads()))
+        status = lib.xor_popcount(
+            a.data_ptr(),
+            b.data_ptr(),
+            out.data_ptr(),
+            None if base is None else base.data_ptr(),
+            period,
+            a.shape[0],
+            b.shape[0],
+            a.shape[1],
+            max(1, torch.get_num_threads()),
+        )
         if status != 0:
             raise RuntimeError("xor_popcount: could not start its threads")
     return out
@@ -432,8 +445,10 @@ def binary_dot(a: Tensor, b: Tensor, base: Tensor, backend: str = "auto") -> Ten
     """
     _check_operands(a, b)
     if base.dtype != torch.float32 or base.dim() != 2 or base.shape[1] != b.shape[0] or a.shape[0] % base.shape[0]:
-        raise ValueError(f"binary_dot needs a float32 base [P, {b.shape[0]}] with P dividing {a.shape[0]}, got "
-                         f"{base.dtype} {tuple(base.shape)}")
+        raise ValueError(
+            f"binary_dot needs a float32 base [P, {b.shape[0]}] with P dividing {a.shape[0]}, got "
+            f"{base.dtype} {tuple(base.shape)}"
+        )
     if resolve_backend(backend) == "torch":
         counts = _xor_popcount_torch(a, b).float()
         return base.repeat(a.shape[0] // base.shape[0], 1) - 2 * counts

@@ -52,8 +52,22 @@ from torchbop.nn import binary_parameters
 from torchbop.training import TrainConfig
 from torchbop.training.precision import resolve_precision
 
-__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "PUBLISHED", "datasets", "plan", "execute", "describe",
-           "summarize", "plot", "verdicts", "results"]
+__all__ = [
+    "NAME",
+    "TITLE",
+    "VERSION",
+    "Config",
+    "CONFIGS",
+    "PUBLISHED",
+    "datasets",
+    "plan",
+    "execute",
+    "describe",
+    "summarize",
+    "plot",
+    "verdicts",
+    "results",
+]
 
 NAME = "approximation"
 TITLE = "Table 1: the approximation viewpoint (report 3.1.1)"
@@ -84,8 +98,15 @@ class Config:
 CONFIGS = {
     "paper": Config(),
     "cpu": Config(),  # the paper's scale: 10 seeds x (6 + 6) epochs of MNIST, about 2.5 CPU-hours
-    "quick": Config(datasets=("mnist", "fashion-mnist", "cifar10"), seeds=3, epochs=2, retrain_epochs=2, width=0.125,
-                    subset=6000, test_subset=5000),
+    "quick": Config(
+        datasets=("mnist", "fashion-mnist", "cifar10"),
+        seeds=3,
+        epochs=2,
+        retrain_epochs=2,
+        width=0.125,
+        subset=6000,
+        test_subset=5000,
+    ),
     "smoke": Config(seeds=2, epochs=1, retrain_epochs=1, subset=256, test_subset=256),
 }
 
@@ -101,10 +122,20 @@ def _train_config(cfg: Config, dataset: str, seed: int) -> TrainConfig:
     else:
         model, model_kwargs = "mnist_bnn", {"padding": "valid"}
     # protocol "original": the test set is evaluated after each epoch, for the curves only
-    return TrainConfig(name=f"approximation-{dataset}", model=model, model_kwargs=model_kwargs, mode="latent",
-                       dataset=dataset, protocol="original", batch_size=cfg.batch_size, epochs=cfg.epochs,
-                       optimizer="adam", lr=cfg.lr, seed=seed,
-                       precision=resolve_precision(cfg.precision))
+    return TrainConfig(
+        name=f"approximation-{dataset}",
+        model=model,
+        model_kwargs=model_kwargs,
+        mode="latent",
+        dataset=dataset,
+        protocol="original",
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        optimizer="adam",
+        lr=cfg.lr,
+        seed=seed,
+        precision=resolve_precision(cfg.precision),
+    )
 
 
 def datasets(cfg: Config) -> tuple[str, ...]:
@@ -116,10 +147,18 @@ def plan(cfg: Config) -> list[RunSpec]:
     for dataset in cfg.datasets:
         for seed in range(cfg.seeds):
             params = {
-                "dataset": dataset, "seed": seed, "subset": cfg.subset, "test_subset": cfg.test_subset,
+                "dataset": dataset,
+                "seed": seed,
+                "subset": cfg.subset,
+                "test_subset": cfg.test_subset,
                 "train": stored_train_config(_train_config(cfg, dataset, seed)),
-                "retrain": {"epochs": cfg.retrain_epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                            "seed": seed + 10_000, "optimizer": "adam"},
+                "retrain": {
+                    "epochs": cfg.retrain_epochs,
+                    "lr": cfg.lr,
+                    "batch_size": cfg.batch_size,
+                    "seed": seed + 10_000,
+                    "optimizer": "adam",
+                },
             }
             specs.append(RunSpec(NAME, f"{dataset}-seed{seed}", params))
     return specs
@@ -141,23 +180,42 @@ def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     freeze_binary_weights(model)
     retrain = params["retrain"]
     ctx.log(f"retraining batch norm only, {retrain['epochs']} epochs")
-    retrain_history = retrain_batch_norm(model, data["train"], epochs=retrain["epochs"], lr=retrain["lr"],
-                                         batch_size=retrain["batch_size"], seed=retrain["seed"], log=ctx.log)
+    retrain_history = retrain_batch_norm(
+        model,
+        data["train"],
+        epochs=retrain["epochs"],
+        lr=retrain["lr"],
+        batch_size=retrain["batch_size"],
+        seed=retrain["seed"],
+        log=ctx.log,
+    )
     after = torch.cat([w.detach().flatten() for w in binary_parameters(model)])
     if not torch.equal(latent, after):
         raise RuntimeError("the latent weights changed while retraining batch norm only")
     result["real_retrained"] = evaluate(model, data["test"])
-    result.update({
-        "latent_abs_mean": float(latent.abs().mean()),
-        "latent_at_bound": float((latent.abs() >= 1.0).float().mean()),  # fraction clipped to +-1
-        "test_images": len(data["test"][1]), "train_images": len(data["train"][1]),
-        "history": history["epochs"], "retrain_history": retrain_history,
-    })
+    result.update(
+        {
+            "latent_abs_mean": float(latent.abs().mean()),
+            "latent_at_bound": float((latent.abs() >= 1.0).float().mean()),  # fraction clipped to +-1
+            "test_images": len(data["test"][1]),
+            "train_images": len(data["train"][1]),
+            "history": history["epochs"],
+            "retrain_history": retrain_history,
+        }
+    )
     return result
 
 
-def retrain_batch_norm(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, epochs: int, lr: float,
-                       batch_size: int, seed: int, log: Any = None) -> list[dict[str, float]]:
+def retrain_batch_norm(
+    model: torch.nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    log: Any = None,
+) -> list[dict[str, float]]:
     """Train the parameters that still require gradients (batch norm, once the latent weights are frozen) with a
     fresh Adam, in train mode so that the running statistics are re-estimated too; returns per-epoch loss/accuracy.
 
@@ -206,12 +264,24 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
             mean = statistics.fmean(values)
             var = statistics.pvariance(values) if len(values) > 1 else float("nan")
             published = PUBLISHED.get(dataset, {}).get(name)
-            entry[name] = {"mean": mean, "var": var, "values": values,
-                           "published_mean": published[0] if published else None,
-                           "published_var": published[1] if published else None}
-            rows.append({"dataset": dataset, "evaluation": name, "mean": mean, "var": var, "seeds": len(values),
-                         "published_mean": published[0] if published else None,
-                         "published_var": published[1] if published else None})
+            entry[name] = {
+                "mean": mean,
+                "var": var,
+                "values": values,
+                "published_mean": published[0] if published else None,
+                "published_var": published[1] if published else None,
+            }
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "evaluation": name,
+                    "mean": mean,
+                    "var": var,
+                    "seeds": len(values),
+                    "published_mean": published[0] if published else None,
+                    "published_var": published[1] if published else None,
+                }
+            )
         entry["latent_at_bound"] = statistics.fmean(r["latent_at_bound"] for r in results)
         entries[dataset] = entry
     return {"datasets": entries, "tables": {"table1": rows}}
@@ -227,17 +297,40 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
             values = entry[name]["values"]
             mean = entry[name]["mean"]
             sd = statistics.pstdev(values) if len(values) > 1 else 0.0
-            ax.bar(i, mean, yerr=sd, color=COLORS[i], alpha=0.75, capsize=4,
-                   label="ours (mean, std)" if i == 0 else None)
-            ax.scatter([i + 0.18] * len(values), values, s=9, color="black", zorder=3,
-                       label="ours, per seed" if i == 0 else None)
+            ax.bar(
+                i, mean, yerr=sd, color=COLORS[i], alpha=0.75, capsize=4, label="ours (mean, std)" if i == 0 else None
+            )
+            ax.scatter(
+                [i + 0.18] * len(values),
+                values,
+                s=9,
+                color="black",
+                zorder=3,
+                label="ours, per seed" if i == 0 else None,
+            )
             inside = mean > 0.25
-            ax.text(i, mean / 2 if inside else mean + sd + 0.03, f"{mean:.4f}", ha="center", va="center",
-                    fontsize=8, color="white" if inside else "black", weight="bold" if inside else "normal")
+            ax.text(
+                i,
+                mean / 2 if inside else mean + sd + 0.03,
+                f"{mean:.4f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if inside else "black",
+                weight="bold" if inside else "normal",
+            )
             published = entry[name]["published_mean"]
             if published is not None:
-                ax.scatter([i - 0.18], [published], marker="D", s=30, color="white", edgecolor="black", zorder=4,
-                           label="report (Table 1)" if i == 0 else None)
+                ax.scatter(
+                    [i - 0.18],
+                    [published],
+                    marker="D",
+                    s=30,
+                    color="white",
+                    edgecolor="black",
+                    zorder=4,
+                    label="report (Table 1)" if i == 0 else None,
+                )
         ax.axhline(0.1, color="gray", lw=0.8, ls=":", label="chance")
         ax.set_xticks(range(len(EVALUATIONS)), [labels[n] for n in EVALUATIONS])
         ax.set_ylim(0, 1.32)
@@ -250,30 +343,39 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
 
 def verdicts(summary: dict[str, Any]) -> list[Verdict]:
     entry = summary["datasets"].get("mnist")
-    claims = {"binary": "with its binary weights the latent-weight BNN is accurate",
-              "real": "with its real latent weights in place of their signs it is at chance level",
-              "real_retrained": "retraining batch norm alone makes the real-weight network accurate again"}
+    claims = {
+        "binary": "with its binary weights the latent-weight BNN is accurate",
+        "real": "with its real latent weights in place of their signs it is at chance level",
+        "real_retrained": "retraining batch norm alone makes the real-weight network accurate again",
+    }
     out = []
     for name, claim in claims.items():
         if entry is None:
             out.append(Verdict(f"Table 1, {name}: {claim}", "MNIST not run", "-", None))
             continue
         mean, published = entry[name]["mean"], entry[name]["published_mean"]
-        out.append(Verdict(
-            f"Table 1, {name}: {claim} (report: {published:.4f})",
-            f"abs(our mean - {published:.4f}) <= {TOLERANCE}",
-            f"{mean:.4f} (diff {mean - published:+.4f}, {entry['seeds']} seeds)",
-            abs(mean - published) <= TOLERANCE))
+        out.append(
+            Verdict(
+                f"Table 1, {name}: {claim} (report: {published:.4f})",
+                f"abs(our mean - {published:.4f}) <= {TOLERANCE}",
+                f"{mean:.4f} (diff {mean - published:+.4f}, {entry['seeds']} seeds)",
+                abs(mean - published) <= TOLERANCE,
+            )
+        )
     return out
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    rows = ["| dataset | evaluation | ours: mean | ours: variance | report: mean | report: variance | seeds |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| dataset | evaluation | ours: mean | ours: variance | report: mean | report: variance | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary["tables"]["table1"]:
         published = "-" if r["published_mean"] is None else f"{r['published_mean']:.4f}"
-        rows.append(f"| {r['dataset']} | {r['evaluation']} | {r['mean']:.4f} | {_sci(r['var'])} | {published} | "
-                    f"{_sci(r['published_var'])} | {r['seeds']} |")
+        rows.append(
+            f"| {r['dataset']} | {r['evaluation']} | {r['mean']:.4f} | {_sci(r['var'])} | {published} | "
+            f"{_sci(r['published_var'])} | {r['seeds']} |"
+        )
     bound = ", ".join(f"{d}: {e['latent_at_bound']:.1%}" for d, e in summary["datasets"].items())
     rows += ["", f"Fraction of latent weights clipped at +-1 after training: {bound}."]
     for dataset, entry in summary["datasets"].items():
@@ -281,8 +383,10 @@ def results(summary: dict[str, Any]) -> list[str]:
         if names:
             diffs = ", ".join(f"{n} {entry[n]['mean'] - entry[n]['published_mean']:+.4f}" for n in names)
             ratios = ", ".join(f"{n} {entry[n]['var'] / entry[n]['published_var']:.2g}" for n in names)
-            rows += ["", f"Beside the report ({dataset}): our mean minus theirs: {diffs}; our variance over "
-                         f"theirs: {ratios}."]
+            rows += [
+                "",
+                f"Beside the report ({dataset}): our mean minus theirs: {diffs}; our variance over theirs: {ratios}.",
+            ]
     return rows
 
 

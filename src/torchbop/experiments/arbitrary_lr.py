@@ -91,8 +91,23 @@ from torchbop.quantizers import SteSign
 from torchbop.training import TrainConfig
 from torchbop.training.precision import resolve_precision
 
-__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "CONFIGURATIONS", "datasets", "plan", "execute",
-           "theorem1_check", "describe", "summarize", "plot", "verdicts", "results"]
+__all__ = [
+    "NAME",
+    "TITLE",
+    "VERSION",
+    "Config",
+    "CONFIGS",
+    "CONFIGURATIONS",
+    "datasets",
+    "plan",
+    "execute",
+    "theorem1_check",
+    "describe",
+    "summarize",
+    "plot",
+    "verdicts",
+    "results",
+]
 
 NAME = "arbitrary-lr"
 TITLE = "Figure 1 and Theorem 1: the arbitrary learning rate (report 3.1.2)"
@@ -166,25 +181,70 @@ def datasets(cfg: Config) -> tuple[str, ...]:
 def plan(cfg: Config) -> list[RunSpec]:
     """The lockstep checks first (minutes), then the Figure-1 runs (hours at the paper's scale)."""
     specs = []
-    common = {"kind": "theorem", "steps": cfg.theorem_steps, "lr": cfg.theorem_lr, "batch_size": cfg.batch_size,
-              "subset": cfg.subset, "seed": 0, "scheme": "glorot_uniform"}
-    specs.append(RunSpec(NAME, "theorem1", {**common, "factor": cfg.theorem_factor, "ste_clip": float("inf"),
-                                            "clip_latent": False}))
-    specs.append(RunSpec(NAME, "theorem1-control", {**common, "factor": cfg.control_factor, "ste_clip": 1.0,
-                                                    "clip_latent": True}))
+    common = {
+        "kind": "theorem",
+        "steps": cfg.theorem_steps,
+        "lr": cfg.theorem_lr,
+        "batch_size": cfg.batch_size,
+        "subset": cfg.subset,
+        "seed": 0,
+        "scheme": "glorot_uniform",
+    }
+    specs.append(
+        RunSpec(
+            NAME, "theorem1", {**common, "factor": cfg.theorem_factor, "ste_clip": float("inf"), "clip_latent": False}
+        )
+    )
+    specs.append(
+        RunSpec(
+            NAME, "theorem1-control", {**common, "factor": cfg.control_factor, "ste_clip": 1.0, "clip_latent": True}
+        )
+    )
     lr2 = CONFIGURATIONS["2"][4]  # configuration 2's learning rate: the unscaled run
     for i, (name, (factor, ste_clip, clip_latent, bn_scaled)) in enumerate(ABLATION.items()):
-        specs.append(RunSpec(NAME, f"ablation{i + 1}", {
-            **common, "kind": "ablation", "name": name, "lr": lr2, "factor": factor, "ste_clip": ste_clip,
-            "clip_latent": clip_latent, "bn_lr_scaled": bn_scaled}))
+        specs.append(
+            RunSpec(
+                NAME,
+                f"ablation{i + 1}",
+                {
+                    **common,
+                    "kind": "ablation",
+                    "name": name,
+                    "lr": lr2,
+                    "factor": factor,
+                    "ste_clip": ste_clip,
+                    "clip_latent": clip_latent,
+                    "bn_lr_scaled": bn_scaled,
+                },
+            )
+        )
     for name, (_, scheme, scale, optimizer, lr, other_lr) in CONFIGURATIONS.items():
         for seed in range(cfg.seeds):
-            train = TrainConfig(name=f"arbitrary-lr-{name}", model="mnist_bnn", model_kwargs={"padding": "valid"},
-                                mode="latent", dataset="mnist", protocol="original", batch_size=cfg.batch_size,
-                                epochs=cfg.epochs, optimizer=optimizer, lr=lr, other_lr=other_lr, seed=seed,
-                                precision=resolve_precision(cfg.precision))
-            params = {"kind": "figure", "configuration": name, "scheme": scheme, "scale": scale, "seed": seed,
-                      "subset": cfg.subset, "test_subset": cfg.test_subset, "train": stored_train_config(train)}
+            train = TrainConfig(
+                name=f"arbitrary-lr-{name}",
+                model="mnist_bnn",
+                model_kwargs={"padding": "valid"},
+                mode="latent",
+                dataset="mnist",
+                protocol="original",
+                batch_size=cfg.batch_size,
+                epochs=cfg.epochs,
+                optimizer=optimizer,
+                lr=lr,
+                other_lr=other_lr,
+                seed=seed,
+                precision=resolve_precision(cfg.precision),
+            )
+            params = {
+                "kind": "figure",
+                "configuration": name,
+                "scheme": scheme,
+                "scale": scale,
+                "seed": seed,
+                "subset": cfg.subset,
+                "test_subset": cfg.test_subset,
+                "train": stored_train_config(train),
+            }
             specs.append(RunSpec(NAME, f"config{name}-seed{seed}", params))
     return specs
 
@@ -192,23 +252,42 @@ def plan(cfg: Config) -> list[RunSpec]:
 def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     if params["kind"] in ("theorem", "ablation"):
         data = load_data("mnist", ctx.data_dir, params["subset"], None)
-        return theorem1_check(data["train"], steps=params["steps"], factor=params["factor"], lr=params["lr"],
-                              ste_clip=float(params["ste_clip"]), clip_latent=params["clip_latent"],
-                              batch_size=params["batch_size"], seed=params["seed"], scheme=params["scheme"],
-                              bn_lr_scaled=params.get("bn_lr_scaled", False))
+        return theorem1_check(
+            data["train"],
+            steps=params["steps"],
+            factor=params["factor"],
+            lr=params["lr"],
+            ste_clip=float(params["ste_clip"]),
+            clip_latent=params["clip_latent"],
+            batch_size=params["batch_size"],
+            seed=params["seed"],
+            scheme=params["scheme"],
+            bn_lr_scaled=params.get("bn_lr_scaled", False),
+        )
     data = load_data("mnist", ctx.data_dir, params["subset"], params["test_subset"])
     config = run_config(params["train"], ctx.run_dir)
     model = seeded_model(config)
-    init_binary_weights_(model, params["scheme"], scale=params["scale"],
-                         generator=torch.Generator().manual_seed(config.seed))
+    init_binary_weights_(
+        model, params["scheme"], scale=params["scale"], generator=torch.Generator().manual_seed(config.seed)
+    )
     initial = float(torch.cat([w.detach().abs().flatten() for w in binary_parameters(model)]).mean())
     result, history = train_run(config, data, model, log=ctx.log)
     return {"test_acc": result["test_acc"], "initial_latent_abs_mean": initial, "history": history["epochs"]}
 
 
-def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, factor: float, lr: float,
-                   ste_clip: float = float("inf"), clip_latent: bool = False, batch_size: int = 32, seed: int = 0,
-                   scheme: str = "glorot_uniform", bn_lr_scaled: bool = False) -> dict[str, Any]:
+def theorem1_check(
+    train: tuple[torch.Tensor, torch.Tensor],
+    *,
+    steps: int,
+    factor: float,
+    lr: float,
+    ste_clip: float = float("inf"),
+    clip_latent: bool = False,
+    batch_size: int = 32,
+    seed: int = 0,
+    scheme: str = "glorot_uniform",
+    bn_lr_scaled: bool = False,
+) -> dict[str, Any]:
     """Train runs A (scale 1) and B (scale ``factor``) in lockstep; count binary weights whose signs differ.
 
     B's latent weights start at ``factor`` times A's and train at ``factor`` times A's lr ``lr``; batch norm trains
@@ -229,8 +308,9 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
         set_weight_quantizers(model, lambda: SteSign(clip_value=ste_clip))
         binary, other = split_binary_params(model, modes=("latent",))
         # the latent weights' learning rate is scaled; batch norm's only with bn_lr_scaled
-        optimizer = torch.optim.SGD([{"params": binary, "lr": lr * scale},
-                                     {"params": other, "lr": lr * (scale if bn_lr_scaled else 1.0)}])
+        optimizer = torch.optim.SGD(
+            [{"params": binary, "lr": lr * scale}, {"params": other, "lr": lr * (scale if bn_lr_scaled else 1.0)}]
+        )
         return model, optimizer
 
     runs = [make(1.0), make(factor)]
@@ -256,16 +336,29 @@ def theorem1_check(train: tuple[torch.Tensor, torch.Tensor], *, steps: int, fact
     first = next((i + 1 for i, d in enumerate(differing) if d), None)
     reference = runs[0][0]  # where its latent weights ended: whether clipping and saturation could have acted
     largest = max(float(w.detach().abs().max()) for w in binary_parameters(reference))
-    return {"differing_total": sum(differing), "differing_max": max(differing), "first_difference_step": first,
-            "flips_total": sum(flips), "steps": steps, "binary_weights": int(previous.numel()), "factor": factor,
-            "ste_clip": ste_clip, "clip_latent": clip_latent, "latent_abs_max": largest,
-            "latent_at_clip": latent_at_clip(reference), "differing": differing, "flips": flips}
+    return {
+        "differing_total": sum(differing),
+        "differing_max": max(differing),
+        "first_difference_step": first,
+        "flips_total": sum(flips),
+        "steps": steps,
+        "binary_weights": int(previous.numel()),
+        "factor": factor,
+        "ste_clip": ste_clip,
+        "clip_latent": clip_latent,
+        "latent_abs_max": largest,
+        "latent_at_clip": latent_at_clip(reference),
+        "differing": differing,
+        "flips": flips,
+    }
 
 
 def describe(result: dict[str, Any]) -> str:
     if "differing_total" in result:
-        return (f"{result['differing_total']} differing binary weights over {result['steps']} steps "
-                f"({result['flips_total']} flips in the reference run)")
+        return (
+            f"{result['differing_total']} differing binary weights over {result['steps']} steps "
+            f"({result['flips_total']} flips in the reference run)"
+        )
     return f"test accuracy {result['test_acc']:.4f}"
 
 
@@ -285,48 +378,83 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
             theorem[name] = {k: v for k, v in result.items() if k not in ("differing", "flips")}
             continue
         if params["kind"] == "ablation":
-            ablation[params["name"]] = {"first_difference_step": result["first_difference_step"],
-                                        "differing_at_end": result["differing"][-1], "steps": result["steps"],
-                                        "binary_weights": result["binary_weights"],
-                                        "latent_abs_max": result.get("latent_abs_max")}
+            ablation[params["name"]] = {
+                "first_difference_step": result["first_difference_step"],
+                "differing_at_end": result["differing"][-1],
+                "steps": result["steps"],
+                "binary_weights": result["binary_weights"],
+                "latent_abs_max": result.get("latent_abs_max"),
+            }
             continue
-        curves.setdefault(params["configuration"], []).append([e.get("val_acc", float("nan"))
-                                                               for e in result["history"]])
-        train_curves.setdefault(params["configuration"], []).append([e.get("train_acc", float("nan"))
-                                                                     for e in result["history"]])
+        curves.setdefault(params["configuration"], []).append(
+            [e.get("val_acc", float("nan")) for e in result["history"]]
+        )
+        train_curves.setdefault(params["configuration"], []).append(
+            [e.get("train_acc", float("nan")) for e in result["history"]]
+        )
         histories[params["configuration"], params.get("seed", 0)] = result["history"]
         if result["history"] and "latent_at_clip" in result["history"][-1]:
             at_clip.setdefault(params["configuration"], []).append(result["history"][-1]["latent_at_clip"])
     mean_curves = {name: [statistics.fmean(v) for v in zip(*runs)] for name, runs in sorted(curves.items())}
     mean_train = {name: [statistics.fmean(v) for v in zip(*runs)] for name, runs in sorted(train_curves.items())}
-    rows = [{"configuration": name, "description": CONFIGURATIONS[name][0], "epoch": i + 1, "test_acc": acc,
-             "seeds": len(curves[name])} for name, curve in mean_curves.items() for i, acc in enumerate(curve)]
+    rows = [
+        {
+            "configuration": name,
+            "description": CONFIGURATIONS[name][0],
+            "epoch": i + 1,
+            "test_acc": acc,
+            "seeds": len(curves[name]),
+        }
+        for name, curve in mean_curves.items()
+        for i, acc in enumerate(curve)
+    ]
 
     def gap(a: str, b: str) -> float | None:
         if a not in mean_curves or b not in mean_curves:
             return None
         return max(abs(x - y) for x, y in zip(mean_curves[a], mean_curves[b]))
 
-    pairs = (("2", "3"), ("1", "4"), ("1", "2"), ("1", "3"), ("4", "5"), ("2b", "3"), ("2", "2b"), ("1", "4k"),
-             ("2b", "3p"), ("3p", "3"))
+    pairs = (
+        ("2", "3"),
+        ("1", "4"),
+        ("1", "2"),
+        ("1", "3"),
+        ("4", "5"),
+        ("2b", "3"),
+        ("2", "2b"),
+        ("1", "4k"),
+        ("2b", "3p"),
+        ("3p", "3"),
+    )
     gaps = {f"{a}-{b}": gap(a, b) for a, b in pairs}
     # beside the criterion's largest gap (one epoch's spike can decide it): the typical gap, and how often it is large
-    spread = {f"{a}-{b}": _gap_spread(mean_curves[a], mean_curves[b]) for a, b in pairs
-              if a in mean_curves and b in mean_curves}
-    train_gaps = {f"{a}-{b}": _train_gap(mean_train[a], mean_train[b]) for a, b in pairs
-                  if a in mean_train and b in mean_train}
+    spread = {
+        f"{a}-{b}": _gap_spread(mean_curves[a], mean_curves[b])
+        for a, b in pairs
+        if a in mean_curves and b in mean_curves
+    }
+    train_gaps = {
+        f"{a}-{b}": _train_gap(mean_train[a], mean_train[b]) for a, b in pairs if a in mean_train and b in mean_train
+    }
     test_noise = {name: _epoch_noise(curve) for name, curve in mean_curves.items()}
     same_epochs = {f"{a}-{b}": _same_epochs(histories, a, b) for a, b in EXACT_PAIRS}
     finals = {name: curve[-1] for name, curve in mean_curves.items() if curve}
     ablation = {name: ablation[name] for name in ABLATION if name in ablation}
     at_clip_means = {name: statistics.fmean(v) for name, v in sorted(at_clip.items())}
-    return {"curves": mean_curves, "final_test_acc": finals, "final_latent_at_clip": at_clip_means,
-            "max_gaps": gaps, "gap_spread": spread, "train_curves": mean_train, "train_gaps": train_gaps,
-            "test_noise": test_noise,
-            "same_epochs": {pair: n for pair, n in same_epochs.items() if n is not None},
-            "theorem1": theorem,
-            "ablation": ablation,
-            "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]}}
+    return {
+        "curves": mean_curves,
+        "final_test_acc": finals,
+        "final_latent_at_clip": at_clip_means,
+        "max_gaps": gaps,
+        "gap_spread": spread,
+        "train_curves": mean_train,
+        "train_gaps": train_gaps,
+        "test_noise": test_noise,
+        "same_epochs": {pair: n for pair, n in same_epochs.items() if n is not None},
+        "theorem1": theorem,
+        "ablation": ablation,
+        "tables": {"figure1": rows, "ablation": [{"change": k, **v} for k, v in ablation.items()]},
+    }
 
 
 #: Configurations 2 and 3 differ from Theorem 1's setting in three ways; the full-length controls 2b and 3p take
@@ -360,8 +488,11 @@ def _same_epochs(histories: dict[tuple[str, int], list[dict[str, Any]]], a: str,
                 break
             same += 1
         counts.append(same)
-    return {"same": min(counts), "epochs": min(min(len(histories[a, s]), len(histories[b, s])) for s in seeds),
-            "seeds": len(seeds)}
+    return {
+        "same": min(counts),
+        "epochs": min(min(len(histories[a, s]), len(histories[b, s])) for s in seeds),
+        "seeds": len(seeds),
+    }
 
 
 #: The full-length controls' comparisons: configuration -> the configuration it should track.
@@ -376,15 +507,21 @@ def _plot_training_gaps(axes: Any, train: dict[str, list[float]], styles: dict[s
     if pairs:
         for name, ref in pairs:
             gaps = [a - b for a, b in zip(train[name], train[ref])]
-            axes.plot(range(1, len(gaps) + 1), gaps, ls=styles.get(name, "-"), color=COLORS[names.index(name)],
-                      label=f"{name} minus {ref}")
+            axes.plot(
+                range(1, len(gaps) + 1),
+                gaps,
+                ls=styles.get(name, "-"),
+                color=COLORS[names.index(name)],
+                label=f"{name} minus {ref}",
+            )
         axes.axhline(0.0, color="gray", lw=1)
         axes.set_ylabel("training accuracy minus the reference's")
         axes.set_title("pairs compared: training accuracy minus the reference's")
     else:
         for name, curve in train.items():
-            axes.plot(range(1, len(curve) + 1), curve, ls=styles.get(name, "-"), color=COLORS[names.index(name)],
-                      label=name)
+            axes.plot(
+                range(1, len(curve) + 1), curve, ls=styles.get(name, "-"), color=COLORS[names.index(name)], label=name
+            )
         axes.set_ylabel("training accuracy, batch statistics (mean over seeds)")
         axes.set_title("the same runs: training accuracy (smooth)")
     axes.legend(fontsize=7)
@@ -404,8 +541,11 @@ def _gap_spread(a: list[float], b: list[float]) -> dict[str, Any]:
     """The absolute gaps between curves ``a`` and ``b``, epoch by epoch: their median, and in how many of the
     epochs they exceed :data:`ALIKE`."""
     gaps = [abs(x - y) for x, y in zip(a, b)]
-    return {"epochs": len(gaps), "median": statistics.median(gaps) if gaps else None,
-            "above": sum(g > ALIKE for g in gaps)}
+    return {
+        "epochs": len(gaps),
+        "median": statistics.median(gaps) if gaps else None,
+        "above": sum(g > ALIKE for g in gaps),
+    }
 
 
 def _epoch_noise(curve: list[float]) -> float | None:
@@ -423,8 +563,15 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
         if name not in PAPER_CONFIGURATIONS:  # the controls appear in the middle panel, as differences
             continue
         epochs = list(range(1, len(curve) + 1))
-        left.plot(epochs, curve, marker="o", ms=3, ls=styles.get(name, "-"), color=COLORS[names.index(name)],
-                  label=f"{name}: {CONFIGURATIONS[name][0]}")
+        left.plot(
+            epochs,
+            curve,
+            marker="o",
+            ms=3,
+            ls=styles.get(name, "-"),
+            color=COLORS[names.index(name)],
+            label=f"{name}: {CONFIGURATIONS[name][0]}",
+        )
     left.set_ylabel("test accuracy (mean over seeds)")
     left.set_title("Figure 1: test accuracy (the report's five configurations)")
     left.legend(fontsize=7)
@@ -433,16 +580,29 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-    theorem = {("control" if r["params"]["clip_latent"] else "check"): r["result"] for r in records
-               if r["params"]["kind"] == "theorem"}  # the ablation runs are in the report's table
+    theorem = {
+        ("control" if r["params"]["clip_latent"] else "check"): r["result"]
+        for r in records
+        if r["params"]["kind"] == "theorem"
+    }  # the ablation runs are in the report's table
     for i, (name, result) in enumerate(sorted(theorem.items())):
         steps = range(1, len(result["differing"]) + 1)
-        what = ("no clipping, STE without saturation" if name == "check" else "clipping + saturating STE")
-        right.plot(steps, result["differing"], color=COLORS[i + 1],
-                   label=f"{name}: factor {result['factor']:g}, {what}; total {result['differing_total']}")
+        what = "no clipping, STE without saturation" if name == "check" else "clipping + saturating STE"
+        right.plot(
+            steps,
+            result["differing"],
+            color=COLORS[i + 1],
+            label=f"{name}: factor {result['factor']:g}, {what}; total {result['differing_total']}",
+        )
         if name == "check":
-            right.plot(steps, result["flips"], color="gray", lw=0.7, alpha=0.7,
-                       label=f"flips per step of the reference run (total {result['flips_total']})")
+            right.plot(
+                steps,
+                result["flips"],
+                color="gray",
+                lw=0.7,
+                alpha=0.7,
+                label=f"flips per step of the reference run (total {result['flips_total']})",
+            )
     right.set_yscale("symlog", linthresh=1)
     top = max([1] + [max(r["differing"] + r["flips"]) for r in theorem.values()])
     right.set_ylim(-0.3, top * 300)  # headroom for the legend
@@ -461,19 +621,29 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
     theorem = summary.get("theorem1", {})
     check, control = theorem.get("check"), theorem.get("control")
     if check is not None:
-        measured = (f"{check['differing_total']} differing weights over {check['steps']} steps "
-                    f"(factor {check['factor']:g}; {check['flips_total']} flips in the reference run)")
+        measured = (
+            f"{check['differing_total']} differing weights over {check['steps']} steps "
+            f"(factor {check['factor']:g}; {check['flips_total']} flips in the reference run)"
+        )
         met: bool | None = check["differing_total"] == 0
         if control is not None:
-            measured += (f"; control (factor {control['factor']:g}, clipping + saturating STE): "
-                         f"{control['differing_total']} differing")
+            measured += (
+                f"; control (factor {control['factor']:g}, clipping + saturating STE): "
+                f"{control['differing_total']} differing"
+            )
         if check["flips_total"] == 0 or control is None or control["differing_total"] == 0:
             met = None if met else False  # a check that could not fail proves nothing
-        out.append(Verdict(
-            "Theorem 1: scaling the initial latent weights and the lr by the same factor leaves the binary "
-            "trajectory unchanged (no clipping, unsaturated STE)",
-            "0 differing binary weights after every step, with flips > 0 in the run and > 0 differing weights in "
-            "the control", measured, met, scale_independent=True))
+        out.append(
+            Verdict(
+                "Theorem 1: scaling the initial latent weights and the lr by the same factor leaves the binary "
+                "trajectory unchanged (no clipping, unsaturated STE)",
+                "0 differing binary weights after every step, with flips > 0 in the run and > 0 differing weights in "
+                "the control",
+                measured,
+                met,
+                scale_independent=True,
+            )
+        )
     gaps = summary.get("max_gaps", {})
 
     def gap_verdict(claim: str, pairs: list[str], limit: float, above: bool) -> Verdict:
@@ -482,13 +652,18 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
             return Verdict(claim, "-", "configurations missing", None)
         worst = min(values) if above else max(values)
         shown = ", ".join(f"{p}: {v:.4f}" for p, v in zip(pairs, values))
-        criterion = (f"max over epochs of abs(accuracy gap) {'>' if above else '<='} {limit} for "
-                     + " and ".join(pairs))
+        criterion = f"max over epochs of abs(accuracy gap) {'>' if above else '<='} {limit} for " + " and ".join(pairs)
         return Verdict(claim, criterion, shown, worst > limit if above else worst <= limit)
 
     if gaps:
-        out.append(gap_verdict("Figure 1: configurations 2 and 3 (init and lr both x0.01) behave identically",
-                               ["2-3"], IDENTICAL, above=False))
+        out.append(
+            gap_verdict(
+                "Figure 1: configurations 2 and 3 (init and lr both x0.01) behave identically",
+                ["2-3"],
+                IDENTICAL,
+                above=False,
+            )
+        )
         out.append(gap_verdict("Figure 1: configurations 1 and 4 behave alike", ["1-4"], ALIKE, above=False))
         out.append(gap_verdict("Figure 1: configuration 1 differs from 2 and 3", ["1-2", "1-3"], ALIKE, above=True))
     return out
@@ -498,55 +673,91 @@ def results(summary: dict[str, Any]) -> list[str]:
     at_clip = summary.get("final_latent_at_clip", {})
     rows = []
     if summary["final_test_acc"]:
-        rows += ["| configuration | final test accuracy (seed mean) | latent weights at the clip (abs(w) >= 1) at the "
-                 "end |", "|---|---|---|"]
-        rows += [f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} | "
-                 + (f"{100 * at_clip[k]:.2f}%" if k in at_clip else "not recorded") + " |"
-                 for k, v in summary["final_test_acc"].items()]
+        rows += [
+            "| configuration | final test accuracy (seed mean) | latent weights at the clip (abs(w) >= 1) at the end |",
+            "|---|---|---|",
+        ]
+        rows += [
+            f"| {k}: {CONFIGURATIONS[k][0]} | {v:.4f} | "
+            + (f"{100 * at_clip[k]:.2f}%" if k in at_clip else "not recorded")
+            + " |"
+            for k, v in summary["final_test_acc"].items()
+        ]
     else:
         rows.append("No Figure-1 training run is stored yet.")
     gaps = [(k, v) for k, v in summary["max_gaps"].items() if v is not None]
     spread = summary.get("gap_spread", {})
     if gaps:
-        rows += ["", "Gaps between seed-mean test-accuracy curves over the epochs (the claims' criteria use the "
-                 "largest; the median and the count show whether one epoch's spike decides it):", "",
-                 f"| configurations | largest gap | median gap | epochs with a gap above {ALIKE} |",
-                 "|---|---|---|---|"]
-        rows += [f"| {k.replace('-', ' vs ')} | {v:.4f} | "
-                 + (f"{spread[k]['median']:.4f} | {spread[k]['above']} of {spread[k]['epochs']} |" if k in spread
-                    else "- | - |") for k, v in gaps]
+        rows += [
+            "",
+            "Gaps between seed-mean test-accuracy curves over the epochs (the claims' criteria use the "
+            "largest; the median and the count show whether one epoch's spike decides it):",
+            "",
+            f"| configurations | largest gap | median gap | epochs with a gap above {ALIKE} |",
+            "|---|---|---|---|",
+        ]
+        rows += [
+            f"| {k.replace('-', ' vs ')} | {v:.4f} | "
+            + (
+                f"{spread[k]['median']:.4f} | {spread[k]['above']} of {spread[k]['epochs']} |"
+                if k in spread
+                else "- | - |"
+            )
+            for k, v in gaps
+        ]
     ablation = summary.get("ablation", {})
     if ablation:
-        rows += ["", "Why configurations 2 and 3 differ: configuration 2 (SGD lr 1) against its scaled copy in "
-                 "lockstep, one difference from Theorem 1's setting at a time:", "",
-                 "| what differs from Theorem 1's setting | first step with a differing binary weight | "
-                 "differing at the last step | largest latent abs(w) of the unscaled run at the end |",
-                 "|---|---|---|---|"]
-        rows += [f"| {name} | {a['first_difference_step'] or 'none'} | {a['differing_at_end']:,} of "
-                 f"{a['binary_weights']:,} (step {a['steps']}) | "
-                 + ("not recorded" if a.get("latent_abs_max") is None else f"{a['latent_abs_max']:.3f}") + " |"
-                 for name, a in ablation.items()]
+        rows += [
+            "",
+            "Why configurations 2 and 3 differ: configuration 2 (SGD lr 1) against its scaled copy in "
+            "lockstep, one difference from Theorem 1's setting at a time:",
+            "",
+            "| what differs from Theorem 1's setting | first step with a differing binary weight | "
+            "differing at the last step | largest latent abs(w) of the unscaled run at the end |",
+            "|---|---|---|---|",
+        ]
+        rows += [
+            f"| {name} | {a['first_difference_step'] or 'none'} | {a['differing_at_end']:,} of "
+            f"{a['binary_weights']:,} (step {a['steps']}) | "
+            + ("not recorded" if a.get("latent_abs_max") is None else f"{a['latent_abs_max']:.3f}")
+            + " |"
+            for name, a in ablation.items()
+        ]
         clipped = ablation.get("clipping + saturating STE", {})
         if clipped.get("latent_abs_max") is not None and clipped["latent_abs_max"] < 1:
-            rows += ["", f"In the clipping row the unscaled run's latent weights stayed below 1 (largest "
-                     f"{clipped['latent_abs_max']:.3f}): within {clipped['steps']} steps clipping and the STE's "
-                     "saturation never acted, so that row cannot show their effect; the Figure-1 runs' share of "
-                     "latent weights at the clip (table above) shows whether they act over the full length."]
+            rows += [
+                "",
+                f"In the clipping row the unscaled run's latent weights stayed below 1 (largest "
+                f"{clipped['latent_abs_max']:.3f}): within {clipped['steps']} steps clipping and the STE's "
+                "saturation never acted, so that row cannot show their effect; the Figure-1 runs' share of "
+                "latent weights at the clip (table above) shows whether they act over the full length.",
+            ]
     rows += _decomposition_rows(summary)
     control, figure = summary["max_gaps"].get("1-4k"), summary["max_gaps"].get("1-4")
     if control is not None and figure is not None:
-        rows += ["", f"Configuration 4 with Keras's uniform range U(-0.05, 0.05) (4k) against 1: largest "
-                 f"test-accuracy gap {control:.4f}, against {figure:.4f} for 4 (U(-1, 1)) against 1 (limit for "
-                 f"\"alike\": {ALIKE})."]
+        rows += [
+            "",
+            f"Configuration 4 with Keras's uniform range U(-0.05, 0.05) (4k) against 1: largest "
+            f"test-accuracy gap {control:.4f}, against {figure:.4f} for 4 (U(-1, 1)) against 1 (limit for "
+            f'"alike": {ALIKE}).',
+        ]
     train_gaps, noise = summary.get("train_gaps", {}), summary.get("test_noise", {})
-    shown = [(pair, train_gaps[pair]) for pair in ("2-2b", "2b-3p", "3p-3", "2-3", "2b-3", "1-4", "1-4k", "4-5")
-             if train_gaps.get(pair, {}).get("mean") is not None]
+    shown = [
+        (pair, train_gaps[pair])
+        for pair in ("2-2b", "2b-3p", "3p-3", "2-3", "2b-3", "1-4", "1-4k", "4-5")
+        if train_gaps.get(pair, {}).get("mean") is not None
+    ]
     if shown:
-        rows += ["", "Training accuracy (batch statistics, whole epochs: a smooth curve) against the test accuracy's "
-                 "epoch-to-epoch noise:", "",
-                 "| configurations | epochs compared | mean training-accuracy gap (first minus second) | "
-                 "largest training-accuracy gap | test accuracy's median change from one epoch to the next "
-                 "(first / second) |", "|---|---|---|---|---|"]
+        rows += [
+            "",
+            "Training accuracy (batch statistics, whole epochs: a smooth curve) against the test accuracy's "
+            "epoch-to-epoch noise:",
+            "",
+            "| configurations | epochs compared | mean training-accuracy gap (first minus second) | "
+            "largest training-accuracy gap | test accuracy's median change from one epoch to the next "
+            "(first / second) |",
+            "|---|---|---|---|---|",
+        ]
         for pair, g in shown:
             a, b = pair.split("-")
             moves = " / ".join("-" if noise.get(c) is None else f"{noise[c]:.4f}" for c in (a, b))
@@ -567,10 +778,15 @@ def _decomposition_rows(summary: dict[str, Any]) -> list[str]:
         rows.append(f"| {a} vs {b} | {what} | {equal} | {gaps[key]:.4f} |")
     if not rows:
         return []
-    return ["", "Configurations 2 and 3 differ from Theorem 1's setting in three ways; the full-length controls 2b "
-            "(2 with batch norm at lr 0.01) and 3p (2b scaled by 2^-7) take them one at a time. Equal epochs: "
-            f"epochs whose {', '.join(EXACT_METRICS)} agree to the last bit (Theorem 1 makes a pair that differs "
-            "only in a power-of-two factor agree until something else acts). Limit for \"identical\": "
-            f"{IDENTICAL}.", "",
-            "| runs | what differs between them | equal epochs | largest test-accuracy gap |", "|---|---|---|---|",
-            *rows]
+    return [
+        "",
+        "Configurations 2 and 3 differ from Theorem 1's setting in three ways; the full-length controls 2b "
+        "(2 with batch norm at lr 0.01) and 3p (2b scaled by 2^-7) take them one at a time. Equal epochs: "
+        f"epochs whose {', '.join(EXACT_METRICS)} agree to the last bit (Theorem 1 makes a pair that differs "
+        'only in a power-of-two factor agree until something else acts). Limit for "identical": '
+        f"{IDENTICAL}.",
+        "",
+        "| runs | what differs between them | equal epochs | largest test-accuracy gap |",
+        "|---|---|---|---|",
+        *rows,
+    ]

@@ -40,12 +40,27 @@ from torchbop.experiments.verdicts import Verdict
 from torchbop.training import load_recipe
 from torchbop.training.precision import resolve_precision
 
-__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "RECIPES", "datasets", "plan", "execute", "describe",
-           "summarize", "plot", "verdicts", "results"]
+__all__ = [
+    "NAME",
+    "TITLE",
+    "VERSION",
+    "Config",
+    "CONFIGS",
+    "RECIPES",
+    "datasets",
+    "plan",
+    "execute",
+    "describe",
+    "summarize",
+    "plot",
+    "verdicts",
+    "results",
+]
 
 NAME = "architectures"
-TITLE = ("Bi-Real Net-18 on CIFAR-10: Bop against latent weights with Adam (torchbop's own comparison, no published "
-         "claim)")
+TITLE = (
+    "Bi-Real Net-18 on CIFAR-10: Bop against latent weights with Adam (torchbop's own comparison, no published claim)"
+)
 VERSION = 1
 KEEP_RUN_DIR = False
 NOT_SCALE = frozenset({"precision"})
@@ -90,15 +105,23 @@ def plan(cfg: Config) -> list[RunSpec]:
     specs = []
     for optimizer in cfg.optimizers:
         recipe = load_recipe(RECIPES[optimizer])
-        changes: dict[str, Any] = {"model": cfg.model, "epochs": cfg.epochs,
-                                   "model_kwargs": {**recipe.model_kwargs, "width": cfg.width},
-                                   "precision": resolve_precision(cfg.precision)}
+        changes: dict[str, Any] = {
+            "model": cfg.model,
+            "epochs": cfg.epochs,
+            "model_kwargs": {**recipe.model_kwargs, "width": cfg.width},
+            "precision": resolve_precision(cfg.precision),
+        }
         if optimizer == "bop" and cfg.decay_every is not None:
             changes["gamma_decay_every"] = cfg.decay_every
         for seed in range(cfg.seeds):
             train = recipe.replace(**changes, seed=seed)
-            params = {"optimizer": optimizer, "seed": seed, "subset": cfg.subset, "test_subset": cfg.test_subset,
-                      "train": stored_train_config(train)}
+            params = {
+                "optimizer": optimizer,
+                "seed": seed,
+                "subset": cfg.subset,
+                "test_subset": cfg.test_subset,
+                "train": stored_train_config(train),
+            }
             specs.append(RunSpec(NAME, f"{optimizer}-seed{seed}", params))
     return specs
 
@@ -122,24 +145,40 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     for record in sorted(records, key=lambda r: (r["params"]["optimizer"], r["params"]["seed"])):
         result, train = record["result"], record["params"]["train"]
         flips = [row.get("flips") for row in result["history"]]
-        runs.append({"optimizer": record["params"]["optimizer"], "seed": record["params"]["seed"],
-                     "model": train["model"], "width": train["model_kwargs"].get("width", 1.0),
-                     "test_acc": result["test_acc"], "epochs": result["epochs"],
-                     "flips_first_epoch": flips[0] if flips else None, "flips_last_epoch": flips[-1] if flips else None,
-                     "ms_per_step": _ms_per_step(result, train["batch_size"]), "batch_size": train["batch_size"],
-                     "train_images": result["train_images"], "test_images": result["test_images"]})
+        runs.append(
+            {
+                "optimizer": record["params"]["optimizer"],
+                "seed": record["params"]["seed"],
+                "model": train["model"],
+                "width": train["model_kwargs"].get("width", 1.0),
+                "test_acc": result["test_acc"],
+                "epochs": result["epochs"],
+                "flips_first_epoch": flips[0] if flips else None,
+                "flips_last_epoch": flips[-1] if flips else None,
+                "ms_per_step": _ms_per_step(result, train["batch_size"]),
+                "batch_size": train["batch_size"],
+                "train_images": result["train_images"],
+                "test_images": result["test_images"],
+            }
+        )
     by_optimizer = []
     for optimizer in dict.fromkeys(r["optimizer"] for r in runs):
         mine = [r for r in runs if r["optimizer"] == optimizer]
         accs = [r["test_acc"] for r in mine]
         steps = [r["ms_per_step"] for r in mine if r["ms_per_step"] is not None]
-        by_optimizer.append({
-            "optimizer": optimizer, "seeds": len(mine), "test_acc_mean": statistics.fmean(accs),
-            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-            "test_acc_min": min(accs), "test_acc_max": max(accs),
-            "flips_first_epoch_mean": _mean(r["flips_first_epoch"] for r in mine),
-            "flips_last_epoch_mean": _mean(r["flips_last_epoch"] for r in mine),
-            "ms_per_step_median": statistics.median(steps) if steps else None})
+        by_optimizer.append(
+            {
+                "optimizer": optimizer,
+                "seeds": len(mine),
+                "test_acc_mean": statistics.fmean(accs),
+                "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+                "test_acc_min": min(accs),
+                "test_acc_max": max(accs),
+                "flips_first_epoch_mean": _mean(r["flips_first_epoch"] for r in mine),
+                "flips_last_epoch_mean": _mean(r["flips_last_epoch"] for r in mine),
+                "ms_per_step_median": statistics.median(steps) if steps else None,
+            }
+        )
     return {"tables": {"runs": runs, "optimizers": by_optimizer}}
 
 
@@ -156,14 +195,33 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
         color = COLORS[optimizers.index(optimizer) % len(COLORS)]
         history = record["result"]["history"]
         epochs = [row["epoch"] for row in history]
-        first = record["params"]["seed"] == min(r["params"]["seed"] for r in records
-                                                if r["params"]["optimizer"] == optimizer)
-        acc_ax.plot(epochs, [row.get("val_acc", math.nan) for row in history], color=color, marker="o", ms=3,
-                    label=f"{optimizer}: test" if first else None)
-        acc_ax.plot(epochs, [row.get("train_acc", math.nan) for row in history], color=color, ls="--", lw=1,
-                    label=f"{optimizer}: train" if first else None)
-        flip_ax.plot(epochs, [max(row.get("flips", 0), 1) for row in history], color=color, marker="o", ms=3,
-                     label=optimizer if first else None)
+        first = record["params"]["seed"] == min(
+            r["params"]["seed"] for r in records if r["params"]["optimizer"] == optimizer
+        )
+        acc_ax.plot(
+            epochs,
+            [row.get("val_acc", math.nan) for row in history],
+            color=color,
+            marker="o",
+            ms=3,
+            label=f"{optimizer}: test" if first else None,
+        )
+        acc_ax.plot(
+            epochs,
+            [row.get("train_acc", math.nan) for row in history],
+            color=color,
+            ls="--",
+            lw=1,
+            label=f"{optimizer}: train" if first else None,
+        )
+        flip_ax.plot(
+            epochs,
+            [max(row.get("flips", 0), 1) for row in history],
+            color=color,
+            marker="o",
+            ms=3,
+            label=optimizer if first else None,
+        )
     for ax in (acc_ax, flip_ax):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -182,21 +240,34 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    lines = ["| optimizer | seeds | test accuracy, mean | std (sample) | min-max | flips, first epoch | "
-             "flips, last epoch | ms per step (median) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| optimizer | seeds | test accuracy, mean | std (sample) | min-max | flips, first epoch | "
+        "flips, last epoch | ms per step (median) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["tables"]["optimizers"]:
-        lines.append(f"| {r['optimizer']} | {r['seeds']} | {percent(r['test_acc_mean'])} | "
-                     f"{percent(r['test_acc_std'])} | {percent(r['test_acc_min'])}-{percent(r['test_acc_max'])} | "
-                     f"{number(r['flips_first_epoch_mean'])} | "
-                     f"{number(r['flips_last_epoch_mean'])} | {number(r['ms_per_step_median'], '.1f')} |")
-    lines += ["", "| optimizer | seed | test accuracy | epochs | flips, first / last epoch | ms per step | "
-              "train / test images |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['optimizer']} | {r['seeds']} | {percent(r['test_acc_mean'])} | "
+            f"{percent(r['test_acc_std'])} | {percent(r['test_acc_min'])}-{percent(r['test_acc_max'])} | "
+            f"{number(r['flips_first_epoch_mean'])} | "
+            f"{number(r['flips_last_epoch_mean'])} | {number(r['ms_per_step_median'], '.1f')} |"
+        )
+    lines += [
+        "",
+        "| optimizer | seed | test accuracy | epochs | flips, first / last epoch | ms per step | train / test images |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary["tables"]["runs"]:
-        lines.append(f"| {r['optimizer']} | {r['seed']} | {percent(r['test_acc'])} | {r['epochs']} | "
-                     f"{number(r['flips_first_epoch'])} / {number(r['flips_last_epoch'])} | "
-                     f"{number(r['ms_per_step'], '.1f')} "
-                     f"| {r['train_images']} / {r['test_images']} |")
-    lines += ["", "Same network, data, batch size, epochs and seeds for both optimizers; test accuracy of the final "
-              "weights. Milliseconds per step: the run's wall-clock time per training step, evaluation excluded "
-              "(`train_images_per_s`). A difference smaller than the seed-to-seed spread is no effect."]
+        lines.append(
+            f"| {r['optimizer']} | {r['seed']} | {percent(r['test_acc'])} | {r['epochs']} | "
+            f"{number(r['flips_first_epoch'])} / {number(r['flips_last_epoch'])} | "
+            f"{number(r['ms_per_step'], '.1f')} "
+            f"| {r['train_images']} / {r['test_images']} |"
+        )
+    lines += [
+        "",
+        "Same network, data, batch size, epochs and seeds for both optimizers; test accuracy of the final "
+        "weights. Milliseconds per step: the run's wall-clock time per training step, evaluation excluded "
+        "(`train_images_per_s`). A difference smaller than the seed-to-seed spread is no effect.",
+    ]
     return lines

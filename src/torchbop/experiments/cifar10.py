@@ -31,8 +31,23 @@ from torchbop.experiments.verdicts import Verdict
 from torchbop.training import load_recipe
 from torchbop.training.precision import resolve_precision
 
-__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "PUBLISHED", "RECIPES", "datasets", "plan", "execute",
-           "describe", "summarize", "plot", "verdicts", "results"]
+__all__ = [
+    "NAME",
+    "TITLE",
+    "VERSION",
+    "Config",
+    "CONFIGS",
+    "PUBLISHED",
+    "RECIPES",
+    "datasets",
+    "plan",
+    "execute",
+    "describe",
+    "summarize",
+    "plot",
+    "verdicts",
+    "results",
+]
 
 NAME = "cifar10"
 TITLE = "Figure 3: BinaryNet on CIFAR-10 with Bop (paper 5.2, report 3.3)"
@@ -80,15 +95,23 @@ def plan(cfg: Config) -> list[RunSpec]:
     if cfg.protocol not in RECIPES:
         raise ValueError(f"Invalid protocol: {cfg.protocol!r} (expected one of {', '.join(RECIPES)})")
     recipe = load_recipe(RECIPES[cfg.protocol])
-    changes: dict[str, Any] = {"epochs": cfg.epochs, "model_kwargs": {**recipe.model_kwargs, "width": cfg.width},
-                               "precision": resolve_precision(cfg.precision)}
+    changes: dict[str, Any] = {
+        "epochs": cfg.epochs,
+        "model_kwargs": {**recipe.model_kwargs, "width": cfg.width},
+        "precision": resolve_precision(cfg.precision),
+    }
     if cfg.gamma_decay_every is not None:
         changes["gamma_decay_every"] = cfg.gamma_decay_every
     specs = []
     for seed in range(cfg.seeds):
         train = recipe.replace(**changes, seed=seed)
-        params = {"protocol": cfg.protocol, "seed": seed, "subset": cfg.subset, "test_subset": cfg.test_subset,
-                  "train": stored_train_config(train)}
+        params = {
+            "protocol": cfg.protocol,
+            "seed": seed,
+            "subset": cfg.subset,
+            "test_subset": cfg.test_subset,
+            "train": stored_train_config(train),
+        }
         specs.append(RunSpec(NAME, f"{cfg.protocol}-seed{seed}", params))
     return specs
 
@@ -98,8 +121,10 @@ def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 
 
 def describe(result: dict[str, Any]) -> str:
-    return (f"test accuracy {result['test_acc']:.4f} (protocol {result['protocol']}, {result['test_weights']} "
-            f"weights, {result['epochs']} epochs)")
+    return (
+        f"test accuracy {result['test_acc']:.4f} (protocol {result['protocol']}, {result['test_weights']} "
+        f"weights, {result['epochs']} epochs)"
+    )
 
 
 def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
@@ -108,14 +133,23 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     for record in records:
         result, train = record["result"], record["params"]["train"]
         phases = _phases(result["history"])
-        rows.append({"seed": record["params"]["seed"], "protocol": result["protocol"],
-                     "test_weights": result["test_weights"], "test_acc": result["test_acc"],
-                     "published": PUBLISHED[result["protocol"]], "epochs": result["epochs"],
-                     "stopped_early": result["stopped_early"], "train_images": result["train_images"],
-                     "test_images": result["test_images"], "width": train["model_kwargs"].get("width", 1.0),
-                     "gamma_phases": len(phases),
-                     "flip_ratio_first_phase": phases[0] if len(phases) > 1 else None,
-                     "flip_ratio_last_phase": phases[-1] if len(phases) > 1 else None})
+        rows.append(
+            {
+                "seed": record["params"]["seed"],
+                "protocol": result["protocol"],
+                "test_weights": result["test_weights"],
+                "test_acc": result["test_acc"],
+                "published": PUBLISHED[result["protocol"]],
+                "epochs": result["epochs"],
+                "stopped_early": result["stopped_early"],
+                "train_images": result["train_images"],
+                "test_images": result["test_images"],
+                "width": train["model_kwargs"].get("width", 1.0),
+                "gamma_phases": len(phases),
+                "flip_ratio_first_phase": phases[0] if len(phases) > 1 else None,
+                "flip_ratio_last_phase": phases[-1] if len(phases) > 1 else None,
+            }
+        )
     return {"tables": {"figure3": rows}}
 
 
@@ -139,15 +173,33 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
         epochs = [row["epoch"] for row in history]
         tag = f"seed {record['params']['seed']}"
         left.plot(epochs, [row.get("train_acc", math.nan) for row in history], color=COLORS[i], label=f"train, {tag}")
-        left.plot(epochs, [row.get("val_acc", math.nan) for row in history], color=COLORS[i], ls="--",
-                  label=f"validation, {tag}")
-        right.plot(epochs, [row.get("flip_ratio", math.nan) for row in history], color=COLORS[i],
-                   label=f"flip ratio, {tag}")
-        gamma_ax.step(epochs, [row["rate"] for row in history], where="mid", color="black", ls=":", lw=1,
-                      label="gamma (right axis)" if i == 0 else None)
+        left.plot(
+            epochs,
+            [row.get("val_acc", math.nan) for row in history],
+            color=COLORS[i],
+            ls="--",
+            label=f"validation, {tag}",
+        )
+        right.plot(
+            epochs, [row.get("flip_ratio", math.nan) for row in history], color=COLORS[i], label=f"flip ratio, {tag}"
+        )
+        gamma_ax.step(
+            epochs,
+            [row["rate"] for row in history],
+            where="mid",
+            color="black",
+            ls=":",
+            lw=1,
+            label="gamma (right axis)" if i == 0 else None,
+        )
     protocol = records[0]["result"]["protocol"]
-    left.axhline(PUBLISHED[protocol], color="black", lw=0.8, ls=":",
-                 label=f"published test accuracy ({protocol} protocol): {PUBLISHED[protocol]:.2%}")
+    left.axhline(
+        PUBLISHED[protocol],
+        color="black",
+        lw=0.8,
+        ls=":",
+        label=f"published test accuracy ({protocol} protocol): {PUBLISHED[protocol]:.2%}",
+    )
     for ax in (left, right):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -172,29 +224,41 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
     published = rows[0]["published"]
     accs = [r["test_acc"] for r in rows]
     mean = sum(accs) / len(accs)
-    out = [Verdict(
-        f"BinaryNet trained with Bop reaches {published:.2%} on CIFAR-10 ({protocol} protocol)",
-        f"our test accuracy >= {published:.2%} - {TOLERANCE:.1%}",
-        f"{mean:.2%} ({len(rows)} seed(s); {rows[0]['test_weights']} weights; {rows[0]['epochs']} epochs)",
-        mean >= published - TOLERANCE)]
+    out = [
+        Verdict(
+            f"BinaryNet trained with Bop reaches {published:.2%} on CIFAR-10 ({protocol} protocol)",
+            f"our test accuracy >= {published:.2%} - {TOLERANCE:.1%}",
+            f"{mean:.2%} ({len(rows)} seed(s); {rows[0]['test_weights']} weights; {rows[0]['epochs']} epochs)",
+            mean >= published - TOLERANCE,
+        )
+    ]
     first = [r["flip_ratio_first_phase"] for r in rows]
     last = [r["flip_ratio_last_phase"] for r in rows]
     if all(v is not None and v > 0 for v in first) and all(v is not None for v in last):
-        out.append(Verdict(
-            "Figure 3: flips die down as gamma decays",
-            "mean flip ratio of the last gamma phase at least 10x below that of the first",
-            "; ".join(f"first {a:.2e}, last {b:.2e}" for a, b in zip(first, last)),
-            all(b * 10 <= a for a, b in zip(first, last))))
+        out.append(
+            Verdict(
+                "Figure 3: flips die down as gamma decays",
+                "mean flip ratio of the last gamma phase at least 10x below that of the first",
+                "; ".join(f"first {a:.2e}, last {b:.2e}" for a, b in zip(first, last)),
+                all(b * 10 <= a for a, b in zip(first, last)),
+            )
+        )
     return out
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    rows = ["| seed | protocol | tested weights | test accuracy | published | epochs | train / test images |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| seed | protocol | tested weights | test accuracy | published | epochs | train / test images |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary["tables"]["figure3"]:
-        rows.append(f"| {r['seed']} | {r['protocol']} | {r['test_weights']} | {r['test_acc']:.2%} | "
-                    f"{r['published']:.2%} | {r['epochs']} | {r['train_images']} / {r['test_images']} |")
-    protocols = ("Protocol original: train on the training images, validate on the test set, test the final "
-                 "weights (the paper's code). Protocol reproduction: seeded class-balanced 90/10 split, test the "
-                 "lowest-validation-loss weights (the reproducibility report).")
+        rows.append(
+            f"| {r['seed']} | {r['protocol']} | {r['test_weights']} | {r['test_acc']:.2%} | "
+            f"{r['published']:.2%} | {r['epochs']} | {r['train_images']} / {r['test_images']} |"
+        )
+    protocols = (
+        "Protocol original: train on the training images, validate on the test set, test the final "
+        "weights (the paper's code). Protocol reproduction: seeded class-balanced 90/10 split, test the "
+        "lowest-validation-loss weights (the reproducibility report)."
+    )
     return rows + ["", protocols]

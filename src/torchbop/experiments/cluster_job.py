@@ -45,11 +45,15 @@ def experiment_reference(experiment: Any) -> str:
     else:
         module, name = getattr(experiment, "__module__", None), getattr(experiment, "__qualname__", None)
         if not module or not name or "<locals>" in name:
-            raise ValueError(f"Invalid experiment {experiment!r}: a job imports its experiment by name; define it "
-                             "at the top level of an importable module")
+            raise ValueError(
+                f"Invalid experiment {experiment!r}: a job imports its experiment by name; define it "
+                "at the top level of an importable module"
+            )
     if module == "__main__":
-        raise ValueError(f"Invalid experiment {getattr(experiment, 'NAME', experiment)!r}: it is defined in "
-                         "__main__, which a job cannot import; move it to an importable module")
+        raise ValueError(
+            f"Invalid experiment {getattr(experiment, 'NAME', experiment)!r}: it is defined in "
+            "__main__, which a job cannot import; move it to an importable module"
+        )
     return f"{module}:{name}" if name else module
 
 

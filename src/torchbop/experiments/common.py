@@ -23,9 +23,21 @@ from torchbop.training.history import History
 from torchbop.training.optimizers import build_model
 from torchbop.training.precision import resolve_precision
 
-__all__ = ["load_data", "evaluate", "train_epochs_run", "percent", "number",
-           "stored_train_config", "run_config", "seeded_model", "train_run",
-           "resumable_checkpoint", "train_stored_run", "set_weight_quantizers", "freeze_binary_weights"]
+__all__ = [
+    "load_data",
+    "evaluate",
+    "train_epochs_run",
+    "percent",
+    "number",
+    "stored_train_config",
+    "run_config",
+    "seeded_model",
+    "train_run",
+    "resumable_checkpoint",
+    "train_stored_run",
+    "set_weight_quantizers",
+    "freeze_binary_weights",
+]
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -34,19 +46,44 @@ Split = tuple[torch.Tensor, torch.Tensor]
 LOCAL_FIELDS = ("out", "data_dir", "progress_bar")
 #: TrainConfig fields added after the experiments' runs were first keyed, with the value every earlier run had: left
 #: out of the stored parameters at that value, so that the keys (and the results stored under them) stay valid.
-ADDED_FIELDS = {"compile": False, "other_lr": None, "decay_schedule": "step", "unbiased": False, "alpha": None,
-                "gamma_end": None, "threshold_end": None, "sigma_end": None, "lr_end": None, "recalibrate_bn": "off"}
+ADDED_FIELDS = {
+    "compile": False,
+    "other_lr": None,
+    "decay_schedule": "step",
+    "unbiased": False,
+    "alpha": None,
+    "gamma_end": None,
+    "threshold_end": None,
+    "sigma_end": None,
+    "lr_end": None,
+    "recalibrate_bn": "off",
+}
 #: What a run's result keeps of train()'s.
-RESULT_KEYS = ("test_acc", "test_loss", "val_acc", "val_loss", "epochs", "global_step", "stopped_early", "protocol",
-               "test_weights", "best_val_loss", "wall_time_s", "train_images_per_s")
+RESULT_KEYS = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "epochs",
+    "global_step",
+    "stopped_early",
+    "protocol",
+    "test_weights",
+    "best_val_loss",
+    "wall_time_s",
+    "train_images_per_s",
+)
 
 
-def load_data(dataset: str, data_dir: str | None, subset: int | None = None,
-              test_subset: int | None = None) -> dict[str, Split]:
+def load_data(
+    dataset: str, data_dir: str | None, subset: int | None = None, test_subset: int | None = None
+) -> dict[str, Split]:
     """``{"train": (uint8 images [N, C, H, W], labels), "test": ...}``, each cut to ``seeded_subset(..., seed=0)``:
     the same images for every seed and configuration of an experiment."""
-    return {"train": seeded_subset(load_dataset(dataset, data_dir, train=True), subset, seed=0),
-            "test": seeded_subset(load_dataset(dataset, data_dir, train=False), test_subset, seed=0)}
+    return {
+        "train": seeded_subset(load_dataset(dataset, data_dir, train=True), subset, seed=0),
+        "test": seeded_subset(load_dataset(dataset, data_dir, train=False), test_subset, seed=0),
+    }
 
 
 @torch.no_grad()
@@ -81,8 +118,11 @@ def freeze_binary_weights(model: nn.Module) -> nn.Module:
 def stored_train_config(config: TrainConfig) -> dict[str, Any]:
     """``config`` as a run's parameters store it: every field but :data:`LOCAL_FIELDS`, and those of
     :data:`ADDED_FIELDS` at their old value."""
-    return {k: v for k, v in config.to_dict().items()
-            if k not in LOCAL_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+    return {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in LOCAL_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+    }
 
 
 def run_config(stored: dict[str, Any], out: Path) -> TrainConfig:
@@ -96,8 +136,14 @@ def seeded_model(config: TrainConfig) -> nn.Module:
     return build_model(config)
 
 
-def train_run(config: TrainConfig, data: dict[str, Split], model: nn.Module, *, per_step: bool = False,
-              log: Callable[[str], Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_run(
+    config: TrainConfig,
+    data: dict[str, Split],
+    model: nn.Module,
+    *,
+    per_step: bool = False,
+    log: Callable[[str], Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``torchbop.training.train`` on in-memory ``data`` without loggers, recording a
     :class:`~torchbop.training.history.History`; returns ``(result, history.as_dict())``.
 
@@ -138,8 +184,10 @@ def _set_aside_checkpoints(folder: Path, log: Callable[[str], Any] | None) -> No
     kept.mkdir(parents=True, exist_ok=True)
     shutil.move(str(old), str(kept / "checkpoints"))
     if log is not None:
-        log(f"not resuming {old / 'last.ckpt'} (another configuration, no History, or unreadable): starting afresh; "
-            f"the old checkpoints are kept in {kept}")
+        log(
+            f"not resuming {old / 'last.ckpt'} (another configuration, no History, or unreadable): starting afresh; "
+            f"the old checkpoints are kept in {kept}"
+        )
 
 
 def resumable_checkpoint(config: TrainConfig) -> int | None:
@@ -162,16 +210,18 @@ def resumable_checkpoint(config: TrainConfig) -> int | None:
         stored = {**TrainConfig().to_dict(), **stored}
     expected = config.replace(precision=resolve_precision(config.precision, config.accelerator)).to_dict()
     ignored = (*LOCAL_FIELDS, "resume")
-    if not isinstance(stored, dict) or ({k: v for k, v in stored.items() if k not in ignored}
-                                        != {k: v for k, v in expected.items() if k not in ignored}):
+    if not isinstance(stored, dict) or (
+        {k: v for k, v in stored.items() if k not in ignored} != {k: v for k, v in expected.items() if k not in ignored}
+    ):
         return None
     if observer_state(checkpoint, "History") is None:
         return None  # written without a History (or by the Lightning engine): resumed, it would lose its epochs
     return int(checkpoint.get("global_step", 0))
 
 
-def train_stored_run(params: dict[str, Any], ctx: RunContext, dataset: str, *,
-                     per_step: bool = False) -> tuple[dict, dict, dict]:
+def train_stored_run(
+    params: dict[str, Any], ctx: RunContext, dataset: str, *, per_step: bool = False
+) -> tuple[dict, dict, dict]:
     """A run whose ``params`` hold ``subset``, ``test_subset`` and the stored ``train`` config: loads the data and
     trains the config's model in the run's folder (continuing a killed attempt, see :func:`train_run`); returns
     ``(result, history, data)``."""
@@ -185,8 +235,12 @@ def train_epochs_run(params: dict[str, Any], ctx: RunContext, dataset: str) -> d
     """:func:`train_stored_run`'s result with the per-epoch history and the numbers of training and test images: what
     the experiments that compare whole runs store."""
     result, history, data = train_stored_run(params, ctx, dataset)
-    return {**result, "history": history["epochs"], "train_images": len(data["train"][1]),
-            "test_images": len(data["test"][1])}
+    return {
+        **result,
+        "history": history["epochs"],
+        "train_images": len(data["train"][1]),
+        "test_images": len(data["test"][1]),
+    }
 
 
 def percent(value: float | None) -> str:

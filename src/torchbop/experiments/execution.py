@@ -39,8 +39,13 @@ Outcome = tuple[str, "dict[str, Any] | None", "str | None"]
 def quiet_lightning() -> None:
     """Keep Lightning's loggers to errors in a process that executes many runs (the training loop on Fabric prints no
     banner of its own; a strategy or plugin that logs at INFO stays quiet too)."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -69,9 +74,20 @@ def claim_and_execute(task: dict[str, Any], wait: bool) -> Outcome:
         return "done", record, None
 
 
-def execute_run(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any]], keep_run_dir: bool,
-                experiment: str, label: str, params: dict, key: str, version: int, run_dir: str, record_path: str,
-                data_dir: str | None, verbose: bool) -> dict[str, Any]:
+def execute_run(
+    *,
+    execute: Callable[[dict[str, Any], RunContext], dict[str, Any]],
+    keep_run_dir: bool,
+    experiment: str,
+    label: str,
+    params: dict,
+    key: str,
+    version: int,
+    run_dir: str,
+    record_path: str,
+    data_dir: str | None,
+    verbose: bool,
+) -> dict[str, Any]:
     """Run ``execute(params, ctx)`` in ``run_dir`` (timed by its :class:`RunClock` across invocations), write the
     record to ``record_path`` and remove ``run_dir`` unless ``keep_run_dir``; returns the record."""
     ctx = RunContext(run_dir=Path(run_dir), data_dir=data_dir, verbose=verbose, label=label)
@@ -81,10 +97,18 @@ def execute_run(*, execute: Callable[[dict[str, Any], RunContext], dict[str, Any
     with RunClock(Path(run_dir)) as clock:  # counts the time of earlier, killed invocations of this run too
         result = execute(params, ctx)
     record = {
-        "experiment": experiment, "label": label, "key": key, "version": version, "params": jsonable(params),
-        "result": jsonable(result), "wall_time_s": time.perf_counter() - started,
-        "compute_time_s": clock.elapsed_s(), "cpu_time_s": clock.cpu_s(), "started_at": clock.started_at,
-        "finished_at": time_stamp(), "environment": environment(),
+        "experiment": experiment,
+        "label": label,
+        "key": key,
+        "version": version,
+        "params": jsonable(params),
+        "result": jsonable(result),
+        "wall_time_s": time.perf_counter() - started,
+        "compute_time_s": clock.elapsed_s(),
+        "cpu_time_s": clock.cpu_s(),
+        "started_at": clock.started_at,
+        "finished_at": time_stamp(),
+        "environment": environment(),
     }
     write_json(Path(record_path), record)
     if not keep_run_dir:

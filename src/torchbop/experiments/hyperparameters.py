@@ -30,8 +30,22 @@ from torchbop.experiments.verdicts import Verdict
 from torchbop.training import load_recipe
 from torchbop.training.precision import resolve_precision
 
-__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "grid", "datasets", "plan", "execute", "describe",
-           "summarize", "plot", "verdicts", "results"]
+__all__ = [
+    "NAME",
+    "TITLE",
+    "VERSION",
+    "Config",
+    "CONFIGS",
+    "grid",
+    "datasets",
+    "plan",
+    "execute",
+    "describe",
+    "summarize",
+    "plot",
+    "verdicts",
+    "results",
+]
 
 NAME = "hyperparameters"
 TITLE = "Figure 2: Bop's hyperparameters gamma and tau (paper 5.1, report 3.2)"
@@ -73,8 +87,9 @@ RECIPE = "cifar10_hyperparams"
 
 def grid(cfg: Config) -> list[tuple[str, float, float]]:
     """``(sweep, gamma, tau)`` of the two sweeps: ``"gamma"`` varies gamma, ``"tau"`` varies tau."""
-    return ([("gamma", g, cfg.fixed_threshold) for g in cfg.gammas]
-            + [("tau", cfg.fixed_gamma, t) for t in cfg.thresholds])
+    return [("gamma", g, cfg.fixed_threshold) for g in cfg.gammas] + [
+        ("tau", cfg.fixed_gamma, t) for t in cfg.thresholds
+    ]
 
 
 def datasets(cfg: Config) -> tuple[str, ...]:
@@ -86,11 +101,22 @@ def plan(cfg: Config) -> list[RunSpec]:
     specs = []
     for seed in range(cfg.seeds):
         for _, gamma, tau in grid(cfg):
-            train = recipe.replace(gamma=gamma, threshold=tau, epochs=cfg.epochs, seed=seed,
-                                   precision=resolve_precision(cfg.precision),
-                                   model_kwargs={**recipe.model_kwargs, "width": cfg.width})
-            params = {"gamma": gamma, "threshold": tau, "seed": seed, "subset": cfg.subset,
-                      "test_subset": cfg.test_subset, "train": stored_train_config(train)}
+            train = recipe.replace(
+                gamma=gamma,
+                threshold=tau,
+                epochs=cfg.epochs,
+                seed=seed,
+                precision=resolve_precision(cfg.precision),
+                model_kwargs={**recipe.model_kwargs, "width": cfg.width},
+            )
+            params = {
+                "gamma": gamma,
+                "threshold": tau,
+                "seed": seed,
+                "subset": cfg.subset,
+                "test_subset": cfg.test_subset,
+                "train": stored_train_config(train),
+            }
             specs.append(RunSpec(NAME, f"gamma{gamma:g}-tau{tau:g}-seed{seed}", params))
     return specs
 
@@ -117,21 +143,28 @@ def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         acc = torch.tensor(result["steps"]["train_acc"], dtype=torch.float64)
         half = len(pi) // 2
         residual = acc - gaussian_filter1d(acc, std) if len(acc) else acc
-        points.setdefault((params["gamma"], params["threshold"]), []).append({
-            "mean_pi_t": float(pi.mean()), "mean_pi_t_second_half": float(pi[half:].mean()),
-            "flip_fraction": float((pi.exp() - 1e-9).clamp(min=0).mean()),
-            "final_val_acc": result["history"][-1].get("val_acc", float("nan")) if result["history"] else float("nan"),
-            "train_acc_noise": float(residual.std()) if len(residual) > 1 else float("nan"),
-            "steps": len(pi),
-        })
+        points.setdefault((params["gamma"], params["threshold"]), []).append(
+            {
+                "mean_pi_t": float(pi.mean()),
+                "mean_pi_t_second_half": float(pi[half:].mean()),
+                "flip_fraction": float((pi.exp() - 1e-9).clamp(min=0).mean()),
+                "final_val_acc": result["history"][-1].get("val_acc", float("nan"))
+                if result["history"]
+                else float("nan"),
+                "train_acc_noise": float(residual.std()) if len(residual) > 1 else float("nan"),
+                "steps": len(pi),
+            }
+        )
     rows = []
     for (gamma, tau), runs in sorted(points.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         row: dict[str, Any] = {"gamma": gamma, "threshold": tau, "seeds": len(runs)}
         for key in runs[0]:
             row[key] = statistics.fmean(r[key] for r in runs)
         rows.append(row)
-    sweeps = {"gamma": [(g, t) for sweep, g, t in grid(config) if sweep == "gamma"],
-              "tau": [(g, t) for sweep, g, t in grid(config) if sweep == "tau"]}  # the planned points: all must be in
+    sweeps = {
+        "gamma": [(g, t) for sweep, g, t in grid(config) if sweep == "gamma"],
+        "tau": [(g, t) for sweep, g, t in grid(config) if sweep == "tau"],
+    }  # the planned points: all must be in
     return {"smooth_std": std, "sweeps": sweeps, "tables": {"figure2": rows}}
 
 
@@ -143,8 +176,10 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
     for record in records:
         by_point.setdefault((record["params"]["gamma"], record["params"]["threshold"]), []).append(record["result"])
     for col, sweep in enumerate(("gamma", "tau")):
-        points = sorted(((g, t) for s, g, t in grid(config) if s == sweep),  # gamma high -> low, tau low -> high
-                        key=lambda p: -p[0] if sweep == "gamma" else p[1])
+        points = sorted(
+            ((g, t) for s, g, t in grid(config) if s == sweep),  # gamma high -> low, tau low -> high
+            key=lambda p: -p[0] if sweep == "gamma" else p[1],
+        )
         missing = []
         for i, (gamma, tau) in enumerate(points):
             results = by_point.get((gamma, tau))
@@ -168,10 +203,20 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
             if ax.lines:
                 ax.legend(fontsize=7)
         if missing:  # a profile still running: say which curves are to come instead of leaving them out silently
-            axes[0, col].text(0.5, 0.04, f"not stored yet: {', '.join(missing)}", ha="center", fontsize=8,
-                              color="gray", transform=axes[0, col].transAxes)
-    fig.suptitle(f"Figure 2, Bop hyperparameters on BinaryNet / CIFAR-10 (Gaussian smoothing std {std:g} steps; "
-                 f"{scale_note(config)})", fontsize=10)
+            axes[0, col].text(
+                0.5,
+                0.04,
+                f"not stored yet: {', '.join(missing)}",
+                ha="center",
+                fontsize=8,
+                color="gray",
+                transform=axes[0, col].transAxes,
+            )
+    fig.suptitle(
+        f"Figure 2, Bop hyperparameters on BinaryNet / CIFAR-10 (Gaussian smoothing std {std:g} steps; "
+        f"{scale_note(config)})",
+        fontsize=10,
+    )
 
 
 def _epoch_points(results: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
@@ -204,34 +249,60 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
     by_gamma = sorted((tuple(p) for p in summary["sweeps"]["gamma"]), reverse=True)
     by_tau = sorted((tuple(p) for p in summary["sweeps"]["tau"]), key=lambda p: p[1])
     fixed_tau, fixed_gamma = by_gamma[0][1], by_tau[0][0]
-    out.append(ordered("Figure 2: a higher adaptivity rate gamma gives more flips", by_gamma, "mean_pi_t",
-                       f"mean pi_t strictly decreasing from the highest to the lowest gamma (tau {fixed_tau:g})",
-                       "gamma"))
-    out.append(ordered("Figure 2: a higher threshold tau gives fewer flips", by_tau, "mean_pi_t",
-                       f"mean pi_t strictly decreasing from the lowest to the highest tau (gamma {fixed_gamma:g})",
-                       "tau"))
+    out.append(
+        ordered(
+            "Figure 2: a higher adaptivity rate gamma gives more flips",
+            by_gamma,
+            "mean_pi_t",
+            f"mean pi_t strictly decreasing from the highest to the lowest gamma (tau {fixed_tau:g})",
+            "gamma",
+        )
+    )
+    out.append(
+        ordered(
+            "Figure 2: a higher threshold tau gives fewer flips",
+            by_tau,
+            "mean_pi_t",
+            f"mean pi_t strictly decreasing from the lowest to the highest tau (gamma {fixed_gamma:g})",
+            "tau",
+        )
+    )
     if any(p not in rows for p in by_gamma + by_tau):
-        out.append(Verdict("Figure 2: high gamma or low tau makes training noisy, low gamma or high tau stable", "-",
-                           "missing runs", None))
+        out.append(
+            Verdict(
+                "Figure 2: high gamma or low tau makes training noisy, low gamma or high tau stable",
+                "-",
+                "missing runs",
+                None,
+            )
+        )
     elif len(by_gamma) >= 2 and len(by_tau) >= 2:
         noisy = [by_gamma[0], by_tau[0]]
         calm = [by_gamma[-1], by_tau[-1]]
         pairs = [(rows[a]["train_acc_noise"], rows[b]["train_acc_noise"]) for a, b in zip(noisy, calm)]
-        out.append(Verdict(
-            "Figure 2: high gamma or low tau makes training noisy, low gamma or high tau stable",
-            "std of the per-step training accuracy around its smoothed curve: highest gamma > lowest gamma and "
-            "lowest tau > highest tau",
-            f"gamma {by_gamma[0][0]:g}: {pairs[0][0]:.4f} vs gamma {by_gamma[-1][0]:g}: {pairs[0][1]:.4f}; "
-            f"tau {by_tau[0][1]:g}: {pairs[1][0]:.4f} vs tau {by_tau[-1][1]:g}: {pairs[1][1]:.4f}",
-            all(a > b for a, b in pairs)))
+        out.append(
+            Verdict(
+                "Figure 2: high gamma or low tau makes training noisy, low gamma or high tau stable",
+                "std of the per-step training accuracy around its smoothed curve: highest gamma > lowest gamma and "
+                "lowest tau > highest tau",
+                f"gamma {by_gamma[0][0]:g}: {pairs[0][0]:.4f} vs gamma {by_gamma[-1][0]:g}: {pairs[0][1]:.4f}; "
+                f"tau {by_tau[0][1]:g}: {pairs[1][0]:.4f} vs tau {by_tau[-1][1]:g}: {pairs[1][1]:.4f}",
+                all(a > b for a, b in pairs),
+            )
+        )
     return out
 
 
 def results(summary: dict[str, Any]) -> list[str]:
-    rows = ["| gamma | tau | mean pi_t | mean pi_t, 2nd half | flips per weight per step | training-accuracy "
-            "noise | final validation accuracy | steps |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| gamma | tau | mean pi_t | mean pi_t, 2nd half | flips per weight per step | training-accuracy "
+        "noise | final validation accuracy | steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["tables"]["figure2"]:
-        rows.append(f"| {r['gamma']:g} | {r['threshold']:g} | {r['mean_pi_t']:.2f} | "
-                    f"{r['mean_pi_t_second_half']:.2f} | {r['flip_fraction']:.2e} | {r['train_acc_noise']:.4f} | "
-                    f"{r['final_val_acc']:.4f} | {r['steps']:.0f} |")
+        rows.append(
+            f"| {r['gamma']:g} | {r['threshold']:g} | {r['mean_pi_t']:.2f} | "
+            f"{r['mean_pi_t_second_half']:.2f} | {r['flip_fraction']:.2e} | {r['train_acc_noise']:.4f} | "
+            f"{r['final_val_acc']:.4f} | {r['steps']:.0f} |"
+        )
     return rows + ["", f"Curves smoothed with a Gaussian filter of std {summary['smooth_std']:g} steps."]

@@ -41,13 +41,35 @@ from torchbop.experiments.store import read_json
 __all__ = ["LAUNCHERS", "Launcher", "parse_time", "parse_mem", "parse_extra", "require_submitit"]
 
 #: launcher -> what it does. (The local runner, the default, is no launcher.)
-LAUNCHERS = {"slurm": "each run a SLURM job (sbatch), through submitit",
-             "local": "each run a job of submitit's local executor on this machine (for trying a setup; tests)"}
+LAUNCHERS = {
+    "slurm": "each run a SLURM job (sbatch), through submitit",
+    "local": "each run a job of submitit's local executor on this machine (for trying a setup; tests)",
+}
 #: sbatch options that the launcher's own options or submitit set: not accepted by --slurm-extra.
-RESERVED = {"partition": "--partition", "p": "--partition", "time": "--time", "t": "--time",
-            "cpus-per-task": "--cpus-per-task", "c": "--cpus-per-task", "gpus-per-node": "--gpus-per-node",
-            "mem": "--mem", "job-name": "", "J": "", "output": "", "o": "", "error": "", "e": "", "array": "--jobs",
-            "a": "--jobs", "signal": "", "open-mode": "", "nodes": "", "N": "", "ntasks-per-node": "", "wckey": ""}
+RESERVED = {
+    "partition": "--partition",
+    "p": "--partition",
+    "time": "--time",
+    "t": "--time",
+    "cpus-per-task": "--cpus-per-task",
+    "c": "--cpus-per-task",
+    "gpus-per-node": "--gpus-per-node",
+    "mem": "--mem",
+    "job-name": "",
+    "J": "",
+    "output": "",
+    "o": "",
+    "error": "",
+    "e": "",
+    "array": "--jobs",
+    "a": "--jobs",
+    "signal": "",
+    "open-mode": "",
+    "nodes": "",
+    "N": "",
+    "ntasks-per-node": "",
+    "wckey": "",
+}
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
 _MEM = re.compile(r"(\d+)([KMGT]?)B?", re.IGNORECASE)
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -58,8 +80,10 @@ def require_submitit() -> Any:
     try:
         import submitit
     except ImportError as error:
-        raise ImportError("Launchers need submitit, which is not installed: pip install 'torchbop[cluster]' "
-                          "(or pip install 'submitit>=1.5')") from error
+        raise ImportError(
+            "Launchers need submitit, which is not installed: pip install 'torchbop[cluster]' "
+            "(or pip install 'submitit>=1.5')"
+        ) from error
     return submitit
 
 
@@ -75,8 +99,10 @@ def parse_time(text: str) -> int:
         ValueError: Invalid time value: '1h' (expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, ...)
     """
     match = _TIME.fullmatch(str(text).strip())
-    error = ValueError(f"Invalid time value: {text!r} (expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
-                       "D-HH:MM:SS, as sbatch --time takes; e.g. --time 4:00:00)")
+    error = ValueError(
+        f"Invalid time value: {text!r} (expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+        "D-HH:MM:SS, as sbatch --time takes; e.g. --time 4:00:00)"
+    )
     if not match:
         raise error
     days, *fields = match.groups()
@@ -84,7 +110,7 @@ def parse_time(text: str) -> int:
     if days is None:  # minutes | minutes:seconds | hours:minutes:seconds
         units = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(values)]
     else:  # days-hours | days-hours:minutes | days-hours:minutes:seconds
-        units = (3600, 60, 1)[:len(values)]
+        units = (3600, 60, 1)[: len(values)]
     if any(v >= 60 for v in values[1:]) or days is not None and values[0] >= 24:
         raise error
     seconds = sum(v * u for v, u in zip(values, units)) + int(days or 0) * 86400
@@ -103,8 +129,10 @@ def parse_mem(text: str) -> str:
     """
     match = _MEM.fullmatch(str(text).strip())
     if not match:
-        raise ValueError(f"Invalid mem value: {text!r} (expected an integer with an optional unit K, M, G or T, as "
-                         "sbatch --mem takes; e.g. --mem 16G)")
+        raise ValueError(
+            f"Invalid mem value: {text!r} (expected an integer with an optional unit K, M, G or T, as "
+            "sbatch --mem takes; e.g. --mem 16G)"
+        )
     return f"{int(match[1])}{(match[2] or 'M').upper()}"
 
 
@@ -120,8 +148,10 @@ def parse_extra(items: list[str] | tuple[str, ...]) -> dict[str, str | bool]:
         key, sep, value = str(item).partition("=")
         key = key.strip().lstrip("-").replace("_", "-")
         if not _KEY.fullmatch(key) or sep and not value.strip():
-            raise ValueError(f"Invalid slurm-extra value: {item!r} (expected KEY=VALUE, an sbatch option without its "
-                             "dashes, e.g. --slurm-extra account=myproject, or KEY alone for a flag)")
+            raise ValueError(
+                f"Invalid slurm-extra value: {item!r} (expected KEY=VALUE, an sbatch option without its "
+                "dashes, e.g. --slurm-extra account=myproject, or KEY alone for a flag)"
+            )
         if key in RESERVED:
             instead = f"use {RESERVED[key]}" if RESERVED[key] else "torchbop sets it"
             raise ValueError(f"Invalid slurm-extra value: {item!r} ({key} is not an extra: {instead})")
@@ -159,8 +189,10 @@ class Launcher:
         if self.kind not in LAUNCHERS:
             raise ValueError(f"Invalid launcher value: {self.kind!r} (expected one of {', '.join(LAUNCHERS)})")
         if self.kind == "slurm" and self.time is None:
-            raise ValueError("Invalid time value: None (a SLURM job needs a time limit: give the time one run "
-                             "takes, e.g. --time 4:00:00; a run that reaches it is requeued from its checkpoint)")
+            raise ValueError(
+                "Invalid time value: None (a SLURM job needs a time limit: give the time one run "
+                "takes, e.g. --time 4:00:00; a run that reaches it is requeued from its checkpoint)"
+            )
         if self.time is not None:
             parse_time(self.time)
         if self.partition is not None and not re.fullmatch(r"[\w.,-]+", self.partition):
@@ -172,8 +204,9 @@ class Launcher:
                 raise ValueError(f"Invalid {name} value: {value!r} (expected an integer >= {low}, {flag})")
         if self.mem is not None:
             object.__setattr__(self, "mem", parse_mem(self.mem))
-        object.__setattr__(self, "extra", parse_extra([k if v is True else f"{k}={v}" for k, v in
-                                                       dict(self.extra).items()]))
+        object.__setattr__(
+            self, "extra", parse_extra([k if v is True else f"{k}={v}" for k, v in dict(self.extra).items()])
+        )
         if self.poll_s is not None and not self.poll_s > 0:
             raise ValueError(f"Invalid poll_s value: {self.poll_s!r} (expected seconds > 0)")
 
@@ -204,15 +237,20 @@ class Launcher:
 
     def as_dict(self) -> dict[str, Any]:
         """For the manifest: the launcher and its options."""
-        return {f.name: getattr(self, f.name) if f.name != "extra" else dict(self.extra)
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: getattr(self, f.name) if f.name != "extra" else dict(self.extra) for f in dataclasses.fields(self)
+        }
 
     def describe(self) -> str:
         """One line for the log: ``"SLURM jobs (partition gpu, 4:00:00, 8 cpus, 1 gpus, 32G)"``."""
-        shown = [f"partition {self.partition}" if self.partition else "", self.time or "",
-                 f"{self.cpus_per_task} cpus" if self.cpus_per_task else "",
-                 f"{self.gpus_per_node} gpus" if self.gpus_per_node else "", self.mem or "",
-                 *(k if v is True else f"{k}={v}" for k, v in self.extra.items())]
+        shown = [
+            f"partition {self.partition}" if self.partition else "",
+            self.time or "",
+            f"{self.cpus_per_task} cpus" if self.cpus_per_task else "",
+            f"{self.gpus_per_node} gpus" if self.gpus_per_node else "",
+            self.mem or "",
+            *(k if v is True else f"{k}={v}" for k, v in self.extra.items()),
+        ]
         what = "SLURM jobs" if self.kind == "slurm" else "local submitit jobs"
         details = ", ".join(filter(None, shown))
         return f"{what} ({details})" if details else what
@@ -229,9 +267,16 @@ class Launcher:
         return executor.map_array(job, tasks)
 
     # ------------------------------------------------------------------------------------------------------------
-    def run(self, tasks: list[dict[str, Any]], *, folder: Path, name: str, threads: int,
-            report: Callable[[dict[str, Any], str, dict[str, Any] | None, str | None], bool],
-            log: Callable[[str], None]) -> None:
+    def run(
+        self,
+        tasks: list[dict[str, Any]],
+        *,
+        folder: Path,
+        name: str,
+        threads: int,
+        report: Callable[[dict[str, Any], str, dict[str, Any] | None, str | None], bool],
+        log: Callable[[str], None],
+    ) -> None:
         """Run ``tasks`` as jobs and wait for them all; ``report(task, outcome, record, error)`` is called once per
         finished run (and with ``"busy"`` for a run another invocation holds, which is waited for at the end, as
         the local runner does: stored there, its record is used; not stored, it is submitted again)."""
@@ -274,8 +319,10 @@ class Launcher:
                     time.sleep(poll_s)
         except KeyboardInterrupt:
             if running:
-                log(f"interrupted: {len(running)} submitted job(s) keep running and store their runs "
-                    f"({_ids(list(running))}; scancel cancels them); run the command again to collect them")
+                log(
+                    f"interrupted: {len(running)} submitted job(s) keep running and store their runs "
+                    f"({_ids(list(running))}; scancel cancels them); run the command again to collect them"
+                )
             raise
 
     def _outcome(self, job: Any, task: dict[str, Any]) -> Outcome:
@@ -294,9 +341,15 @@ class Launcher:
         record_path = Path(task["record_path"])
         if record_path.is_file():  # stored, but the job's return value was lost
             return "done", read_json(record_path), None
-        return "failed", None, (f"job {job.job_id} ended without storing the run (state {job.state}: killed, out of "
-                                f"memory or over its time limit?); its log: {job.paths.stderr}{_tail(job)}\n"
-                                "The run continues from its last checkpoint when the command is run again.")
+        return (
+            "failed",
+            None,
+            (
+                f"job {job.job_id} ended without storing the run (state {job.state}: killed, out of "
+                f"memory or over its time limit?); its log: {job.paths.stderr}{_tail(job)}\n"
+                "The run continues from its last checkpoint when the command is run again."
+            ),
+        )
 
 
 def _lock_path(task: dict[str, Any]) -> Path:

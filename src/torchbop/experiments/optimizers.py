@@ -96,12 +96,31 @@ from torchbop.experiments.verdicts import Verdict
 from torchbop.training import TrainConfig, load_recipe
 from torchbop.training.precision import resolve_precision
 
-__all__ = ["NAME", "TITLE", "VERSION", "Config", "CONFIGS", "NETWORKS", "GRIDS", "describe_point", "choose",
-           "datasets", "plan", "execute", "describe", "summarize", "plot", "verdicts", "results"]
+__all__ = [
+    "NAME",
+    "TITLE",
+    "VERSION",
+    "Config",
+    "CONFIGS",
+    "NETWORKS",
+    "GRIDS",
+    "describe_point",
+    "choose",
+    "datasets",
+    "plan",
+    "execute",
+    "describe",
+    "summarize",
+    "plot",
+    "verdicts",
+    "results",
+]
 
 NAME = "optimizers"
-TITLE = ("BNN optimizers at one budget: Bop, Bop2ndOrder, CEMA and latent weights on the MNIST BNN and BinaryNet "
-         "(torchbop's own comparison, no published claim)")
+TITLE = (
+    "BNN optimizers at one budget: Bop, Bop2ndOrder, CEMA and latent weights on the MNIST BNN and BinaryNet "
+    "(torchbop's own comparison, no published claim)"
+)
 VERSION = 1
 KEEP_RUN_DIR = False
 NOT_SCALE = frozenset({"precision"})
@@ -117,8 +136,10 @@ class Network:
 
 
 #: network (a torchbop.models name) -> its dataset and recipes
-NETWORKS = {"mnist_bnn": Network("mnist", "mnist", "mnist_latent"),
-            "binarynet": Network("cifar10", "cifar10", "cifar10_latent")}
+NETWORKS = {
+    "mnist_bnn": Network("mnist", "mnist", "mnist_latent"),
+    "binarynet": Network("cifar10", "cifar10", "cifar10_latent"),
+}
 #: optimizer -> the TrainConfig fields that select it (on top of its network's Bop or latent recipe)
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "bop": {"mode": "bop", "optimizer": "bop"},
@@ -137,8 +158,16 @@ GRIDS: dict[str, tuple[dict[str, float], ...]] = {
     "latent": ({"lr": 1.25e-3}, {"lr": 1e-2}),
 }
 #: What every run shares, whatever its optimizer: the schedule shape, batch-norm recalibration, the protocol.
-SHARED = {"decay_schedule": "linear", "gamma_decay": 1.0, "gamma_decay_every": None, "recalibrate_bn": "eval",
-          "protocol": "reproduction", "val_fraction": 0.1, "test_weights": "last", "early_stop_flip_epochs": None}
+SHARED = {
+    "decay_schedule": "linear",
+    "gamma_decay": 1.0,
+    "gamma_decay_every": None,
+    "recalibrate_bn": "eval",
+    "protocol": "reproduction",
+    "val_fraction": 0.1,
+    "test_weights": "last",
+    "early_stop_flip_epochs": None,
+}
 
 
 @dataclass(frozen=True)
@@ -165,10 +194,25 @@ CONFIGS = {
     # MNIST at the recipe's length (1,620 steps a run), BinaryNet 1/8 on 20,000 images for 5 epochs (1,800 steps):
     # from the quick profile's step times, about 1 h with --jobs 2 on the idle 2-core VM (see docs/experiments.md)
     "cpu": Config(mnist_epochs=3, binarynet_epochs=5, binarynet_subset=20000),
-    "quick": Config(mnist_epochs=2, mnist_subset=5000, mnist_test_subset=2000, binarynet_epochs=2,
-                    binarynet_subset=5000, binarynet_test_subset=2000),
-    "smoke": Config(grid_points=1, seeds=1, mnist_epochs=1, mnist_subset=300, mnist_test_subset=200,
-                    binarynet_epochs=1, binarynet_width=0.0625, binarynet_subset=200, binarynet_test_subset=200),
+    "quick": Config(
+        mnist_epochs=2,
+        mnist_subset=5000,
+        mnist_test_subset=2000,
+        binarynet_epochs=2,
+        binarynet_subset=5000,
+        binarynet_test_subset=2000,
+    ),
+    "smoke": Config(
+        grid_points=1,
+        seeds=1,
+        mnist_epochs=1,
+        mnist_subset=300,
+        mnist_test_subset=200,
+        binarynet_epochs=1,
+        binarynet_width=0.0625,
+        binarynet_subset=200,
+        binarynet_test_subset=200,
+    ),
 }
 
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
@@ -201,8 +245,12 @@ def datasets(cfg: Config) -> tuple[str, ...]:
 def _budget(cfg: Config, network: str) -> dict[str, Any]:
     if network == "mnist_bnn":
         return {"epochs": cfg.mnist_epochs, "subset": cfg.mnist_subset, "test_subset": cfg.mnist_test_subset}
-    return {"epochs": cfg.binarynet_epochs, "subset": cfg.binarynet_subset, "test_subset": cfg.binarynet_test_subset,
-            "width": cfg.binarynet_width}
+    return {
+        "epochs": cfg.binarynet_epochs,
+        "subset": cfg.binarynet_subset,
+        "test_subset": cfg.binarynet_test_subset,
+        "width": cfg.binarynet_width,
+    }
 
 
 def _check(cfg: Config) -> None:
@@ -211,8 +259,9 @@ def _check(cfg: Config) -> None:
         if not chosen or any(name not in known for name in chosen):
             raise ValueError(f"Invalid {key}: {list(chosen)} (expected some of {', '.join(known)})")
     if cfg.grid_points not in (1, 2):
-        raise ValueError(f"Invalid grid_points value: {cfg.grid_points} (expected 1 or 2: the grid is fixed in "
-                         "advance, GRIDS)")
+        raise ValueError(
+            f"Invalid grid_points value: {cfg.grid_points} (expected 1 or 2: the grid is fixed in advance, GRIDS)"
+        )
 
 
 def train_config(cfg: Config, network: str, optimizer: str, point: dict[str, float], seed: int) -> TrainConfig:
@@ -223,8 +272,15 @@ def train_config(cfg: Config, network: str, optimizer: str, point: dict[str, flo
     kwargs = dict(recipe.model_kwargs)
     if "width" in budget:
         kwargs["width"] = budget["width"]
-    return recipe.replace(**OPTIMIZERS[optimizer], **SHARED, **point, epochs=budget["epochs"], seed=seed,
-                          model_kwargs=kwargs, precision=resolve_precision(cfg.precision))
+    return recipe.replace(
+        **OPTIMIZERS[optimizer],
+        **SHARED,
+        **point,
+        epochs=budget["epochs"],
+        seed=seed,
+        model_kwargs=kwargs,
+        precision=resolve_precision(cfg.precision),
+    )
 
 
 def plan(cfg: Config) -> list[RunSpec]:
@@ -236,9 +292,16 @@ def plan(cfg: Config) -> list[RunSpec]:
             for optimizer in cfg.optimizers:
                 for index, point in enumerate(GRIDS[optimizer][: cfg.grid_points]):
                     train = train_config(cfg, network, optimizer, point, seed)
-                    params = {"network": network, "optimizer": optimizer, "point": index, "hyper": dict(point),
-                              "seed": seed, "subset": budget["subset"], "test_subset": budget["test_subset"],
-                              "train": stored_train_config(train)}
+                    params = {
+                        "network": network,
+                        "optimizer": optimizer,
+                        "point": index,
+                        "hyper": dict(point),
+                        "seed": seed,
+                        "subset": budget["subset"],
+                        "test_subset": budget["test_subset"],
+                        "train": stored_train_config(train),
+                    }
                     specs.append(RunSpec(NAME, f"{network}-{optimizer}-p{index}-seed{seed}", params))
     return specs
 
@@ -249,13 +312,20 @@ def execute(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     config = run_config(params["train"], ctx.run_dir)
     result, history = train_run(config, data, seeded_model(config), log=ctx.log)
     _, val_idx = class_balanced_split(data["train"][1], val_fraction=config.val_fraction, seed=config.seed)
-    return {**result, "history": history["epochs"], "train_images": len(data["train"][1]) - len(val_idx),
-            "val_images": len(val_idx), "test_images": len(data["test"][1])}
+    return {
+        **result,
+        "history": history["epochs"],
+        "train_images": len(data["train"][1]) - len(val_idx),
+        "val_images": len(val_idx),
+        "test_images": len(data["test"][1]),
+    }
 
 
 def describe(result: dict[str, Any]) -> str:
-    return (f"validation accuracy {result.get('val_acc', math.nan):.4f}, test accuracy {result['test_acc']:.4f} "
-            f"after {result['epochs']} epochs")
+    return (
+        f"validation accuracy {result.get('val_acc', math.nan):.4f}, test accuracy {result['test_acc']:.4f} "
+        f"after {result['epochs']} epochs"
+    )
 
 
 def _rank(table: dict[str, Any], name: str) -> tuple[int, str]:
@@ -271,46 +341,73 @@ def _mean(values: Any) -> float | None:
 def summarize(records: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     """One row per run, and one per (network, optimizer, grid point) with ``chosen`` marking the point the mean
     validation accuracy picked: test accuracy (mean, sample std, range), flips in the first and last epoch, ms/step."""
+
     def order(record: dict[str, Any]) -> tuple:
         params = record["params"]
-        return (_rank(NETWORKS, params["network"]), _rank(OPTIMIZERS, params["optimizer"]), params["point"],
-                params["seed"])
+        return (
+            _rank(NETWORKS, params["network"]),
+            _rank(OPTIMIZERS, params["optimizer"]),
+            params["point"],
+            params["seed"],
+        )
 
     runs = []
     for record in sorted(records, key=order):
         params, result, train = record["params"], record["result"], record["params"]["train"]
         flips = [row.get("flips") for row in result["history"]]
         rate = result.get("train_images_per_s")
-        runs.append({"network": params["network"], "optimizer": params["optimizer"], "point": params["point"],
-                     "hyper": describe_point(params["hyper"]), "seed": params["seed"],
-                     "val_acc": result.get("val_acc"), "test_acc": result["test_acc"], "epochs": result["epochs"],
-                     "flips_first_epoch": flips[0] if flips else None,
-                     "flips_last_epoch": flips[-1] if flips else None,
-                     "ms_per_step": 1e3 * train["batch_size"] / rate if rate else None,
-                     "train_images": result["train_images"], "val_images": result["val_images"],
-                     "test_images": result["test_images"]})
+        runs.append(
+            {
+                "network": params["network"],
+                "optimizer": params["optimizer"],
+                "point": params["point"],
+                "hyper": describe_point(params["hyper"]),
+                "seed": params["seed"],
+                "val_acc": result.get("val_acc"),
+                "test_acc": result["test_acc"],
+                "epochs": result["epochs"],
+                "flips_first_epoch": flips[0] if flips else None,
+                "flips_last_epoch": flips[-1] if flips else None,
+                "ms_per_step": 1e3 * train["batch_size"] / rate if rate else None,
+                "train_images": result["train_images"],
+                "val_images": result["val_images"],
+                "test_images": result["test_images"],
+            }
+        )
     points = []
     for network in dict.fromkeys(r["network"] for r in runs):
         for optimizer in dict.fromkeys(r["optimizer"] for r in runs if r["network"] == network):
             mine = [r for r in runs if (r["network"], r["optimizer"]) == (network, optimizer)]
             indices = sorted({r["point"] for r in mine})
-            vals = [[r["val_acc"] for r in mine if r["point"] == i and r["val_acc"] is not None]
-                    for i in range(max(indices) + 1)]
+            vals = [
+                [r["val_acc"] for r in mine if r["point"] == i and r["val_acc"] is not None]
+                for i in range(max(indices) + 1)
+            ]
             chosen = choose(vals)
             for index in indices:
                 seeds = [r for r in mine if r["point"] == index]
                 accs = [r["test_acc"] for r in seeds]
                 steps = [r["ms_per_step"] for r in seeds if r["ms_per_step"] is not None]
-                points.append({
-                    "network": network, "optimizer": optimizer, "point": index, "hyper": seeds[0]["hyper"],
-                    "chosen": index == chosen, "seeds": len(seeds), "val_acc_mean": _mean(vals[index]),
-                    "test_acc_mean": statistics.fmean(accs),
-                    "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-                    "test_acc_min": min(accs), "test_acc_max": max(accs),
-                    "flips_first_epoch_mean": _mean(r["flips_first_epoch"] for r in seeds),
-                    "flips_last_epoch_mean": _mean(r["flips_last_epoch"] for r in seeds),
-                    "ms_per_step_median": statistics.median(steps) if steps else None,
-                    "epochs": seeds[0]["epochs"], "train_images": seeds[0]["train_images"]})
+                points.append(
+                    {
+                        "network": network,
+                        "optimizer": optimizer,
+                        "point": index,
+                        "hyper": seeds[0]["hyper"],
+                        "chosen": index == chosen,
+                        "seeds": len(seeds),
+                        "val_acc_mean": _mean(vals[index]),
+                        "test_acc_mean": statistics.fmean(accs),
+                        "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+                        "test_acc_min": min(accs),
+                        "test_acc_max": max(accs),
+                        "flips_first_epoch_mean": _mean(r["flips_first_epoch"] for r in seeds),
+                        "flips_last_epoch_mean": _mean(r["flips_last_epoch"] for r in seeds),
+                        "ms_per_step_median": statistics.median(steps) if steps else None,
+                        "epochs": seeds[0]["epochs"],
+                        "train_images": seeds[0]["train_images"],
+                    }
+                )
     return {"tables": {"runs": runs, "points": points}}
 
 
@@ -328,24 +425,44 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
         epochs = 0
         for x, optimizer in enumerate(shown):
             row = chosen[optimizer]
-            seeds = [r["test_acc"] for r in summary["tables"]["runs"] if (r["network"], r["optimizer"], r["point"])
-                     == (network, optimizer, row["point"])]
+            seeds = [
+                r["test_acc"]
+                for r in summary["tables"]["runs"]
+                if (r["network"], r["optimizer"], r["point"]) == (network, optimizer, row["point"])
+            ]
             acc_ax.bar(x, row["test_acc_mean"], width=0.6, color=color[optimizer], alpha=0.35)
             acc_ax.plot([x] * len(seeds), seeds, "o", color=color[optimizer], ms=5)
-            acc_ax.annotate(f"{row['test_acc_mean']:.1%}", (x, max(seeds)), textcoords="offset points",
-                            xytext=(0, 4), ha="center", fontsize=7)
-            curves = [[h.get("flips", math.nan) for h in rec["result"]["history"]] for rec in records
-                      if (rec["params"]["network"], rec["params"]["optimizer"], rec["params"]["point"])
-                      == (network, optimizer, row["point"])]
+            acc_ax.annotate(
+                f"{row['test_acc_mean']:.1%}",
+                (x, max(seeds)),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                fontsize=7,
+            )
+            curves = [
+                [h.get("flips", math.nan) for h in rec["result"]["history"]]
+                for rec in records
+                if (rec["params"]["network"], rec["params"]["optimizer"], rec["params"]["point"])
+                == (network, optimizer, row["point"])
+            ]
             n = min(len(c) for c in curves)
             mean = [max(statistics.fmean(c[i] for c in curves), 1.0) for i in range(n)]
-            flip_ax.plot(range(1, n + 1), mean, marker=marker[optimizer], ms=7, mfc="none", color=color[optimizer],
-                         label=optimizer)
+            flip_ax.plot(
+                range(1, n + 1),
+                mean,
+                marker=marker[optimizer],
+                ms=7,
+                mfc="none",
+                color=color[optimizer],
+                label=optimizer,
+            )
             epochs = max(epochs, n)
         for optimizer in shown:  # the other grid point's mean, as a hollow marker
             for row in (r for r in others if r["optimizer"] == optimizer):
-                acc_ax.plot(shown.index(optimizer) + 0.38, row["test_acc_mean"], "D", mfc="none", ms=5,
-                            color=color[optimizer])
+                acc_ax.plot(
+                    shown.index(optimizer) + 0.38, row["test_acc_mean"], "D", mfc="none", ms=5, color=color[optimizer]
+                )
         values = [r["test_acc"] for r in summary["tables"]["runs"] if r["network"] == network]
         if values:  # room above the bars for the legend
             low = max(0.0, min(values + [r["test_acc_mean"] for r in others]) - 0.05)
@@ -371,17 +488,22 @@ def plot(fig: Figure, records: list[dict[str, Any]], summary: dict[str, Any], co
             bottom, top = flip_ax.get_ylim()
             flip_ax.set_ylim(bottom, top * (top / bottom) ** 0.6)
             flip_ax.legend(fontsize=7, loc="upper center", ncol=3)
-    fig.suptitle(f"BNN optimizers at one budget, each tuned on {config.grid_points} grid point(s) by validation "
-                 f"accuracy\n{_scale_note(config)}", fontsize=10)
+    fig.suptitle(
+        f"BNN optimizers at one budget, each tuned on {config.grid_points} grid point(s) by validation "
+        f"accuracy\n{_scale_note(config)}",
+        fontsize=10,
+    )
 
 
 def _scale_note(config: Config) -> str:
     def size(value: int | None) -> str:
         return "all" if value is None else str(value)
 
-    return (f"seeds {config.seeds}; MNIST BNN {config.mnist_epochs} epochs, subset {size(config.mnist_subset)}; "
-            f"BinaryNet width {config.binarynet_width:g}, {config.binarynet_epochs} epochs, subset "
-            f"{size(config.binarynet_subset)}")
+    return (
+        f"seeds {config.seeds}; MNIST BNN {config.mnist_epochs} epochs, subset {size(config.mnist_subset)}; "
+        f"BinaryNet width {config.binarynet_width:g}, {config.binarynet_epochs} epochs, subset "
+        f"{size(config.binarynet_subset)}"
+    )
 
 
 def verdicts(summary: dict[str, Any]) -> list[Verdict]:
@@ -390,28 +512,40 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
 
 def results(summary: dict[str, Any]) -> list[str]:
     def row(r: dict[str, Any]) -> str:
-        return (f"| {r['optimizer']} | {r['hyper']} | {r['seeds']} | {percent(r['val_acc_mean'])} | "
-                f"{percent(r['test_acc_mean'])} | {percent(r['test_acc_std'])} | {percent(r['test_acc_min'])}-"
-                f"{percent(r['test_acc_max'])} | {number(r['flips_first_epoch_mean'])} | "
-                f"{number(r['flips_last_epoch_mean'])} "
-                f"| {number(r['ms_per_step_median'], '.1f')} |")
+        return (
+            f"| {r['optimizer']} | {r['hyper']} | {r['seeds']} | {percent(r['val_acc_mean'])} | "
+            f"{percent(r['test_acc_mean'])} | {percent(r['test_acc_std'])} | {percent(r['test_acc_min'])}-"
+            f"{percent(r['test_acc_max'])} | {number(r['flips_first_epoch_mean'])} | "
+            f"{number(r['flips_last_epoch_mean'])} "
+            f"| {number(r['ms_per_step_median'], '.1f')} |"
+        )
 
-    header = ["| optimizer | grid point | seeds | validation accuracy, mean | test accuracy, mean | std (sample) | "
-              "min-max | flips, first epoch | flips, last epoch | ms per step (median) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    header = [
+        "| optimizer | grid point | seeds | validation accuracy, mean | test accuracy, mean | std (sample) | "
+        "min-max | flips, first epoch | flips, last epoch | ms per step (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     lines = []
     points = summary["tables"]["points"]
     for network in dict.fromkeys(r["network"] for r in points):
         mine = [r for r in points if r["network"] == network]
         first = mine[0]
-        lines += [f"**{network}** ({first['epochs']} epochs, {first['train_images']} training images): the point "
-                  "chosen by validation accuracy", "", *header, *(row(r) for r in mine if r["chosen"]), ""]
+        lines += [
+            f"**{network}** ({first['epochs']} epochs, {first['train_images']} training images): the point "
+            "chosen by validation accuracy",
+            "",
+            *header,
+            *(row(r) for r in mine if r["chosen"]),
+            "",
+        ]
         rest = [r for r in mine if not r["chosen"]]
         if rest:
             lines += [f"{network}, the other grid points", "", *header, *(row(r) for r in rest), ""]
-    lines += ["Same network, data, batch size, epochs, schedule shape (linear decay to 0), validation split and seeds "
-              "for every optimizer; each tuned on the two grid points stated in advance, chosen by the mean final "
-              "validation accuracy (held-out 10% of the training images), then tested once with the final weights "
-              "and batch norm recalibrated. Milliseconds per step: wall-clock time per training step, evaluation "
-              "excluded (`train_images_per_s`). A difference smaller than the seed-to-seed spread is no effect."]
+    lines += [
+        "Same network, data, batch size, epochs, schedule shape (linear decay to 0), validation split and seeds "
+        "for every optimizer; each tuned on the two grid points stated in advance, chosen by the mean final "
+        "validation accuracy (held-out 10% of the training images), then tested once with the final weights "
+        "and batch norm recalibrated. Milliseconds per step: wall-clock time per training step, evaluation "
+        "excluded (`train_images_per_s`). A difference smaller than the seed-to-seed spread is no effect."
+    ]
     return lines

@@ -20,8 +20,13 @@ __all__ = ["COLORS", "save_figure", "scale_note", "mean_curve"]
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#e377c2"]
 
 
-def save_figure(draw: Callable[[Figure, list, dict, Any], None], records: list[dict[str, Any]],
-                summary: dict[str, Any], config: Any, path: Path) -> Path:
+def save_figure(
+    draw: Callable[[Figure, list, dict, Any], None],
+    records: list[dict[str, Any]],
+    summary: dict[str, Any],
+    config: Any,
+    path: Path,
+) -> Path:
     """``draw(fig, records, summary, config)`` on an 11 x 4.2 inch figure (``draw`` may resize it), saved to
     ``path`` (PNG); returns the path."""
     fig = Figure(figsize=(11, 4.2), dpi=110)

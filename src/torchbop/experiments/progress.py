@@ -30,8 +30,13 @@ def runs_in_progress(exp_dir: Path, manifest: dict[str, Any], records: list[dict
         if run["key"] in stored:
             continue
         run_dir = Path(exp_dir) / "runs" / run["key"]
-        row: dict[str, Any] = {"label": run["label"], "epochs_done": 0, "epochs": None, "val_acc": None,
-                               "time_s": time_spent(run_dir)}
+        row: dict[str, Any] = {
+            "label": run["label"],
+            "epochs_done": 0,
+            "epochs": None,
+            "val_acc": None,
+            "time_s": time_spent(run_dir),
+        }
         path = run_dir / "checkpoints" / "last.ckpt"
         if path.is_file():
             try:
@@ -52,9 +57,12 @@ def progress_table(rows: list[dict[str, Any]]) -> list[str]:
     the pace so far (the time so far over the epochs done), which counts killed attempts and sharing the cores."""
     if not rows:
         return []
-    lines = ["Runs not stored yet (from their last checkpoints):", "",
-             "| run | progress | last validation accuracy | time so far | time left at its pace so far |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "Runs not stored yet (from their last checkpoints):",
+        "",
+        "| run | progress | last validation accuracy | time so far | time left at its pace so far |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         spent = "-" if row.get("time_s") is None else f"{row['time_s'] / 60:.1f} min"
         if row["epochs_done"]:

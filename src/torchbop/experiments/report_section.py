@@ -86,5 +86,7 @@ def load_section(report_dir: Path, experiment: str) -> ReportSection | None:
             raise ValueError(f"format {stored.get('format')!r}, fields {sorted(stored)}")
         return ReportSection(**{k: stored[k] for k in fields})
     except (ValueError, TypeError, AttributeError) as error:
-        raise UserError(f"{path}: not a report section torchbop can read ({error}). Restore it with git, or delete it "
-                        f"to rebuild that section from the results alone. Nothing was written.") from None
+        raise UserError(
+            f"{path}: not a report section torchbop can read ({error}). Restore it with git, or delete it "
+            f"to rebuild that section from the results alone. Nothing was written."
+        ) from None

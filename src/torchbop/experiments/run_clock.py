@@ -89,8 +89,14 @@ class RunClock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             cpu = self.cpu_s()
-            write_json(self.path, {"elapsed_s": self.elapsed_s(), **({"cpu_s": cpu} if cpu is not None else {}),
-                                   "started_at": self.started_at})
+            write_json(
+                self.path,
+                {
+                    "elapsed_s": self.elapsed_s(),
+                    **({"cpu_s": cpu} if cpu is not None else {}),
+                    "started_at": self.started_at,
+                },
+            )
         except OSError:  # the run's folder was removed (a finished run) or cannot be written: only the count suffers
             pass
 

@@ -109,8 +109,10 @@ def _setting(name: str, value: Any, default: Any) -> Any:
         return _convert(name, value, default)
     except (TypeError, ValueError):
         kind = type(default[0] if isinstance(default, tuple) and default else default).__name__
-        raise ValueError(f"Invalid {name} value: {value!r} (expected {kind}"
-                         f"{' values, comma-separated' if isinstance(default, tuple) else ''})") from None
+        raise ValueError(
+            f"Invalid {name} value: {value!r} (expected {kind}"
+            f"{' values, comma-separated' if isinstance(default, tuple) else ''})"
+        ) from None
 
 
 def config_from_dict(experiment: str, values: dict[str, Any]) -> Any:
@@ -123,8 +125,9 @@ def config_from_dict(experiment: str, values: dict[str, Any]) -> Any:
     """
     default = get_experiment(experiment).Config()
     names = {f.name for f in dataclasses.fields(default)}
-    return dataclasses.replace(default, **{k: _convert(k, v, getattr(default, k)) for k, v in values.items()
-                                           if k in names})
+    return dataclasses.replace(
+        default, **{k: _convert(k, v, getattr(default, k)) for k, v in values.items() if k in names}
+    )
 
 
 def _convert(name: str, value: Any, default: Any) -> Any:
@@ -235,9 +238,11 @@ def run_experiment(
         share = max(1, (os.cpu_count() or 1) // jobs) if launcher.kind == "local" else 1  # this machine's cores
         threads = threads or launcher.cpus_per_task or share
         how = f"as {launcher.describe()}, {threads} thread(s) each"
-    log(f"{experiment} ({profile}): {len(keyed)} runs, {len(keyed) - len(todo)} already done"
+    log(
+        f"{experiment} ({profile}): {len(keyed)} runs, {len(keyed) - len(todo)} already done"
         + (f" ({reused} stored by another profile)" if reused else "")
-        + f", {len(todo)} to run {how} -> {out}")
+        + f", {len(todo)} to run {how} -> {out}"
+    )
 
     started = time.time()
     failed: list[str] = []
@@ -270,9 +275,22 @@ def run_experiment(
     if todo:  # what a report made before this invocation ends reads: the plan, and that it is still running
         write_json(out / "manifest.json", manifest_now(finished=False, stored=stored_records()))
     # module.execute travels to spawned workers by reference (module and name), like any top-level function
-    tasks = [dict(execute=module.execute, keep_run_dir=module.KEEP_RUN_DIR, experiment=experiment, label=s.label,
-                  params=s.params, key=k, version=module.VERSION, run_dir=str(out / "runs" / k),
-                  record_path=str(out / "runs" / f"{k}.json"), data_dir=data_dir, verbose=verbose) for s, k in todo]
+    tasks = [
+        dict(
+            execute=module.execute,
+            keep_run_dir=module.KEEP_RUN_DIR,
+            experiment=experiment,
+            label=s.label,
+            params=s.params,
+            key=k,
+            version=module.VERSION,
+            run_dir=str(out / "runs" / k),
+            record_path=str(out / "runs" / f"{k}.json"),
+            data_dir=data_dir,
+            verbose=verbose,
+        )
+        for s, k in todo
+    ]
     finished = 0
 
     def report(task: dict[str, Any], outcome: str, record: dict[str, Any] | None, error: str | None) -> bool:
@@ -290,17 +308,27 @@ def run_experiment(
         where = f"{record['wall_time_s']:.0f} s" if outcome == "done" else "run by another invocation"
         if outcome == "done" and compute_time_s(record) > record["wall_time_s"] + 1:  # resumed
             where += f", {compute_time_s(record):.0f} s over all its invocations"
-        log(f"[{finished}/{len(tasks)}] {task['label']}: {module.describe(record['result'])} "
-            f"({where}; {time.time() - started:.0f} s elapsed)")
+        log(
+            f"[{finished}/{len(tasks)}] {task['label']}: {module.describe(record['result'])} "
+            f"({where}; {time.time() - started:.0f} s elapsed)"
+        )
         return True
 
     if launcher is not None and tasks:  # paths absolute: a job may start elsewhere; the experiment by reference
         root, data = out.resolve(), str(resolve_data_dir(data_dir).resolve())
-        jobs_tasks = [{**{k: v for k, v in task.items() if k not in ("execute", "keep_run_dir")},
-                       "reference": reference, "data_dir": data, "run_dir": str(root / "runs" / task["key"]),
-                       "record_path": str(root / "runs" / f"{task['key']}.json")} for task in tasks]
-        launcher.run(jobs_tasks, folder=root / "jobs", name=f"torchbop-{experiment}", threads=threads,
-                     report=report, log=log)
+        jobs_tasks = [
+            {
+                **{k: v for k, v in task.items() if k not in ("execute", "keep_run_dir")},
+                "reference": reference,
+                "data_dir": data,
+                "run_dir": str(root / "runs" / task["key"]),
+                "record_path": str(root / "runs" / f"{task['key']}.json"),
+            }
+            for task in tasks
+        ]
+        launcher.run(
+            jobs_tasks, folder=root / "jobs", name=f"torchbop-{experiment}", threads=threads, report=report, log=log
+        )
     elif jobs == 1 or len(tasks) <= 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -314,8 +342,9 @@ def run_experiment(
             torch.set_num_threads(previous)
     else:
         context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=init_worker,
-                                    initargs=(threads,)) as pool:
+        with cf.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=init_worker, initargs=(threads,)
+        ) as pool:
             futures = {pool.submit(claim_and_execute, task, False): task for task in tasks}
             try:
                 while futures:
@@ -332,8 +361,10 @@ def run_experiment(
     write_json(out / "manifest.json", manifest)
     write_outputs(experiment, out, records, config)
     elsewhere = f"{counts['elsewhere']} run by another invocation, " if counts["elsewhere"] else ""
-    log(f"{experiment}: {manifest['executed']} run, {manifest['skipped']} skipped, {elsewhere}{len(failed)} failed "
-        f"in {manifest['wall_time_s']:.0f} s; results in {out}")
+    log(
+        f"{experiment}: {manifest['executed']} run, {manifest['skipped']} skipped, {elsewhere}{len(failed)} failed "
+        f"in {manifest['wall_time_s']:.0f} s; results in {out}"
+    )
     return manifest
 
 

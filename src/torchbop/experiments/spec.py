@@ -41,8 +41,11 @@ class RunSpec:
 
     def key(self, version: int) -> str:
         """16 hex digits of SHA-256 over the experiment, its version and the canonical JSON of ``params``."""
-        text = json.dumps({"experiment": self.experiment, "version": version, "params": jsonable(self.params)},
-                          sort_keys=True, separators=(",", ":"))
+        text = json.dumps(
+            {"experiment": self.experiment, "version": version, "params": jsonable(self.params)},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

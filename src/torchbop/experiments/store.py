@@ -18,8 +18,20 @@ import torch
 
 from torchbop.atomic_file import atomic_write
 
-__all__ = ["jsonable", "write_json", "read_json", "write_csv", "load_manifest", "load_records", "compute_time_s",
-           "cpu_time_s", "environment", "TIME_FORMAT", "time_stamp", "parse_time_stamp"]
+__all__ = [
+    "jsonable",
+    "write_json",
+    "read_json",
+    "write_csv",
+    "load_manifest",
+    "load_records",
+    "compute_time_s",
+    "cpu_time_s",
+    "environment",
+    "TIME_FORMAT",
+    "time_stamp",
+    "parse_time_stamp",
+]
 
 #: How records and manifests store a moment (``started_at``, ``finished_at``): local time with its UTC offset.
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S %z"
@@ -101,8 +113,11 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def environment(threads: int | None = None, jobs: int | None = None) -> dict[str, Any]:
     """Machine, library versions and code version, stored with every record and manifest."""
     env: dict[str, Any] = {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
         # the vector instructions torch's CPU kernels use (AVX2, AVX512): the same run rounds differently on each
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads() if threads is None else threads,
@@ -127,10 +142,16 @@ def _cpu_model() -> str:
 def _git_version() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty else "")

@@ -38,5 +38,6 @@ class Verdict:
         return "not run at scale"
 
     def indication(self) -> str:
-        return {True: "criterion met at this scale", False: "criterion not met at this scale",
-                None: "not evaluable"}[self.met]
+        return {True: "criterion met at this scale", False: "criterion not met at this scale", None: "not evaluable"}[
+            self.met
+        ]

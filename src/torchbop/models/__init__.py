@@ -25,8 +25,18 @@ from torchbop.models.mnist_bnn import MnistBNN
 from torchbop.models.quicknet import QuickNet, QuickNetLarge, QuickNetSmall
 from torchbop.models.reactnet import ReActNetA
 
-__all__ = ["MODELS", "create_model", "BinaryNet", "MnistBNN", "BiRealNet18", "ReActNetA", "BinaryResNet18",
-           "QuickNet", "QuickNetSmall", "QuickNetLarge"]
+__all__ = [
+    "MODELS",
+    "create_model",
+    "BinaryNet",
+    "MnistBNN",
+    "BiRealNet18",
+    "ReActNetA",
+    "BinaryResNet18",
+    "QuickNet",
+    "QuickNetSmall",
+    "QuickNetLarge",
+]
 
 #: name -> model class.
 MODELS: dict[str, type[nn.Module]] = {

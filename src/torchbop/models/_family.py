@@ -44,8 +44,7 @@ class FamilyModel(nn.Module):
     features: nn.Module
     head: nn.Module
 
-    def __init__(self, *, mode: str, stem: str, num_classes: int | None, width: float,
-                 channels_last: bool) -> None:
+    def __init__(self, *, mode: str, stem: str, num_classes: int | None, width: float, channels_last: bool) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
@@ -77,5 +76,6 @@ class FamilyModel(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def extra_repr(self) -> str:
-        return (f"mode={self.mode}, stem={self.stem}, num_classes={self.num_classes}, width={self.width}"
-                + ("" if self.channels_last else ", channels_last=False"))
+        return f"mode={self.mode}, stem={self.stem}, num_classes={self.num_classes}, width={self.width}" + (
+            "" if self.channels_last else ", channels_last=False"
+        )

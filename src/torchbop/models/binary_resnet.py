@@ -69,21 +69,24 @@ class BinaryBasicBlock(nn.Module):
         ['Conv2d', 'BatchNorm2d']
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, mode: str = "bop",
-                 scale: str | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, *, mode: str = "bop", scale: str | None = None
+    ) -> None:
         super().__init__()
         if stride not in (1, 2) or isinstance(stride, bool):
             raise ValueError(f"Invalid stride: {stride!r} (must be 1 or 2)")
-        self.conv1 = binary_conv2d(in_channels, out_channels, 3, stride, mode=mode, scale=scale,
-                                   input_quantizer=SteSign())
+        self.conv1 = binary_conv2d(
+            in_channels, out_channels, 3, stride, mode=mode, scale=scale, input_quantizer=SteSign()
+        )
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.act1 = nn.Hardtanh()
         self.conv2 = binary_conv2d(out_channels, out_channels, 3, mode=mode, scale=scale, input_quantizer=SteSign())
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
         self.act2 = nn.Hardtanh()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,23 +115,33 @@ class BinaryResNet18(FamilyModel):
         ValueError: Invalid stem: 'imagenet' for binary_resnet18 (a CIFAR-10 network: use stem='cifar10')
     """
 
-    def __init__(self, mode: str = "bop", stem: str = "cifar10", num_classes: int | None = None,
-                 width: float = 1.0, channels_last: bool = True, scale: str | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "bop",
+        stem: str = "cifar10",
+        num_classes: int | None = None,
+        width: float = 1.0,
+        channels_last: bool = True,
+        scale: str | None = None,
+    ) -> None:
         if stem != "cifar10":
             raise ValueError(f"Invalid stem: {stem!r} for binary_resnet18 (a CIFAR-10 network: use stem='cifar10')")
         super().__init__(mode=mode, stem=stem, num_classes=num_classes, width=width, channels_last=channels_last)
         base = scaled(64, width)
         stages: OrderedDict[str, nn.Module] = OrderedDict(
-            stem=nn.Sequential(OrderedDict(conv=nn.Conv2d(3, base, 3, 1, 1, bias=False), bn=nn.BatchNorm2d(base))))
+            stem=nn.Sequential(OrderedDict(conv=nn.Conv2d(3, base, 3, 1, 1, bias=False), bn=nn.BatchNorm2d(base)))
+        )
         channels = base
         for s in range(4):
             out = base * 2**s
             stride = 2 if s > 0 else 1
             stages[f"stage{s + 1}"] = nn.Sequential(
                 BinaryBasicBlock(channels, out, stride, mode=mode, scale=scale),
-                BinaryBasicBlock(out, out, mode=mode, scale=scale))
+                BinaryBasicBlock(out, out, mode=mode, scale=scale),
+            )
             channels = out
         self.features = nn.Sequential(stages)
         # IR-Net: F.avg_pool2d(out, 4) on the 4 x 4 maps, then BatchNorm1d(512) and the linear layer.
-        self.head = nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.BatchNorm1d(channels),
-                                  nn.Linear(channels, self.num_classes))
+        self.head = nn.Sequential(
+            nn.AvgPool2d(4), nn.Flatten(), nn.BatchNorm1d(channels), nn.Linear(channels, self.num_classes)
+        )

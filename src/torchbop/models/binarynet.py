@@ -181,5 +181,6 @@ class BinaryNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def extra_repr(self) -> str:
-        return (f"width={self.width}, variant={self.variant}, mode={self.mode}, binarize={self.binarize}"
-                + ("" if self.channels_last else ", channels_last=False"))
+        return f"width={self.width}, variant={self.variant}, mode={self.mode}, binarize={self.binarize}" + (
+            "" if self.channels_last else ", channels_last=False"
+        )

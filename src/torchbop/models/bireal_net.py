@@ -80,15 +80,23 @@ class BiRealNet18(FamilyModel):
         (0.001, 0.2, 2)
     """
 
-    def __init__(self, mode: str = "bop", stem: str = "imagenet", num_classes: int | None = None,
-                 width: float = 1.0, channels_last: bool = True, scale: str | None = "auto") -> None:
+    def __init__(
+        self,
+        mode: str = "bop",
+        stem: str = "imagenet",
+        num_classes: int | None = None,
+        width: float = 1.0,
+        channels_last: bool = True,
+        scale: str | None = "auto",
+    ) -> None:
         super().__init__(mode=mode, stem=stem, num_classes=num_classes, width=width, channels_last=channels_last)
         norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.2)  # Keras BatchNormalization(momentum=0.8)
         block = partial(BiRealBlock, mode=mode, scale=resolve_scale(scale, mode), norm_layer=norm)
         base = scaled(64, width)
         if stem == "imagenet":
-            stem_layers = OrderedDict(conv=nn.Conv2d(3, base, 7, 2, 3, bias=False), bn=norm(base),
-                                      pool=nn.MaxPool2d(3, 2, 1))
+            stem_layers = OrderedDict(
+                conv=nn.Conv2d(3, base, 7, 2, 3, bias=False), bn=norm(base), pool=nn.MaxPool2d(3, 2, 1)
+            )
         else:
             stem_layers = OrderedDict(conv=nn.Conv2d(3, base, 3, 1, 1, bias=False), bn=norm(base))
         stages: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Sequential(stem_layers))

@@ -4,8 +4,8 @@ On CPU (oneDNN) and on GPUs with tensor cores, convolutions, max pooling and bat
 than on torch's default NCHW: measured on a 2-core CPU, a training step of the MNIST BNN at batch 100 took 0.61x the
 NCHW step's CPU time and BinaryNet at width 1/8 0.69x (NCHW max pooling alone was 31% of the MNIST step).
 
-The models put their *input* in channels_last (:func:`~torchbop.data.layout.to_channels_last`); every convolution whose input is
-channels_last returns channels_last, so the whole feature extractor follows, while the parameters keep torch's
+The models put their *input* in channels_last (:func:`~torchbop.data.layout.to_channels_last`); every convolution whose
+input is channels_last returns channels_last, so the whole feature extractor follows, while the parameters keep torch's
 default layout (a weight's gradient is copied back to that layout, a few microseconds per step). So state dicts,
 checkpoints and optimizers (``Bop(fused=True)`` flattens each weight with ``view(-1)``) see the same tensors as in
 NCHW. The outputs do not depend on the format beyond float rounding (the binary layers' +-1 sums are exact).

@@ -57,8 +57,9 @@ class MnistBNN(nn.Module):
         )
     """
 
-    def __init__(self, mode: str = "bop", padding: str = "same", num_classes: int = 10,
-                 channels_last: bool = True) -> None:
+    def __init__(
+        self, mode: str = "bop", padding: str = "same", num_classes: int = 10, channels_last: bool = True
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")

@@ -93,8 +93,7 @@ from torchbop.models._family import FamilyModel, scaled
 from torchbop.nn import BinaryConv2d
 from torchbop.quantizers import SteSign, sign
 
-__all__ = ["QuickNet", "QuickNetSmall", "QuickNetLarge", "ResidualBlock", "STEMS", "LATENT_WEIGHT_BOUND",
-           "CLIP_VALUE"]
+__all__ = ["QuickNet", "QuickNetSmall", "QuickNetLarge", "ResidualBlock", "STEMS", "LATENT_WEIGHT_BOUND", "CLIP_VALUE"]
 
 #: Input sizes (and default class counts) the stem is built for.
 STEMS = {"imagenet": 1000, "cifar10": 10}  # stem -> classes (the arguments are checked by FamilyModel)
@@ -150,9 +149,17 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int, mode: str = "bop") -> None:
         super().__init__()
-        self.conv = BinaryConv2d(channels, channels, 3, padding=1, bias=False, mode=mode, pad_value=1.0,
-                                 input_quantizer=SteSign(CLIP_VALUE),
-                                 weight_quantizer=SteSign(CLIP_VALUE) if mode == "latent" else None)
+        self.conv = BinaryConv2d(
+            channels,
+            channels,
+            3,
+            padding=1,
+            bias=False,
+            mode=mode,
+            pad_value=1.0,
+            input_quantizer=SteSign(CLIP_VALUE),
+            weight_quantizer=SteSign(CLIP_VALUE) if mode == "latent" else None,
+        )
         self.act = nn.ReLU()
         self.bn = _bn(channels)
 
@@ -186,8 +193,14 @@ class QuickNet(FamilyModel):
     #: Larq Zoo's ``WeightClip`` bound for latent weights (for ``clip_latent_weights_(model, bound=...)``).
     latent_weight_bound: float = LATENT_WEIGHT_BOUND
 
-    def __init__(self, mode: str = "bop", stem: str = "imagenet", num_classes: int | None = None,
-                 width: float = 1.0, channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        mode: str = "bop",
+        stem: str = "imagenet",
+        num_classes: int | None = None,
+        width: float = 1.0,
+        channels_last: bool = True,
+    ) -> None:
         super().__init__(mode=mode, stem=stem, num_classes=num_classes, width=width, channels_last=channels_last)
         num_classes = self.num_classes
 
@@ -199,16 +212,32 @@ class QuickNet(FamilyModel):
             layers: list[tuple[str, nn.Module]] = []
             if f != previous:  # Larq: a transition wherever the filters change (decided at the published width)
                 in_ch = filters[s - 1]
-                layers.append(("transition", nn.Sequential(OrderedDict(
-                    act=nn.ReLU(), pool=nn.MaxPool2d(2, stride=1), blur=_blur_conv(in_ch),
-                    conv=nn.Conv2d(in_ch, f_scaled, 1, bias=False), bn=_bn(f_scaled)))))
+                layers.append(
+                    (
+                        "transition",
+                        nn.Sequential(
+                            OrderedDict(
+                                act=nn.ReLU(),
+                                pool=nn.MaxPool2d(2, stride=1),
+                                blur=_blur_conv(in_ch),
+                                conv=nn.Conv2d(in_ch, f_scaled, 1, bias=False),
+                                bn=_bn(f_scaled),
+                            )
+                        ),
+                    )
+                )
                 previous = f
             layers += [(f"block{b}", ResidualBlock(f_scaled, mode)) for b in range(blocks)]
             sections.append((f"section{s}", nn.Sequential(OrderedDict(layers))))
         self.features = nn.Sequential(OrderedDict(sections))
-        self.head = nn.Sequential(OrderedDict(
-            act=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
-            fc=nn.Linear(filters[-1], num_classes)))
+        self.head = nn.Sequential(
+            OrderedDict(
+                act=nn.ReLU(),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(filters[-1], num_classes),
+            )
+        )
         self._init_weights()
 
     @staticmethod
@@ -220,13 +249,21 @@ class QuickNet(FamilyModel):
             stride, padding = 2, 0
         else:
             conv_pad, dw_pad, stride, padding = [], [], 1, 1
-        return nn.Sequential(OrderedDict([
-            *conv_pad, ("conv", nn.Conv2d(3, mid, 3, stride=stride, padding=padding, bias=False)),
-            ("bn", _bn(mid, keras_default=True)), ("act", nn.ReLU()),
-            *dw_pad, ("dw", nn.Conv2d(mid, mid, 3, stride=stride, padding=padding, groups=mid, bias=False)),
-            ("dw_bn", _bn(mid, keras_default=True, affine=False)),
-            ("pw", nn.Conv2d(mid, out, 1, bias=False)), ("pw_bn", _bn(out, keras_default=True)),
-        ]))
+        return nn.Sequential(
+            OrderedDict(
+                [
+                    *conv_pad,
+                    ("conv", nn.Conv2d(3, mid, 3, stride=stride, padding=padding, bias=False)),
+                    ("bn", _bn(mid, keras_default=True)),
+                    ("act", nn.ReLU()),
+                    *dw_pad,
+                    ("dw", nn.Conv2d(mid, mid, 3, stride=stride, padding=padding, groups=mid, bias=False)),
+                    ("dw_bn", _bn(mid, keras_default=True, affine=False)),
+                    ("pw", nn.Conv2d(mid, out, 1, bias=False)),
+                    ("pw_bn", _bn(out, keras_default=True)),
+                ]
+            )
+        )
 
     @torch.no_grad()
     def _init_weights(self) -> None:

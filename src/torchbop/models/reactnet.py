@@ -82,14 +82,23 @@ class ReActNetA(FamilyModel):
         Linear(in_features=1024, out_features=1000, bias=True)
     """
 
-    def __init__(self, mode: str = "bop", stem: str = "imagenet", num_classes: int | None = None,
-                 width: float = 1.0, channels_last: bool = True, scale: str | None = "auto") -> None:
+    def __init__(
+        self,
+        mode: str = "bop",
+        stem: str = "imagenet",
+        num_classes: int | None = None,
+        width: float = 1.0,
+        channels_last: bool = True,
+        scale: str | None = "auto",
+    ) -> None:
         super().__init__(mode=mode, stem=stem, num_classes=num_classes, width=width, channels_last=channels_last)
         base = scaled(CHANNELS[0], width)
         channels = tuple(base * (c // CHANNELS[0]) for c in CHANNELS)
         stem_stride = 2 if stem == "imagenet" else 1
         stem_layers = OrderedDict(conv=nn.Conv2d(3, base, 3, stem_stride, 1, bias=False), bn=nn.BatchNorm2d(base))
-        blocks = [ReActNetBlock(c_in, c_out, stride, mode=mode, scale=resolve_scale(scale, mode))
-                  for c_in, c_out, stride in zip(channels[:-1], channels[1:], _strides(CHANNELS))]
+        blocks = [
+            ReActNetBlock(c_in, c_out, stride, mode=mode, scale=resolve_scale(scale, mode))
+            for c_in, c_out, stride in zip(channels[:-1], channels[1:], _strides(CHANNELS))
+        ]
         self.features = nn.Sequential(OrderedDict(stem=nn.Sequential(stem_layers), blocks=nn.Sequential(*blocks)))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], self.num_classes))

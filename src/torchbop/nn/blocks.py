@@ -65,11 +65,28 @@ from torchbop.quantizers import ApproxSign
 __all__ = ["BiRealBlock", "ReActNetBlock", "binary_conv2d"]
 
 
-def binary_conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *, mode: str = "bop",
-                  scale: str | None = None, input_quantizer: nn.Module | None) -> BinaryConv2d:
+def binary_conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    *,
+    mode: str = "bop",
+    scale: str | None = None,
+    input_quantizer: nn.Module | None,
+) -> BinaryConv2d:
     """A bias-free ``BinaryConv2d`` with 'same' padding (``kernel_size // 2``) and the given weight ``scale``."""
-    return BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False,
-                        mode=mode, input_quantizer=input_quantizer, scale=scale)
+    return BinaryConv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding=kernel_size // 2,
+        bias=False,
+        mode=mode,
+        input_quantizer=input_quantizer,
+        scale=scale,
+    )
 
 
 def _check_int(name: str, value: object, minimum: int = 1) -> int:
@@ -107,22 +124,32 @@ class BiRealBlock(nn.Module):
         ['AvgPool2d', 'Conv2d', 'BatchNorm2d']
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, mode: str = "bop",
-                 scale: str | None = None, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        mode: str = "bop",
+        scale: str | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         _check_int("in_channels", in_channels)
         _check_int("out_channels", out_channels)
         stride = _check_stride(stride)
-        self.conv = binary_conv2d(in_channels, out_channels, 3, stride, mode=mode, scale=scale,
-                                  input_quantizer=ApproxSign())
+        self.conv = binary_conv2d(
+            in_channels, out_channels, 3, stride, mode=mode, scale=scale, input_quantizer=ApproxSign()
+        )
         self.bn = norm_layer(out_channels)
         self.shortcut: nn.Module
         if stride == 1 and in_channels == out_channels:
             self.shortcut = nn.Identity()
         else:
             pool: list[nn.Module] = [nn.AvgPool2d(stride)] if stride > 1 else []
-            self.shortcut = nn.Sequential(*pool, nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                                          norm_layer(out_channels))
+            self.shortcut = nn.Sequential(
+                *pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), norm_layer(out_channels)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x)) + self.shortcut(x)
@@ -154,21 +181,31 @@ class ReActNetBlock(nn.Module):
         (True, 'Identity')
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, mode: str = "bop",
-                 scale: str | None = None, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        mode: str = "bop",
+        scale: str | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         _check_int("in_channels", in_channels)
         _check_int("out_channels", out_channels)
         if out_channels not in (in_channels, 2 * in_channels):
             raise ValueError(f"Invalid out_channels: {out_channels} (must be in_channels={in_channels} or twice it)")
         stride = _check_stride(stride)
-        self.conv3x3 = binary_conv2d(in_channels, in_channels, 3, stride, mode=mode, scale=scale,
-                                     input_quantizer=RSign(in_channels))
+        self.conv3x3 = binary_conv2d(
+            in_channels, in_channels, 3, stride, mode=mode, scale=scale, input_quantizer=RSign(in_channels)
+        )
         self.bn1 = norm_layer(in_channels)
         self.pool = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
         self.act1 = RPReLU(in_channels)
-        self.conv1x1 = binary_conv2d(in_channels, out_channels, 1, mode=mode, scale=scale,
-                                     input_quantizer=RSign(in_channels))
+        self.conv1x1 = binary_conv2d(
+            in_channels, out_channels, 1, mode=mode, scale=scale, input_quantizer=RSign(in_channels)
+        )
         self.bn2 = norm_layer(out_channels)
         self.act2 = RPReLU(out_channels)
         #: True where the 1x1 convolution doubles the channels (shortcut ``[h, h]``); fixed at construction.

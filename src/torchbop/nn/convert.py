@@ -45,8 +45,16 @@ CONVERTIBLE: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: BinaryLinear,
 }
 #: Weight layers it recognises but cannot convert: a selector that reaches one of them is an error.
-_UNSUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-                nn.Linear, nn.Bilinear)
+_UNSUPPORTED = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Bilinear,
+)
 #: The keys a rule's settings may hold (each defaults to the keyword argument of the same name).
 RULE_SETTINGS = ("mode", "input_quantizer", "scale", "pad_value")
 
@@ -104,8 +112,9 @@ def _check_settings(settings: Any, where: str) -> dict[str, Any]:
         raise ValueError(f"binarize: invalid mode {settings['mode']!r} in {where} (expected one of {MODES})")
     if "scale" in settings and settings["scale"] is not None and settings["scale"] not in SCALES:
         raise ValueError(f"binarize: invalid scale {settings['scale']!r} in {where} (expected None or one of {SCALES})")
-    if "pad_value" in settings and (not isinstance(settings["pad_value"], numbers.Real)
-                                    or isinstance(settings["pad_value"], bool)):
+    if "pad_value" in settings and (
+        not isinstance(settings["pad_value"], numbers.Real) or isinstance(settings["pad_value"], bool)
+    ):
         raise TypeError(f"binarize: pad_value in {where} must be a number, got {settings['pad_value']!r}")
     q = settings.get("input_quantizer")
     if q is not None and q is not _DEFAULT and not isinstance(q, nn.Module) and not callable(q):
@@ -127,10 +136,14 @@ def _parse_rules(rules: Any) -> list[tuple[_Selector, dict[str, Any]]]:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise TypeError(f"binarize: rules[{i}] must be a (selector, settings) pair, got {pair!r}")
     else:
-        raise TypeError(f"binarize: rules must be a dict {{selector: settings}} or a list of (selector, settings) "
-                        f"pairs, got {type(rules).__name__}")
-    return [(_Selector(sel, f"the selector of rules[{i}]"), _check_settings(s, f"rules[{i}] ({sel!r})"))
-            for i, (sel, s) in enumerate(pairs)]
+        raise TypeError(
+            f"binarize: rules must be a dict {{selector: settings}} or a list of (selector, settings) "
+            f"pairs, got {type(rules).__name__}"
+        )
+    return [
+        (_Selector(sel, f"the selector of rules[{i}]"), _check_settings(s, f"rules[{i}] ({sel!r})"))
+        for i, (sel, s) in enumerate(pairs)
+    ]
 
 
 def _data_order(model: nn.Module, layers: list[tuple[str, nn.Module]], example_input: Any) -> list[str]:
@@ -178,15 +191,31 @@ def _make_quantizer(q: Any) -> nn.Module | None:
 @torch.no_grad()
 def _convert(name: str, old: nn.Module, settings: dict[str, Any]) -> nn.Module:
     cls = CONVERTIBLE[type(old)]
-    common = dict(device=old.weight.device, dtype=old.weight.dtype, mode=settings["mode"],
-                  input_quantizer=_make_quantizer(settings["input_quantizer"]), scale=settings["scale"])
+    common = dict(
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+        mode=settings["mode"],
+        input_quantizer=_make_quantizer(settings["input_quantizer"]),
+        scale=settings["scale"],
+    )
     try:
         if cls is BinaryLinear:
             new = BinaryLinear(old.in_features, old.out_features, old.bias is not None, **common)
         else:
             pad_value = float(settings["pad_value"]) if _pads(old) else 0.0
-            new = cls(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                      old.groups, old.bias is not None, old.padding_mode, pad_value=pad_value, **common)
+            new = cls(
+                old.in_channels,
+                old.out_channels,
+                old.kernel_size,
+                old.stride,
+                old.padding,
+                old.dilation,
+                old.groups,
+                old.bias is not None,
+                old.padding_mode,
+                pad_value=pad_value,
+                **common,
+            )
     except ValueError as error:
         raise ValueError(f"binarize: cannot convert {name!r} ({type(old).__name__}): {error}") from None
     new.weight.copy_(sign(old.weight) if settings["mode"] == "bop" else old.weight)
@@ -329,18 +358,23 @@ def binarize(
     if not (isinstance(verbose, bool) or callable(verbose)):
         raise TypeError(f"binarize: verbose must be a bool or a callable taking a string, got {type(verbose).__name__}")
     if example_input is not None and not isinstance(example_input, (Tensor, tuple, list)):
-        raise TypeError(f"binarize: example_input must be a Tensor or a tuple of positional arguments, got "
-                        f"{type(example_input).__name__}")
-    defaults = _check_settings(dict(mode=mode, input_quantizer=input_quantizer, scale=scale, pad_value=pad_value),
-                               "the keyword arguments")
+        raise TypeError(
+            f"binarize: example_input must be a Tensor or a tuple of positional arguments, got "
+            f"{type(example_input).__name__}"
+        )
+    defaults = _check_settings(
+        dict(mode=mode, input_quantizer=input_quantizer, scale=scale, pad_value=pad_value), "the keyword arguments"
+    )
     if layers is None:
         selectors = None
     else:
         values = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         if not values:
             raise ValueError("binarize: layers is empty; pass None to convert every Conv1d/Conv2d/Linear layer")
-        selectors = [_Selector(v, f"layers[{i}]" if isinstance(layers, (list, tuple)) else "layers")
-                     for i, v in enumerate(values)]
+        selectors = [
+            _Selector(v, f"layers[{i}]" if isinstance(layers, (list, tuple)) else "layers")
+            for i, v in enumerate(values)
+        ]
     parsed_rules = _parse_rules(rules)
 
     if not inplace:
@@ -358,8 +392,10 @@ def binarize(
     def hits(selector: _Selector, where: str) -> list[str]:
         found = [name for name, m in weight_layers if selector.matches(name, m)]
         if selector.kind == "name" and selector.value in modules and not found:
-            raise ValueError(f"binarize: {where} {selector!r} is a {type(modules[selector.value]).__name__}, not a "
-                             f"Conv1d, Conv2d or Linear layer")
+            raise ValueError(
+                f"binarize: {where} {selector!r} is a {type(modules[selector.value]).__name__}, not a "
+                f"Conv1d, Conv2d or Linear layer"
+            )
         if not found:
             names = ", ".join(repr(n) for n in kinds if kinds[n] == "convertible") or "none"
             raise ValueError(f"binarize: {where} {selector!r} matches no layer of {what} (convertible layers: {names})")
@@ -387,11 +423,15 @@ def binarize(
                     raise ValueError(f"binarize: {name!r} is already a binary layer ({typename}); nothing to convert")
                 if sel.kind == "name" and name in kept_ends:
                     end = kept_ends[name]
-                    raise ValueError(f"binarize: {name!r} is the {end} layer, which keep_{end}=True keeps real; pass "
-                                     f"keep_{end}=False to convert it")
+                    raise ValueError(
+                        f"binarize: {name!r} is the {end} layer, which keep_{end}=True keeps real; pass "
+                        f"keep_{end}=False to convert it"
+                    )
             if all(kinds[n] == "binary" for n in found):
-                raise ValueError(f"binarize: layers selector {sel!r} matches only binary layers ({found}); they are "
-                                 "converted already")
+                raise ValueError(
+                    f"binarize: layers selector {sel!r} matches only binary layers ({found}); they are "
+                    "converted already"
+                )
             chosen.update(n for n in found if kinds[n] == "convertible")
         selected = [name for name in kinds if name in chosen]
     for name, end in kept_ends.items():
@@ -403,8 +443,10 @@ def binarize(
         reasons = [f"{n_binary} layer(s) already binary (binarize converts a layer once)"] if n_binary else []
         real_ends = [n for n in kept_ends if kinds[n] == "convertible"]
         if real_ends:
-            reasons.append(f"{len(real_ends)} kept real as first/last layer ({', '.join(map(repr, real_ends))}: "
-                           "keep_first=False / keep_last=False convert them)")
+            reasons.append(
+                f"{len(real_ends)} kept real as first/last layer ({', '.join(map(repr, real_ends))}: "
+                "keep_first=False / keep_last=False convert them)"
+            )
         raise ValueError(f"binarize: nothing to convert in {what}: {', '.join(reasons) or 'no layer selected'}")
 
     settings = {name: dict(defaults) for name in selected}
@@ -425,10 +467,25 @@ def binarize(
     rows = []
     for name, new in new_layers.items():
         q = new.input_quantizer
-        rows.append((name or "(model)", type(modules[name]).__name__, type(new).__name__, str(tuple(new.weight.shape)),
-                     f"{new.weight.numel():,}", new.mode, new.scale or "-", type(q).__name__ if q else "None"))
-    table = _table(rows, [(n or "(model)", why) for n, why in sorted(kept.items(), key=lambda kv: order.index(kv[0])
-                                                                      if kv[0] in order else len(order))])
+        rows.append(
+            (
+                name or "(model)",
+                type(modules[name]).__name__,
+                type(new).__name__,
+                str(tuple(new.weight.shape)),
+                f"{new.weight.numel():,}",
+                new.mode,
+                new.scale or "-",
+                type(q).__name__ if q else "None",
+            )
+        )
+    table = _table(
+        rows,
+        [
+            (n or "(model)", why)
+            for n, why in sorted(kept.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+        ],
+    )
     logger.info(table)
     if verbose is True:
         print(table)

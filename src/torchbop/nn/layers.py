@@ -164,7 +164,7 @@ class _BinaryLayerMixin:
             # By linearity, conv(pad(x, v)) = conv(pad(x, 0)) + conv(pad(0, v)). The border term is one image
             # (unbatched, broadcast over the batch): cheaper than copying the whole batch into a padded tensor.
             pads = self._reversed_padding_repeated_twice  # type: ignore[attr-defined]
-            border = F.pad(x.new_zeros(x.shape[-(spatial_dims + 1):]), pads, value=self.pad_value)
+            border = F.pad(x.new_zeros(x.shape[-(spatial_dims + 1) :]), pads, value=self.pad_value)
             stride, dilation, groups = self.stride, self.dilation, self.groups  # type: ignore[attr-defined]
             out = out + conv(border, weight, None, stride, 0, dilation, groups)
         if alpha is not None:

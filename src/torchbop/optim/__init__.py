@@ -17,5 +17,13 @@ from torchbop.optim.routing import bop_optimizer
 from torchbop.optim.schedulers import ThresholdScheduler
 
 __all__ = [
-    "Bop", "Bop2ndOrder", "CEMA", "CompositeOptimizer", "ThresholdScheduler", "bop", "bop2nd", "bop_optimizer", "cema",
+    "Bop",
+    "Bop2ndOrder",
+    "CEMA",
+    "CompositeOptimizer",
+    "ThresholdScheduler",
+    "bop",
+    "bop2nd",
+    "bop_optimizer",
+    "cema",
 ]

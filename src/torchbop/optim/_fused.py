@@ -137,8 +137,9 @@ def _compile(kernel: Callable, example: tuple, stored_as: tuple) -> Callable:
 def _example(slot: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
     """:data:`ARITY` slots like ``slot`` for compiling: the tensors of slot ``j`` have ``PROBE_SIZE + 16 j`` entries,
     so that no two slots share a size (a compiler that sees two equal sizes may assume them equal forever)."""
-    return tuple(tuple(torch.zeros(PROBE_SIZE + 16 * j, dtype=t.dtype, device=t.device) for t in slot)
-                 for j in range(ARITY))
+    return tuple(
+        tuple(torch.zeros(PROBE_SIZE + 16 * j, dtype=t.dtype, device=t.device) for t in slot) for j in range(ARITY)
+    )
 
 
 def _padding(slot: tuple[torch.Tensor, ...], count: int) -> tuple[tuple[torch.Tensor, ...], ...]:
@@ -146,8 +147,9 @@ def _padding(slot: tuple[torch.Tensor, ...], count: int) -> tuple[tuple[torch.Te
     writes into them and their results are dropped. Made once per device and dtypes; every slot its own memory."""
     key = _slot_key(slot)
     if key not in _scratch:
-        _scratch[key] = tuple(tuple(torch.zeros(2, dtype=t.dtype, device=t.device) for t in slot)
-                              for _ in range(ARITY - 1))
+        _scratch[key] = tuple(
+            tuple(torch.zeros(2, dtype=t.dtype, device=t.device) for t in slot) for _ in range(ARITY - 1)
+        )
     return _scratch[key][:count]
 
 
@@ -237,8 +239,15 @@ def _environment_problem(device_type: str) -> str | None:
     return None
 
 
-def choose(optimizer: str, kernel: str, keys: set[tuple], probe: Callable[..., None], *, fused: bool | None,
-           foreach: bool | None) -> bool:
+def choose(
+    optimizer: str,
+    kernel: str,
+    keys: set[tuple],
+    probe: Callable[..., None],
+    *,
+    fused: bool | None,
+    foreach: bool | None,
+) -> bool:
     """Whether a step takes the fused path: ``fused=True`` always (or ``RuntimeError`` with the reason),
     ``fused=False`` or an explicit ``foreach`` never, ``None`` wherever the kernel works for every
     ``key = (device type, dtypes...)`` of the step (else one warning per process, and the eager path).
@@ -266,8 +275,14 @@ def worth_compiling(param: torch.Tensor, fused: bool | None) -> bool:
     return param.numel() >= (2 if fused else AUTO_MIN_ENTRIES.get(param.device.type, 2))
 
 
-def apply(kernel: Callable, params: list[torch.Tensor], grads: list[torch.Tensor], *states: list[torch.Tensor],
-          hyperparameters: Callable[[torch.dtype], tuple], fused: bool | None = True) -> tuple[list, list[int]]:
+def apply(
+    kernel: Callable,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    *states: list[torch.Tensor],
+    hyperparameters: Callable[[torch.dtype], tuple],
+    fused: bool | None = True,
+) -> tuple[list, list[int]]:
     """Run the compiled ``kernel`` on each parameter: ``kernel(w, g, *states, *hyperparameters(dtype))`` on 1-D
     aliases, the hyperparameters as one-entry tensors of the states' dtype, :data:`ARITY` parameters of the same
     devices and dtypes per call. Returns the kernel's outputs (``None`` where it did not run) and the indices of the
@@ -298,7 +313,7 @@ def apply(kernel: Callable, params: list[torch.Tensor], grads: list[torch.Tensor
         for key, members in batches.items():
             scalars = _scalars(hyperparameters(key[2][1]), *key[2])  # key[2]: the first state's device and dtype
             for start in range(0, len(members), ARITY):
-                chunk = members[start:start + ARITY]
+                chunk = members[start : start + ARITY]
                 slots = tuple(slot for _, slot in chunk)
                 slots += _padding(slots[0], ARITY - len(slots))
                 result = runner(kernel, slots[0], scalars)(slots, *scalars)
@@ -347,8 +362,9 @@ def require(optimizer: str, device_type: str, reason: str | None) -> None:
         )
 
 
-def flat_views(w: torch.Tensor, grad: torch.Tensor, *states: torch.Tensor,
-               alias: bool = True) -> tuple[torch.Tensor, ...] | None:
+def flat_views(
+    w: torch.Tensor, grad: torch.Tensor, *states: torch.Tensor, alias: bool = True
+) -> tuple[torch.Tensor, ...] | None:
     """1-D views of ``w``, ``grad`` and ``states``, entry for entry, or ``None`` where the kernels cannot take them.
 
     ``w`` and its state tensors must share one dense layout (contiguous, channels-last or any other permutation of

@@ -95,9 +95,14 @@ def _digest(key: tuple) -> str:
     kernel, *rest = key
     devices = {value for part in rest if isinstance(part, tuple) for value in part if isinstance(value, torch.device)}
     parts = [
-        f"{kernel.__module__}.{kernel.__qualname__}", repr(rest),
-        torch.__version__, str(torch.version.git_version), sys.version, platform.machine(),
-        torch._inductor.config.get_hash().hex(), _source_digest(),
+        f"{kernel.__module__}.{kernel.__qualname__}",
+        repr(rest),
+        torch.__version__,
+        str(torch.version.git_version),
+        sys.version,
+        platform.machine(),
+        torch._inductor.config.get_hash().hex(),
+        _source_digest(),
         *sorted(_device_signature(device) for device in devices),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

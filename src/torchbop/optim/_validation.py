@@ -103,7 +103,8 @@ def validate_group_choice(index: int, key: str, value: Any, choices: tuple[str, 
         return
     raise ValueError(
         f"Invalid {key} value in param group {index} ({key!r}): {value!r} (expected one of "
-        f"{', '.join(map(repr, choices))}); the step changed nothing. Set param_groups[{index}][{key!r}] to one of them."
+        f"{', '.join(map(repr, choices))}); the step changed nothing. Set param_groups[{index}][{key!r}] to one"
+        " of them."
     )
 
 

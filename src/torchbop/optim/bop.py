@@ -7,8 +7,9 @@ towards ``-w``).
 
 The layout follows ``torch.optim``: the :class:`Bop` class validates arguments and gathers tensors; the functional
 :func:`bop` dispatches to ``_single_tensor_bop`` (the readable reference, the specification), ``_fused_bop`` (one
-``torch.compile``-generated loop per tensor, eight tensors per call, the default wherever it compiles) or ``_multi_tensor_bop`` (the eager
-path: plain PyTorch operations, in cache-sized chunks on CPU). All three are tested bit-identical.
+``torch.compile``-generated loop per tensor, eight tensors per call, the default wherever it compiles) or
+``_multi_tensor_bop`` (the eager path: plain PyTorch operations, in cache-sized chunks on CPU). All three are tested
+bit-identical.
 """
 
 from __future__ import annotations
@@ -163,8 +164,13 @@ class Bop(Optimizer):
         if foreach and fused:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         defaults = dict(
-            lr=gamma, threshold=threshold, tie_break=tie_break, m_init=m_init, nonfinite=nonfinite,
-            foreach=foreach, fused=fused,
+            lr=gamma,
+            threshold=threshold,
+            tie_break=tie_break,
+            m_init=m_init,
+            nonfinite=nonfinite,
+            foreach=foreach,
+            fused=fused,
         )
         if not isinstance(params, (Tensor, dict)):
             params = list(params)
@@ -277,13 +283,20 @@ class Bop(Optimizer):
         else:
             state["exp_avg"] = torch.zeros_like(p, dtype=m_dtype, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                      states: list[dict]) -> list[Tensor]:
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+    ) -> list[Tensor]:
         mask = group["nonfinite"] == "mask"
         flips, masked = bop(
-            params, grads, [s["exp_avg"] for s in states],
-            gamma=group["lr"], threshold=group["threshold"], tie_break=group["tie_break"],
-            mask_nonfinite=mask, foreach=group["foreach"], fused=group["fused"],
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            gamma=group["lr"],
+            threshold=group["threshold"],
+            tie_break=group["tie_break"],
+            mask_nonfinite=mask,
+            foreach=group["foreach"],
+            fused=group["fused"],
         )
         if mask:
             torch._foreach_add_([state["nonfinite_entries"] for state in states], masked)
@@ -329,8 +342,9 @@ class Bop(Optimizer):
                     _raise_if_nonfinite(self, params, grads)
 
     def _raise_policy_grads(self, gathered: list[tuple[list[Tensor], list[Tensor]]]) -> list[Tensor]:
-        return [g for group, (_, grads) in zip(self.param_groups, gathered) if group["nonfinite"] == "raise"
-                for g in grads]
+        return [
+            g for group, (_, grads) in zip(self.param_groups, gathered) if group["nonfinite"] == "raise" for g in grads
+        ]
 
     @torch.no_grad()
     def check_step(self) -> None:
@@ -462,8 +476,11 @@ def bop(
     their ``m`` and weight), the number of such entries of each tensor (else ``None``). See :class:`Bop` for the
     rule and for how ``fused`` and ``foreach`` choose the implementation; all of them give bit-identical results.
     """
-    keys = {(p.device.type, p.dtype, g.dtype, m.dtype)
-            for p, g, m in zip(params, grads, exp_avgs) if _fused.worth_compiling(p, fused)}
+    keys = {
+        (p.device.type, p.dtype, g.dtype, m.dtype)
+        for p, g, m in zip(params, grads, exp_avgs)
+        if _fused.worth_compiling(p, fused)
+    }
     kernel = "bop_masked" if mask_nonfinite else "bop"
     probe = functools.partial(_probe_fused_bop, mask_nonfinite=mask_nonfinite)
     if _fused.choose("Bop", kernel, keys, probe, fused=fused, foreach=foreach):
@@ -472,8 +489,9 @@ def bop(
         impl = _single_tensor_bop
     else:
         impl = _multi_tensor_bop
-    return impl(params, grads, exp_avgs, gamma=gamma, threshold=threshold, tie_break=tie_break,
-                mask_nonfinite=mask_nonfinite)
+    return impl(
+        params, grads, exp_avgs, gamma=gamma, threshold=threshold, tie_break=tie_break, mask_nonfinite=mask_nonfinite
+    )
 
 
 def _single_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_nonfinite=False):
@@ -554,8 +572,9 @@ def larq_bounds(threshold: float, w_dtype: torch.dtype, dtype: torch.dtype) -> t
     return flip_thresholds(threshold, "larq", dtype)
 
 
-def flip_indicator(signal: Tensor, w: Tensor, out: Tensor, threshold: float, tie_break: str,
-                   bounds: tuple[float, float] | None) -> Tensor:
+def flip_indicator(
+    signal: Tensor, w: Tensor, out: Tensor, threshold: float, tie_break: str, bounds: tuple[float, float] | None
+) -> Tensor:
     """Write 1.0 where a weight flips, else 0.0, into ``out`` (same dtype as ``signal``); may overwrite ``signal``.
 
     ``signal`` is ``w * m`` (Bop) or ``w * m / (sqrt(v) + eps)`` (Bop2ndOrder). Floats, not bools: on CPU, float
@@ -596,8 +615,15 @@ def _multi_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, m
     threshold = float(threshold)
     small = [i for i, w in enumerate(params) if w.numel() < EAGER_MIN_ENTRIES]
     if small:  # a handful of operations on whole tensors beats chunking them
-        out = _single_tensor_bop([params[i] for i in small], [grads[i] for i in small], [exp_avgs[i] for i in small],
-                                 gamma=gamma, threshold=threshold, tie_break=tie_break, mask_nonfinite=mask_nonfinite)
+        out = _single_tensor_bop(
+            [params[i] for i in small],
+            [grads[i] for i in small],
+            [exp_avgs[i] for i in small],
+            gamma=gamma,
+            threshold=threshold,
+            tie_break=tie_break,
+            mask_nonfinite=mask_nonfinite,
+        )
         for j, i in enumerate(small):
             flips[i], masked[i] = out[0][j], (out[1][j] if mask_nonfinite else None)
         if len(small) == len(params):
@@ -614,18 +640,20 @@ def _multi_tensor_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, m
         for i, w, g, m in zip((large[j] for j in indices), w_list, g_list, m_list):
             flat = _fused.flat_views(w, g, m, alias=False)
             if flat is None or m.dtype != scratch.dtype:  # tiny, huge or oddly laid out: the reference
-                out = _single_tensor_bop([w], [g], [m], gamma=gamma, threshold=threshold, tie_break=tie_break,
-                                         mask_nonfinite=mask_nonfinite)
+                out = _single_tensor_bop(
+                    [w], [g], [m], gamma=gamma, threshold=threshold, tie_break=tie_break, mask_nonfinite=mask_nonfinite
+                )
                 flips[i], masked[i] = out[0][0], (out[1][0] if mask_nonfinite else None)
                 continue
             counts, bad = [], []
             for wc, gc, mc in zip(*(t.split(chunk) for t in flat)):
-                d, a = scratch if wc.numel() == chunk else scratch[:, :wc.numel()]
+                d, a = scratch if wc.numel() == chunk else scratch[:, : wc.numel()]
                 torch.sub(gc, mc, out=d)
                 d.mul_(gamma)
                 if mask_nonfinite and not bool(torch.isfinite(d.sum())):
-                    out = _single_tensor_bop([wc], [gc], [mc], gamma=gamma, threshold=threshold,
-                                             tie_break=tie_break, mask_nonfinite=True)
+                    out = _single_tensor_bop(
+                        [wc], [gc], [mc], gamma=gamma, threshold=threshold, tie_break=tie_break, mask_nonfinite=True
+                    )
                     counts.append(out[0][0].to(a.dtype))
                     bad.append(out[1][0])
                     continue
@@ -653,8 +681,9 @@ def _bop_kernel(w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, above_neg: Tenso
     return flip.sum(dtype=torch.int32).to(torch.int64)  # int32 lanes vectorize; fine below 2**31 entries
 
 
-def _bop_masked_kernel(w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, above_neg: Tensor,
-                       above_pos: Tensor) -> tuple[Tensor, Tensor]:
+def _bop_masked_kernel(
+    w: Tensor, g: Tensor, m: Tensor, gamma: Tensor, above_neg: Tensor, above_pos: Tensor
+) -> tuple[Tensor, Tensor]:
     """:func:`_bop_kernel` where entries with an inf/NaN gradient keep m and w; returns (flips, such entries).
 
     Both counts come from one int64 reduction, ``flips + 2**32 * non-finite``: two reductions would split the loop.
@@ -680,14 +709,25 @@ def _fused_bop(params, grads, exp_avgs, *, gamma, threshold, tie_break, mask_non
     tensors, so that a schedule never triggers a recompilation."""
     kernel = _bop_masked_kernel if mask_nonfinite else _bop_kernel
     outputs, rest = _fused.apply(
-        kernel, params, grads, exp_avgs, fused=fused,
+        kernel,
+        params,
+        grads,
+        exp_avgs,
+        fused=fused,
         hyperparameters=lambda dtype: (gamma, *flip_thresholds(float(threshold), tie_break, dtype)),
     )
     flips = [out[0] if mask_nonfinite and out is not None else out for out in outputs]
     masked = [out[1] if mask_nonfinite and out is not None else None for out in outputs]
     if rest:
-        out = _multi_tensor_bop([params[i] for i in rest], [grads[i] for i in rest], [exp_avgs[i] for i in rest],
-                                gamma=gamma, threshold=threshold, tie_break=tie_break, mask_nonfinite=mask_nonfinite)
+        out = _multi_tensor_bop(
+            [params[i] for i in rest],
+            [grads[i] for i in rest],
+            [exp_avgs[i] for i in rest],
+            gamma=gamma,
+            threshold=threshold,
+            tie_break=tie_break,
+            mask_nonfinite=mask_nonfinite,
+        )
         for j, i in enumerate(rest):
             flips[i], masked[i] = out[0][j], (out[1][j] if mask_nonfinite else None)
     return flips, (masked if mask_nonfinite else None)

@@ -135,19 +135,27 @@ class Bop2ndOrder(Bop):
         for index, group in enumerate(self.param_groups):
             if group.get("unbiased", False):  # the flip test divides by gamma and sigma: both must be positive
                 validate_group_scalar(index, "gamma", "lr", group["lr"], low=0.0, high=1.0, low_inclusive=False)
-                validate_group_scalar(index, "sigma", "sigma", group["sigma"], low=0.0, high=1.0,
-                                      low_inclusive=False)
+                validate_group_scalar(index, "sigma", "sigma", group["sigma"], low=0.0, high=1.0, low_inclusive=False)
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         super()._init_state(p, group, state)
         state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                      states: list[dict]) -> list[Tensor]:
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+    ) -> list[Tensor]:
         return bop2nd(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            gamma=group["lr"], sigma=group["sigma"], threshold=group["threshold"], eps=group["eps"],
-            tie_break=group["tie_break"], unbiased=group.get("unbiased", False), foreach=group["foreach"],
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            gamma=group["lr"],
+            sigma=group["sigma"],
+            threshold=group["threshold"],
+            eps=group["eps"],
+            tie_break=group["tie_break"],
+            unbiased=group.get("unbiased", False),
+            foreach=group["foreach"],
             fused=group["fused"],
         )
 
@@ -174,8 +182,11 @@ def bop2nd(
 ) -> list[Tensor]:
     """Functional Bop2ndOrder; returns the flip count of each tensor. See :class:`Bop2ndOrder` (and
     :class:`~torchbop.optim.Bop` for how ``fused`` and ``foreach`` choose the implementation)."""
-    keys = {(p.device.type, p.dtype, g.dtype, m.dtype)
-            for p, g, m in zip(params, grads, exp_avgs) if _fused.worth_compiling(p, fused)}
+    keys = {
+        (p.device.type, p.dtype, g.dtype, m.dtype)
+        for p, g, m in zip(params, grads, exp_avgs)
+        if _fused.worth_compiling(p, fused)
+    }
     kernel = "bop2nd_unbiased" if unbiased else "bop2nd"
     probe = functools.partial(_probe_fused_bop2nd, unbiased=unbiased)
     if _fused.choose("Bop2ndOrder", kernel, keys, probe, fused=fused, foreach=foreach):
@@ -184,8 +195,18 @@ def bop2nd(
         impl = _single_tensor_bop2nd
     else:
         impl = _multi_tensor_bop2nd
-    return impl(params, grads, exp_avgs, exp_avg_sqs, gamma=gamma, sigma=sigma, threshold=threshold, eps=eps,
-                tie_break=tie_break, unbiased=unbiased)
+    return impl(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        gamma=gamma,
+        sigma=sigma,
+        threshold=threshold,
+        eps=eps,
+        tie_break=tie_break,
+        unbiased=unbiased,
+    )
 
 
 def _rate(value: float, like: Tensor) -> Tensor:
@@ -194,8 +215,9 @@ def _rate(value: float, like: Tensor) -> Tensor:
     return torch.tensor(value, dtype=like.dtype, device=like.device)
 
 
-def _single_tensor_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break,
-                          unbiased=False):
+def _single_tensor_bop2nd(
+    params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break, unbiased=False
+):
     """The reference, one equation a line."""
     flips = []
     for w, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
@@ -212,8 +234,9 @@ def _single_tensor_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma,
     return flips
 
 
-def _multi_tensor_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break,
-                         unbiased=False):
+def _multi_tensor_bop2nd(
+    params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break, unbiased=False
+):
     """Eager path, bit-identical to the reference, in cache-sized chunks (as Bop's ``_multi_tensor_bop``)."""
     flips: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
     threshold = float(threshold)
@@ -241,7 +264,7 @@ def _multi_tensor_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, 
             counts = []
             for wc, gc, mc, vc in zip(*(t.split(chunk) for t in flat)):
                 gc = gc.to(mc.dtype)  # g * g is squared in m's dtype, as in the reference
-                d, a = scratch if wc.numel() == chunk else scratch[:, :wc.numel()]
+                d, a = scratch if wc.numel() == chunk else scratch[:, : wc.numel()]
                 torch.sub(gc, mc, out=d)
                 d.mul_(gamma)
                 mc.add_(d)
@@ -267,8 +290,17 @@ def _multi_tensor_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, 
     return flips
 
 
-def _bop2nd_kernel(w: Tensor, g: Tensor, m: Tensor, v: Tensor, gamma: Tensor, sigma: Tensor, eps: Tensor,
-                   above_neg: Tensor, above_pos: Tensor) -> Tensor:
+def _bop2nd_kernel(
+    w: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    gamma: Tensor,
+    sigma: Tensor,
+    eps: Tensor,
+    above_neg: Tensor,
+    above_pos: Tensor,
+) -> Tensor:
     """The whole step for one flattened tensor, as the reference computes it; compiled, it reads w, g, m and v once
     and writes m, v and w (seven streams), and returns the number of flips."""
     g = g.to(m.dtype)
@@ -282,8 +314,17 @@ def _bop2nd_kernel(w: Tensor, g: Tensor, m: Tensor, v: Tensor, gamma: Tensor, si
     return flip.sum(dtype=torch.int32).to(torch.int64)
 
 
-def _bop2nd_unbiased_kernel(w: Tensor, g: Tensor, m: Tensor, v: Tensor, gamma: Tensor, sigma: Tensor, eps: Tensor,
-                            above_neg: Tensor, above_pos: Tensor) -> Tensor:
+def _bop2nd_unbiased_kernel(
+    w: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    gamma: Tensor,
+    sigma: Tensor,
+    eps: Tensor,
+    above_neg: Tensor,
+    above_pos: Tensor,
+) -> Tensor:
     """:func:`_bop2nd_kernel` with the unbiased flip test ``w (m / gamma) / (sqrt(v / sigma) + eps)``."""
     g = g.to(m.dtype)
     new_m = m + (g - m) * gamma
@@ -296,19 +337,33 @@ def _bop2nd_unbiased_kernel(w: Tensor, g: Tensor, m: Tensor, v: Tensor, gamma: T
     return flip.sum(dtype=torch.int32).to(torch.int64)
 
 
-def _fused_bop2nd(params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break, unbiased=False,
-                  fused=True):
+def _fused_bop2nd(
+    params, grads, exp_avgs, exp_avg_sqs, *, gamma, sigma, threshold, eps, tie_break, unbiased=False, fused=True
+):
     """The compiled kernel, one call per ``_fused.ARITY`` tensors; a tensor the kernel cannot take (or, with
     ``fused=None``, too small to be worth a call, unless a call has a slot free for it) goes to the eager path."""
     flips, rest = _fused.apply(
-        _bop2nd_unbiased_kernel if unbiased else _bop2nd_kernel, params, grads, exp_avgs, exp_avg_sqs, fused=fused,
+        _bop2nd_unbiased_kernel if unbiased else _bop2nd_kernel,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        fused=fused,
         hyperparameters=lambda dtype: (gamma, sigma, eps, *flip_thresholds(float(threshold), tie_break, dtype)),
     )
     if rest:
-        out = _multi_tensor_bop2nd([params[i] for i in rest], [grads[i] for i in rest],
-                                   [exp_avgs[i] for i in rest], [exp_avg_sqs[i] for i in rest], gamma=gamma,
-                                   sigma=sigma, threshold=threshold, eps=eps, tie_break=tie_break,
-                                   unbiased=unbiased)
+        out = _multi_tensor_bop2nd(
+            [params[i] for i in rest],
+            [grads[i] for i in rest],
+            [exp_avgs[i] for i in rest],
+            [exp_avg_sqs[i] for i in rest],
+            gamma=gamma,
+            sigma=sigma,
+            threshold=threshold,
+            eps=eps,
+            tie_break=tie_break,
+            unbiased=unbiased,
+        )
         for j, i in enumerate(rest):
             flips[i] = out[j]
     return flips
@@ -330,8 +385,14 @@ def _probe_fused_bop2nd(device_type: str, w_dtype, g_dtype, m_dtype, *, unbiased
     g = sample(-3, 1).to(device=device, dtype=g_dtype)
     state = [w, m, v]
     ref = [t.clone() for t in state]
-    kwargs = dict(gamma=0.1, sigma=0.05, threshold=0.3 * (math.sqrt(0.05) / 0.1 if unbiased else 1.0), eps=1e-7,
-                  tie_break="larq", unbiased=unbiased)
+    kwargs = dict(
+        gamma=0.1,
+        sigma=0.05,
+        threshold=0.3 * (math.sqrt(0.05) / 0.1 if unbiased else 1.0),
+        eps=1e-7,
+        tie_break="larq",
+        unbiased=unbiased,
+    )
     ref_flips = _single_tensor_bop2nd([ref[0]], [g], [ref[1]], [ref[2]], **kwargs)
     flips = _fused_bop2nd([w], [g], [m], [v], **kwargs)
     if not (all(torch.equal(a, b) for a, b in zip(state, ref)) and int(flips[0]) == int(ref_flips[0]) > 0):

@@ -137,10 +137,18 @@ class CEMA(Bop):
         state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         state["inertia"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                      states: list[dict]) -> list[Tensor]:
-        return cema(params, grads, [s["exp_avg"] for s in states], [s["inertia"] for s in states],
-                    gamma=group["gamma"], alpha=group["lr"], foreach=group["foreach"])
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+    ) -> list[Tensor]:
+        return cema(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["inertia"] for s in states],
+            gamma=group["gamma"],
+            alpha=group["lr"],
+            foreach=group["foreach"],
+        )
 
 
 def cema(
@@ -200,7 +208,7 @@ def _multi_tensor_cema(params, grads, exp_avgs, inertias, *, gamma, alpha):
                 continue
             counts = []
             for wc, gc, mc, ic in zip(*(t.split(chunk) for t in flat)):
-                d, a = scratch if wc.numel() == chunk else scratch[:, :wc.numel()]
+                d, a = scratch if wc.numel() == chunk else scratch[:, : wc.numel()]
                 mc.mul_(1 - gamma).add_(gc.to(mc.dtype), alpha=gamma)
                 ic.mul_(1 - alpha).add_(mc, alpha=alpha)
                 torch.mul(wc, ic, out=d)

@@ -233,8 +233,13 @@ class CompositeOptimizer(Optimizer):
             for group in saved["param_groups"]:
                 start = sum(len(g["params"]) for g in groups)
                 number.update((local, start + k) for k, local in enumerate(group["params"]))
-                groups.append({**{k: v for k, v in group.items() if k != "params"}, CHILD_KEY: i,
-                               "params": [number[local] for local in group["params"]]})
+                groups.append(
+                    {
+                        **{k: v for k, v in group.items() if k != "params"},
+                        CHILD_KEY: i,
+                        "params": [number[local] for local in group["params"]],
+                    }
+                )
             state.update({number[local]: value for local, value in saved["state"].items() if local in number})
         return {"state": state, "param_groups": groups}
 
@@ -302,9 +307,12 @@ class CompositeOptimizer(Optimizer):
             child = states[owner]
             first = sum(len(g["params"]) for g in child["param_groups"])
             params = list(range(first, first + len(group["params"])))
-            child["param_groups"].append({**{k: v for k, v in group.items() if k not in ("params", CHILD_KEY)},
-                                          "params": params})
-            child["state"].update({p: saved_state[key] for p, key in zip(params, group["params"]) if key in saved_state})
+            child["param_groups"].append(
+                {**{k: v for k, v in group.items() if k not in ("params", CHILD_KEY)}, "params": params}
+            )
+            child["state"].update(
+                {p: saved_state[key] for p, key in zip(params, group["params"]) if key in saved_state}
+            )
         return states
 
     def _split_legacy(self, states: Any) -> list[dict[str, Any]]:

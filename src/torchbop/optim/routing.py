@@ -58,8 +58,8 @@ def bop_optimizer(
 
     The binary weights are the ``weight`` of every binary layer with ``mode="bop"`` (as
     :func:`torchbop.nn.split_binary_params` finds them); the rest is every other parameter with ``requires_grad``
-    (frozen parameters are left out). When there is no other parameter, the composite holds ``binary`` alone and ``other``
-    is not built.
+    (frozen parameters are left out). When there is no other parameter, the composite holds ``binary`` alone and
+    ``other`` is not built.
 
     Args:
         model: a binarized network (convert a real one with :func:`torchbop.binarize`).
@@ -110,8 +110,12 @@ def bop_optimizer(
     bkw, okw = _check_kwargs("binary_kwargs", binary_kwargs), _check_kwargs("other_kwargs", other_kwargs)
     binary_params, other_params, latent = _split(model)
     if not binary_params:
-        found = (f"its binary layers ({', '.join(map(repr, latent))}) are in mode 'latent', whose real weights an "
-                 "ordinary optimizer trains" if latent else "it has no binary layer")
+        found = (
+            f"its binary layers ({', '.join(map(repr, latent))}) are in mode 'latent', whose real weights an "
+            "ordinary optimizer trains"
+            if latent
+            else "it has no binary layer"
+        )
         raise ValueError(
             f"bop_optimizer: {type(model).__name__} has no binary layer in mode 'bop' for {binary.__name__} to train "
             f"({found}); binarize it first with torchbop.binarize(model) (mode='bop', the default)."

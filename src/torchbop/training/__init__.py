@@ -14,5 +14,15 @@ from torchbop.training.config import TrainConfig, apply_overrides, available_rec
 from torchbop.training.history import History, Observer, WallClockBudget
 from torchbop.training.loop import format_summary, train
 
-__all__ = ["History", "Observer", "TrainConfig", "WallClockBudget", "apply_overrides", "available_recipes",
-           "format_summary", "load_model", "load_recipe", "train"]
+__all__ = [
+    "History",
+    "Observer",
+    "TrainConfig",
+    "WallClockBudget",
+    "apply_overrides",
+    "available_recipes",
+    "format_summary",
+    "load_model",
+    "load_recipe",
+    "train",
+]

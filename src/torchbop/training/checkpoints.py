@@ -29,15 +29,35 @@ from torch import nn
 from torchbop.atomic_file import atomic_write
 from torchbop.errors import UserError
 
-__all__ = ["FORMAT", "load_checkpoint", "save_checkpoint", "newest_intact_checkpoint", "checkpoint_of",
-           "stored_config", "observer_state", "check_resumable", "load_model"]
+__all__ = [
+    "FORMAT",
+    "load_checkpoint",
+    "save_checkpoint",
+    "newest_intact_checkpoint",
+    "checkpoint_of",
+    "stored_config",
+    "observer_state",
+    "check_resumable",
+    "load_model",
+]
 
 #: the ``format`` entry of every checkpoint this engine writes
 FORMAT = "torchbop-checkpoint-2"
 
 # What torch.load raises for a file that is not a complete torch checkpoint (truncated zip, random bytes, ...).
-_CORRUPT = (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError,
-            IndexError, TypeError, AttributeError, UnicodeDecodeError)
+_CORRUPT = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    UnicodeDecodeError,
+)
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -58,8 +78,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     """Load a checkpoint with ``weights_only=True``; a bad file raises :class:`UserError` naming it and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file. Give a run folder (its checkpoints/last.ckpt is used) "
-                        "or the path of a .ckpt file.")
+        raise UserError(
+            f"{path}: no such checkpoint file. Give a run folder (its checkpoints/last.ckpt is used) "
+            "or the path of a .ckpt file."
+        )
     try:
         return _load(path, map_location)
     except pickle.UnpicklingError as error:
@@ -68,7 +90,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
                 f"{path}: refused to load: the file contains Python objects other than tensors and plain data, and "
                 "loading them could run arbitrary code. torchbop reads checkpoints with torch.load(weights_only=True) "
                 "only; a checkpoint written by torchbop always loads that way. Use a checkpoint from a source you "
-                "trust, written by torchbop.") from error
+                "trust, written by torchbop."
+            ) from error
         raise _corrupt(path, error) from error
     except _CORRUPT as error:
         raise _corrupt(path, error) from error
@@ -84,13 +107,16 @@ def _corrupt(path: Path, error: BaseException) -> UserError:
     if alternative is None:
         fix = "No other intact checkpoint is in that folder; start the run again (with --overwrite to reuse it)."
     else:
-        fix = (f"The newest intact checkpoint there is {alternative[0]} (step {alternative[1]}): resume from it "
-               f"with --resume {alternative[0]}")
+        fix = (
+            f"The newest intact checkpoint there is {alternative[0]} (step {alternative[1]}): resume from it "
+            f"with --resume {alternative[0]}"
+        )
     return UserError(f"{path}: truncated or not a torch checkpoint ({type(error).__name__}: {detail}). {fix}")
 
 
-def newest_intact_checkpoint(folder: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
-                             ) -> tuple[Path, int] | None:
+def newest_intact_checkpoint(
+    folder: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
+) -> tuple[Path, int] | None:
     """The ``*.ckpt`` in ``folder`` (other than ``exclude``) with the highest global step that loads, and that step."""
     best: tuple[Path, int] | None = None
     folder = Path(folder)
@@ -120,8 +146,9 @@ def _is_legacy(checkpoint: dict[str, Any]) -> bool:
 
 def stored_config(checkpoint: dict[str, Any], path: Any) -> dict[str, Any]:
     """The ``TrainConfig`` fields a checkpoint was written under (also an earlier engine's checkpoint)."""
-    config = checkpoint.get("hyper_parameters", {}).get("config") if _is_legacy(checkpoint) else checkpoint.get(
-        "config")
+    config = (
+        checkpoint.get("hyper_parameters", {}).get("config") if _is_legacy(checkpoint) else checkpoint.get("config")
+    )
     if not isinstance(config, dict):
         raise UserError(f"{path}: not a torchbop training checkpoint (no stored configuration)")
     return config
@@ -135,10 +162,15 @@ def observer_state(checkpoint: dict[str, Any], name: str) -> dict[str, Any] | No
 def check_resumable(checkpoint: dict[str, Any], path: Any) -> None:
     """Refuse, in one line, to resume a checkpoint of another format (the earlier Lightning engine's)."""
     if checkpoint.get("format") != FORMAT:
-        what = ("written by torchbop's earlier Lightning engine" if _is_legacy(checkpoint)
-                else "not a torchbop training checkpoint")
-        raise UserError(f"{path}: {what}; this version cannot resume it (torchbop.load_model and `torchbop "
-                        "export` still read its weights). Start the run again, from its config.yaml.")
+        what = (
+            "written by torchbop's earlier Lightning engine"
+            if _is_legacy(checkpoint)
+            else "not a torchbop training checkpoint"
+        )
+        raise UserError(
+            f"{path}: {what}; this version cannot resume it (torchbop.load_model and `torchbop "
+            "export` still read its weights). Start the run again, from its config.yaml."
+        )
 
 
 def load_model(source: str | os.PathLike[str]) -> nn.Module:
@@ -161,7 +193,7 @@ def load_model(source: str | os.PathLike[str]) -> nn.Module:
     except (TypeError, ValueError) as error:
         raise UserError(f"{path}: the stored configuration does not build a model ({error})") from error
     if _is_legacy(checkpoint):
-        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     else:
         state = checkpoint["model"]
     try:

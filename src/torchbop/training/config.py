@@ -59,8 +59,16 @@ from torchbop.domains import (
 )
 from torchbop.models import MODELS, create_model
 
-__all__ = ["TrainConfig", "load_recipe", "apply_overrides", "available_recipes", "recipe_path", "field_domains",
-           "check_environment", "setting"]
+__all__ = [
+    "TrainConfig",
+    "load_recipe",
+    "apply_overrides",
+    "available_recipes",
+    "recipe_path",
+    "field_domains",
+    "check_environment",
+    "setting",
+]
 
 MODES = ("bop", "latent")
 PROTOCOLS = ("original", "reproduction")
@@ -84,9 +92,12 @@ def setting(default: Any, domain: Domain) -> Any:
 
 
 _RATE = Real(0, 1, low_open=True)  # Bop's gamma, Bop2ndOrder's sigma, CEMA's alpha (torchbop.optim validates them)
-_DEVICES = AnyOf((Int(1), Choice((-1, "auto")), Text(forbid=r"^(?!\s*\d+\s*(,\s*\d+\s*)*,?\s*$)", numbers=False)),
-                 rule="a positive number of devices, -1 or 'auto' for all, or a comma-separated list of device "
-                      "indices such as '0,1'", examples=("0", "-2", "cpu", "1.5", "'0,a'"))
+_DEVICES = AnyOf(
+    (Int(1), Choice((-1, "auto")), Text(forbid=r"^(?!\s*\d+\s*(,\s*\d+\s*)*,?\s*$)", numbers=False)),
+    rule="a positive number of devices, -1 or 'auto' for all, or a comma-separated list of device "
+    "indices such as '0,1'",
+    examples=("0", "-2", "cpu", "1.5", "'0,a'"),
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,10 @@ class TrainConfig:
 
     # --- identity -----------------------------------------------------------------------------------------------
     # names the default output directory runs/<name>
-    name: str = setting("run", Text(forbid=r"[/\\]|^\.\.?$", rule="a folder name (no '/' or '\\', not '.' or '..')",
-                                    examples=("a/b", "..")))
+    name: str = setting(
+        "run",
+        Text(forbid=r"[/\\]|^\.\.?$", rule="a folder name (no '/' or '\\', not '.' or '..')", examples=("a/b", "..")),
+    )
     recipe_version: int = setting(1, Int(1))  # bumped whenever a recipe's numbers change
 
     # --- model --------------------------------------------------------------------------------------------------
@@ -173,20 +186,33 @@ class TrainConfig:
     seed: int = setting(0, Int(0, 2**32 - 1))  # numpy's and Lightning's seed range
     # "auto": bf16-mixed where the device runs bf16 natively, else 32 (resolved when the run starts, see
     # torchbop.training.precision) | "32" | "bf16-mixed" (autocast; parameters and optimizer state stay fp32)
-    precision: str = setting("32", Choice(PRECISIONS, hint=(("16", _FP16), ("16-mixed", _FP16), ("bf16", "write "
-                                                                                                    "bf16-mixed"))))
+    precision: str = setting(
+        "32", Choice(PRECISIONS, hint=(("16", _FP16), ("16-mixed", _FP16), ("bf16", "write bf16-mixed")))
+    )
     accelerator: str = setting("auto", Choice(ACCELERATORS, hint=(("tpu", "torchbop is not tested on TPUs"),)))
     devices: Union[int, str] = setting(1, _DEVICES)  # per node; on CPU, the number of processes
     num_nodes: int = setting(1, Int(1))
     strategy: str = setting("auto", Choice(STRATEGIES))  # "ddp" for several devices
     # batches (int) or a fraction of them (float) per epoch; None: all
-    limit_train_batches: Union[int, float, None] = setting(None, AnyOf(
-        (Int(1), Real(0, 1, low_open=True)), none=True, rule="a number of batches >= 1 or a fraction in (0, 1]",
-        examples=("0", "-1", "1.5", "2.0")))
+    limit_train_batches: Union[int, float, None] = setting(
+        None,
+        AnyOf(
+            (Int(1), Real(0, 1, low_open=True)),
+            none=True,
+            rule="a number of batches >= 1 or a fraction in (0, 1]",
+            examples=("0", "-1", "1.5", "2.0"),
+        ),
+    )
     # same, for validation and test; 0: no validation (and no best checkpoint)
-    limit_eval_batches: Union[int, float, None] = setting(None, AnyOf(
-        (Int(0), Real(0, 1)), none=True, rule="a number of batches >= 0 (0: no validation) or a fraction in [0, 1]",
-        examples=("-1", "1.5", "2.0")))
+    limit_eval_batches: Union[int, float, None] = setting(
+        None,
+        AnyOf(
+            (Int(0), Real(0, 1)),
+            none=True,
+            rule="a number of batches >= 0 (0: no validation) or a fraction in [0, 1]",
+            examples=("-1", "1.5", "2.0"),
+        ),
+    )
     out: str | None = setting(None, Folder(none=True))  # None: runs/<name>
     log_every_n_steps: int = setting(50, Int(1))
     # also write last.ckpt mid-epoch every N optimizer steps
@@ -214,57 +240,82 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS[self.mode], f" for mode {self.mode!r}")
         if self.decay_schedule != "step" and (self.gamma_decay_every is not None or self.gamma_decay != 1.0):
             what = "decays to 0" if self.decay_schedule == "linear" else "moves the rates to their *_end"
-            raise ValueError(f"decay_schedule {self.decay_schedule!r} {what} over the run by itself; remove "
-                             "gamma_decay and gamma_decay_every (they set the 'step' schedule)")
+            raise ValueError(
+                f"decay_schedule {self.decay_schedule!r} {what} over the run by itself; remove "
+                "gamma_decay and gamma_decay_every (they set the 'step' schedule)"
+            )
         if self.other_lr is not None and self.mode != "latent":
-            raise ValueError(f"other_lr applies to mode 'latent' only (in mode {self.mode!r}, lr is already the "
-                             "non-binary parameters' learning rate); remove other_lr")
+            raise ValueError(
+                f"other_lr applies to mode 'latent' only (in mode {self.mode!r}, lr is already the "
+                "non-binary parameters' learning rate); remove other_lr"
+            )
         if self.momentum != 0.0 and self.optimizer != "sgd":
-            raise ValueError(f"momentum is SGD's (mode latent, optimizer sgd); optimizer {self.optimizer!r} does not "
-                             "use it: remove momentum or set optimizer: sgd")
+            raise ValueError(
+                f"momentum is SGD's (mode latent, optimizer sgd); optimizer {self.optimizer!r} does not "
+                "use it: remove momentum or set optimizer: sgd"
+            )
         if self.test_weights == "best" and self.protocol == "original":
-            raise ValueError("test_weights='best' with protocol 'original' would pick the weights on the test set; "
-                             "use protocol 'reproduction' (a held-out validation split) or test_weights='last'")
+            raise ValueError(
+                "test_weights='best' with protocol 'original' would pick the weights on the test set; "
+                "use protocol 'reproduction' (a held-out validation split) or test_weights='last'"
+            )
         images = DATASETS[self.dataset].train_size
         if self.protocol == "reproduction":
             images -= round(images * self.val_fraction)
         if self.subset is not None and self.subset > images:
-            raise ValueError(f"Invalid subset value: {self.subset} ({self.dataset} has {images} training images"
-                             f"{' after the validation split' if self.protocol == 'reproduction' else ''}): give "
-                             f"at most {images}, or remove subset to train on all of them")
+            raise ValueError(
+                f"Invalid subset value: {self.subset} ({self.dataset} has {images} training images"
+                f"{' after the validation split' if self.protocol == 'reproduction' else ''}): give "
+                f"at most {images}, or remove subset to train on all of them"
+            )
         images = min(images, self.subset or images)
         if self.batch_size > images:
-            raise ValueError(f"Invalid batch_size value: {self.batch_size} (more than the {images} training images: "
-                             f"the run would train 0 steps): give at most {images}")
-        if self.accelerator == "cpu" and not (self.devices == "auto" or isinstance(self.devices, int)
-                                              and self.devices > 0):
-            raise ValueError(f"Invalid devices value: {self.devices!r} for accelerator 'cpu' (device indices and -1 "
-                             "name GPUs): give the number of CPU processes, e.g. 2")
+            raise ValueError(
+                f"Invalid batch_size value: {self.batch_size} (more than the {images} training images: "
+                f"the run would train 0 steps): give at most {images}"
+            )
+        if self.accelerator == "cpu" and not (
+            self.devices == "auto" or isinstance(self.devices, int) and self.devices > 0
+        ):
+            raise ValueError(
+                f"Invalid devices value: {self.devices!r} for accelerator 'cpu' (device indices and -1 "
+                "name GPUs): give the number of CPU processes, e.g. 2"
+            )
 
     def _check_optimizer_options(self) -> None:
         """The options that belong to one optimizer or one schedule: CEMA's alpha, Bop2ndOrder's unbiased, *_end."""
         if self.optimizer == "cema":
             if self.alpha is None:
-                raise ValueError("optimizer 'cema' needs alpha, the rate of its inertia in (0, 1]: set alpha (the "
-                                 "authors' CIFAR-10 runs use values around 1e-3 to 1e-2)")
+                raise ValueError(
+                    "optimizer 'cema' needs alpha, the rate of its inertia in (0, 1]: set alpha (the "
+                    "authors' CIFAR-10 runs use values around 1e-3 to 1e-2)"
+                )
             for key in ("alpha", "gamma"):
                 if not 0.0 < getattr(self, key) <= 1.0:
                     raise ValueError(f"Invalid {key} value: {getattr(self, key)} (CEMA expects a number in (0, 1])")
         elif self.alpha is not None:
-            raise ValueError(f"alpha is CEMA's inertia rate (optimizer 'cema'); optimizer {self.optimizer!r} does "
-                             "not use it: remove alpha or set optimizer: cema")
+            raise ValueError(
+                f"alpha is CEMA's inertia rate (optimizer 'cema'); optimizer {self.optimizer!r} does "
+                "not use it: remove alpha or set optimizer: cema"
+            )
         if self.unbiased and self.optimizer != "bop2nd":
-            raise ValueError(f"unbiased=True selects Bop2ndOrder's unbiased variant (optimizer 'bop2nd'); optimizer "
-                             f"{self.optimizer!r} has none: remove unbiased or set optimizer: bop2nd")
+            raise ValueError(
+                f"unbiased=True selects Bop2ndOrder's unbiased variant (optimizer 'bop2nd'); optimizer "
+                f"{self.optimizer!r} has none: remove unbiased or set optimizer: bop2nd"
+            )
         ends = [f"{k}_end" for k in INTERPOLATED if getattr(self, f"{k}_end") is not None]
         if self.decay_schedule != "interpolate":
             if ends:
-                raise ValueError(f"{', '.join(ends)} set(s) where a rate ends under decay_schedule 'interpolate' "
-                                 f"(here {self.decay_schedule!r}): set decay_schedule: interpolate or remove it")
+                raise ValueError(
+                    f"{', '.join(ends)} set(s) where a rate ends under decay_schedule 'interpolate' "
+                    f"(here {self.decay_schedule!r}): set decay_schedule: interpolate or remove it"
+                )
             return
         if not ends:
-            raise ValueError("decay_schedule 'interpolate' moves the rates that have an end value, and none has: set "
-                             "one or more of gamma_end, threshold_end, sigma_end, lr_end")
+            raise ValueError(
+                "decay_schedule 'interpolate' moves the rates that have an end value, and none has: set "
+                "one or more of gamma_end, threshold_end, sigma_end, lr_end"
+            )
         allowed = {"lr_end"}
         if self.mode == "bop" and self.optimizer in ("bop", "bop2nd"):
             allowed |= {"gamma_end", "threshold_end"}
@@ -274,10 +325,11 @@ class TrainConfig:
             allowed = set()
         for key in ends:
             if key not in allowed:
-                raise ValueError(f"{key} is not a rate of optimizer {self.optimizer!r} in mode {self.mode!r} "
-                                 f"(interpolated there: {', '.join(sorted(allowed)) or 'none'}); remove {key}"
-                                 + ("; CEMA's alpha follows decay_schedule 'step' or 'linear'"
-                                    if self.optimizer == "cema" else ""))
+                raise ValueError(
+                    f"{key} is not a rate of optimizer {self.optimizer!r} in mode {self.mode!r} "
+                    f"(interpolated there: {', '.join(sorted(allowed)) or 'none'}); remove {key}"
+                    + ("; CEMA's alpha follows decay_schedule 'step' or 'linear'" if self.optimizer == "cema" else "")
+                )
         for key in ends:  # an end is a value of its rate, where 0 is allowed: gamma_end, sigma_end in [0, 1]
             value = getattr(self, key)
             if key in ("gamma_end", "sigma_end") and value > 1.0:
@@ -333,8 +385,10 @@ def check_environment(config: TrainConfig) -> None:
         path = Path(config.resume).expanduser()
         checkpoint = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
         if not checkpoint.is_file():
-            raise ValueError(f"Invalid resume value: {config.resume!r} ({checkpoint}: no checkpoint to resume from; "
-                             "give a run folder that holds checkpoints/last.ckpt, or a .ckpt file)")
+            raise ValueError(
+                f"Invalid resume value: {config.resume!r} ({checkpoint}: no checkpoint to resume from; "
+                "give a run folder that holds checkpoints/last.ckpt, or a .ckpt file)"
+            )
     _check_hardware(config.accelerator, config.devices)
     _check_model(config)
 
@@ -343,17 +397,22 @@ def _check_hardware(accelerator: str, devices: int | str) -> None:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     mps = torch.backends.mps.is_available()
     if accelerator in ("gpu", "cuda", "mps") and not (gpus or mps and accelerator != "cuda"):
-        raise ValueError(f"accelerator {accelerator!r}: this machine has no {accelerator} device that torch can use. "
-                         "Use --accelerator auto (the best available) or cpu.")
+        raise ValueError(
+            f"accelerator {accelerator!r}: this machine has no {accelerator} device that torch can use. "
+            "Use --accelerator auto (the best available) or cpu."
+        )
     on_gpu = accelerator != "cpu" and gpus > 0
     if not on_gpu and not (devices == "auto" or isinstance(devices, int) and devices > 0):
-        raise ValueError(f"Invalid devices value: {devices!r} (this run is on CPU, where device indices and -1 name "
-                         "no device): give the number of CPU processes, e.g. 2")
+        raise ValueError(
+            f"Invalid devices value: {devices!r} (this run is on CPU, where device indices and -1 name "
+            "no device): give the number of CPU processes, e.g. 2"
+        )
     if on_gpu and isinstance(devices, str) and devices != "auto":
         indices = [int(i) for i in devices.split(",") if i.strip()]
         if max(indices) >= gpus or len(set(indices)) < len(indices):
-            raise ValueError(f"Invalid devices value: {devices!r} (this machine has GPUs 0..{gpus - 1}; each index "
-                             "once)")
+            raise ValueError(
+                f"Invalid devices value: {devices!r} (this machine has GPUs 0..{gpus - 1}; each index once)"
+            )
     if on_gpu and isinstance(devices, int) and devices > gpus:
         raise ValueError(f"Invalid devices value: {devices} (this machine has {gpus} GPU(s)): give at most {gpus}")
 
@@ -364,19 +423,24 @@ def _check_model(config: TrainConfig) -> None:
         with torch.device("meta"):
             model = create_model(config.model, mode=config.mode, **config.model_kwargs)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"Invalid model_kwargs value: {config.model_kwargs} for model {config.model!r}: "
-                         f"{error}") from None
+        raise ValueError(
+            f"Invalid model_kwargs value: {config.model_kwargs} for model {config.model!r}: {error}"
+        ) from None
     try:
         with torch.device("meta"), torch.no_grad():
             scores = model.eval()(torch.empty(2, *dataset.input_shape))
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"Invalid dataset value: {config.dataset!r} for model {config.model!r} "
-                         f"{config.model_kwargs or ''}: it does not take images {list(dataset.input_shape)} "
-                         f"({str(error).splitlines()[0]}); choose a model made for {config.dataset}") from None
+        raise ValueError(
+            f"Invalid dataset value: {config.dataset!r} for model {config.model!r} "
+            f"{config.model_kwargs or ''}: it does not take images {list(dataset.input_shape)} "
+            f"({str(error).splitlines()[0]}); choose a model made for {config.dataset}"
+        ) from None
     if tuple(scores.shape) != (2, len(dataset.classes)):
-        raise ValueError(f"Invalid model_kwargs value: {config.model_kwargs} for model {config.model!r}: it returns "
-                         f"{list(scores.shape[1:])} scores per image where {config.dataset} has "
-                         f"{len(dataset.classes)} classes (set num_classes)")
+        raise ValueError(
+            f"Invalid model_kwargs value: {config.model_kwargs} for model {config.model!r}: it returns "
+            f"{list(scores.shape[1:])} scores per image where {config.dataset} has "
+            f"{len(dataset.classes)} classes (set num_classes)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,13 +457,16 @@ def recipe_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"Recipe file not found: {path} (shipped recipes: "
-                                    f"{', '.join(available_recipes())})")
+            raise FileNotFoundError(
+                f"Recipe file not found: {path} (shipped recipes: {', '.join(available_recipes())})"
+            )
         return path
     shipped = resources.files("torchbop") / "recipes" / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ValueError(f"Unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(available_recipes())} "
-                         "(or give the path of a .yaml file)")
+        raise ValueError(
+            f"Unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(available_recipes())} "
+            "(or give the path of a .yaml file)"
+        )
     return Path(str(shipped))
 
 

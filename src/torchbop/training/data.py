@@ -57,8 +57,10 @@ class Splits:
     def describe(self, config: TrainConfig) -> str:
         """One line: sizes of the three splits and the protocol."""
         where = "test set" if config.protocol == "original" else f"held-out {config.val_fraction:.0%}"
-        return (f"{config.dataset}: train {len(self.train[1])}, validation {len(self.val[1])} ({where}), test "
-                f"{len(self.test[1])}; protocol {config.protocol}")
+        return (
+            f"{config.dataset}: train {len(self.train[1])}, validation {len(self.val[1])} ({where}), test "
+            f"{len(self.test[1])}; protocol {config.protocol}"
+        )
 
     def check_batches(self, batch_size: int, world_size: int = 1) -> None:
         """Refuse a training set that cannot fill one batch per process (the last partial batch is dropped)."""
@@ -68,7 +70,8 @@ class Splits:
             raise UserError(
                 f"The training set has {images} images{per_rank}, fewer than one batch of batch_size={batch_size}: "
                 f"the run would train 0 steps. Lower --batch-size to at most {max(images // world_size, 1)} or "
-                "train on more images (--subset).")
+                "train on more images (--subset)."
+            )
 
 
 def make_splits(config: TrainConfig, data: dict[str, Split] | None = None) -> Splits:
@@ -134,11 +137,18 @@ def recalibrate_batch_norm(
         True
     """
     start = time.perf_counter()
-    loader = DeviceLoader(images, labels, batch_size, shuffle=False, augment=False, device=device,
-                          drop_last=len(labels) >= batch_size, memory_format=memory_format)
+    loader = DeviceLoader(
+        images,
+        labels,
+        batch_size,
+        shuffle=False,
+        augment=False,
+        device=device,
+        drop_last=len(labels) >= batch_size,
+        memory_format=memory_format,
+    )
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-            forward_context():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), forward_context():
         update_bn(loader, model)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -62,8 +62,12 @@ class History(Observer):
         return {"epochs": self.epochs, **({"steps": self.steps} if self.per_step else {})}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": [dict(row) for row in self.epochs], "steps": {k: list(v) for k, v in self.steps.items()},
-                "steps_in_epoch": self._steps_in_epoch, "rate": self._rate}
+        return {
+            "epochs": [dict(row) for row in self.epochs],
+            "steps": {k: list(v) for k, v in self.steps.items()},
+            "steps_in_epoch": self._steps_in_epoch,
+            "rate": self._rate,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs = [dict(row) for row in state["epochs"]]
@@ -112,8 +116,9 @@ class WallClockBudget(Observer):
         clock: returns seconds (``time.perf_counter``; tests pass a fake one).
     """
 
-    def __init__(self, seconds: float, whole_epochs: bool = True, clock: Callable[[], float] = time.perf_counter
-                 ) -> None:
+    def __init__(
+        self, seconds: float, whole_epochs: bool = True, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         if not seconds > 0:
             raise ValueError(f"Invalid seconds value: {seconds} (expected a positive number)")
         self.seconds, self.whole_epochs, self._clock = float(seconds), whole_epochs, clock
@@ -136,8 +141,12 @@ class WallClockBudget(Observer):
         if self.stopped != "mid-epoch":
             self.epochs_completed += 1
         self._longest_epoch = max(self._longest_epoch, self._clock() - self._epoch_start)
-        if (self.stopped is None and self.whole_epochs and not run.should_stop
-                and self._clock() - self._start + self._longest_epoch > self.seconds):
+        if (
+            self.stopped is None
+            and self.whole_epochs
+            and not run.should_stop
+            and self._clock() - self._start + self._longest_epoch > self.seconds
+        ):
             run.should_stop, self.stopped = True, "epoch"
 
     def on_train_end(self, run: Any) -> None:

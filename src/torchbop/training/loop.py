@@ -76,8 +76,9 @@ PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}
 COMPILE_OPTIONS: dict[str, Any] = {}
 
 
-def loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sums_dtype: torch.dtype
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def loss_and_accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sums_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A training batch's forward pass: ``(loss, accuracy, [loss x images, correct images])``, the last in
     ``sums_dtype`` (float64; float32 on MPS): the batch's share of the epoch means."""
     logits = model(images)
@@ -92,8 +93,9 @@ def check_config(config: TrainConfig, model: nn.Module | None = None) -> nn.Modu
     before anything is written; return the model. Its failures are :class:`UserError` naming the key."""
     with blame_user(TypeError, ValueError, what=f"model {config.model!r} with model_kwargs {config.model_kwargs}"):
         model = model if model is not None else build_model(config)
-    with blame_user(ValueError, RuntimeError,
-                    what="optimizer hyperparameters (gamma, threshold, sigma, alpha, lr, momentum)"):
+    with blame_user(
+        ValueError, RuntimeError, what="optimizer hyperparameters (gamma, threshold, sigma, alpha, lr, momentum)"
+    ):
         build_optimizer(config, model)
     return model
 
@@ -130,8 +132,15 @@ class Run:
         return self.opt.counter
 
 
-def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.Module | None = None,
-          observers: Iterable[Observer] = (), loggers: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    *,
+    data: dict[str, Any] | None = None,
+    model: nn.Module | None = None,
+    observers: Iterable[Observer] = (),
+    loggers: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train, validate and test as ``config`` says; return the final metrics.
 
     Args:
@@ -171,8 +180,13 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
         splits = make_splits(config, data)
     splits.check_batches(config.batch_size)
     with blame_user(ValueError, RuntimeError, TypeError, what="accelerator/devices/num_nodes/strategy"):
-        fabric = Fabric(accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-                        strategy=config.strategy, precision=PRECISION[config.precision])
+        fabric = Fabric(
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=PRECISION[config.precision],
+        )
         fabric.launch()  # several processes: here they start (DDP's launcher runs the same command again)
     splits.check_batches(config.batch_size, fabric.world_size)
     if fabric.is_global_zero:
@@ -187,9 +201,18 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
     model.to(fabric.device)
     if fabric.world_size > 1 and memory_format == torch.channels_last:
         model.to(memory_format=torch.channels_last)  # weights in their gradients' layout: DDP's buckets match
-    loader = DeviceLoader(*splits.train, config.batch_size, shuffle=True, augment=config.augment, seed=config.seed,
-                          device=fabric.device, drop_last=True, memory_format=memory_format,
-                          rank=fabric.global_rank, world_size=fabric.world_size)
+    loader = DeviceLoader(
+        *splits.train,
+        config.batch_size,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+        device=fabric.device,
+        drop_last=True,
+        memory_format=memory_format,
+        rank=fabric.global_rank,
+        world_size=fabric.world_size,
+    )
     batches = _limit(config.limit_train_batches, len(loader))
     opt = build_optimizer(config, model, total_steps=max(1, config.epochs * batches))
     net, optimizer = fabric.setup(model, opt.optimizer)  # net: the model as Fabric runs it (DDP under ddp)
@@ -207,24 +230,37 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
         limit = _limit(config.limit_eval_batches, -(-len(split[1]) // config.eval_batch_size))
         if limit == 0:
             return {}
-        eval_loader = DeviceLoader(*split, config.eval_batch_size, shuffle=False, device=fabric.device,
-                                   memory_format=memory_format)
+        eval_loader = DeviceLoader(
+            *split, config.eval_batch_size, shuffle=False, device=fabric.device, memory_format=memory_format
+        )
         total = torch.zeros(3, dtype=sums_dtype, device=fabric.device)
         model.eval()
         with torch.no_grad(), fabric.autocast():
             for _, (x, y) in zip(range(limit), eval_loader):
                 logits = forward_net(x)  # under DDP: batch norm's statistics broadcast from rank 0 first
-                total += torch.stack((F.cross_entropy(logits.float(), y, reduction="sum").to(sums_dtype),
-                                      (logits.argmax(1) == y).sum().to(sums_dtype), total.new_tensor(len(y))))
+                total += torch.stack(
+                    (
+                        F.cross_entropy(logits.float(), y, reduction="sum").to(sums_dtype),
+                        (logits.argmax(1) == y).sum().to(sums_dtype),
+                        total.new_tensor(len(y)),
+                    )
+                )
         model.train()
         loss, correct, images = total.tolist()
         return {f"{stage}_loss": loss / images, f"{stage}_acc": correct / images}
 
     def recalibrate() -> float:
-        seconds = recalibrate_batch_norm(model, *splits.train, config.batch_size, device=fabric.device,
-                                         memory_format=memory_format, forward_context=fabric.autocast)
-        recalibrations.update(count=recalibrations["count"] + 1, seconds=recalibrations["seconds"] + seconds,
-                              step=run.step)
+        seconds = recalibrate_batch_norm(
+            model,
+            *splits.train,
+            config.batch_size,
+            device=fabric.device,
+            memory_format=memory_format,
+            forward_context=fabric.autocast,
+        )
+        recalibrations.update(
+            count=recalibrations["count"] + 1, seconds=recalibrations["seconds"] + seconds, step=run.step
+        )
         return seconds
 
     def check_nonfinite() -> None:
@@ -239,7 +275,8 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
                 "every log_every_n_steps steps, at epoch ends and before checkpoints rather than at every step; Bop "
                 "kept those entries' m and weights, but the other parameters may have taken the non-finite values. No "
                 "checkpoint was written after the check; resume from the last checkpoint (with compile: false to stop "
-                "at the exact step), or lower gamma/lr.")
+                "at the exact step), or lower gamma/lr."
+            )
 
     def save(name: str) -> None:
         check_nonfinite()
@@ -307,8 +344,11 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
                 if logs is not None:
                     row = dict(run.step_metrics)
                     if run.counter is not None:
-                        row.update(pi_t=run.counter.last_pi_t, flips=run.counter.last_total,
-                                   **{f"flips/{k}": v for k, v in run.counter.last_flips.items()})
+                        row.update(
+                            pi_t=run.counter.last_pi_t,
+                            flips=run.counter.last_total,
+                            **{f"flips/{k}": v for k, v in run.counter.last_flips.items()},
+                        )
                     logs.log({**row, "epoch": epoch}, run.step - 1)
             # the checkpoint cadence within an epoch (its end writes last.ckpt anyway)
             every = config.checkpoint_every_n_steps
@@ -327,7 +367,8 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
         metrics: dict[str, float] = {}
         if run.sums is not None:  # over every process's batches
             loss_sum, correct, images = fabric.all_reduce(
-                torch.cat((run.sums, run.sums.new_tensor([run.images]))), reduce_op="sum").tolist()
+                torch.cat((run.sums, run.sums.new_tensor([run.images]))), reduce_op="sum"
+            ).tolist()
             metrics.update(train_loss_epoch=loss_sum / images, train_acc_epoch=correct / images)
         metrics.update(run.rates)
         if run.counter is not None:
@@ -352,11 +393,18 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
         if logs is not None:
             logs.log({**metrics, "epoch": epoch}, run.step - 1)
         if fabric.is_global_zero and not config.progress_bar:
-            print(format_epoch_line(epoch + 1, config.epochs, metrics, metrics.get("epoch_flips"),
-                                    time.perf_counter() - epoch_started), flush=True)
+            print(
+                format_epoch_line(
+                    epoch + 1, config.epochs, metrics, metrics.get("epoch_flips"), time.perf_counter() - epoch_started
+                ),
+                flush=True,
+            )
         if run.stopped_epoch == epoch and fabric.is_global_zero:
-            print(f"FlipEarlyStopping: no weight flipped in {run.epochs_without_flips} consecutive epochs; "
-                  f"stopping after epoch {epoch}", flush=True)
+            print(
+                f"FlipEarlyStopping: no weight flipped in {run.epochs_without_flips} consecutive epochs; "
+                f"stopping after epoch {epoch}",
+                flush=True,
+            )
         if finished:  # the checkpoints of a finished epoch continue with the next one
             run.epoch, run.batch = epoch + 1, 0
         if "val_loss" in metrics and (run.best_val_loss is None or metrics["val_loss"] < run.best_val_loss):
@@ -382,25 +430,36 @@ def train(config: TrainConfig, *, data: dict[str, Any] | None = None, model: nn.
 
     last_path = ckpt_dir / "last.ckpt"
     result = {
-        "name": config.name, "dataset": config.dataset, "protocol": config.protocol,
-        "data": splits.describe(config), "test_weights": config.test_weights,
+        "name": config.name,
+        "dataset": config.dataset,
+        "protocol": config.protocol,
+        "data": splits.describe(config),
+        "test_weights": config.test_weights,
         "test_acc": test_metrics.get("test_acc", float("nan")),
         "test_loss": test_metrics.get("test_loss", float("nan")),
         **val_metrics,
         "best_val_loss": run.best_val_loss,
         "best_checkpoint": str(best_path.resolve()) if run.best_val_loss is not None else None,
         "last_checkpoint": str(last_path.resolve()) if last_path.is_file() else None,
-        "epochs": run.epoch, "global_step": run.step, "stopped_early": run.stopped_epoch is not None,
+        "epochs": run.epoch,
+        "global_step": run.step,
+        "stopped_early": run.stopped_epoch is not None,
         "wall_time_s": time.perf_counter() - started,
         "train_images_per_s": train_images / train_seconds if train_seconds > 0 else float("nan"),
-        "train_images": train_images, "device": str(fabric.device), "world_size": fabric.world_size,
-        "precision": config.precision, "precision_requested": requested,
+        "train_images": train_images,
+        "device": str(fabric.device),
+        "world_size": fabric.world_size,
+        "precision": config.precision,
+        "precision_requested": requested,
         "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",
         "out_dir": str(out),
     }
     if config.recalibrate_bn != "off":
-        result.update(recalibrate_bn=config.recalibrate_bn, bn_recalibrations=recalibrations["count"],
-                      bn_recalibration_s=recalibrations["seconds"])
+        result.update(
+            recalibrate_bn=config.recalibrate_bn,
+            bn_recalibrations=recalibrations["count"],
+            bn_recalibration_s=recalibrations["seconds"],
+        )
     if fabric.is_global_zero:
         write_summary(out / "summary.json", result)
     return result
@@ -413,23 +472,34 @@ def _checkpoint(run: Run, observers: list[Observer]) -> dict[str, Any]:
     counter = run.counter
     np_state = np.random.get_state()
     return {
-        "format": FORMAT, "config": run.config.to_dict(), "model": run.model.state_dict(),
+        "format": FORMAT,
+        "config": run.config.to_dict(),
+        "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.opt.scheduler.state_dict() if run.opt.scheduler is not None else None,
-        "epoch": run.epoch, "batch": run.batch, "global_step": run.step,
-        "epochs_completed": run.epoch, "stopped_early": run.stopped_epoch is not None,
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {})},
+        "epoch": run.epoch,
+        "batch": run.batch,
+        "global_step": run.step,
+        "epochs_completed": run.epoch,
+        "stopped_early": run.stopped_epoch is not None,
+        "rng": {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {}),
+        },
         "epoch_state": {
-            "sums": run.sums.detach().cpu() if run.sums is not None else None, "images": run.images,
+            "sums": run.sums.detach().cpu() if run.sums is not None else None,
+            "images": run.images,
             "rates": dict(run.rates),
             "flips": {k: v.cpu() for k, v in counter.epoch_flips.items()} if counter is not None else None,
-            "flip_steps": counter.epoch_steps if counter is not None else 0},
+            "flip_steps": counter.epoch_steps if counter is not None else 0,
+        },
         "early_stop": {"epochs_without_flips": run.epochs_without_flips, "stopped_epoch": run.stopped_epoch},
         "best_val_loss": run.best_val_loss,
-        "observers": {_key(o, i, observers): o.state_dict() for i, o in enumerate(observers)
-                      if hasattr(o, "state_dict")},
+        "observers": {
+            _key(o, i, observers): o.state_dict() for i, o in enumerate(observers) if hasattr(o, "state_dict")
+        },
     }
 
 

@@ -157,9 +157,13 @@ class Optimization:
 
     def nonfinite_entries(self) -> int:
         """compile path: how many binary-weight gradient entries Bop masked as inf/NaN so far (one host sync)."""
-        counts = [s["nonfinite_entries"] for g in (self.flipper.param_groups if self.flipper is not None else [])
-                  if g.get("nonfinite") == "mask" for p in g["params"]
-                  if "nonfinite_entries" in (s := self.flipper.state.get(p, {}))]
+        counts = [
+            s["nonfinite_entries"]
+            for g in (self.flipper.param_groups if self.flipper is not None else [])
+            if g.get("nonfinite") == "mask"
+            for p in g["params"]
+            if "nonfinite_entries" in (s := self.flipper.state.get(p, {}))
+        ]
         return int(sum(int(c) for c in counts)) if counts else 0
 
 
@@ -169,8 +173,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module, total_steps: int = 1)
     ``total_steps``: the optimizer steps of the whole run, over which ``"interpolate"`` moves the rates.
     """
     cfg = config
-    decay = LinearDecay(cfg.epochs) if cfg.decay_schedule == "linear" else StepDecay(cfg.gamma_decay,
-                                                                                     cfg.gamma_decay_every)
+    decay = (
+        LinearDecay(cfg.epochs) if cfg.decay_schedule == "linear" else StepDecay(cfg.gamma_decay, cfg.gamma_decay_every)
+    )
     device = next(model.parameters()).device
     fast: dict[str, Any] = {"nonfinite": "mask"} if cfg.compile else {}
     fused = cfg.compile and device.type == "cuda"
@@ -178,23 +183,29 @@ def build_optimizer(config: TrainConfig, model: nn.Module, total_steps: int = 1)
     if cfg.mode == "bop":
         binary, other = split_binary_params(model)
         if not binary:
-            raise ValueError(f"{type(model).__name__} has no binary layer for Bop to train; train a real-valued "
-                             "model with mode 'latent' and optimizer 'adam' or 'sgd'")
+            raise ValueError(
+                f"{type(model).__name__} has no binary layer for Bop to train; train a real-valued "
+                "model with mode 'latent' and optimizer 'adam' or 'sgd'"
+            )
         if fused:
             fast["fused"] = True
         if cfg.optimizer == "bop":
             flipper = Bop(binary, gamma=cfg.gamma, threshold=cfg.threshold, **fast)
         elif cfg.optimizer == "bop2nd":
-            flipper = Bop2ndOrder(binary, gamma=cfg.gamma, sigma=cfg.sigma, threshold=cfg.threshold,
-                                  unbiased=cfg.unbiased, **fast)
+            flipper = Bop2ndOrder(
+                binary, gamma=cfg.gamma, sigma=cfg.sigma, threshold=cfg.threshold, unbiased=cfg.unbiased, **fast
+            )
         else:  # CEMA has no fused kernel and no "mask" policy: eager, a gradient check at every step
             flipper = CEMA(binary, gamma=cfg.gamma, alpha=cfg.alpha)
-        children = [flipper, *([torch.optim.Adam(other, lr=cfg.lr, **({"fused": True} if fused else {}))]
-                               if other else [])]
+        children = [
+            flipper,
+            *([torch.optim.Adam(other, lr=cfg.lr, **({"fused": True} if fused else {}))] if other else []),
+        ]
         optimizer = CompositeOptimizer(*children, model=model)
         # Bop keeps gamma as its groups' "lr": the schedule decays gamma (CEMA: alpha), Adam's lr keeps factor 1
-        lambdas = [decay] * len(flipper.param_groups) + [StepDecay()] * (len(optimizer.param_groups)
-                                                                         - len(flipper.param_groups))
+        lambdas = [decay] * len(flipper.param_groups) + [StepDecay()] * (
+            len(optimizer.param_groups) - len(flipper.param_groups)
+        )
     else:
         params: list[Any] = [p for p in model.parameters() if p.requires_grad]
         if cfg.other_lr is not None:  # two groups: the latent weights at lr, the rest at other_lr
@@ -211,8 +222,11 @@ def build_optimizer(config: TrainConfig, model: nn.Module, total_steps: int = 1)
     interpolations: dict[str, LinearInterpolation] = {}
     scheduler = None
     if cfg.decay_schedule == "interpolate":
-        interpolations = {key: LinearInterpolation(getattr(cfg, key), getattr(cfg, f"{key}_end"), total_steps)
-                          for key in INTERPOLATED if getattr(cfg, f"{key}_end") is not None}
+        interpolations = {
+            key: LinearInterpolation(getattr(cfg, key), getattr(cfg, f"{key}_end"), total_steps)
+            for key in INTERPOLATED
+            if getattr(cfg, f"{key}_end") is not None
+        }
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambdas)
     return Optimization(optimizer, scheduler, flipper, counter, interpolations)

@@ -28,8 +28,17 @@ from torchbop.errors import UserError
 from torchbop.training.checkpoints import checkpoint_of, load_checkpoint
 from torchbop.training.config import TrainConfig
 
-__all__ = ["RUN_FILES", "RunFolder", "checkpoint_of", "clear_run_files", "resolve_run_folder", "finished_summary",
-           "write_summary", "strict_json", "format_summary"]
+__all__ = [
+    "RUN_FILES",
+    "RunFolder",
+    "checkpoint_of",
+    "clear_run_files",
+    "resolve_run_folder",
+    "finished_summary",
+    "write_summary",
+    "strict_json",
+    "format_summary",
+]
 
 #: What a run writes into its folder; ``--overwrite`` removes exactly these.
 RUN_FILES = ("config.yaml", "summary.json", "checkpoints", "csv", "tb")
@@ -70,17 +79,23 @@ def resolve_run_folder(config: TrainConfig, *, overwrite: bool = False, claim: b
         return folder
     checkpoint, home = checkpoint_of(config.resume)
     if not checkpoint.is_file():
-        raise UserError(f"{checkpoint}: no checkpoint to resume from. Give a run folder that holds "
-                        "checkpoints/last.ckpt, or the path of a .ckpt file.")
+        raise UserError(
+            f"{checkpoint}: no checkpoint to resume from. Give a run folder that holds "
+            "checkpoints/last.ckpt, or the path of a .ckpt file."
+        )
     if home is not None:
         if config.out is not None and not _same(Path(config.out), home):
-            raise UserError(f"--out {config.out} differs from the folder being resumed ({home}): a resumed run "
-                            f"continues in its own folder. Drop --out, or copy {home} to {config.out} and resume "
-                            "the copy.")
+            raise UserError(
+                f"--out {config.out} differs from the folder being resumed ({home}): a resumed run "
+                f"continues in its own folder. Drop --out, or copy {home} to {config.out} and resume "
+                "the copy."
+            )
         return RunFolder(home, checkpoint)
     if config.out is None:
-        raise UserError(f"{checkpoint} is not inside a run folder's checkpoints/: give --out, the folder the "
-                        "continued run writes into.")
+        raise UserError(
+            f"{checkpoint} is not inside a run folder's checkpoints/: give --out, the folder the "
+            "continued run writes into."
+        )
     folder = RunFolder(Path(config.out), checkpoint)
     if folder.holds_a_run():
         raise UserError(f"{folder.path} already holds a run; give --out a new folder to continue {checkpoint} in.")
@@ -113,8 +128,10 @@ def finished_summary(config: TrainConfig, folder: RunFolder) -> dict[str, Any] |
     try:
         summary = json.loads((folder.path / "summary.json").read_text())
     except (OSError, ValueError) as error:
-        raise UserError(f"{folder.path / 'summary.json'}: unreadable ({error}); the run has finished training. "
-                        "Delete the file and resume again to recompute it.") from error
+        raise UserError(
+            f"{folder.path / 'summary.json'}: unreadable ({error}); the run has finished training. "
+            "Delete the file and resume again to recompute it."
+        ) from error
     if summary.get("global_step") != checkpoint.get("global_step"):
         return None  # the summary belongs to an earlier stage of the run
     return summary
@@ -149,18 +166,23 @@ def format_summary(result: dict[str, Any]) -> str:
     weights = "last weights" if result["test_weights"] == "last" else "lowest-validation-loss weights"
     note = ""
     if "precision" in result:  # absent from summaries written before it was recorded
-        note = f", precision {result['precision']}" + (" (auto)" if result.get("precision_requested") == "auto"
-                                                       else "")
+        note = f", precision {result['precision']}" + (" (auto)" if result.get("precision_requested") == "auto" else "")
         note += f", {result['memory_format']}" if result.get("memory_format") == "channels_last" else ""
-    return "\n".join([
-        f"{result['name']}: test accuracy {result['test_acc']:.4f} (loss {result['test_loss']:.4f}) on "
-        f"{result['dataset']}, protocol {result['protocol']} (validated on {where}; tested with the {weights})",
-        f"  data: {result['data']}",
-        f"  {result['epochs']} epochs, {result['global_step']} steps"
-        + (" (stopped early: no flips)" if result["stopped_early"] else "")
-        + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
-        f" on {result['device']} x{result['world_size']}" + note
-        + (f", batch norm recalibrated {result['bn_recalibrations']}x ({result['bn_recalibration_s']:.1f} s)"
-           if result.get("bn_recalibrations") else ""),
-        f"  checkpoints: {result['last_checkpoint']} (last), {result['best_checkpoint']} (best)",
-    ])
+    return "\n".join(
+        [
+            f"{result['name']}: test accuracy {result['test_acc']:.4f} (loss {result['test_loss']:.4f}) on "
+            f"{result['dataset']}, protocol {result['protocol']} (validated on {where}; tested with the {weights})",
+            f"  data: {result['data']}",
+            f"  {result['epochs']} epochs, {result['global_step']} steps"
+            + (" (stopped early: no flips)" if result["stopped_early"] else "")
+            + f", {result['wall_time_s']:.1f} s wall, {result['train_images_per_s']:.0f} training images/s"
+            f" on {result['device']} x{result['world_size']}"
+            + note
+            + (
+                f", batch norm recalibrated {result['bn_recalibrations']}x ({result['bn_recalibration_s']:.1f} s)"
+                if result.get("bn_recalibrations")
+                else ""
+            ),
+            f"  checkpoints: {result['last_checkpoint']} (last), {result['best_checkpoint']} (best)",
+        ]
+    )
