@@ -76,19 +76,10 @@ class TestDecision:
 
 class TestSignals:
     @pytest.mark.parametrize(
-        "avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)]
-    )
-    def test_cpu_reads_torch_cpuinfo(self, monkeypatch, avx512_bf16, amx, expected):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-        assert P._cpu_native_bf16() is expected
-
-    @pytest.mark.parametrize(
         "flags, expected",
         [("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16", True), ("fpu avx avx2 avx512f", False)],
     )
-    def test_cpu_falls_back_to_proc_cpuinfo(self, monkeypatch, tmp_path, flags, expected):
-        monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    def test_cpu_reads_proc_cpuinfo(self, monkeypatch, tmp_path, flags, expected):
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
         read = P._cpuinfo_flags

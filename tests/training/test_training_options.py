@@ -8,10 +8,9 @@ import csv
 import pytest
 
 from torchbop.cli import main
-from torchbop.optim import CEMA, Bop2ndOrder
+from torchbop.optim import CEMA, Bop2ndOrder, LinearInterpolation
 from torchbop.training import History, Observer, train
 from torchbop.training.config import TrainConfig, apply_overrides, load_recipe
-from torchbop.training.optimizers import LinearInterpolation
 
 
 class StepRates(Observer):

@@ -4,9 +4,10 @@ A run's ``precision`` is ``"32"``, ``"bf16-mixed"`` (autocast to bf16 in the for
 the optimizers' state stay float32) or ``"auto"``, which :func:`resolve_precision` turns into one of the two when the
 run starts; the run records the resolved value, so a resumed run keeps it on any machine. Native bf16
 (:func:`native_bf16`, cached per device type): on CUDA ``torch.cuda.is_bf16_supported(including_emulation=False)``
-(compute capability 8.0 and later); on the CPU the AVX512-BF16 or AMX instructions (``torch.cpu``'s probes, else the
-``flags`` of ``/proc/cpuinfo``; ``get_cpu_capability()`` says which kernels ATen dispatches to, not whether bf16 is
-native: without it oneDNN emulates bf16, slower than fp32); fp32 on MPS and anything else.
+(compute capability 8.0 and later); on the CPU the AVX512-BF16 or AMX instructions (the ``flags`` of
+``/proc/cpuinfo``; torch's public ``get_cpu_capability()`` says which kernels ATen dispatches to, not whether bf16 is
+native, and without it oneDNN emulates bf16, slower than fp32; where there is no ``/proc/cpuinfo``, fp32); fp32 on MPS
+and anything else.
 
 Example:
     >>> resolve_precision("32", "cpu"), resolve_precision("bf16-mixed", "cpu")
@@ -64,9 +65,6 @@ def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
 
 
 def _cpu_native_bf16() -> bool:
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if all(callable(probe) for probe in probes):
-        return any(bool(probe()) for probe in probes)
     return bool(_cpuinfo_flags() & {"avx512_bf16", "amx_bf16"})
 
 
