@@ -296,6 +296,30 @@ def test_latent_weights_at_the_clip_are_recorded(tiny_config, synthetic):
     assert history.epochs[-1]["latent_at_clip"] == at_clip and 0.05 < at_clip < 0.34
 
 
+def test_latent_weights_are_clipped_to_the_bound_the_model_declares(tiny_config, synthetic):
+    """A model with ``latent_weight_bound`` (QuickNet: Larq Zoo's WeightClip(1.25)) is clipped there, not at 1."""
+    from torchbop.models import MnistBNN
+
+    class WideClip(MnistBNN):
+        latent_weight_bound = 1.25
+
+    model = WideClip(mode="latent")
+    for _, w in named_binary_parameters(model):
+        w.data.uniform_(-2.0, 2.0)
+    history = History()
+    train(
+        tiny_config(mode="latent", optimizer="sgd", lr=0.01, epochs=1, limit_train_batches=2),
+        data=synthetic,
+        model=model,
+        observers=[history],
+        loggers=False,
+    )
+    latent = torch.cat([w.detach().abs().flatten() for _, w in named_binary_parameters(model)])
+    assert latent.max() == 1.25 and int((latent > 1.0).sum()) > 0.1 * latent.numel()
+    at_bound = int((latent == 1.25).sum()) / latent.numel()
+    assert history.epochs[-1]["latent_at_clip"] == at_bound > 0
+
+
 def test_training_without_validation_writes_last_checkpoint_only(tiny_config, synthetic):
     # no validation: no "best" checkpoint, and no clash between two unmonitored checkpoint callbacks
     result = train(tiny_config(epochs=1, limit_train_batches=2, limit_eval_batches=0), data=synthetic, loggers=False)

@@ -50,7 +50,8 @@ The binary convolutions come in two modes (the training engine passes ``mode``):
 - ``mode="bop"``: the weights *are* +-1, trained by Bop (Helwegen et al., arXiv:1906.02107); no latent weights.
 - ``mode="latent"``: real latent weights binarized by ``SteSign(clip_value=1.25)`` in forward, as Larq Zoo trains
   them. Larq Zoo also constrains them with ``WeightClip(clip_value=1.25)``: the matching call after each optimizer
-  step is ``torchbop.nn.clip_latent_weights_(model, bound=model.latent_weight_bound)`` (1.25, not the default 1.0).
+  step is ``torchbop.nn.clip_latent_weights_(model, bound=model.latent_weight_bound)`` (1.25, not the default 1.0),
+  which ``torchbop train`` makes (it clips at a model's ``latent_weight_bound`` where the model declares one).
 
 Input sizes (``stem``):
 

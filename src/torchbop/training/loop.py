@@ -219,6 +219,8 @@ def train(
     step_fn = torch.compile(loss_and_accuracy, **COMPILE_OPTIONS) if config.compile else loss_and_accuracy
     forward_net = net if fabric.world_size > 1 else model  # one process: no wrapper in the hot path
     sums_dtype = torch.float32 if fabric.device.type == "mps" else torch.float64  # MPS has no float64
+    # mode latent: the clip of the latent weights, the model's own where it declares one (QuickNet: Larq Zoo's 1.25)
+    latent_bound = float(getattr(model, "latent_weight_bound", 1.0))
     run = Run(config, fabric, model, opt, batches)
     if checkpoint is not None:
         _restore(run, checkpoint, observers)
@@ -327,7 +329,7 @@ def train(
             if opt.interpolations:  # between steps the groups hold the next step's rates
                 opt.set_interpolated_rates(run.step)
             if config.mode == "latent":
-                clip_latent_weights_(model)
+                clip_latent_weights_(model, bound=latent_bound)
             if run.counter is not None:
                 run.counter.after_step()
             run.sums = sums if run.sums is None else run.sums + sums
@@ -375,7 +377,7 @@ def train(
             metrics["epoch_flips"] = int(run.counter.epoch_total)
             metrics.update({f"epoch_flips/{k}": int(v) for k, v in run.counter.epoch_flips.items()})
             if config.mode == "latent":
-                metrics["latent_at_clip"] = latent_at_clip(model)
+                metrics["latent_at_clip"] = latent_at_clip(model, latent_bound)
         if config.limit_eval_batches != 0:
             if config.recalibrate_bn == "eval":
                 metrics["bn_recalibration_s"] = recalibrate()
