@@ -242,13 +242,13 @@ class Launcher:
         }
 
     def describe(self) -> str:
-        """One line for the log: ``"SLURM jobs (partition gpu, 4:00:00, 8 cpus, 1 gpus, 32G)"``."""
+        """One line for the log: ``"SLURM jobs (partition gpu, time 4:00:00, 8 cpus, 1 gpus, mem 32G)"``."""
         shown = [
             f"partition {self.partition}" if self.partition else "",
-            self.time or "",
+            f"time {self.time}" if self.time else "",
             f"{self.cpus_per_task} cpus" if self.cpus_per_task else "",
             f"{self.gpus_per_node} gpus" if self.gpus_per_node else "",
-            self.mem or "",
+            f"mem {self.mem}" if self.mem else "",
             *(k if v is True else f"{k}={v}" for k, v in self.extra.items()),
         ]
         what = "SLURM jobs" if self.kind == "slurm" else "local submitit jobs"
