@@ -372,3 +372,43 @@ def test_weight_panels_layout_and_errors():
             threads=1,
             out_channels=20,
         )
+
+
+def _fork_child(connection, pixels, weights, base, expected, geometry):
+    out = K.binary_conv(pixels, weights, base, threads=2, **geometry)
+    connection.send(bool(torch.equal(out, expected)))
+    connection.close()
+
+
+def test_threads_concurrent_callers_and_a_forked_child():
+    """Threads over output tiles, on a product large enough to be split (the small products above run on one thread):
+    2, 3 and 8 threads equal 1 thread and the float convolution on every path; four Python threads calling at once
+    (ctypes releases the GIL, so the C calls overlap) get the same; so does a forked child."""
+    import concurrent.futures
+    import multiprocessing
+
+    g = torch.Generator().manual_seed(7)
+    pixels = torch.randint(0, 256, (4, 16, 16, 32), dtype=torch.uint8, generator=g)
+    words = 9 * 32 // 8
+    rows = torch.randint(-(2**62), 2**62, (128, words), dtype=torch.int64, generator=g)
+    geometry = dict(kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1))
+    expected = _reference_conv(pixels, rows, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    base = torch.full((1, 128), 9 * 32 * 8, dtype=torch.int32)
+    for path in PATHS:
+        for threads in (1, 2, 3, 8):
+            got = K.binary_conv(pixels, rows, base, path=path, threads=threads, **geometry)
+            assert torch.equal(got, expected), (path, threads)
+    path = PATHS[-1]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(K.binary_conv, pixels, rows, base, path=path, threads=2, **geometry) for _ in range(40)]
+        assert all(torch.equal(call.result(), expected) for call in calls)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    parent, child = multiprocessing.get_context("fork").Pipe()
+    process = multiprocessing.get_context("fork").Process(
+        target=_fork_child, args=(child, pixels, rows, base, expected, {**geometry, "path": path})
+    )
+    process.start()
+    assert parent.poll(60) and parent.recv() is True
+    process.join(10)
+    assert process.exitcode == 0
