@@ -4,10 +4,10 @@ What is timed: ``f(x)`` on a batch of images in [-1, 1], for
 
 * ``fp32``: the torchbop model in eval mode under ``torch.inference_mode()``, input and activations channels_last
   (its binary layers are float32 convolutions of +-1 values: what the network costs in float);
-* ``ort``: ONNX Runtime (CPUExecutionProvider, fp32) running the *float twin* (the same graph with ``nn.Conv2d`` /
-  ``nn.Linear`` in place of the binary layers and no quantizers: what a deployer runs today), exported with
-  ``torch.onnx.export`` (TorchScript exporter, dynamic batch); its outputs are checked against torch's float twin
-  at every batch size timed;
+* ``ort``: ONNX Runtime (CPUExecutionProvider, fp32, intra-op spinning off: see :func:`onnx_session`) running the *float
+  twin* (the same graph with ``nn.Conv2d`` / ``nn.Linear`` in place of the binary layers and no quantizers: what a
+  deployer runs today), exported with ``torch.onnx.export`` (TorchScript exporter, dynamic batch); its outputs are
+  checked against torch's float twin at every batch size timed;
 * ``packed:PATH``: :func:`torchbop.deploy.pack_model` with that C path (``avx2``, ``avx512``: see
   :mod:`torchbop.deploy.engine_kernels`; the AVX2 path timed on an AVX-512 CPU is an indication for AVX2-only CPUs,
   not a measurement of one). Packed and fp32 predictions are checked equal before timing.
@@ -110,6 +110,10 @@ def onnx_session(twin: nn.Module, shape: tuple[int, ...], threads: int):
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # ORT's intra-op threads spin after each run by default, and in one process beside the other engines that takes a
+    # core from the engine timed next (packed at 2 threads, batch 1: 330 against 560-650 images/s) while ORT ran no
+    # slower without it (157-172 against 163-176): off, so that every engine gets the machine it is timed on.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"x": x.numpy()})[0]
 
