@@ -230,6 +230,27 @@ def test_kernel_paths_agree_on_large_random_products():
     assert outs[0].abs().max() > 0
 
 
+@pytest.mark.parametrize("fill", ["random", "all-disagree"])
+def test_every_path_on_a_reduction_longer_than_its_counters(fill):
+    """A dense product of 144,000 bits per row: longer than the AVX2 path's 8-bit counters (63 steps) and its 16-bit
+    sums (256 widenings) hold, and, with every bit disagreeing, the largest count there is."""
+    g = torch.Generator().manual_seed(11)
+    n, cb, o = 5, 18_000, 20
+    if fill == "random":
+        pixels = torch.randint(0, 256, (n, 1, 1, cb), dtype=torch.uint8, generator=g)
+        rows = torch.randint(-(2**62), 2**62, (o, cb // 8), dtype=torch.int64, generator=g)
+    else:
+        pixels = torch.full((n, 1, 1, cb), 255, dtype=torch.uint8)
+        rows = torch.zeros(o, cb // 8, dtype=torch.int64)
+    expected = _reference_conv(pixels, rows, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
+    if fill == "all-disagree":
+        assert torch.equal(expected, torch.full((n, o), -8.0 * cb))
+    base = torch.full((1, o), 8 * cb, dtype=torch.int32)
+    geometry = dict(kernel_size=(1, 1), stride=(1, 1), dilation=(1, 1), pad=(0, 0, 0, 0))
+    for path in PATHS:
+        assert torch.equal(K.binary_conv(pixels, rows, base, path=path, threads=1, **geometry), expected), path
+
+
 def test_paths_and_the_environment_variable(monkeypatch):
     assert K.resolve_engine("torch") == "torch"
     assert K.resolve_engine("kernel") == PATHS[-1]
@@ -354,9 +375,13 @@ def test_weight_panels_layout_and_errors():
     assert panels.shape == (2, 5, 16)
     assert torch.equal(panels[0, 3], rows[:16, 3]) and torch.equal(panels[1, 2, :4], rows[16:, 2])
     assert not panels[1, :, 4:].any()  # filters past O are zero
-    split = K.weight_panels(rows, 5, "avx2")
+    random_rows = torch.randint(-(2**62), 2**62, (20, 8), generator=torch.Generator().manual_seed(0))
+    split = K.weight_panels(random_rows, 5, "avx2")  # per byte of a word: 16 low nibbles, then 16 high nibbles
     assert split.shape == (2, 5, 32)
-    assert torch.equal(split[..., :16] | (split[..., 16:] << 4), panels)
+    nibbles = split.view(torch.uint8).view(2, 5, 8, 32)
+    assert int(nibbles.max()) < 16
+    joined = (nibbles[..., :16] | (nibbles[..., 16:] << 4)).transpose(2, 3).contiguous().view(torch.int64)
+    assert torch.equal(joined.view(2, 5, 16), K.weight_panels(random_rows, 5, "portable"))
     with pytest.raises(ValueError, match="words=9 for rows of 8 words"):
         K.weight_panels(rows, 9, "portable")
     with pytest.raises(ValueError, match="panels .* for 20 filters"):

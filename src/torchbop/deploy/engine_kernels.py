@@ -3,21 +3,22 @@ r"""The packed engine's C kernels (``csrc/bnn_engine.c``): which paths this CPU 
 One shared library holds three implementations of the XNOR-popcount product, chosen per call:
 
 - ``"portable"``: plain C (``__builtin_popcountll`` on 64-bit words), for any CPU; the reference of the C paths;
-- ``"avx2"``: 256-bit XOR and a per-byte popcount by two ``vpshufb`` table lookups (Mula, Kurz and Lemire,
-  arXiv:1611.07612) on nibbles split once in the weights, per-byte counters emptied by ``vpsadbw``;
+- ``"avx2"``: one ``vpshufb`` counts 16 filters x 8 bits: its indices are the filters' weight nibbles (split once
+  in the panels), its 16-entry tables ``popcount(i ^ nibble of x)`` are chosen by the input byte ``x`` (a load from
+  a 256-entry table of tables), then one ``vpaddb``: 4 vector operations per 256 binary MACs, against 6 for the
+  XOR-then-lookup popcount of Mula, Kurz and Lemire (arXiv:1611.07612); per-byte counters widened to 16 bits;
 - ``"avx512"``: 512-bit XOR and ``vpopcntq`` (AVX-512 VPOPCNTDQ).
 
-Both SIMD paths put *filters in lanes*: a row's 64-bit word is broadcast and XORed with the same word of 4 (8)
-filters, so each lane sums one filter's count and no horizontal reduction is needed, the reduction dimension is
-not padded to a vector's width (a short row, 18 words, costs 18 steps), and the epilogue (batch norm and sign as
-one integer comparison per channel, :mod:`torchbop.deploy.thresholds`) is one vector compare whose mask is the
-output byte. Weights are laid out once as *panels* of 16 filters, word ``k`` of the 16 filters side by side
-(:func:`weight_panels`); register tiles are 6 rows x 16 filters (AVX-512) and 2 x 16 (AVX2). Where a pixel is a
-whole number of words (channels a multiple of 64) the convolution reads the rows straight from the NHWC image (a
-kernel row of ``KW`` pixels is contiguous), with no im2col; zero padding then goes through one zero-padded copy
-(on the AVX2 path that copy also splits the input's nibbles, once per call rather than once per filter block).
-:func:`prepare_binary_conv` validates a layer's arguments once per input shape and returns a
-:class:`PreparedCall` (what the packed engine calls at inference: a few microseconds of Python per layer).
+Both SIMD paths put *filters in lanes*: each lane (a byte on AVX2, a 64-bit word on AVX-512) sums one filter's
+count, so no horizontal reduction is needed, the reduction dimension is not padded to a vector's width (a short
+row, 18 words, costs 18 steps), and the epilogue (batch norm and sign as one integer comparison per channel,
+:mod:`torchbop.deploy.thresholds`) is one vector compare whose mask is the output byte. Weights are laid out once
+as *panels* of 16 filters (:func:`weight_panels`); register tiles are 6 rows x 16 filters (AVX-512) and 4 rows x
+32 filters (AVX2). Where a pixel is a whole number of words (channels a multiple of 64) the convolution reads the
+rows straight from the NHWC image (a kernel row of ``KW`` pixels is contiguous), with no im2col; zero padding
+then goes through one zero-padded copy. :func:`prepare_binary_conv` validates a layer's arguments once per input
+shape and returns a :class:`PreparedCall` (what the packed engine calls at inference: a few microseconds of
+Python per layer).
 
 The library is built with ``cc -O3`` and no ``-march`` flag: each SIMD function carries its own
 ``__attribute__((target(...)))``, so the same file runs on every x86-64, and :func:`available_paths` asks the CPU
@@ -78,7 +79,6 @@ ENV_VAR = "TORCHBOP_KERNEL"
 EPI_FLOAT, EPI_BITS = 0, 1
 #: Filters per weight panel (:func:`weight_panels`).
 PANEL = 16
-_NIBBLES = 0x0F0F0F0F0F0F0F0F
 _SOURCE = Path(__file__).with_name("csrc") / "bnn_engine.c"
 _FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
 _errors: list[str] = []
@@ -192,8 +192,9 @@ def _check(t: Tensor, name: str, dtype: torch.dtype, dims: int) -> None:
 
 def weight_panels(rows: Tensor, words: int, path: str) -> Tensor:
     """Weight rows int64 ``[O, Kw]`` (``Kw >= words``) as the kernel's panels int64 ``[ceil(O / 16), words, W]``:
-    word ``k`` of 16 filters side by side (filters past ``O`` zero); ``W = 16``, or 32 on the AVX2 path (the 16
-    filters' low nibbles, then their high nibbles: ``x ^ w`` splits into the XOR of the splits)."""
+    word ``k`` of 16 filters side by side (filters past ``O`` zero); ``W = 16``, or 32 on the AVX2 path: for each
+    byte ``b`` of word ``k``, 32 bytes: byte ``b`` of the 16 filters' low nibbles, then their high nibbles (the
+    ``vpshufb`` indices)."""
     _check(rows, "rows", torch.int64, 2)
     if path not in PATHS:
         raise ValueError(f"Invalid path: {path!r} (expected one of {PATHS})")
@@ -201,8 +202,10 @@ def weight_panels(rows: Tensor, words: int, path: str) -> Tensor:
     if not 0 < words <= kw_words:
         raise ValueError(f"weight_panels: words={words} for rows of {kw_words} words")
     panels = F.pad(rows[:, :words], (0, 0, 0, -o % PANEL)).view(-1, PANEL, words).transpose(1, 2)
-    if path == "avx2":
-        panels = torch.cat([panels & _NIBBLES, (panels >> 4) & _NIBBLES], dim=2)
+    if path == "avx2":  # per byte b of a word: the 16 filters' low nibbles of byte b, then their high nibbles
+        by_byte = panels.contiguous().view(torch.uint8).view(*panels.shape, 8).transpose(2, 3)
+        nibbles = torch.cat([by_byte & 15, by_byte >> 4], dim=3)
+        panels = nibbles.contiguous().view(panels.shape[0], words, 8 * 2 * PANEL).view(torch.int64)
     return panels.contiguous()
 
 
