@@ -121,6 +121,10 @@ def _load() -> ctypes.CDLL:
     lib.tb_panel_width.restype = ctypes.c_int
     lib.tb_maxpool_bits.argtypes = [ptr, ptr] + [i64] * 14 + [ptr]
     lib.tb_maxpool_bits.restype = None
+    lib.tb_binary_conv_args.argtypes = [ptr, ptr, ptr]
+    lib.tb_binary_conv_args.restype = ctypes.c_int
+    lib.tb_maxpool_bits_args.argtypes = [ptr, ptr, ptr]
+    lib.tb_maxpool_bits_args.restype = None
     lib.tb_pack_signs.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
     lib.tb_pack_signs.restype = None
     lib.tb_pack_thresholds.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ctypes.c_int]
@@ -249,10 +253,11 @@ def binary_conv(
 
 class PreparedCall:
     """A kernel call whose arguments were validated once, for inputs of one shape: ``call(x) -> out`` checks only
-    ``x`` (a contiguous CPU tensor of that dtype and shape), allocates the output and calls C (the batch-1 cost of a
-    layer is then a few microseconds of Python)."""
+    ``x`` (a contiguous CPU tensor of that dtype and shape), allocates the output and calls C with three pointers:
+    the arguments (an int64 array made here, pointers as integers), the input and the output (the batch-1 cost of
+    a layer is then a few microseconds of Python)."""
 
-    __slots__ = ("name", "shape", "dtype", "out_shape", "out_dtype", "fn", "head", "tail", "keep", "empty")
+    __slots__ = ("name", "shape", "dtype", "out_shape", "out_dtype", "fn", "args", "address", "keep", "empty")
 
     def __init__(
         self,
@@ -262,26 +267,27 @@ class PreparedCall:
         out_shape: tuple[int, ...],
         out_dtype: torch.dtype,
         fn,
-        head: tuple,
-        tail: tuple,
+        args: tuple[int | None, ...],
         keep: tuple,
         empty: bool,
     ) -> None:
         self.name, self.shape, self.dtype, self.out_shape, self.out_dtype = name, shape, dtype, out_shape, out_dtype
-        self.fn, self.head, self.tail, self.keep, self.empty = fn, head, tail, keep, empty
+        self.fn, self.keep, self.empty = fn, keep, empty  # keep: the tensors whose pointers are in args
+        self.args = torch.tensor([0 if v is None else int(v) for v in args], dtype=torch.int64)
+        self.address = self.args.data_ptr()
 
     def __call__(self, x: Tensor) -> Tensor:
         if (
             not isinstance(x, Tensor)
             or x.dtype != self.dtype
-            or tuple(x.shape) != self.shape
+            or x.shape != self.shape
             or x.device.type != "cpu"
             or not x.is_contiguous()
         ):
             got = f"{x.dtype} {tuple(x.shape)} on {x.device}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{self.name}: prepared for a contiguous CPU {self.dtype} tensor {self.shape}, got {got}")
         out = torch.empty(self.out_shape, dtype=self.out_dtype)
-        if not self.empty and self.fn(x.data_ptr(), *self.head, out.data_ptr(), *self.tail) not in (None, 0):
+        if not self.empty and self.fn(self.address, x.data_ptr(), out.data_ptr()) not in (None, 0):
             raise MemoryError(f"{self.name}: out of memory for the row buffers")
         return out
 
@@ -382,9 +388,8 @@ def prepare_binary_conv(
         torch.uint8,
         out_shape,
         out_dtype,
-        lib.tb_binary_conv,
-        head,
-        tail,
+        lib.tb_binary_conv_args,
+        head + tail,
         (panels, base, thresholds),
         not (rows and o),
     )
@@ -451,8 +456,7 @@ def prepare_maxpool_bits(
         torch.uint8,
         (n, ho, wo, cb),
         torch.uint8,
-        _library().tb_maxpool_bits,
-        (),
+        _library().tb_maxpool_bits_args,
         tail,
         (flip,),
         n * ho * wo * cb == 0,
