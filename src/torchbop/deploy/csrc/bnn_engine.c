@@ -370,11 +370,17 @@ __attribute__((target(TB_AVX512))) static void epi_avx512(const conv_t *c, int64
 static void row_pointers(const conv_t *c, int64_t i, int mr, int64_t r0, const uint64_t *buf,
                          const uint64_t **a, int64_t *pos) {
     const int64_t per_image = c->Ho * c->Wo;
+    int64_t n = i / per_image, p = i % per_image, ho = p / c->Wo, wo = p % c->Wo;  /* then stepped: no division */
     for (int r = 0; r < c->mr; r++) {
-        int64_t row = i + (r < mr ? r : mr - 1);
-        int64_t n = row / per_image, p = row % per_image, ho = p / c->Wo, wo = p % c->Wo;
+        if (r > 0 && r < mr) {  /* the next row (rows past mr repeat the last) */
+            p++;
+            if (++wo == c->Wo) {
+                wo = 0;
+                if (++ho == c->Ho) { ho = 0; p = 0; n++; }
+            }
+        }
         pos[r] = p;
-        if (!c->direct) { a[r] = buf + (row - r0) * c->Kp; continue; }
+        if (!c->direct) { a[r] = buf + (i + (r < mr ? r : mr - 1) - r0) * c->Kp; continue; }
         for (int64_t kh = 0; kh < c->KH; kh++)
             a[r * c->nseg + kh] = (const uint64_t *)(c->pix + ((n * c->H + ho * c->sh + kh * c->dh) * c->W
                                                                + wo * c->sw) * c->Cb);
