@@ -251,6 +251,29 @@ def test_every_path_on_a_reduction_longer_than_its_counters(fill):
         assert torch.equal(K.binary_conv(pixels, rows, base, path=path, threads=1, **geometry), expected), path
 
 
+@pytest.mark.parametrize("per_position", [False, True], ids=["one-base", "base-per-position"])
+def test_every_path_on_thresholds_beyond_16_bits(per_position):
+    """Thresholds far outside what a layer can output, at the edges of 16 bits and at the counts' extremes: the AVX2
+    tile's own 16-bit epilogue (clamped limits) writes the bits the 64-bit epilogues write."""
+    g = torch.Generator().manual_seed(5)
+    o, cb = 48, 8
+    pixels = torch.randint(0, 256, (2, 6, 5, cb), dtype=torch.uint8, generator=g)
+    rows = torch.randint(-(2**62), 2**62, (o, 9), dtype=torch.int64, generator=g)
+    expected = _reference_conv(pixels, rows, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    extremes = [-(2**31), -40000, -32768, -32767, -577, -576, -575, -1, 0, 1, 575, 576, 577, 32766, 32767, 40000]
+    thr = torch.tensor((extremes * 3)[:o], dtype=torch.int32)
+    flip = torch.randint(0, 2, (o,), dtype=torch.uint8, generator=g)
+    base = torch.full((1, o), 9 * cb * 8, dtype=torch.int32)
+    if per_position:
+        base = base.expand(30, o).contiguous()
+    want = (expected < thr.float()) ^ flip.bool()
+    geometry = dict(kernel_size=(3, 3), stride=(1, 1), dilation=(1, 1), pad=(1, 1, 1, 1))
+    for path in PATHS:
+        bits = K.binary_conv(pixels, rows, base, path=path, threads=1, thresholds=(thr, flip), **geometry)
+        unpacked = ((bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(len(expected), -1)
+        assert torch.equal(unpacked[:, :o].bool(), want), path
+
+
 def test_paths_and_the_environment_variable(monkeypatch):
     assert K.resolve_engine("torch") == "torch"
     assert K.resolve_engine("kernel") == PATHS[-1]
