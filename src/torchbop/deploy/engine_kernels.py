@@ -114,7 +114,9 @@ def _load() -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.tb_paths.restype = ctypes.c_int
     lib.tb_binary_conv.argtypes = (
-        [ptr] + [i64] * 14 + [ptr, i64, i64, ptr, i64, ctypes.c_int, ptr, i64, ptr, ptr, ctypes.c_int, ctypes.c_int]
+        [ptr]
+        + [i64] * 14
+        + [ptr, i64, i64, ptr, i64, ctypes.c_int, ptr, i64, ptr, ptr, ctypes.c_int, ctypes.c_int, ptr]
     )
     lib.tb_binary_conv.restype = ctypes.c_int
     lib.tb_panel_width.argtypes = [ctypes.c_int]
@@ -381,7 +383,18 @@ def prepare_binary_conv(
         base.shape[0],
         kind,
     )
-    tail = (stride_bytes, thr_ptr, flip_ptr, PATHS.index(path), max(1, int(threads)))
+    base16 = None  # the AVX2 tile's 16-bit epilogue: base per position as int16 where every base - 2 s fits
+    if path == "avx2" and thresholds is not None and base.shape[0] > 1 and o % PANEL == 0 and 64 * words <= 16383:
+        if int(base.max()) <= 32766 and int(base.min()) - 128 * words >= -32767:
+            base16 = base.to(torch.int16).contiguous()
+    tail = (
+        stride_bytes,
+        thr_ptr,
+        flip_ptr,
+        PATHS.index(path),
+        max(1, int(threads)),
+        None if base16 is None else base16.data_ptr(),
+    )
     return PreparedCall(
         "binary_conv",
         (n, h, w, cb),
@@ -390,7 +403,7 @@ def prepare_binary_conv(
         out_dtype,
         lib.tb_binary_conv_args,
         head + tail,
-        (panels, base, thresholds),
+        (panels, base, thresholds, base16),
         not (rows and o),
     )
 

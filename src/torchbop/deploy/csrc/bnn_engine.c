@@ -86,7 +86,7 @@ struct conv_s {
     uint16_t *flip16;    /* [ceil(O / NB)]: the flips of a panel's filters as bits */
     int direct, nseg, mr, np; /* np: panels a tile computes (at most 8) */
     int16_t *lim16;      /* AVX2 tile's own epilogue (16-bit, see tile_avx2_body), or NULL: half or thr per filter */
-    int16_t *base16;     /* with lim16 and base_rows > 1: base as int16 [base_rows, O] */
+    const int16_t *base16; /* with lim16 and base_rows > 1: base as int16 [base_rows, O] (the caller's) */
     int64_t seglen;
     tile_fn tile;
     epi_fn epi;
@@ -493,8 +493,8 @@ static void *conv_worker(void *arg) {
 int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t Cb, int64_t Ho, int64_t Wo,
                    int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl,
                    const uint64_t *P, int64_t O, int64_t Kp, const int32_t *base, int64_t base_rows, int kind,
-                   void *out,
-                   int64_t out_stride, const int32_t *thr, const uint8_t *flip, int path, int threads) {
+                   void *out, int64_t out_stride, const int32_t *thr, const uint8_t *flip, int path, int threads,
+                   const int16_t *base16) {
     conv_t c;
     memset(&c, 0, sizeof c);
     c.pix = pix; c.N = N; c.H = H; c.W = W; c.Cb = Cb; c.Ho = Ho; c.Wo = Wo; c.KH = KH; c.KW = KW;
@@ -525,25 +525,18 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
             c.half[j] = d >= 0 ? d / 2 : -((-d + 1) / 2);
         }
     }
-    if (path == PATH_AVX2 && kind == EPI_BITS && O % NB == 0 && Kp * 64 <= 16383) {  /* the tile's own epilogue */
-        int64_t lo = 0, hi = 0;  /* every base - 2 s in 16 bits (s <= 64 Kp): else the 64-bit epilogue */
-        for (int64_t k = 0; k < base_rows * O; k++) {
-            if (base[k] < lo || k == 0) lo = base[k];
-            if (base[k] > hi || k == 0) hi = base[k];
+    /* The AVX2 tile's own 16-bit epilogue where every value fits: with one base (s <= 64 Kp is compared with half),
+       or with the caller's int16 copy of a base per position, given only where every base - 2 s (s <= 64 Kp) is
+       within +-32,767 and base <= 32,766 (then thr clamps to 16 bits without changing a comparison). */
+    const int fits = base_rows == 1 || base16 != NULL;
+    if (path == PATH_AVX2 && kind == EPI_BITS && O % NB == 0 && Kp * 64 <= 16383 && fits) {
+        c.lim16 = (int16_t *)malloc((size_t)O * sizeof(int16_t));
+        if (!c.lim16) { free(c.flip16); free(c.half); return -1; }
+        for (int64_t jj = 0; jj < O; jj++) {  /* clamped where the comparison's outcome does not change */
+            int64_t v = base_rows == 1 ? c.half[jj] : thr[jj], low = base_rows == 1 ? -1 : -32767;
+            c.lim16[jj] = (int16_t)(v < low ? low : v > 32767 ? 32767 : v);
         }
-        if (hi <= 32766 && lo - 128 * Kp >= -32767) {
-            c.lim16 = (int16_t *)malloc((size_t)O * sizeof(int16_t));
-            if (base_rows > 1) c.base16 = (int16_t *)malloc((size_t)(base_rows * O) * sizeof(int16_t));
-            if (!c.lim16 || (base_rows > 1 && !c.base16)) {
-                free(c.lim16); free(c.base16); free(c.flip16); free(c.half);
-                return -1;
-            }
-            for (int64_t jj = 0; jj < O; jj++) {  /* clamped where the comparison's outcome does not change */
-                int64_t v = base_rows == 1 ? c.half[jj] : thr[jj], low = base_rows == 1 ? -1 : -32767;
-                c.lim16[jj] = (int16_t)(v < low ? low : v > 32767 ? 32767 : v);
-            }
-            for (int64_t k = 0; base_rows > 1 && k < base_rows * O; k++) c.base16[k] = (int16_t)base[k];
-        }
+        c.base16 = base_rows > 1 ? base16 : NULL;
     }
     /* Direct mode (no im2col): whole words per pixel and contiguous kernel rows. Padding: a zero-padded copy. */
     c.direct = Cb % 8 == 0 && dw == 1 && KH <= MAXSEG;
@@ -553,7 +546,7 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
         if (pt || pl || Hp > H || Wp > W) {
             int64_t Hc = Hp > H + pt ? Hp : H + pt, Wc = Wp > W + pl ? Wp : W + pl;
             padded = (uint8_t *)calloc((size_t)(N * Hc * Wc * Cb) + 8, 1);
-            if (!padded) { free(c.flip16); free(c.half); free(c.lim16); free(c.base16); return -1; }
+            if (!padded) { free(c.flip16); free(c.half); free(c.lim16); return -1; }
             for (int64_t n = 0; n < N; n++)
                 for (int64_t y = 0; y < H; y++)
                     memcpy(padded + ((n * Hc + y + pt) * Wc + pl) * Cb, pix + ((n * H + y) * W) * Cb, (size_t)(W * Cb));
@@ -591,18 +584,17 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
     free(c.flip16);
     free(c.half);
     free(c.lim16);
-    free(c.base16);
     return failed ? -1 : 0;
 }
 
 /* tb_binary_conv with its arguments but the input and the output in one int64 array (pointers as integers, 0 for
-   NULL), in tb_binary_conv's order: a prepared call passes 3 arguments through ctypes instead of 27 (about 3 us of
+   NULL), in tb_binary_conv's order (base16 last): a prepared call passes 3 arguments through ctypes instead of 27 (about 3 us of
    Python less per layer, most of a small layer's cost at batch 1). */
 int tb_binary_conv_args(const int64_t *v, const uint8_t *pix, void *out) {
     return tb_binary_conv(pix, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
                           (const uint64_t *)(intptr_t)v[14], v[15], v[16], (const int32_t *)(intptr_t)v[17], v[18],
                           (int)v[19], out, v[20], (const int32_t *)(intptr_t)v[21], (const uint8_t *)(intptr_t)v[22],
-                          (int)v[23], (int)v[24]);
+                          (int)v[23], (int)v[24], (const int16_t *)(intptr_t)v[25]);
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
