@@ -1,4 +1,4 @@
-"""The XNOR-popcount product: the C kernel equals the pure-torch reference."""
+"""The XNOR-popcount product: the engine's C library equals the pure-torch reference."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def test_torch_reference_counts_differing_bits():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-# k >= 4 words takes the AVX2 path where the CPU has it (4 words at a time, byte counters emptied every 124 words),
-# with a scalar tail for k % 4 words and scalar loops for the rows and columns beyond the 4 x 2 blocks
+# rows as pixels of a 1 x 1 convolution: whole-word pixels (direct rows), partial last panels (n % 16), partial row
+# tiles (m % 4, m % 6), long rows (the AVX2 counters' widening every 63 bytes)
 @pytest.mark.parametrize(
     "m, n, k",
     [
@@ -78,7 +78,7 @@ def test_binary_dot_kernel_equals_torch(m, n, period, threads):
 
 @pytest.mark.parametrize("m, n, k", [(2048, 256, 18), (8, 16384, 64), (1003, 131, 67)])
 def test_threads_split_large_products(m, n, k):
-    """Threads start from 4M word pairs on (rows, or columns for few rows); the split changes nothing."""
+    """Threads start from 2M word pairs on (rows, or columns too for few rows); the split changes nothing."""
     a, b = random_words(m, k, seed=1), random_words(n, k, seed=2)
     before = torch.get_num_threads()
     try:
@@ -95,12 +95,12 @@ def test_kernels_are_cached_only_in_a_private_folder(tmp_path, monkeypatch):
     import os
     import tempfile
 
-    from torchbop.deploy import xnor_kernel
+    from torchbop.deploy import engine_kernels
 
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
-    private = xnor_kernel._cache_folder()
+    private = engine_kernels._cache_folder()
     assert private.parent == tmp_path and not private.stat().st_mode & 0o077
-    assert xnor_kernel._cache_folder() == private
+    assert engine_kernels._cache_folder() == private
     os.chmod(private, 0o777)  # writable by others: a planted library could be loaded from it
-    other = xnor_kernel._cache_folder()
+    other = engine_kernels._cache_folder()
     assert other != private and not other.stat().st_mode & 0o077

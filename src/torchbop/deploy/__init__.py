@@ -4,8 +4,9 @@
   weights at 1 bit, binary and float MACs, and totals with float equivalents, as ``larq.models.summary`` shows them.
 * :func:`export` / :func:`load_packed` (:mod:`torchbop.deploy.packed_model`): the packed file
   (:mod:`torchbop.deploy.packed_format`), and the :class:`PackedModel` read from it.
-* :class:`PackedModel` runs binary layers in integer arithmetic (XNOR-popcount on packed bits,
-  :mod:`torchbop.deploy.xnor_kernel`) with the model's eval-mode predictions (:mod:`torchbop.deploy.packed_layers`).
+* :class:`PackedModel` runs binary layers in integer arithmetic (XNOR-popcount on packed bits, one C library:
+  :mod:`torchbop.deploy.engine_kernels`) with the model's eval-mode predictions (:mod:`torchbop.deploy.bit_engine`,
+  :mod:`torchbop.deploy.packed_layers`).
 
 * :func:`export_onnx` / :func:`onnx_model` (:mod:`torchbop.deploy.onnx_export`): the network as an ONNX graph
   (+-1 weights, sign and batch norm as ONNX operators, a dynamic batch) for ONNX Runtime and the other runtimes

@@ -28,8 +28,9 @@ environment variable ``TORCHBOP_KERNEL`` (``portable``, ``avx2``, ``avx512``, ``
 ``ValueError`` that names the paths it has.
 
 Every wrapper checks dtypes, shapes, contiguity and sizes before the C call (a C function trusts its arguments),
-so a wrong argument is a ``ValueError`` here, never a crash in C. The library is built and cached as
-:mod:`torchbop.deploy.xnor_kernel` builds its own (a private per-user folder, keyed by a hash of the source).
+so a wrong argument is a ``ValueError`` here, never a crash in C. The library goes to a private per-user folder
+(:func:`_cache_folder`), named by the hash of its source and flags and written atomically, so concurrent processes
+share one build.
 
 Example:
     >>> "portable" in available_paths() or not engine_available()
@@ -51,8 +52,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from torchbop.deploy.xnor_kernel import _cache_folder
 
 __all__ = [
     "PATHS",
@@ -82,6 +81,26 @@ PANEL = 16
 _SOURCE = Path(__file__).with_name("csrc") / "bnn_engine.c"
 _FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
 _errors: list[str] = []
+
+
+def _cache_folder() -> Path:
+    """A folder for the built library that only this user can write: ``$TMPDIR/torchbop-kernels-<uid>``, made with
+    mode 0o700, or, if that path is someone else's or writable by others (a library planted there would be loaded), a
+    fresh private temporary folder (the library is then built again by each process)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"torchbop-kernels-{uid if uid is not None else 0}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        private = (
+            folder.is_dir()
+            and not folder.is_symlink()
+            and (uid is None or info.st_uid == uid)
+            and not info.st_mode & 0o022
+        )
+    except OSError:
+        private = False
+    return folder if private else Path(tempfile.mkdtemp(prefix="torchbop-kernels-"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,10 +6,10 @@ an integer sum of -1, 0 and +1 terms: exact in float32 as long as it stays below
 layer would need 16 million inputs per output to get there). Here the same integers come from packed bits:
 
 - inputs and weights become bits (1 = -1, 0 = +1: ``x < 0`` is one comparison, and it sends 0, -0.0 and NaN to +1
-  as ``sign`` does), 8 channels to a byte, each output position's receptive field one row of 64-bit words
-  (bit-level im2col, in torch);
-- :func:`~torchbop.deploy.xnor_kernel.xor_popcount` counts the disagreements ``d`` of a row with each filter, and
-  the dot product over the ``K`` real positions is ``K - 2 d``;
+  as ``sign`` does), 8 channels to a byte, pixels NHWC;
+- the packed engine's XNOR-popcount convolution (:func:`~torchbop.deploy.engine_kernels.binary_conv`; a dense
+  layer: :func:`~torchbop.deploy.xnor_kernel.binary_dot`) counts the disagreements ``d`` of each receptive field with
+  each filter, and the dot product over the ``K`` real positions is ``K - 2 d``;
 - zero ("same") padding: the padded positions are 0 in the model, but a zero byte reads as +1 here. The padded
   positions of an output position depend only on where it is, so ``(pad_value - 1) * sum of W over them`` is one
   ``[H_out, W_out, C_out]`` map per input size (a convolution of the padding indicator with ``W``, computed once
@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchbop.deploy.bit_layout import im2col_rows, pack_bytes, pack_rows, pack_signs
+from torchbop.deploy import engine_kernels
+from torchbop.deploy.bit_layout import pack_bytes, pack_rows
 from torchbop.deploy.xnor_kernel import binary_dot, resolve_backend
 from torchbop.quantizers import sign
 
@@ -166,7 +167,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         return (h + top + bottom - dh * (kh - 1) - 1) // sh + 1, (w + left + right - dw * (kw - 1) - 1) // sw + 1
 
     def _base(self, h: int, w: int) -> Tensor:
-        """``K + (pad_value - 1) * (sum of W over the padded positions)`` per output position: float ``[Ho Wo, O]``.
+        """``K + (pad_value - 1) * (sum of W over the padded positions)`` per output position: int32 ``[Ho Wo, O]``.
 
         The kernel reads a padded position as +1; the model pads with ``pad_value``.
         """
@@ -177,6 +178,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
                 indicator, self.weight_sum_source.float(), None, self.stride, 0, self.dilation, self.groups
             )[0]
             base = (self.pad_value - 1.0) * padded_sum + self.fan_in  # exact: small integers
+            base = base.round().to(torch.int32)
             self._border[key] = base.permute(1, 2, 0).reshape(-1, self.out_channels).contiguous()
         return self._border[key]
 
@@ -184,14 +186,16 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         n, _, h, w = x.shape
         ho, wo = self._out_size(h, w)
         base = self._base(h, w)
+        path, threads = engine_kernels.resolve_engine("kernel"), max(1, torch.get_num_threads())
+        geometry = dict(kernel_size=self.kernel_size, stride=self.stride, dilation=self.dilation, pad=self.pad)
         parts = []
         per_in, per_out = self.in_channels // self.groups, self.out_channels // self.groups
         for g in range(self.groups):  # one product per group: its input channels against its filters
             part = x if self.groups == 1 else x[:, g * per_in : (g + 1) * per_in]
-            pixels = pack_signs(part, self.pad, backend="kernel")  # zero bytes (+1) in the padding: see _base
-            rows = im2col_rows(pixels, self.kernel_size, self.stride, self.dilation, backend="kernel")
+            pixels = engine_kernels.pack_signs_nhwc(part.float(), path)  # the padding reads as +1: see _base
             filters = slice(g * per_out, (g + 1) * per_out)
-            parts.append(binary_dot(rows, self.weight_words[filters], base[:, filters].contiguous(), "kernel"))
+            rows, border = self.weight_words[filters], base[:, filters].contiguous()
+            parts.append(engine_kernels.binary_conv(pixels, rows, border, path=path, threads=threads, **geometry))
         out = parts[0] if self.groups == 1 else torch.cat(parts, dim=1)  # [N Ho Wo, O]
         out = out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
         out = self._finish(out, (1, -1, 1, 1))
