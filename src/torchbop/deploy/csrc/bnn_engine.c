@@ -26,7 +26,9 @@
    Output ("epilogue"): float32 [M, O] = base - 2 s (EPI_FLOAT), or packed bits (EPI_BITS): bit j of output row i
    is ((base - 2 s) < thr[j]) ^ flip[j], the batch norm and sign that follow the layer folded into one integer
    comparison per channel (torchbop.deploy.thresholds derives thr and flip); with one base for every position it
-   is s > floor((base - thr) / 2), two vector compares per 16 filters.
+   is s > floor((base - thr) / 2), two vector compares per 16 filters. Where the output is bits and the panels whole,
+   the AVX-512 tile makes these comparisons on its accumulators and writes the bits itself (the AVX2 tile too, on
+   16-bit counts, where the values fit); the epi functions serve the other cases.
 
    Work is split into items of (a block of RB output rows, a range of output channels); threads take items from an
    atomic counter, and each runs the register tile (rows x np panels) over its rows, a block of panels at a time
@@ -85,6 +87,7 @@ struct conv_s {
     const uint8_t *flip; /* [O], 0 or 1 */
     uint16_t *flip16;    /* [ceil(O / NB)]: the flips of a panel's filters as bits */
     int direct, nseg, mr, np; /* np: panels a tile computes (at most 8) */
+    int fused;           /* the tile writes the output bits itself (no epi call): AVX-512 bits, AVX2 with lim16 */
     int16_t *lim16;      /* AVX2 tile's own epilogue (16-bit, see tile_avx2_body), or NULL: half or thr per filter */
     const int16_t *base16; /* with lim16 and base_rows > 1: base as int16 [base_rows, O] (the caller's) */
     int64_t seglen;
@@ -320,7 +323,8 @@ __attribute__((target("avx2"))) static void epi_avx2(const conv_t *c, int64_t i0
 /* AVX-512 VPOPCNTDQ, filters in lanes as on the AVX2 path: a row's word is broadcast to 8 lanes, XORed with word
    k of 8 filters, counted by vpopcntq into 64-bit lanes; MR rows x 16 filters (2 * MR accumulators). */
 __attribute__((always_inline, target(TB_AVX512))) static inline void
-tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, int64_t s[MAXMR][NB], const int MR) {
+tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, int64_t s[MAXMR][NB], const int MR,
+             int64_t i, int64_t j, const int64_t *pos) {
     const int nseg = c->nseg;
     const int64_t L = c->seglen;
     __m512i acc0[MAXMR], acc1[MAXMR];
@@ -341,6 +345,35 @@ tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, i
             }
         }
     }
+    if (c->fused) {  /* bits straight from the accumulators (whole panels): epi_avx512's tests, without s */
+        const unsigned flip = c->flip16[j / NB];
+        if (c->half) {
+            const __m512i h0 = _mm512_loadu_si512((const void *)(c->half + j));
+            const __m512i h1 = _mm512_loadu_si512((const void *)(c->half + j + 8));
+#pragma GCC unroll 6
+            for (int r = 0; r < MR; r++) {
+                unsigned bits = ((unsigned)_mm512_cmpgt_epi64_mask(acc0[r], h0)
+                                 | (unsigned)_mm512_cmpgt_epi64_mask(acc1[r], h1) << 8) ^ flip;
+                uint8_t *o = (uint8_t *)c->out + (i + r) * c->out_stride + (j >> 3);
+                o[0] = (uint8_t)bits;
+                o[1] = (uint8_t)(bits >> 8);
+            }
+            return;
+        }
+        const __m512i thr = _mm512_loadu_si512((const void *)(c->thr + j));
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) {
+            __m512i sum = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc0[r])),
+                                             _mm512_cvtepi64_epi32(acc1[r]), 1);
+            const int32_t *base = c->base + (c->base_rows == 1 ? 0 : pos[r]) * c->O + j;
+            __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)base), _mm512_slli_epi32(sum, 1));
+            unsigned bits = (unsigned)_mm512_cmplt_epi32_mask(v, thr) ^ flip;
+            uint8_t *o = (uint8_t *)c->out + (i + r) * c->out_stride + (j >> 3);
+            o[0] = (uint8_t)bits;
+            o[1] = (uint8_t)(bits >> 8);
+        }
+        return;
+    }
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
         _mm512_storeu_si512((void *)s[r], acc0[r]);
@@ -351,14 +384,14 @@ tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, i
 __attribute__((target(TB_AVX512))) static void tile_avx512(const conv_t *c, const uint64_t *const *a, int mr,
                                                            const uint64_t *panel, int np, int64_t s[][MAXMR][NB],
                                                            int64_t i, int64_t j, const int64_t *pos) {
-    (void)np; (void)i; (void)j; (void)pos;
+    (void)np;
     switch (mr) {
-    case 6: tile512_body(c, a, panel, s[0], 6); break;
-    case 5: tile512_body(c, a, panel, s[0], 5); break;
-    case 4: tile512_body(c, a, panel, s[0], 4); break;
-    case 3: tile512_body(c, a, panel, s[0], 3); break;
-    case 2: tile512_body(c, a, panel, s[0], 2); break;
-    default: tile512_body(c, a, panel, s[0], 1); break;
+    case 6: tile512_body(c, a, panel, s[0], 6, i, j, pos); break;
+    case 5: tile512_body(c, a, panel, s[0], 5, i, j, pos); break;
+    case 4: tile512_body(c, a, panel, s[0], 4, i, j, pos); break;
+    case 3: tile512_body(c, a, panel, s[0], 3, i, j, pos); break;
+    case 2: tile512_body(c, a, panel, s[0], 2, i, j, pos); break;
+    default: tile512_body(c, a, panel, s[0], 1, i, j, pos); break;
     }
 }
 
@@ -467,7 +500,7 @@ static void run_item(conv_t *c, int64_t item, uint64_t *buf) {
                 int64_t left = (je - j + NB - 1) / NB;
                 int np = left < c->np ? (int)left : c->np;
                 c->tile(c, a, mr, c->P + (j / NB) * c->Kp * c->pw, np, s, i, j, pos);
-                if (!c->lim16)
+                if (!c->fused)
                     for (int q = 0; q < np; q++) c->epi(c, i, mr, j + q * NB, s[q], pos);
             }
         }
@@ -538,6 +571,7 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
         }
         c.base16 = base_rows > 1 ? base16 : NULL;
     }
+    c.fused = c.lim16 != NULL || (path == PATH_AVX512 && kind == EPI_BITS && O % NB == 0);
     /* Direct mode (no im2col): whole words per pixel and contiguous kernel rows. Padding: a zero-padded copy. */
     c.direct = Cb % 8 == 0 && dw == 1 && KH <= MAXSEG;
     c.nseg = 1; c.seglen = Kp;
