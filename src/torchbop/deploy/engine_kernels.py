@@ -132,16 +132,8 @@ def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(library))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.tb_paths.restype = ctypes.c_int
-    lib.tb_binary_conv.argtypes = (
-        [ptr]
-        + [i64] * 14
-        + [ptr, i64, i64, ptr, i64, ctypes.c_int, ptr, i64, ptr, ptr, ctypes.c_int, ctypes.c_int, ptr]
-    )
-    lib.tb_binary_conv.restype = ctypes.c_int
     lib.tb_panel_width.argtypes = [ctypes.c_int]
     lib.tb_panel_width.restype = ctypes.c_int
-    lib.tb_maxpool_bits.argtypes = [ptr, ptr] + [i64] * 14 + [ptr]
-    lib.tb_maxpool_bits.restype = None
     lib.tb_binary_conv_args.argtypes = [ptr, ptr, ptr]
     lib.tb_binary_conv_args.restype = ctypes.c_int
     lib.tb_maxpool_bits_args.argtypes = [ptr, ptr, ptr]

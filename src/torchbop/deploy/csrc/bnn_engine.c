@@ -45,7 +45,7 @@
 
 enum { PATH_PORTABLE = 0, PATH_AVX2 = 1, PATH_AVX512 = 2 };
 enum { EPI_FLOAT = 0, EPI_BITS = 1 };
-enum { NB = 16, MAXMR = 6, RB = 48, MAXSEG = 16 };
+enum { NB = 16, MAXMR = 6, MAXNP = 2, RB = 48, MAXSEG = 16 };
 
 /* Bit 0: portable C (always); bit 1: AVX2; bit 2: AVX-512 F/BW/VL/DQ with VPOPCNTDQ. */
 int tb_paths(void) {
@@ -67,9 +67,10 @@ int tb_panel_width(int path) { return path == PATH_AVX2 ? 2 * NB : NB; }
    Binary convolution (a dense layer is a convolution of a kernel-sized image). */
 
 typedef struct conv_s conv_t;
-/* s[r][q] = sum over the row's segments and words of popcount(a ^ filter q of the panel), rows r < mr. */
-typedef void (*tile_fn)(const conv_t *c, const uint64_t *const *a, int mr, const uint64_t *panel, int np,
-                        int64_t s[][MAXMR][NB], int64_t i, int64_t j, const int64_t *pos);
+/* s[p][r][q] = sum over the row's segments and words of popcount(a ^ filter q of panel p), rows r < mr; or, where
+   the tile writes the output bits of rows i.. and filters j.. itself, nothing: it then returns 1. */
+typedef int (*tile_fn)(const conv_t *c, const uint64_t *const *a, int mr, const uint64_t *panel, int np,
+                       int64_t s[][MAXMR][NB], int64_t i, int64_t j, const int64_t *pos);
 typedef void (*epi_fn)(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t s[MAXMR][NB], const int64_t *pos);
 
 struct conv_s {
@@ -86,8 +87,7 @@ struct conv_s {
     const int32_t *thr;  /* [O] */
     const uint8_t *flip; /* [O], 0 or 1 */
     uint16_t *flip16;    /* [ceil(O / NB)]: the flips of a panel's filters as bits */
-    int direct, nseg, mr, np; /* np: panels a tile computes (at most 8) */
-    int fused;           /* the tile writes the output bits itself (no epi call): AVX-512 bits, AVX2 with lim16 */
+    int direct, nseg, mr, np; /* np: panels a tile computes (at most MAXNP) */
     int16_t *lim16;      /* AVX2 tile's own epilogue (16-bit, see tile_avx2_body), or NULL: half or thr per filter */
     const int16_t *base16; /* with lim16 and base_rows > 1: base as int16 [base_rows, O] (the caller's) */
     int64_t seglen;
@@ -96,8 +96,8 @@ struct conv_s {
     int64_t M, col_ranges, col_width, items, next;
 };
 
-static void tile_portable(const conv_t *c, const uint64_t *const *a, int mr, const uint64_t *panel, int np,
-                          int64_t s[][MAXMR][NB], int64_t i, int64_t j, const int64_t *pos) {
+static int tile_portable(const conv_t *c, const uint64_t *const *a, int mr, const uint64_t *panel, int np,
+                         int64_t s[][MAXMR][NB], int64_t i, int64_t j, const int64_t *pos) {
     (void)np; (void)i; (void)j; (void)pos;
     for (int r = 0; r < mr; r++)
         for (int q = 0; q < NB; q++) {
@@ -109,6 +109,14 @@ static void tile_portable(const conv_t *c, const uint64_t *const *a, int mr, con
             }
             s[0][r][q] = sum;
         }
+    return 0;
+}
+
+/* Bits 0-15 of bits as the 16 output bits of row i from filter j (a multiple of 8) on. */
+static inline void store_bits16(const conv_t *c, int64_t i, int64_t j, unsigned bits) {
+    uint8_t *out = (uint8_t *)c->out + i * c->out_stride + (j >> 3);
+    out[0] = (uint8_t)bits;
+    out[1] = (uint8_t)(bits >> 8);
 }
 
 /* Scalar epilogue (every path's reference; the last panel when O is not a multiple of NB; float output). */
@@ -150,13 +158,7 @@ static void epi_scalar(const conv_t *c, int64_t i0, int mr, int64_t j0, int64_t 
    whole panels), the tile writes the bits itself from the 16-bit counts: bit = (s > half) or (base - 2 s < thr),
    with half and thr clamped to 16 bits where that cannot change a comparison; this saves the widening to 64 bits and
    the 64-bit epilogue, a quarter of a tile's cost on a 3x3x128 layer. */
-#ifndef TB_AVX2_MR
-#define TB_AVX2_MR 4
-#endif
-#ifndef TB_AVX2_NP
-#define TB_AVX2_NP 2
-#endif
-enum { AVX2_MR = TB_AVX2_MR, AVX2_NP = TB_AVX2_NP };
+enum { AVX2_MR = 4, AVX2_NP = MAXNP };
 static uint8_t tb_tables[256][32] __attribute__((aligned(32)));
 static pthread_once_t tb_tables_once = PTHREAD_ONCE_INIT;
 
@@ -203,7 +205,7 @@ tb_avx2_widen(uint16_t wide[AVX2_MR][AVX2_NP][2][16], __m256i acc[AVX2_MR][AVX2_
         }
 }
 
-__attribute__((always_inline, target("avx2"))) static inline void
+__attribute__((always_inline, target("avx2"))) static inline int
 tile_avx2_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, int64_t s[][MAXMR][NB],
                const int MR, const int NP, int mr, int64_t i, int64_t j, const int64_t *pos) {
     const int nseg = c->nseg;
@@ -260,28 +262,21 @@ tile_avx2_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel,
                     below = _mm256_cmpgt_epi16(count, lim);
                 }
                 unsigned m = (unsigned)_mm256_movemask_epi8(_mm256_packs_epi16(below, below));
-                unsigned bits = ((m & 0xFFu) | ((m >> 8) & 0xFF00u)) ^ c->flip16[jq / NB];
-                uint8_t *o = (uint8_t *)c->out + (i + r) * c->out_stride + (jq >> 3);
-                o[0] = (uint8_t)bits;
-                o[1] = (uint8_t)(bits >> 8);
+                store_bits16(c, i + r, jq, ((m & 0xFFu) | ((m >> 8) & 0xFF00u)) ^ c->flip16[jq / NB]);
             }
-        return;
+        return 1;
     }
     tb_avx2_widen(wide, acc, MR, NP);
     tb_avx2_drain(wide, s, MR, NP, !drained);
+    return 0;
 }
 
-#define TB_AVX2_CASE(n) \
-    case n: tile_avx2_body(c, a, panel, s, AVX2_MR, n < AVX2_NP ? n : AVX2_NP, mr, i, j, pos); break;
-__attribute__((target("avx2"), flatten)) static void tile_avx2(const conv_t *c, const uint64_t *const *a, int mr,
-                                                               const uint64_t *panel, int np, int64_t s[][MAXMR][NB],
-                                                               int64_t i, int64_t j, const int64_t *pos) {
-    switch (np) {
-    TB_AVX2_CASE(8) TB_AVX2_CASE(7) TB_AVX2_CASE(6) TB_AVX2_CASE(5) TB_AVX2_CASE(4) TB_AVX2_CASE(3)
-    TB_AVX2_CASE(2) default: tile_avx2_body(c, a, panel, s, AVX2_MR, 1, mr, i, j, pos); break;
-    }
+__attribute__((target("avx2"), flatten)) static int tile_avx2(const conv_t *c, const uint64_t *const *a, int mr,
+                                                              const uint64_t *panel, int np, int64_t s[][MAXMR][NB],
+                                                              int64_t i, int64_t j, const int64_t *pos) {
+    if (np == AVX2_NP) return tile_avx2_body(c, a, panel, s, AVX2_MR, AVX2_NP, mr, i, j, pos);
+    return tile_avx2_body(c, a, panel, s, AVX2_MR, 1, mr, i, j, pos);  /* the last, odd panel */
 }
-#undef TB_AVX2_CASE
 
 /* Bits of a full panel: with one base for every position, bit = (s > floor((base - thr) / 2)) ^ flip (the same
    integer test as (base - 2 s < thr) ^ flip), 4 filters a pcmpgtq; else v = base - 2 s against thr. */
@@ -311,10 +306,7 @@ __attribute__((target("avx2"))) static void epi_avx2(const conv_t *c, int64_t i0
                 bits |= (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr[q], v))) << (4 * q);
             }
         }
-        bits ^= flip;
-        uint8_t *out = (uint8_t *)c->out + i * c->out_stride + (j0 >> 3);
-        out[0] = (uint8_t)bits;
-        out[1] = (uint8_t)(bits >> 8);
+        store_bits16(c, i, j0, bits ^ flip);
     }
 }
 
@@ -322,7 +314,7 @@ __attribute__((target("avx2"))) static void epi_avx2(const conv_t *c, int64_t i0
 
 /* AVX-512 VPOPCNTDQ, filters in lanes as on the AVX2 path: a row's word is broadcast to 8 lanes, XORed with word
    k of 8 filters, counted by vpopcntq into 64-bit lanes; MR rows x 16 filters (2 * MR accumulators). */
-__attribute__((always_inline, target(TB_AVX512))) static inline void
+__attribute__((always_inline, target(TB_AVX512))) static inline int
 tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, int64_t s[MAXMR][NB], const int MR,
              int64_t i, int64_t j, const int64_t *pos) {
     const int nseg = c->nseg;
@@ -345,20 +337,17 @@ tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, i
             }
         }
     }
-    if (c->fused) {  /* bits straight from the accumulators (whole panels): epi_avx512's tests, without s */
+    if (c->kind == EPI_BITS && j + NB <= c->O) {  /* bits straight from the accumulators (whole panels) */
         const unsigned flip = c->flip16[j / NB];
         if (c->half) {
             const __m512i h0 = _mm512_loadu_si512((const void *)(c->half + j));
             const __m512i h1 = _mm512_loadu_si512((const void *)(c->half + j + 8));
 #pragma GCC unroll 6
             for (int r = 0; r < MR; r++) {
-                unsigned bits = ((unsigned)_mm512_cmpgt_epi64_mask(acc0[r], h0)
-                                 | (unsigned)_mm512_cmpgt_epi64_mask(acc1[r], h1) << 8) ^ flip;
-                uint8_t *o = (uint8_t *)c->out + (i + r) * c->out_stride + (j >> 3);
-                o[0] = (uint8_t)bits;
-                o[1] = (uint8_t)(bits >> 8);
+                store_bits16(c, i + r, j, ((unsigned)_mm512_cmpgt_epi64_mask(acc0[r], h0)
+                                           | (unsigned)_mm512_cmpgt_epi64_mask(acc1[r], h1) << 8) ^ flip);
             }
-            return;
+            return 1;
         }
         const __m512i thr = _mm512_loadu_si512((const void *)(c->thr + j));
 #pragma GCC unroll 6
@@ -367,69 +356,44 @@ tile512_body(const conv_t *c, const uint64_t *const *a, const uint64_t *panel, i
                                              _mm512_cvtepi64_epi32(acc1[r]), 1);
             const int32_t *base = c->base + (c->base_rows == 1 ? 0 : pos[r]) * c->O + j;
             __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)base), _mm512_slli_epi32(sum, 1));
-            unsigned bits = (unsigned)_mm512_cmplt_epi32_mask(v, thr) ^ flip;
-            uint8_t *o = (uint8_t *)c->out + (i + r) * c->out_stride + (j >> 3);
-            o[0] = (uint8_t)bits;
-            o[1] = (uint8_t)(bits >> 8);
+            store_bits16(c, i + r, j, (unsigned)_mm512_cmplt_epi32_mask(v, thr) ^ flip);
         }
-        return;
+        return 1;
     }
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
         _mm512_storeu_si512((void *)s[r], acc0[r]);
         _mm512_storeu_si512((void *)(s[r] + 8), acc1[r]);
     }
+    return 0;
 }
 
-__attribute__((target(TB_AVX512))) static void tile_avx512(const conv_t *c, const uint64_t *const *a, int mr,
-                                                           const uint64_t *panel, int np, int64_t s[][MAXMR][NB],
-                                                           int64_t i, int64_t j, const int64_t *pos) {
+__attribute__((target(TB_AVX512))) static int tile_avx512(const conv_t *c, const uint64_t *const *a, int mr,
+                                                          const uint64_t *panel, int np, int64_t s[][MAXMR][NB],
+                                                          int64_t i, int64_t j, const int64_t *pos) {
     (void)np;
     switch (mr) {
-    case 6: tile512_body(c, a, panel, s[0], 6, i, j, pos); break;
-    case 5: tile512_body(c, a, panel, s[0], 5, i, j, pos); break;
-    case 4: tile512_body(c, a, panel, s[0], 4, i, j, pos); break;
-    case 3: tile512_body(c, a, panel, s[0], 3, i, j, pos); break;
-    case 2: tile512_body(c, a, panel, s[0], 2, i, j, pos); break;
-    default: tile512_body(c, a, panel, s[0], 1, i, j, pos); break;
+    case 6: return tile512_body(c, a, panel, s[0], 6, i, j, pos);
+    case 5: return tile512_body(c, a, panel, s[0], 5, i, j, pos);
+    case 4: return tile512_body(c, a, panel, s[0], 4, i, j, pos);
+    case 3: return tile512_body(c, a, panel, s[0], 3, i, j, pos);
+    case 2: return tile512_body(c, a, panel, s[0], 2, i, j, pos);
+    default: return tile512_body(c, a, panel, s[0], 1, i, j, pos);
     }
 }
 
-/* Bits of a full panel: with one base for every position, two vpcmpgtq against floor((base - thr) / 2); else
-   v = base - 2 s in 16 int32 lanes against thr. Float output through vcvtdq2ps. */
+/* Float output of a full panel: v = base - 2 s in 16 int32 lanes, through vcvtdq2ps (bits output is written by the
+   tile itself). */
 __attribute__((target(TB_AVX512))) static void epi_avx512(const conv_t *c, int64_t i0, int mr, int64_t j0,
                                                           int64_t s[MAXMR][NB], const int64_t *pos) {
-    if (j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s, pos); return; }
-    const __mmask16 flip = c->kind == EPI_BITS ? (__mmask16)c->flip16[j0 / NB] : 0;
-    if (c->half) {
-        const __m512i h0 = _mm512_loadu_si512((const void *)(c->half + j0));
-        const __m512i h1 = _mm512_loadu_si512((const void *)(c->half + j0 + 8));
-        for (int r = 0; r < mr; r++) {
-            unsigned bits = (unsigned)_mm512_cmpgt_epi64_mask(_mm512_loadu_si512((const void *)s[r]), h0)
-                            | (unsigned)_mm512_cmpgt_epi64_mask(_mm512_loadu_si512((const void *)(s[r] + 8)), h1) << 8;
-            bits ^= flip;
-            uint8_t *out = (uint8_t *)c->out + (i0 + r) * c->out_stride + (j0 >> 3);
-            out[0] = (uint8_t)bits;
-            out[1] = (uint8_t)(bits >> 8);
-        }
-        return;
-    }
-    const __m512i thr = c->kind == EPI_BITS ? _mm512_loadu_si512((const void *)(c->thr + j0)) : _mm512_setzero_si512();
+    if (c->kind != EPI_FLOAT || j0 + NB > c->O) { epi_scalar(c, i0, mr, j0, s, pos); return; }
     for (int r = 0; r < mr; r++) {
-        int64_t i = i0 + r;
         __m256i lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)s[r]));
         __m256i hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(s[r] + 8)));
         __m512i sum = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
         const int32_t *base = c->base + (c->base_rows == 1 ? 0 : pos[r]) * c->O + j0;
         __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)base), _mm512_slli_epi32(sum, 1));
-        if (c->kind == EPI_FLOAT) {
-            _mm512_storeu_ps((float *)c->out + i * c->O + j0, _mm512_cvtepi32_ps(v));
-        } else {
-            unsigned bits = (unsigned)(_mm512_cmplt_epi32_mask(v, thr) ^ flip);
-            uint8_t *out = (uint8_t *)c->out + i * c->out_stride + (j0 >> 3);
-            out[0] = (uint8_t)bits;
-            out[1] = (uint8_t)(bits >> 8);
-        }
+        _mm512_storeu_ps((float *)c->out + (i0 + r) * c->O + j0, _mm512_cvtepi32_ps(v));
     }
 }
 #endif
@@ -489,7 +453,7 @@ static void run_item(conv_t *c, int64_t item, uint64_t *buf) {
     /* panels a block at a time: about 48 KiB of weights stay in L1/L2 while every row of the block passes */
     int64_t pan = c->Kp * c->pw * 8, per = (48 * 1024) / (pan > 0 ? pan : 1);
     int64_t ncb = ((per < 1 ? 1 : per) + c->np - 1) / c->np * c->np * NB;
-    int64_t s[8][MAXMR][NB], pos[MAXMR];
+    int64_t s[MAXNP][MAXMR][NB], pos[MAXMR];
     const uint64_t *a[MAXMR * MAXSEG];
     for (int64_t jb = c0; jb < c1; jb += ncb) {
         int64_t je = jb + ncb < c1 ? jb + ncb : c1;
@@ -499,8 +463,7 @@ static void run_item(conv_t *c, int64_t item, uint64_t *buf) {
             for (int64_t j = jb; j < je; j += c->np * NB) {
                 int64_t left = (je - j + NB - 1) / NB;
                 int np = left < c->np ? (int)left : c->np;
-                c->tile(c, a, mr, c->P + (j / NB) * c->Kp * c->pw, np, s, i, j, pos);
-                if (!c->fused)
+                if (!c->tile(c, a, mr, c->P + (j / NB) * c->Kp * c->pw, np, s, i, j, pos))
                     for (int q = 0; q < np; q++) c->epi(c, i, mr, j + q * NB, s[q], pos);
             }
         }
@@ -523,7 +486,7 @@ static void *conv_worker(void *arg) {
 /* Returns 0, or -1 when memory could not be had. Arguments are validated by the caller: P holds ceil(O / NB)
    panels of Kp = ceil(KH * KW * Cb / 8) steps of tb_panel_width(path) words (filter q of a panel at word q of a
    step; on the AVX2 path its low nibbles, then at word NB + q its high nibbles; filters past O are 0). */
-int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t Cb, int64_t Ho, int64_t Wo,
+static int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t Cb, int64_t Ho, int64_t Wo,
                    int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl,
                    const uint64_t *P, int64_t O, int64_t Kp, const int32_t *base, int64_t base_rows, int kind,
                    void *out, int64_t out_stride, const int32_t *thr, const uint8_t *flip, int path, int threads,
@@ -571,7 +534,6 @@ int tb_binary_conv(const uint8_t *pix, int64_t N, int64_t H, int64_t W, int64_t 
         }
         c.base16 = base_rows > 1 ? base16 : NULL;
     }
-    c.fused = c.lim16 != NULL || (path == PATH_AVX512 && kind == EPI_BITS && O % NB == 0);
     /* Direct mode (no im2col): whole words per pixel and contiguous kernel rows. Padding: a zero-padded copy. */
     c.direct = Cb % 8 == 0 && dw == 1 && KH <= MAXSEG;
     c.nseg = 1; c.seglen = Kp;
@@ -635,7 +597,7 @@ int tb_binary_conv_args(const int64_t *v, const uint8_t *pix, void *out) {
    Max pooling on packed bits: the maximum of +-1 values is +1 unless all are -1, so with bit 1 = -1 it is the AND
    of the window's bytes (positions outside the image are skipped, as torch pads max pooling with -inf). Then
    out ^= flip (Cb bytes, or NULL): see torchbop.deploy.thresholds for channels whose sign falls as x grows. */
-void tb_maxpool_bits(const uint8_t *in, uint8_t *out, int64_t N, int64_t H, int64_t W, int64_t Cb, int64_t Ho,
+static void tb_maxpool_bits(const uint8_t *in, uint8_t *out, int64_t N, int64_t H, int64_t W, int64_t Cb, int64_t Ho,
                      int64_t Wo, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                      int64_t dh, int64_t dw, const uint8_t *flip) {
     for (int64_t n = 0; n < N; n++)
